@@ -1,0 +1,474 @@
+//! The embedded channel: a durable, partitioned, append-only log on local disk, so that
+//! `triggerfish serve` needs no other process.
+//!
+//! Layout under the data directory:
+//!
+//! ```text
+//! LOCK                                  held while a process uses the directory
+//! brokers/<namespace>/<broker>/
+//!     p0/00000000000000000000.seg ...   segments of partition 0 (see `segment`)
+//!     p1/...
+//!     checkpoints/<trigger>.json         next offset per partition, per trigger
+//! ```
+//!
+//! Each partition has one writer thread ([`writer`]) doing group commit, and any number
+//! of readers ([`reader`]). Why not an embedded database: the workload is append,
+//! sequential read, and whole-segment deletion for retention. A log of segment files
+//! does exactly that with one write and one `fdatasync` per group of appends and no
+//! compaction or write amplification, and lets readers follow the tail without polling.
+
+mod reader;
+pub mod segment;
+mod writer;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
+
+use super::{partition_for, BrokerLog, ChannelError, EventLog, LogReader, Offset, StartAt};
+use crate::config::BrokerId;
+use crate::event::{codec, Event};
+pub use reader::EmbeddedReader;
+use writer::{AppendRequest, PartitionShared, WriterSettings};
+
+/// When appends are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// `fdatasync` before acknowledging, shared by all appends in a group (default).
+    Always,
+    /// Acknowledge after `write`; sync at this interval. A machine crash can lose up
+    /// to one interval of acknowledged events (a process crash loses nothing).
+    Interval(Duration),
+    /// Never sync explicitly; the OS decides.
+    Never,
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" | "none" => Ok(FsyncPolicy::Never),
+            other => match other.strip_prefix("interval:") {
+                Some(d) => crate::config::parse_duration(d)
+                    .or_else(|_| humantime_ms(d))
+                    .map(FsyncPolicy::Interval),
+                None => Err(format!(
+                    "'{other}' is not an fsync policy: use always, never, or interval:<duration> (e.g. interval:100ms or interval:PT1S)"
+                )),
+            },
+        }
+    }
+}
+
+fn humantime_ms(s: &str) -> Result<Duration, String> {
+    let bad = || format!("'{s}' is not a duration such as 100ms, 2s or PT1S");
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms.parse().map(Duration::from_millis).map_err(|_| bad());
+    }
+    if let Some(secs) = s.strip_suffix('s') {
+        return secs.parse().map(Duration::from_secs).map_err(|_| bad());
+    }
+    Err(bad())
+}
+
+/// Settings of the embedded log.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Partitions per broker (fixed when a broker is first created).
+    pub partitions: u32,
+    /// Sync policy.
+    pub fsync: FsyncPolicy,
+    /// Segment size before rolling.
+    pub segment_bytes: u64,
+    /// Retention by age of a segment's newest event.
+    pub retention_age: Option<Duration>,
+    /// Retention by partition size.
+    pub retention_bytes: Option<u64>,
+    /// Appends queued per partition before producers get "full" (HTTP 503).
+    pub queue_depth: usize,
+    /// Largest encoded event accepted.
+    pub max_event_bytes: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            partitions: 4,
+            fsync: FsyncPolicy::Always,
+            segment_bytes: 128 << 20,
+            retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention_bytes: Some(4 << 30),
+            queue_depth: 4096,
+            max_event_bytes: 16 << 20,
+        }
+    }
+}
+
+/// The embedded log: one directory, any number of brokers.
+pub struct EmbeddedLog {
+    root: PathBuf,
+    opts: EmbeddedOptions,
+    brokers: Mutex<HashMap<BrokerId, Arc<EmbeddedBroker>>>,
+    _lock: File,
+}
+
+impl EmbeddedLog {
+    /// Opens (creating) a data directory and takes its lock, so that two processes
+    /// cannot write the same log.
+    pub fn open(root: &Path, opts: EmbeddedOptions) -> Result<EmbeddedLog, ChannelError> {
+        let io = |e: std::io::Error, what: &str| {
+            ChannelError::Other(format!("{what} {}: {e}", root.display()))
+        };
+        std::fs::create_dir_all(root.join("brokers"))
+            .map_err(|e| io(e, "cannot create data directory"))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join("LOCK"))
+            .map_err(|e| io(e, "cannot open lock file in"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(ChannelError::Other(format!(
+                    "data directory {} is in use by another triggerfish process",
+                    root.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(io(e, "cannot lock data directory"))
+            }
+        }
+        Ok(EmbeddedLog {
+            root: root.to_path_buf(),
+            opts,
+            brokers: Mutex::new(HashMap::new()),
+            _lock: lock,
+        })
+    }
+
+    fn open_blocking(&self, broker: &BrokerId) -> Result<Arc<EmbeddedBroker>, ChannelError> {
+        let mut brokers = self.brokers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = brokers.get(broker) {
+            return Ok(b.clone());
+        }
+        let b = Arc::new(EmbeddedBroker::open(&self.root, broker, &self.opts)?);
+        brokers.insert(broker.clone(), b.clone());
+        Ok(b)
+    }
+}
+
+#[async_trait]
+impl EventLog for EmbeddedLog {
+    async fn open(&self, broker: &BrokerId) -> Result<Arc<dyn BrokerLog>, ChannelError> {
+        // Recovery reads files; it runs once per broker at start-up.
+        let b = self.open_blocking(broker)?;
+        Ok(b)
+    }
+
+    fn describe(&self) -> String {
+        format!("embedded log at {}", self.root.display())
+    }
+}
+
+struct Partition {
+    tx: SyncSender<AppendRequest>,
+    shared: Arc<PartitionShared>,
+}
+
+/// One broker's partitions and checkpoints.
+pub struct EmbeddedBroker {
+    id: BrokerId,
+    dir: PathBuf,
+    partitions: Vec<Partition>,
+    next_partition: std::sync::atomic::AtomicU32,
+    max_event_bytes: usize,
+}
+
+impl EmbeddedBroker {
+    fn open(
+        root: &Path,
+        id: &BrokerId,
+        opts: &EmbeddedOptions,
+    ) -> Result<EmbeddedBroker, ChannelError> {
+        let dir = root.join("brokers").join(&id.namespace).join(&id.name);
+        let io = |e: std::io::Error| ChannelError::Io {
+            broker: id.clone(),
+            source: e,
+        };
+        std::fs::create_dir_all(dir.join("checkpoints")).map_err(io)?;
+        // An existing broker keeps the partition count it was created with.
+        let mut count = 0u32;
+        while dir.join(format!("p{count}")).is_dir() {
+            count += 1;
+        }
+        if count == 0 {
+            count = opts.partitions.max(1);
+        } else if count != opts.partitions {
+            tracing::info!(broker = %id, partitions = count, "broker keeps the partition count it was created with");
+        }
+        let settings = WriterSettings {
+            fsync: opts.fsync,
+            segment_bytes: opts.segment_bytes,
+            retention_age: opts.retention_age,
+            retention_bytes: opts.retention_bytes,
+        };
+        let mut partitions = Vec::with_capacity(count as usize);
+        for p in 0..count {
+            let pdir = dir.join(format!("p{p}"));
+            std::fs::create_dir_all(&pdir).map_err(io)?;
+            let (segments, file) = recover_partition(&pdir, id, p).map_err(io)?;
+            let end = segments.last().map_or(0, |s| s.end);
+            let (committed, _) = watch::channel(end);
+            let shared = Arc::new(PartitionShared {
+                dir: pdir,
+                segments: RwLock::new(segments),
+                committed,
+            });
+            let (tx, rx) = sync_channel(opts.queue_depth.max(1));
+            let thread_shared = shared.clone();
+            let thread_settings = settings.clone();
+            std::thread::Builder::new()
+                .name(format!("tf-log-{}-{}-p{p}", id.namespace, id.name))
+                .spawn(move || writer::run(thread_shared, thread_settings, file, rx))
+                .map_err(io)?;
+            partitions.push(Partition { tx, shared });
+        }
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(EmbeddedBroker {
+            id: id.clone(),
+            dir,
+            partitions,
+            next_partition: std::sync::atomic::AtomicU32::new(0),
+            max_event_bytes: opts.max_event_bytes,
+        })
+    }
+
+    fn checkpoint_path(&self, trigger: &str) -> PathBuf {
+        self.dir.join("checkpoints").join(format!("{trigger}.json"))
+    }
+
+    fn io(&self, e: std::io::Error) -> ChannelError {
+        ChannelError::Io {
+            broker: self.id.clone(),
+            source: e,
+        }
+    }
+
+    fn partition(&self, p: u32) -> Result<&Partition, ChannelError> {
+        self.partitions
+            .get(p as usize)
+            .ok_or_else(|| ChannelError::Other(format!("broker {} has no partition {p}", self.id)))
+    }
+}
+
+fn recover_partition(
+    dir: &Path,
+    id: &BrokerId,
+    p: u32,
+) -> std::io::Result<(Vec<segment::Segment>, File)> {
+    let bases = segment::list(dir)?;
+    let mut segments = Vec::with_capacity(bases.len().max(1));
+    let last = bases.len().saturating_sub(1);
+    for (i, base) in bases.iter().enumerate() {
+        let (seg, cut) = segment::recover(dir, *base, i == last)?;
+        if cut > 0 {
+            tracing::warn!(broker = %id, partition = p, segment = %seg.path.display(), bytes = cut,
+                "truncated an incomplete write at the end of the log (never acknowledged)");
+        }
+        segments.push(seg);
+    }
+    if segments.is_empty() {
+        segments.push(segment::Segment::new(dir, 0));
+        segment::sync_dir(dir)?;
+    }
+    let active = segments
+        .last()
+        .ok_or_else(|| std::io::Error::other("no active segment"))?;
+    let file = segment::open_for_append(active)?;
+    Ok((segments, file))
+}
+
+#[async_trait]
+impl BrokerLog for EmbeddedBroker {
+    fn broker(&self) -> &BrokerId {
+        &self.id
+    }
+
+    fn partitions(&self) -> u32 {
+        self.partitions.len() as u32
+    }
+
+    async fn append(&self, events: &[Event]) -> Result<(), ChannelError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let n = self.partitions.len() as u32;
+        // Events without a partition key: one partition per request, round-robin, so a
+        // batch lands in one partition and is written in one group.
+        let fallback = self
+            .next_partition
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut per_partition: Vec<Vec<Bytes>> = vec![Vec::new(); n as usize];
+        for e in events {
+            let payload = codec::to_bytes(e);
+            if payload.len() > self.max_event_bytes {
+                return Err(ChannelError::TooLarge {
+                    size: payload.len(),
+                    limit: self.max_event_bytes,
+                });
+            }
+            per_partition[partition_for(e, n, fallback) as usize].push(payload);
+        }
+        let mut waits = Vec::with_capacity(1);
+        for (p, payloads) in per_partition.into_iter().enumerate() {
+            if payloads.is_empty() {
+                continue;
+            }
+            let (reply, rx) = oneshot::channel();
+            match self.partitions[p]
+                .tx
+                .try_send(AppendRequest { payloads, reply })
+            {
+                Ok(()) => waits.push(rx),
+                Err(TrySendError::Full(_)) => {
+                    return Err(ChannelError::Full {
+                        broker: self.id.clone(),
+                    })
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err(ChannelError::Unavailable {
+                        broker: self.id.clone(),
+                        reason: "partition writer stopped".into(),
+                    })
+                }
+            }
+        }
+        for rx in waits {
+            match rx.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(reason)) => {
+                    return Err(ChannelError::Unavailable {
+                        broker: self.id.clone(),
+                        reason,
+                    })
+                }
+                Err(_) => {
+                    return Err(ChannelError::Unavailable {
+                        broker: self.id.clone(),
+                        reason: "partition writer stopped".into(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn end_offset(&self, partition: u32) -> Result<Offset, ChannelError> {
+        Ok(*self.partition(partition)?.shared.committed.borrow())
+    }
+
+    async fn reader(
+        &self,
+        partition: u32,
+        start: StartAt,
+    ) -> Result<Box<dyn LogReader>, ChannelError> {
+        let p = self.partition(partition)?;
+        let next = match start {
+            StartAt::Offset(o) => o.max(p.shared.earliest()),
+            StartAt::Earliest => p.shared.earliest(),
+            StartAt::End => *p.shared.committed.borrow(),
+        };
+        Ok(Box::new(EmbeddedReader::new(
+            p.shared.clone(),
+            self.id.clone(),
+            partition,
+            next,
+        )))
+    }
+
+    async fn load_checkpoint(&self, trigger: &str) -> Result<Option<Vec<Offset>>, ChannelError> {
+        let path = self.checkpoint_path(trigger);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(e)),
+        };
+        match serde_json::from_slice::<CheckpointFile>(&text) {
+            Ok(c) if c.offsets.len() == self.partitions.len() => Ok(Some(c.offsets)),
+            _ => {
+                // Never guess forward: replaying from the start duplicates, skipping loses.
+                tracing::error!(broker = %self.id, trigger, path = %path.display(),
+                    "checkpoint file is unreadable; the trigger restarts from the earliest retained event");
+                Ok(Some(vec![0; self.partitions.len()]))
+            }
+        }
+    }
+
+    async fn store_checkpoint(
+        &self,
+        trigger: &str,
+        offsets: &[Offset],
+        durable: bool,
+    ) -> Result<(), ChannelError> {
+        let path = self.checkpoint_path(trigger);
+        let tmp = path.with_extension("json.tmp");
+        let body = serde_json::to_vec(&CheckpointFile {
+            offsets: offsets.to_vec(),
+        })
+        .map_err(|e| ChannelError::Other(e.to_string()))?;
+        let dir = self.dir.join("checkpoints");
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = File::create(&tmp)?;
+            f.write_all(&body)?;
+            if durable {
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, &path)?;
+            if durable {
+                segment::sync_dir(&dir)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ChannelError::Other(format!("checkpoint task failed: {e}")))?;
+        written.map_err(|e| self.io(e))
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CheckpointFile {
+    offsets: Vec<Offset>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_policies_parse() {
+        assert_eq!("always".parse(), Ok(FsyncPolicy::Always));
+        assert_eq!("never".parse(), Ok(FsyncPolicy::Never));
+        assert_eq!(
+            "interval:100ms".parse(),
+            Ok(FsyncPolicy::Interval(Duration::from_millis(100)))
+        );
+        assert_eq!(
+            "interval:PT1S".parse(),
+            Ok(FsyncPolicy::Interval(Duration::from_secs(1)))
+        );
+        assert!("sometimes".parse::<FsyncPolicy>().is_err());
+        assert!("interval:soon".parse::<FsyncPolicy>().is_err());
+    }
+}

@@ -1,0 +1,243 @@
+//! Reading one partition of the embedded log.
+//!
+//! A reader sees only durable records: it never reads past the partition's committed
+//! offset. File reads run on the blocking pool, a batch at a time.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::segment;
+use super::writer::PartitionShared;
+use crate::channel::{ChannelError, LogReader, Offset, Record};
+use crate::config::BrokerId;
+use crate::event::codec;
+
+const READ_BUFFER: usize = 64 * 1024;
+const BATCH_BYTES: usize = 4 << 20;
+
+struct Open {
+    file: BufReader<File>,
+    /// Offset of the record at the file's current position.
+    at: u64,
+    /// End of this segment if it is sealed (known not to grow).
+    sealed_end: Option<u64>,
+    base: u64,
+}
+
+struct State {
+    shared: Arc<PartitionShared>,
+    next: u64,
+    open: Option<Open>,
+    broker: BrokerId,
+    partition: u32,
+}
+
+/// A reader of one embedded partition.
+pub struct EmbeddedReader {
+    state: Option<State>,
+    committed: watch::Receiver<u64>,
+    next: u64,
+}
+
+impl EmbeddedReader {
+    pub(super) fn new(
+        shared: Arc<PartitionShared>,
+        broker: BrokerId,
+        partition: u32,
+        next: u64,
+    ) -> EmbeddedReader {
+        let committed = shared.committed.subscribe();
+        EmbeddedReader {
+            state: Some(State {
+                shared,
+                next,
+                open: None,
+                broker,
+                partition,
+            }),
+            committed,
+            next,
+        }
+    }
+
+    async fn read(&mut self, max: usize, end: u64) -> Result<Vec<Record>, ChannelError> {
+        let Some(mut state) = self.state.take() else {
+            return Err(ChannelError::Other("reader failed earlier".into()));
+        };
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = state.read_batch(max, end);
+            (state, r)
+        })
+        .await;
+        match joined {
+            Ok((state, result)) => {
+                self.next = state.next;
+                self.state = Some(state);
+                result
+            }
+            Err(e) => Err(ChannelError::Other(format!("read task failed: {e}"))),
+        }
+    }
+}
+
+#[async_trait]
+impl LogReader for EmbeddedReader {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, ChannelError> {
+        loop {
+            let end = *self.committed.borrow_and_update();
+            if end > self.next {
+                let batch = self.read(max, end).await?;
+                if !batch.is_empty() {
+                    return Ok(batch);
+                }
+                if self.next < end {
+                    continue; // skipped over a retention gap
+                }
+            }
+            if self.committed.changed().await.is_err() {
+                return Err(ChannelError::Other("partition writer stopped".into()));
+            }
+        }
+    }
+
+    async fn try_batch(&mut self, max: usize) -> Result<Vec<Record>, ChannelError> {
+        let end = *self.committed.borrow_and_update();
+        if end > self.next {
+            self.read(max, end).await
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    fn position(&self) -> Offset {
+        self.next
+    }
+}
+
+impl State {
+    fn io(&self, e: std::io::Error) -> ChannelError {
+        ChannelError::Io {
+            broker: self.broker.clone(),
+            source: e,
+        }
+    }
+
+    fn open_at(&mut self, offset: u64) -> Result<(), ChannelError> {
+        let Some(seg) = self.shared.locate(offset) else {
+            self.open = None;
+            return Ok(());
+        };
+        let offset = if seg.base > offset {
+            tracing::warn!(
+                broker = %self.broker,
+                partition = self.partition,
+                wanted = offset,
+                earliest = seg.base,
+                "events before the earliest retained offset were removed by retention; skipping ahead"
+            );
+            seg.base
+        } else {
+            offset
+        };
+        let last_base = {
+            let segs = self
+                .shared
+                .segments
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            segs.last().map_or(0, |s| s.base)
+        };
+        let sealed_end = (seg.base != last_base).then_some(seg.end);
+        let (hint_offset, pos) = seg.seek_hint(offset);
+        let mut file = File::open(&seg.path).map_err(|e| self.io(e))?;
+        file.seek(SeekFrom::Start(pos)).map_err(|e| self.io(e))?;
+        self.next = offset;
+        self.open = Some(Open {
+            file: BufReader::with_capacity(READ_BUFFER, file),
+            at: hint_offset,
+            sealed_end,
+            base: seg.base,
+        });
+        Ok(())
+    }
+
+    fn reopen_needed(&self) -> bool {
+        match &self.open {
+            None => true,
+            Some(o) => o.sealed_end.is_some_and(|end| self.next >= end) || o.at > self.next,
+        }
+    }
+
+    fn read_batch(&mut self, max: usize, end: u64) -> Result<Vec<Record>, ChannelError> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut retried = false;
+        while self.next < end && out.len() < max && bytes < BATCH_BYTES {
+            if self.reopen_needed() {
+                self.open_at(self.next)?;
+                if self.open.is_none() {
+                    break;
+                }
+            }
+            let Some(open) = self.open.as_mut() else {
+                break;
+            };
+            let header = segment::read_header(&mut open.file).map_err(|e| ChannelError::Io {
+                broker: self.broker.clone(),
+                source: e,
+            })?;
+            let Some(h) = header else {
+                // End of this file: the segment was sealed after we opened it.
+                let base = open.base;
+                let segs_next = self.shared.locate(self.next);
+                match segs_next {
+                    Some(s) if s.base != base => {
+                        self.open = None;
+                        continue;
+                    }
+                    _ => break, // not written yet (cannot happen below `end`)
+                }
+            };
+            if h.len > segment::MAX_PAYLOAD || h.offset != open.at {
+                if !retried {
+                    // Buffered bytes from before a rolled-back write: re-read from disk.
+                    retried = true;
+                    self.open = None;
+                    continue;
+                }
+                return Err(ChannelError::Other(format!(
+                    "broker {} partition {}: corrupt record header at offset {} (found offset {})",
+                    self.broker, self.partition, open.at, h.offset
+                )));
+            }
+            let mut payload = vec![0u8; h.len];
+            open.file
+                .read_exact(&mut payload)
+                .map_err(|e| ChannelError::Io {
+                    broker: self.broker.clone(),
+                    source: e,
+                })?;
+            open.at += 1;
+            if h.offset < self.next {
+                continue; // scanning forward from an index entry
+            }
+            bytes += h.len;
+            let event = if segment::checksum(h.offset, h.ts_ms, &payload) != h.crc {
+                Err(format!("checksum mismatch at offset {}", h.offset))
+            } else {
+                codec::decode(&Bytes::from(payload)).map_err(|e| e.to_string())
+            };
+            out.push(Record {
+                offset: h.offset,
+                event,
+            });
+            self.next = h.offset + 1;
+        }
+        Ok(out)
+    }
+}

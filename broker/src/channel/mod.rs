@@ -1,0 +1,185 @@
+//! Channels: where a broker's events are stored durably between the ingress and the
+//! dispatcher.
+//!
+//! One boundary, [`EventLog`], opened per broker into a [`BrokerLog`]: append a batch
+//! (returning only once it is durable), read a partition from an offset with a
+//! [`LogReader`], and keep per-trigger checkpoints. Every backend runs the same
+//! conformance suite (`tests/channel_conformance.rs`).
+//!
+//! - [`embedded`]: the default, a local partitioned append-only log with group commit.
+
+pub mod embedded;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::config::BrokerId;
+use crate::event::Event;
+
+/// A position within one partition.
+pub type Offset = u64;
+
+/// Where a new reader starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// At this offset (or the earliest retained one, if older).
+    Offset(Offset),
+    /// At the earliest retained event.
+    Earliest,
+    /// After the last event appended so far.
+    End,
+}
+
+/// An event read back with its position. A record that cannot be decoded is returned
+/// as an error message rather than skipped, so the dispatcher can dead-letter it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Offset within the partition.
+    pub offset: Offset,
+    /// The event, or why it could not be decoded.
+    pub event: Result<Event, String>,
+}
+
+/// Channel failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The channel is at capacity; the caller should retry later.
+    #[error("channel for broker {broker} is full; retry later")]
+    Full {
+        /// The broker.
+        broker: BrokerId,
+    },
+    /// The channel is shutting down or its writer stopped.
+    #[error("channel for broker {broker} is not available: {reason}")]
+    Unavailable {
+        /// The broker.
+        broker: BrokerId,
+        /// Why.
+        reason: String,
+    },
+    /// An event is larger than the channel accepts.
+    #[error("event of {size} bytes exceeds the channel limit of {limit} bytes")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// Limit.
+        limit: usize,
+    },
+    /// Storage I/O failed.
+    #[error("storage error for broker {broker}: {source}")]
+    Io {
+        /// The broker.
+        broker: BrokerId,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Anything else, described.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Opens per-broker logs. Implementations are cheap to share (`Arc`).
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Opens (creating if needed) the log of one broker.
+    async fn open(&self, broker: &BrokerId) -> Result<Arc<dyn BrokerLog>, ChannelError>;
+
+    /// A short human description ("embedded log at /var/lib/triggerfish").
+    fn describe(&self) -> String;
+}
+
+/// The log of one broker.
+#[async_trait]
+pub trait BrokerLog: Send + Sync + 'static {
+    /// The broker.
+    fn broker(&self) -> &BrokerId;
+
+    /// Number of partitions (fixed for the life of the log).
+    fn partitions(&self) -> u32;
+
+    /// Appends events; returns only when every one is durable per the channel's
+    /// policy. An error means some may or may not be stored (the producer retries;
+    /// consumers de-duplicate on `source` + `id`).
+    async fn append(&self, events: &[Event]) -> Result<(), ChannelError>;
+
+    /// The offset the next event appended to `partition` will get.
+    async fn end_offset(&self, partition: u32) -> Result<Offset, ChannelError>;
+
+    /// A reader over one partition.
+    async fn reader(
+        &self,
+        partition: u32,
+        start: StartAt,
+    ) -> Result<Box<dyn LogReader>, ChannelError>;
+
+    /// The stored checkpoint of a trigger: for each partition, the next offset to
+    /// process. `None` when the trigger has none yet.
+    async fn load_checkpoint(&self, trigger: &str) -> Result<Option<Vec<Offset>>, ChannelError>;
+
+    /// Stores a trigger's checkpoint. `durable` asks for it to survive a crash
+    /// (used when a trigger is first seen); otherwise a crash may lose the latest
+    /// store, which only causes redelivery.
+    async fn store_checkpoint(
+        &self,
+        trigger: &str,
+        offsets: &[Offset],
+        durable: bool,
+    ) -> Result<(), ChannelError>;
+}
+
+/// Reads one partition in offset order.
+#[async_trait]
+pub trait LogReader: Send + 'static {
+    /// Waits until at least one record is available, then returns up to `max`.
+    /// Cancel-safe: dropping the future loses no records.
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, ChannelError>;
+
+    /// Returns up to `max` records that are available now, without waiting.
+    async fn try_batch(&mut self, max: usize) -> Result<Vec<Record>, ChannelError>;
+
+    /// The offset of the next record this reader will return.
+    fn position(&self) -> Offset;
+}
+
+/// Picks a partition for an event: by `partitionkey` hash when present (so one key
+/// always lands in one partition and keeps its order), else `fallback`.
+pub fn partition_for(event: &Event, partitions: u32, fallback: u32) -> u32 {
+    if partitions <= 1 {
+        return 0;
+    }
+    let mut buf = String::new();
+    match event.partition_key(&mut buf) {
+        Some(key) => (fnv1a(key.as_bytes()) % u64::from(partitions)) as u32,
+        None => fallback % partitions,
+    }
+}
+
+/// FNV-1a, a stable hash (unlike `DefaultHasher`, whose output may change between
+/// Rust releases, which would move keys between partitions after an upgrade).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_by_key_is_stable() {
+        let mut e = Event::new();
+        e.set_str("partitionkey", "customer-7");
+        let p = partition_for(&e, 8, 0);
+        assert_eq!(p, partition_for(&e, 8, 5));
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let e = Event::new();
+        assert_eq!(partition_for(&e, 4, 6), 2);
+        assert_eq!(partition_for(&e, 1, 6), 0);
+    }
+}

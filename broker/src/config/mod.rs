@@ -1,0 +1,627 @@
+//! Knative-compatible Broker/Trigger YAML → validated, typed [`Config`].
+//!
+//! [`load`] reads one file or every `.yaml`/`.yml` file of a directory (sorted by
+//! name), each possibly multi-document. Documents of `apiVersion:
+//! eventing.knative.dev/v1` and kind `Broker` or `Trigger` are understood; other kinds
+//! are skipped with a notice. Every problem is reported at once, each naming the file,
+//! the document, the object, the field and why ([`ConfigError`]).
+
+mod raw;
+mod resolve;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::delivery::{BackoffPolicy, DeliverySpec, Format};
+use crate::filter::Filter;
+use raw::{RawBroker, RawDelivery, RawTrigger};
+pub use resolve::resolve_destination;
+
+/// Annotation selecting per-trigger delivery order (Knative Kafka broker's name).
+pub const ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
+/// Annotation bounding concurrent deliveries per trigger and partition.
+pub const CONCURRENCY_ANNOTATION: &str = "triggerfish.dev/delivery.concurrency";
+/// Default bound on concurrent deliveries per trigger and partition.
+pub const DEFAULT_CONCURRENCY: usize = 100;
+const MAX_CONCURRENCY: usize = 10_000;
+
+/// Options that shape how a config is understood.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Kubernetes cluster domain used to resolve Service references.
+    pub cluster_domain: String,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            cluster_domain: "cluster.local".to_owned(),
+        }
+    }
+}
+
+/// A broker's identity: namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BrokerId {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Broker name.
+    pub name: String,
+}
+
+impl BrokerId {
+    /// Builds an id.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> BrokerId {
+        BrokerId {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for BrokerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Per-trigger delivery order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOrder {
+    /// Bounded concurrency, no order (default).
+    Unordered,
+    /// One in flight per partition key, in append order.
+    Ordered,
+}
+
+/// A validated broker and its triggers.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Namespace and name.
+    pub id: BrokerId,
+    /// The broker's delivery (its own, or the default when it has none).
+    pub delivery: DeliverySpec,
+    /// Annotations as written.
+    pub annotations: BTreeMap<String, String>,
+    /// Triggers bound to this broker, sorted by name.
+    pub triggers: Vec<TriggerConfig>,
+}
+
+/// A validated trigger.
+#[derive(Debug, Clone)]
+pub struct TriggerConfig {
+    /// Trigger name (unique within the namespace).
+    pub name: String,
+    /// The broker it is bound to.
+    pub broker: BrokerId,
+    /// Compiled filter.
+    pub filter: Filter,
+    /// Resolved subscriber URL.
+    pub subscriber: Url,
+    /// Effective delivery: the trigger's own, else its broker's.
+    pub delivery: DeliverySpec,
+    /// Delivery order.
+    pub order: DeliveryOrder,
+    /// Bound on concurrent deliveries (per partition).
+    pub concurrency: usize,
+    /// Annotations as written.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Brokers sorted by id.
+    pub brokers: Vec<BrokerConfig>,
+    /// Things skipped or worth knowing (other kinds, triggers without a broker).
+    pub notices: Vec<String>,
+}
+
+impl Config {
+    /// Finds a broker.
+    pub fn broker(&self, namespace: &str, name: &str) -> Option<&BrokerConfig> {
+        self.brokers
+            .iter()
+            .find(|b| b.id.namespace == namespace && b.id.name == name)
+    }
+}
+
+/// One problem in a config, located precisely.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based document index within the file (0 when the file itself failed).
+    pub document: usize,
+    /// `Kind namespace/name` when known.
+    pub object: Option<String>,
+    /// Dotted field path (may be empty).
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.document > 0 {
+            write!(f, ": document {}", self.document)?;
+        }
+        if let Some(o) = &self.object {
+            write!(f, " ({o})")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// Every problem found in a config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid config ({} problem", self.0.len())?;
+        if self.0.len() != 1 {
+            write!(f, "s")?;
+        }
+        write!(f, ")")?;
+        for e in &self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    document: usize,
+    object: Option<String>,
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, field: &str, reason: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            document: self.document,
+            object: self.object.clone(),
+            field: field.to_owned(),
+            reason: reason.into(),
+        });
+    }
+}
+
+/// Loads a file or a directory of YAML files.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Config, ConfigErrors> {
+    let files = list_files(path).map_err(|reason| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            document: 0,
+            object: None,
+            field: String::new(),
+            reason,
+        }])
+    })?;
+    let mut sources = Vec::with_capacity(files.len());
+    let mut errors = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => sources.push((file, text)),
+            Err(e) => errors.push(ConfigError {
+                file,
+                document: 0,
+                object: None,
+                field: String::new(),
+                reason: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    let refs: Vec<(&Path, &str)> = sources
+        .iter()
+        .map(|(p, t)| (p.as_path(), t.as_str()))
+        .collect();
+    match parse_sources(&refs, opts) {
+        Ok(config) if errors.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigErrors(errors)),
+        Err(ConfigErrors(more)) => {
+            errors.extend(more);
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+fn list_files(path: &Path) -> Result<Vec<PathBuf>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if meta.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(|e| format!("cannot list directory: {e}"))? {
+        let p = entry
+            .map_err(|e| format!("cannot list directory: {e}"))?
+            .path();
+        let yaml = p
+            .extension()
+            .is_some_and(|x| x.eq_ignore_ascii_case("yaml") || x.eq_ignore_ascii_case("yml"));
+        if yaml && p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err("directory holds no .yaml or .yml files".to_owned());
+    }
+    Ok(files)
+}
+
+/// Parses config text (already read); `sources` pairs a display path with its text.
+pub fn parse_sources(
+    sources: &[(&Path, &str)],
+    opts: &LoadOptions,
+) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut notices = Vec::new();
+    let mut brokers: BTreeMap<BrokerId, BrokerConfig> = BTreeMap::new();
+    // (trigger, whether it has its own delivery, where it was written)
+    let mut triggers: Vec<(TriggerConfig, bool, String)> = Vec::new();
+    for (file, text) in sources {
+        for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let mut ctx = Ctx {
+                file,
+                document: i + 1,
+                object: None,
+                errors: &mut errors,
+            };
+            let value = match serde_yaml_ng::Value::deserialize(doc) {
+                Ok(serde_yaml_ng::Value::Null) => continue,
+                Ok(v) => v,
+                Err(e) => {
+                    ctx.err("", format!("not valid YAML: {e}"));
+                    break; // the rest of the stream cannot be trusted
+                }
+            };
+            let api = value
+                .get("apiVersion")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or("");
+            let where_ = format!("{}: document {}", file.display(), i + 1);
+            match (api, kind) {
+                ("eventing.knative.dev/v1", "Broker") => {
+                    if let Some(b) = parse_broker(value, &mut ctx, opts) {
+                        if brokers.contains_key(&b.id) {
+                            ctx.err("metadata.name", format!("broker {} is defined twice", b.id));
+                        } else {
+                            brokers.insert(b.id.clone(), b);
+                        }
+                    }
+                }
+                ("eventing.knative.dev/v1", "Trigger") => {
+                    if let Some((t, own_delivery)) = parse_trigger(value, &mut ctx, opts) {
+                        triggers.push((t, own_delivery, where_));
+                    }
+                }
+                ("", _) | (_, "") => ctx.err("", "not a Kubernetes object: apiVersion and kind are required"),
+                (api, kind) => notices.push(format!("{where_}: skipped {kind} ({api}): not a Broker or Trigger of eventing.knative.dev/v1")),
+            }
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (mut trigger, own_delivery, where_) in triggers {
+        if !seen.insert((trigger.broker.namespace.clone(), trigger.name.clone())) {
+            errors.push(ConfigError {
+                file: PathBuf::from(where_.split(": document").next().unwrap_or("")),
+                document: 0,
+                object: Some(format!(
+                    "Trigger {}/{}",
+                    trigger.broker.namespace, trigger.name
+                )),
+                field: "metadata.name".into(),
+                reason: "trigger is defined twice".into(),
+            });
+            continue;
+        }
+        match brokers.get_mut(&trigger.broker) {
+            Some(b) => {
+                // A trigger's delivery replaces its broker's as a whole.
+                if !own_delivery {
+                    trigger.delivery = b.delivery.clone();
+                }
+                b.triggers.push(trigger);
+            }
+            None => notices.push(format!(
+                "{where_}: trigger {}/{} refers to broker {} which is not defined; it receives nothing",
+                trigger.broker.namespace, trigger.name, trigger.broker
+            )),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let mut brokers: Vec<BrokerConfig> = brokers.into_values().collect();
+    for b in &mut brokers {
+        b.triggers.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    Ok(Config { brokers, notices })
+}
+
+fn deserialize<T: serde::de::DeserializeOwned>(
+    value: serde_yaml_ng::Value,
+    ctx: &mut Ctx<'_>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            ctx.err(&path, e.into_inner().to_string());
+            None
+        }
+    }
+}
+
+fn parse_broker(
+    value: serde_yaml_ng::Value,
+    ctx: &mut Ctx<'_>,
+    opts: &LoadOptions,
+) -> Option<BrokerConfig> {
+    let raw: RawBroker = deserialize(value, ctx)?;
+    let namespace = raw.metadata.namespace.unwrap_or_else(|| "default".into());
+    let name = raw.metadata.name.unwrap_or_default();
+    ctx.object = Some(format!("Broker {namespace}/{name}"));
+    let before = ctx.errors.len();
+    check_k8s_name(&namespace, true, "metadata.namespace", ctx);
+    check_k8s_name(&name, false, "metadata.name", ctx);
+    let delivery = match &raw.spec.delivery {
+        Some(d) => parse_delivery(d, &namespace, "spec.delivery", ctx, opts),
+        None => DeliverySpec::broker_default(),
+    };
+    (ctx.errors.len() == before).then(|| BrokerConfig {
+        id: BrokerId::new(namespace, name),
+        delivery,
+        annotations: raw.metadata.annotations,
+        triggers: Vec::new(),
+    })
+}
+
+/// Returns the trigger and whether it has a delivery of its own.
+fn parse_trigger(
+    value: serde_yaml_ng::Value,
+    ctx: &mut Ctx<'_>,
+    opts: &LoadOptions,
+) -> Option<(TriggerConfig, bool)> {
+    let raw: RawTrigger = deserialize(value, ctx)?;
+    let namespace = raw.metadata.namespace.unwrap_or_else(|| "default".into());
+    let name = raw.metadata.name.unwrap_or_default();
+    ctx.object = Some(format!("Trigger {namespace}/{name}"));
+    let before = ctx.errors.len();
+    check_k8s_name(&namespace, true, "metadata.namespace", ctx);
+    check_k8s_name(&name, false, "metadata.name", ctx);
+    let spec = raw.spec;
+    let broker = match (&spec.broker, &spec.broker_ref) {
+        (Some(b), None) => b.clone(),
+        (None, Some(r)) => {
+            if r.namespace.as_deref().is_some_and(|ns| ns != namespace) {
+                ctx.err(
+                    "spec.brokerRef.namespace",
+                    "cross-namespace broker references are not supported",
+                );
+            }
+            r.name.clone().unwrap_or_default()
+        }
+        (Some(_), Some(_)) => {
+            ctx.err("spec", "set exactly one of broker and brokerRef");
+            String::new()
+        }
+        (None, None) => {
+            ctx.err("spec.broker", "required");
+            String::new()
+        }
+    };
+    if !broker.is_empty() {
+        check_k8s_name(&broker, false, "spec.broker", ctx);
+    }
+    let mut filter = Filter::match_all();
+    if let Some(attrs) = spec.filter.as_ref().and_then(|f| f.attributes.as_ref()) {
+        for key in attrs.keys() {
+            let ok = key.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            if !ok {
+                ctx.err(
+                    &format!("spec.filter.attributes.{key}"),
+                    "attribute names must match ^[a-z][a-z0-9]*$",
+                );
+            }
+        }
+        filter = Filter::attributes(attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    }
+    if spec.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+        // Fail closed: never silently widen a trigger by ignoring its filters.
+        ctx.err("spec.filters", "the Subscriptions API filter dialects are not supported by this version; use spec.filter.attributes");
+    }
+    let subscriber = resolve_destination(&spec.subscriber, &namespace, opts)
+        .map_err(|reason| ctx.err("spec.subscriber", reason))
+        .ok();
+    let annotations = raw.metadata.annotations;
+    let delivery = match &spec.delivery {
+        Some(d) => parse_delivery(d, &namespace, "spec.delivery", ctx, opts),
+        // Replaced by the broker's once the broker is known.
+        None => DeliverySpec::broker_default(),
+    };
+    let order = match annotations.get(ORDER_ANNOTATION).map(String::as_str) {
+        None | Some("unordered") => DeliveryOrder::Unordered,
+        Some("ordered") => DeliveryOrder::Ordered,
+        Some(other) => {
+            ctx.err(
+                &format!("metadata.annotations.{ORDER_ANNOTATION}"),
+                format!("'{other}' is not 'ordered' or 'unordered'"),
+            );
+            DeliveryOrder::Unordered
+        }
+    };
+    let concurrency = match annotations.get(CONCURRENCY_ANNOTATION) {
+        None => DEFAULT_CONCURRENCY,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_CONCURRENCY).contains(&n) => n,
+            _ => {
+                ctx.err(
+                    &format!("metadata.annotations.{CONCURRENCY_ANNOTATION}"),
+                    format!("'{v}' is not a whole number from 1 to {MAX_CONCURRENCY}"),
+                );
+                DEFAULT_CONCURRENCY
+            }
+        },
+    };
+    if ctx.errors.len() != before {
+        return None;
+    }
+    let own_delivery = spec.delivery.is_some();
+    Some((
+        TriggerConfig {
+            name,
+            broker: BrokerId::new(namespace, broker),
+            filter,
+            subscriber: subscriber?,
+            delivery,
+            order,
+            concurrency,
+            annotations,
+        },
+        own_delivery,
+    ))
+}
+
+fn parse_delivery(
+    raw: &RawDelivery,
+    namespace: &str,
+    field: &str,
+    ctx: &mut Ctx<'_>,
+    opts: &LoadOptions,
+) -> DeliverySpec {
+    let mut spec = DeliverySpec::unset();
+    if let Some(r) = raw.retry {
+        match u32::try_from(r) {
+            Ok(r) => spec.retry = r,
+            Err(_) => ctx.err(
+                &format!("{field}.retry"),
+                format!("{r} is not a whole number >= 0"),
+            ),
+        }
+    }
+    match raw.backoff_policy.as_deref() {
+        None | Some("exponential") => spec.backoff_policy = BackoffPolicy::Exponential,
+        Some("linear") => spec.backoff_policy = BackoffPolicy::Linear,
+        Some(other) => ctx.err(
+            &format!("{field}.backoffPolicy"),
+            format!("'{other}' is not 'exponential' or 'linear'"),
+        ),
+    }
+    let mut duration = |value: &Option<String>, name: &str, positive: bool| -> Option<Duration> {
+        let v = value.as_ref()?;
+        match parse_duration(v) {
+            Ok(d) if positive && d.is_zero() => {
+                ctx.err(&format!("{field}.{name}"), "must be greater than zero");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(reason) => {
+                ctx.err(&format!("{field}.{name}"), reason);
+                None
+            }
+        }
+    };
+    if let Some(d) = duration(&raw.backoff_delay, "backoffDelay", false) {
+        spec.backoff_delay = d;
+    }
+    if let Some(d) = duration(&raw.timeout, "timeout", true) {
+        spec.timeout = d;
+    }
+    if let Some(d) = duration(&raw.retry_after_max, "retryAfterMax", false) {
+        spec.retry_after_max = Some(d);
+    }
+    match raw.format.as_deref() {
+        None | Some("binary") => spec.format = Format::Binary,
+        Some("json") => spec.format = Format::Json,
+        Some(other) => ctx.err(
+            &format!("{field}.format"),
+            format!("'{other}' is not 'json' or 'binary'"),
+        ),
+    }
+    if let Some(dls) = &raw.dead_letter_sink {
+        match resolve_destination(dls, namespace, opts) {
+            Ok(url) => spec.dead_letter_sink = Some(url),
+            Err(reason) => ctx.err(&format!("{field}.deadLetterSink"), reason),
+        }
+    }
+    spec
+}
+
+/// Parses an ISO 8601 duration such as `PT0.2S`, `PT1M30S` or `P1D` (days count as 24
+/// hours). Years, months and weeks are rejected as ambiguous, and so are negative
+/// durations.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("'{s}' is not an ISO 8601 duration such as PT0.2S or PT1M30S");
+    let upper = s.trim().to_ascii_uppercase();
+    if !upper.starts_with('P') {
+        return Err(bad());
+    }
+    if upper.contains('Y')
+        || upper.contains('W')
+        || upper.split('T').next().is_some_and(|d| d.contains('M'))
+    {
+        return Err(format!(
+            "'{s}': years, months and weeks are not allowed (use days or smaller units)"
+        ));
+    }
+    let span: jiff::Span = upper.parse().map_err(|_| bad())?;
+    let d = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|_| bad())?;
+    Duration::try_from(d).map_err(|_| format!("'{s}' must not be negative"))
+}
+
+fn check_k8s_name(name: &str, label: bool, field: &str, ctx: &mut Ctx<'_>) {
+    if name.is_empty() {
+        ctx.err(field, "required");
+        return;
+    }
+    let max = if label { 63 } else { 253 };
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 63
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !p.starts_with('-')
+            && !p.ends_with('-')
+    };
+    let ok = name.len() <= max
+        && if label {
+            part_ok(name)
+        } else {
+            name.split('.').all(part_ok)
+        };
+    if !ok {
+        let what = if label {
+            "DNS-1123 label"
+        } else {
+            "DNS-1123 subdomain"
+        };
+        ctx.err(
+            field,
+            format!("'{name}' is not a valid {what} (lower-case letters, digits and '-'{}, at most {max} characters)", if label { "" } else { " in '.'-separated parts" }),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,187 @@
+//! The compact record format in which channels store events.
+//!
+//! ```text
+//! u8 version (1) | u8 data kind | u16 attribute count
+//! per attribute: u8 name length | name | u8 tag (0 string, 1 integer, 2 boolean)
+//!                | u32 value length | value (UTF-8, i32 LE, or one byte)
+//! u8 has data | u32 data length | data
+//! ```
+//! All integers are little-endian. Decoding never panics on malformed input, and the
+//! data of a decoded event shares the record's buffer instead of copying it.
+
+use bytes::{BufMut, Bytes};
+
+use super::{AttrValue, DataKind, Event};
+
+const VERSION: u8 = 1;
+
+/// Why a stored record could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed event record: {0}")]
+pub struct CodecError(pub &'static str);
+
+/// Upper bound on the encoded size, for buffer sizing.
+pub fn encoded_len(event: &Event) -> usize {
+    let attrs: usize = event
+        .attributes()
+        .map(|(n, v)| {
+            2 + n.len()
+                + 4
+                + match v {
+                    AttrValue::String(s) => s.len(),
+                    AttrValue::Integer(_) => 4,
+                    AttrValue::Boolean(_) => 1,
+                }
+        })
+        .sum();
+    4 + attrs + 5 + event.data().map_or(0, |d| d.len())
+}
+
+/// Appends the encoded event to `out`.
+pub fn encode(event: &Event, out: &mut Vec<u8>) {
+    out.reserve(encoded_len(event));
+    out.put_u8(VERSION);
+    out.put_u8(event.data_kind() as u8);
+    out.put_u16_le(event.attribute_count().min(u16::MAX as usize) as u16);
+    for (name, value) in event.attributes().take(u16::MAX as usize) {
+        // Attribute names are validated ASCII; longer than 255 bytes cannot pass
+        // ingress limits, but truncate defensively rather than corrupt the record.
+        let name = &name.as_bytes()[..name.len().min(255)];
+        out.put_u8(name.len() as u8);
+        out.put_slice(name);
+        match value {
+            AttrValue::String(s) => {
+                out.put_u8(0);
+                out.put_u32_le(s.len() as u32);
+                out.put_slice(s.as_bytes());
+            }
+            AttrValue::Integer(i) => {
+                out.put_u8(1);
+                out.put_u32_le(4);
+                out.put_i32_le(*i);
+            }
+            AttrValue::Boolean(b) => {
+                out.put_u8(2);
+                out.put_u32_le(1);
+                out.put_u8(u8::from(*b));
+            }
+        }
+    }
+    match event.data() {
+        Some(d) => {
+            out.put_u8(1);
+            out.put_u32_le(d.len() as u32);
+            out.put_slice(d);
+        }
+        None => {
+            out.put_u8(0);
+            out.put_u32_le(0);
+        }
+    }
+}
+
+/// Encodes into a fresh buffer.
+pub fn to_bytes(event: &Event) -> Bytes {
+    let mut out = Vec::with_capacity(encoded_len(event));
+    encode(event, &mut out);
+    Bytes::from(out)
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(CodecError("length overflow"))?;
+        let s = self.buf.get(self.pos..end).ok_or(CodecError("truncated"))?;
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, CodecError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, CodecError> {
+        let s = self.take(2)?;
+        Ok(u16::from_le_bytes([s[0], s[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, CodecError> {
+        let s = self.take(4)?;
+        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+}
+
+/// Decodes a record produced by [`encode`].
+pub fn decode(record: &Bytes) -> Result<Event, CodecError> {
+    let mut c = Cursor {
+        buf: record,
+        pos: 0,
+    };
+    if c.u8()? != VERSION {
+        return Err(CodecError("unknown version"));
+    }
+    let kind = DataKind::from_u8(c.u8()?).ok_or(CodecError("unknown data kind"))?;
+    let count = c.u16()?;
+    let mut event = Event::new();
+    for _ in 0..count {
+        let nlen = c.u8()? as usize;
+        let name = std::str::from_utf8(c.take(nlen)?).map_err(|_| CodecError("name not UTF-8"))?;
+        let tag = c.u8()?;
+        let vlen = c.u32()? as usize;
+        let v = c.take(vlen)?;
+        let value = match (tag, vlen) {
+            (0, _) => AttrValue::String(
+                std::str::from_utf8(v)
+                    .map_err(|_| CodecError("value not UTF-8"))?
+                    .to_owned(),
+            ),
+            (1, 4) => AttrValue::Integer(i32::from_le_bytes([v[0], v[1], v[2], v[3]])),
+            (2, 1) => AttrValue::Boolean(v[0] != 0),
+            _ => return Err(CodecError("bad attribute tag")),
+        };
+        event.set(name, value);
+    }
+    let has = c.u8()?;
+    let dlen = c.u32()? as usize;
+    let start = c.pos;
+    c.take(dlen)?;
+    if c.pos != record.len() {
+        return Err(CodecError("trailing bytes"));
+    }
+    let data = (has == 1).then(|| record.slice(start..start + dlen));
+    event.set_data(kind, data);
+    Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let mut e = Event::new();
+        e.set_str("specversion", "1.0");
+        e.set_str("id", "x");
+        e.set("n", AttrValue::Integer(-7));
+        e.set("b", AttrValue::Boolean(true));
+        e.set_data(DataKind::Text, Some(Bytes::from_static(b"hi")));
+        let bytes = to_bytes(&e);
+        assert_eq!(bytes.len(), encoded_len(&e));
+        assert_eq!(decode(&bytes), Ok(e));
+    }
+
+    #[test]
+    fn truncated_and_garbage_records_are_errors() {
+        let mut e = Event::new();
+        e.set_str("id", "x");
+        let bytes = to_bytes(&e);
+        for n in 0..bytes.len() {
+            assert!(decode(&bytes.slice(..n)).is_err(), "prefix {n}");
+        }
+        assert!(decode(&Bytes::from_static(&[1, 0, 255, 255, 1])).is_err());
+    }
+}

@@ -1,0 +1,309 @@
+//! The CloudEvents HTTP protocol binding (bindings_http-protocol-binding.md): decoding
+//! requests in binary, structured and batched mode, and encoding events in binary or
+//! structured mode for delivery.
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+
+use super::{json, AttrValue, DataKind, Event, EventError, DATACONTENTTYPE};
+
+/// Media type of a structured-mode JSON event.
+pub const STRUCTURED_JSON: &str = "application/cloudevents+json";
+/// Media type of a batched-mode JSON body.
+pub const BATCH_JSON: &str = "application/cloudevents-batch+json";
+
+/// Why an HTTP message could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The content type names an event format or batch format we do not support.
+    #[error("unsupported content type '{0}': supported are binary mode, {STRUCTURED_JSON} and {BATCH_JSON}")]
+    UnsupportedMediaType(String),
+    /// The message is not a valid CloudEvent.
+    #[error(transparent)]
+    Invalid(#[from] EventError),
+}
+
+/// The content mode of a request, decided by its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `ce-` headers and the body as data.
+    Binary,
+    /// One event as `application/cloudevents+json`.
+    Structured,
+    /// A JSON array of events as `application/cloudevents-batch+json`.
+    Batched,
+}
+
+/// Decides the content mode from the request headers.
+pub fn mode(headers: &HeaderMap) -> Result<Mode, DecodeError> {
+    let Some(ct) = headers.get(CONTENT_TYPE) else {
+        return Ok(Mode::Binary);
+    };
+    let ct = ct.to_str().map_err(|_| {
+        DecodeError::Invalid(EventError::new(
+            "content-type",
+            "not a visible ASCII header",
+        ))
+    })?;
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case(STRUCTURED_JSON) {
+        Ok(Mode::Structured)
+    } else if essence.eq_ignore_ascii_case(BATCH_JSON) {
+        Ok(Mode::Batched)
+    } else if starts_with_ignore_case(essence, "application/cloudevents") {
+        Err(DecodeError::UnsupportedMediaType(ct.to_owned()))
+    } else {
+        Ok(Mode::Binary)
+    }
+}
+
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+/// Decodes a request into one or more events (not yet validated: see
+/// [`super::validate`]).
+pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Vec<Event>, DecodeError> {
+    match mode(headers)? {
+        Mode::Structured => Ok(vec![json::parse_event(&body)?]),
+        Mode::Batched => Ok(json::parse_batch(&body)?),
+        Mode::Binary => Ok(vec![decode_binary(headers, body)?]),
+    }
+}
+
+/// Decodes a binary-mode message.
+pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, EventError> {
+    let mut event = Event::new();
+    let mut saw_specversion = false;
+    for (name, value) in headers {
+        let Some(attr) = name.as_str().strip_prefix("ce-") else {
+            continue;
+        };
+        if attr == DATACONTENTTYPE {
+            // Binary mode carries datacontenttype in Content-Type only.
+            continue;
+        }
+        saw_specversion |= attr == "specversion";
+        let decoded = decode_header_value(value.as_bytes())
+            .map_err(|reason| EventError::new(attr, reason))?;
+        if event.get(attr).is_some() {
+            return Err(EventError::new(attr, "header given more than once"));
+        }
+        event.set(attr, AttrValue::String(decoded));
+    }
+    if !saw_specversion {
+        return Err(EventError::new(
+            "specversion",
+            "binary mode needs a ce-specversion header (for structured mode send Content-Type: application/cloudevents+json)",
+        ));
+    }
+    if let Some(ct) = headers.get(CONTENT_TYPE) {
+        let ct = ct
+            .to_str()
+            .map_err(|_| EventError::new(DATACONTENTTYPE, "Content-Type is not visible ASCII"))?;
+        event.set(DATACONTENTTYPE, AttrValue::String(ct.to_owned()));
+    }
+    if !body.is_empty() {
+        event.set_data(DataKind::Binary, Some(body));
+    }
+    Ok(event)
+}
+
+/// Undoes RFC 7230 double-quoting, then one round of percent-decoding; rejects
+/// invalid UTF-8 (HTTP binding 3.1.3.2).
+pub fn decode_header_value(raw: &[u8]) -> Result<String, String> {
+    let unquoted: std::borrow::Cow<'_, [u8]> =
+        if raw.len() >= 2 && raw[0] == b'"' && raw[raw.len() - 1] == b'"' {
+            let mut out = Vec::with_capacity(raw.len());
+            let mut it = raw[1..raw.len() - 1].iter();
+            while let Some(&b) = it.next() {
+                if b == b'\\' {
+                    match it.next() {
+                        Some(&n) => out.push(n),
+                        None => return Err("dangling backslash in quoted header".into()),
+                    }
+                } else {
+                    out.push(b);
+                }
+            }
+            out.into()
+        } else {
+            raw.into()
+        };
+    if !unquoted.contains(&b'%') {
+        return String::from_utf8(unquoted.into_owned())
+            .map_err(|_| "header value is not valid UTF-8".to_owned());
+    }
+    let mut out = Vec::with_capacity(unquoted.len());
+    let mut i = 0;
+    while i < unquoted.len() {
+        let b = unquoted[i];
+        if b == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            match (
+                unquoted.get(i + 1).and_then(|&c| hex(c)),
+                unquoted.get(i + 2).and_then(|&c| hex(c)),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                }
+                _ => return Err("invalid percent-encoding".into()),
+            }
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "percent-decoded header value is not valid UTF-8".to_owned())
+}
+
+/// Percent-encodes a string for a `ce-` header: space, `"`, `%` and everything outside
+/// printable ASCII.
+pub fn encode_header_value(s: &str) -> HeaderValue {
+    let needs = s
+        .bytes()
+        .any(|b| !(0x21..=0x7E).contains(&b) || b == b'"' || b == b'%');
+    if !needs {
+        if let Ok(v) = HeaderValue::from_str(s) {
+            return v;
+        }
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for b in s.bytes() {
+        if (0x21..=0x7E).contains(&b) && b != b'"' && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(char::from(b"0123456789ABCDEF"[(b >> 4) as usize]));
+            out.push(char::from(b"0123456789ABCDEF"[(b & 15) as usize]));
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Encodes an event in binary mode: `ce-` headers (and `Content-Type`) into `headers`,
+/// returning the body.
+pub fn encode_binary(event: &Event, headers: &mut HeaderMap) -> Bytes {
+    let mut buf = String::new();
+    for (name, value) in event.attributes() {
+        if name == DATACONTENTTYPE {
+            continue;
+        }
+        let Ok(header) = HeaderName::from_bytes(format!("ce-{name}").as_bytes()) else {
+            continue; // names were validated; cannot happen for a stored event
+        };
+        headers.insert(header, encode_header_value(value.canonical(&mut buf)));
+    }
+    if let Some(ct) = event.effective_content_type() {
+        if let Ok(v) = HeaderValue::from_str(ct) {
+            headers.insert(CONTENT_TYPE, v);
+        }
+    }
+    event.data().cloned().unwrap_or_default()
+}
+
+/// Encodes an event in structured JSON mode.
+pub fn encode_structured(event: &Event, headers: &mut HeaderMap) -> Bytes {
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(STRUCTURED_JSON));
+    Bytes::from(json::to_vec(event))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn percent_encoding_follows_the_spec_example() {
+        let v = encode_header_value("Euro \u{20AC} \u{1F600}");
+        assert_eq!(v, "Euro%20%E2%82%AC%20%F0%9F%98%80");
+        assert_eq!(
+            decode_header_value(b"Euro%20%e2%82%ac%20%F0%9F%98%80").as_deref(),
+            Ok("Euro \u{20AC} \u{1F600}")
+        );
+        assert_eq!(decode_header_value(b"%41bc").as_deref(), Ok("Abc"));
+        assert!(decode_header_value(b"%C0%A0").is_err(), "overlong UTF-8");
+        assert!(decode_header_value(b"%4").is_err());
+        assert_eq!(
+            decode_header_value(br#""a \"b\"""#).as_deref(),
+            Ok(r#"a "b""#)
+        );
+    }
+
+    #[test]
+    fn binary_round_trip() {
+        let h = headers(&[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "42"),
+            ("ce-source", "/x"),
+            ("ce-type", "t"),
+            ("ce-myext", "hello%20world"),
+            ("content-type", "text/plain"),
+        ]);
+        let events = decode(&h, Bytes::from_static(b"payload")).expect("decodes");
+        let e = &events[0];
+        assert_eq!(e.get_str("myext"), Some("hello world"));
+        assert_eq!(e.get_str("datacontenttype"), Some("text/plain"));
+        let mut out = HeaderMap::new();
+        let body = encode_binary(e, &mut out);
+        assert_eq!(&body[..], b"payload");
+        assert_eq!(
+            out.get("ce-myext").map(|v| v.as_bytes()),
+            Some(&b"hello%20world"[..])
+        );
+        assert_eq!(
+            out.get("content-type").map(|v| v.as_bytes()),
+            Some(&b"text/plain"[..])
+        );
+        let again = decode(&out, body).expect("decodes");
+        assert_eq!(&again[0], e);
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(mode(&headers(&[])), Ok(Mode::Binary));
+        assert_eq!(
+            mode(&headers(&[(
+                "content-type",
+                "application/cloudevents+json; charset=utf-8"
+            )])),
+            Ok(Mode::Structured)
+        );
+        assert_eq!(
+            mode(&headers(&[(
+                "content-type",
+                "application/cloudevents-batch+json"
+            )])),
+            Ok(Mode::Batched)
+        );
+        assert!(matches!(
+            mode(&headers(&[("content-type", "application/cloudevents+xml")])),
+            Err(DecodeError::UnsupportedMediaType(_))
+        ));
+        assert_eq!(
+            mode(&headers(&[("content-type", "application/json")])),
+            Ok(Mode::Binary)
+        );
+    }
+
+    #[test]
+    fn binary_without_specversion_is_invalid() {
+        let err = decode(
+            &headers(&[("content-type", "application/json")]),
+            Bytes::new(),
+        )
+        .expect_err("invalid");
+        assert!(matches!(err, DecodeError::Invalid(e) if e.attribute == "specversion"));
+    }
+}

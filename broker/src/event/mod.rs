@@ -1,0 +1,281 @@
+//! The CloudEvent model shared by every part of Triggerfish.
+//!
+//! An [`Event`] keeps its context attributes in insertion order as typed values
+//! ([`AttrValue`]) and its data as the exact bytes that a binary-mode HTTP body would
+//! carry, plus a [`DataKind`] that remembers how the data arrived so that structured
+//! (JSON) output can reproduce it faithfully.
+//!
+//! - [`validate`]: the CloudEvents 1.0 rules (required attributes, names, types).
+//! - [`http`]: the HTTP protocol binding (binary, structured and batched modes).
+//! - [`json`]: the JSON event format, single and batch.
+//! - [`codec`]: the compact binary record format the channels store.
+
+pub mod codec;
+pub mod http;
+pub mod json;
+pub mod validate;
+
+use bytes::Bytes;
+
+pub use validate::{validate, EventError};
+
+/// Attribute names with a fixed type in the CloudEvents 1.0 spec.
+pub const SPECVERSION: &str = "specversion";
+/// The `id` attribute.
+pub const ID: &str = "id";
+/// The `source` attribute.
+pub const SOURCE: &str = "source";
+/// The `type` attribute.
+pub const TYPE: &str = "type";
+/// The `datacontenttype` attribute.
+pub const DATACONTENTTYPE: &str = "datacontenttype";
+/// The `dataschema` attribute.
+pub const DATASCHEMA: &str = "dataschema";
+/// The `subject` attribute.
+pub const SUBJECT: &str = "subject";
+/// The `time` attribute.
+pub const TIME: &str = "time";
+/// Extension the ingress stamps with the time of receipt.
+pub const ARRIVAL_TIME: &str = "knativearrivaltime";
+/// Extension carrying the reply loop guard.
+pub const BROKER_TTL: &str = "knativebrokerttl";
+/// Partitioning extension (CloudEvents `partitioning` extension).
+pub const PARTITION_KEY: &str = "partitionkey";
+
+/// A typed attribute value. Binary-mode HTTP carries every value as a string; the JSON
+/// format can carry extension values as JSON booleans and integers, which we keep so
+/// that structured output round-trips.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttrValue {
+    /// String, URI, URI-reference and Timestamp values, in canonical string form.
+    String(String),
+    /// CloudEvents Integer (32-bit signed).
+    Integer(i32),
+    /// CloudEvents Boolean.
+    Boolean(bool),
+}
+
+impl AttrValue {
+    /// The value as a string when it is one (no allocation).
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            AttrValue::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Writes the canonical string form into `buf` and returns it; strings are
+    /// returned borrowed without touching `buf`.
+    pub fn canonical<'a>(&'a self, buf: &'a mut String) -> &'a str {
+        use std::fmt::Write;
+        match self {
+            AttrValue::String(s) => s,
+            AttrValue::Integer(i) => {
+                buf.clear();
+                let _ = write!(buf, "{i}");
+                buf
+            }
+            AttrValue::Boolean(b) => {
+                if *b {
+                    "true"
+                } else {
+                    "false"
+                }
+            }
+        }
+    }
+
+    /// The canonical string form, allocated.
+    pub fn to_canonical_string(&self) -> String {
+        let mut buf = String::new();
+        self.canonical(&mut buf).to_owned()
+    }
+}
+
+/// How an event's data arrived, which decides how structured mode writes it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataKind {
+    /// Opaque bytes: a binary-mode body or JSON `data_base64`.
+    Binary = 0,
+    /// The bytes are JSON text, from a JSON `data` member.
+    Json = 1,
+    /// The bytes are the UTF-8 content of a JSON `data` string member whose
+    /// `datacontenttype` is not JSON.
+    Text = 2,
+}
+
+impl DataKind {
+    pub(crate) fn from_u8(v: u8) -> Option<DataKind> {
+        match v {
+            0 => Some(DataKind::Binary),
+            1 => Some(DataKind::Json),
+            2 => Some(DataKind::Text),
+            _ => None,
+        }
+    }
+}
+
+/// One CloudEvent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    attrs: Vec<(String, AttrValue)>,
+    data: Option<Bytes>,
+    data_kind: DataKind,
+}
+
+impl Default for Event {
+    fn default() -> Self {
+        Event::new()
+    }
+}
+
+impl Event {
+    /// An event with no attributes and no data (not valid until the required
+    /// attributes are set).
+    pub fn new() -> Event {
+        Event {
+            attrs: Vec::with_capacity(8),
+            data: None,
+            data_kind: DataKind::Binary,
+        }
+    }
+
+    /// Looks an attribute up by its (lower-case) name.
+    pub fn get(&self, name: &str) -> Option<&AttrValue> {
+        self.attrs.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// A string attribute by name (`None` when absent or not a string).
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(AttrValue::as_str)
+    }
+
+    /// The `id` attribute, or "" when absent (only for messages and labels).
+    pub fn id(&self) -> &str {
+        self.get_str(ID).unwrap_or("")
+    }
+
+    /// The `type` attribute, or "".
+    pub fn ty(&self) -> &str {
+        self.get_str(TYPE).unwrap_or("")
+    }
+
+    /// The `source` attribute, or "".
+    pub fn source(&self) -> &str {
+        self.get_str(SOURCE).unwrap_or("")
+    }
+
+    /// Sets an attribute, replacing an existing one of the same name.
+    pub fn set(&mut self, name: impl Into<String>, value: AttrValue) {
+        let name = name.into();
+        if let Some(slot) = self.attrs.iter_mut().find(|(n, _)| *n == name) {
+            slot.1 = value;
+        } else {
+            self.attrs.push((name, value));
+        }
+    }
+
+    /// Sets a string attribute.
+    pub fn set_str(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.set(name, AttrValue::String(value.into()));
+    }
+
+    /// Removes an attribute, returning its value.
+    pub fn remove(&mut self, name: &str) -> Option<AttrValue> {
+        let idx = self.attrs.iter().position(|(n, _)| n == name)?;
+        Some(self.attrs.remove(idx).1)
+    }
+
+    /// All attributes in insertion order.
+    pub fn attributes(&self) -> impl Iterator<Item = (&str, &AttrValue)> {
+        self.attrs.iter().map(|(n, v)| (n.as_str(), v))
+    }
+
+    /// Number of attributes.
+    pub fn attribute_count(&self) -> usize {
+        self.attrs.len()
+    }
+
+    /// The data bytes, as a binary-mode body would carry them.
+    pub fn data(&self) -> Option<&Bytes> {
+        self.data.as_ref()
+    }
+
+    /// How the data arrived.
+    pub fn data_kind(&self) -> DataKind {
+        self.data_kind
+    }
+
+    /// Sets the data.
+    pub fn set_data(&mut self, kind: DataKind, data: Option<Bytes>) {
+        self.data_kind = kind;
+        self.data = data;
+    }
+
+    /// The content type a binary-mode message should carry: `datacontenttype`, or
+    /// `application/json` for data that arrived as a JSON `data` member without one
+    /// (JSON format 3.1.2).
+    pub fn effective_content_type(&self) -> Option<&str> {
+        match self.get_str(DATACONTENTTYPE) {
+            Some(ct) => Some(ct),
+            None if self.data.is_some() && self.data_kind == DataKind::Json => {
+                Some("application/json")
+            }
+            None => None,
+        }
+    }
+
+    /// The partition key (the `partitionkey` extension in canonical form), if any.
+    pub fn partition_key<'a>(&'a self, buf: &'a mut String) -> Option<&'a str> {
+        self.get(PARTITION_KEY).map(|v| v.canonical(buf))
+    }
+}
+
+/// True when a media type (parameters stripped) declares JSON content:
+/// `*/json` or `*/*+json` (JSON format 3.1.1).
+pub fn is_json_media_type(ct: &str) -> bool {
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    let Some((_, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    sub.eq_ignore_ascii_case("json")
+        || (sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_media_types() {
+        assert!(is_json_media_type("application/json"));
+        assert!(is_json_media_type("application/json; charset=utf-8"));
+        assert!(is_json_media_type("application/vnd.foo+json"));
+        assert!(is_json_media_type("text/JSON"));
+        assert!(!is_json_media_type("application/xml"));
+        assert!(!is_json_media_type("json"));
+        assert!(!is_json_media_type("application/+json"));
+        assert!(!is_json_media_type("text/plain"));
+    }
+
+    #[test]
+    fn set_replaces_and_keeps_order() {
+        let mut e = Event::new();
+        e.set_str("id", "1");
+        e.set_str("type", "t");
+        e.set_str("id", "2");
+        let names: Vec<_> = e.attributes().map(|(n, _)| n).collect();
+        assert_eq!(names, ["id", "type"]);
+        assert_eq!(e.id(), "2");
+        assert_eq!(e.remove("id"), Some(AttrValue::String("2".into())));
+        assert_eq!(e.get("id"), None);
+    }
+
+    #[test]
+    fn canonical_forms() {
+        let mut buf = String::new();
+        assert_eq!(AttrValue::Integer(-5).canonical(&mut buf), "-5");
+        assert_eq!(AttrValue::Boolean(true).canonical(&mut buf), "true");
+        assert_eq!(AttrValue::String("x".into()).canonical(&mut buf), "x");
+    }
+}

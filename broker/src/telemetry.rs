@@ -1,0 +1,256 @@
+//! Metric names and label sets, in one place, and tracing set-up.
+//!
+//! Labels are bounded: `broker` (`namespace/name` of a configured broker, or `""` for
+//! requests naming an unknown one), `trigger`, `reason`, `outcome`. Never event ids or
+//! URLs. Hot paths do not look metrics up per event: callers resolve handles once per
+//! broker or trigger ([`Metrics::ingress`], [`Metrics::trigger`]) and increment those.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Why the ingress refused an event.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RejectReason {
+    /// Not a valid CloudEvent (400).
+    invalid,
+    /// Unknown broker (404).
+    unknown_broker,
+    /// Body over the limit (413).
+    too_large,
+    /// Unsupported content type (415).
+    unsupported_media_type,
+    /// The channel could not take it (503).
+    unavailable,
+}
+
+/// What finally happened to one delivery.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    /// The subscriber answered 2xx.
+    delivered,
+    /// The subscriber failed and retries were exhausted or not allowed.
+    failed,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BrokerLabels {
+    broker: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectLabels {
+    broker: String,
+    reason: RejectReason,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabels {
+    broker: String,
+    trigger: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    broker: String,
+    trigger: String,
+    outcome: Outcome,
+}
+
+/// Every metric Triggerfish exports.
+pub struct Metrics {
+    registry: Registry,
+    accepted: Family<BrokerLabels, Counter>,
+    rejected: Family<RejectLabels, Counter>,
+    deliveries: Family<DeliveryLabels, Counter>,
+    attempts: Family<TriggerLabels, Counter>,
+    latency: Family<TriggerLabels, Histogram>,
+}
+
+/// Pre-resolved ingress counters of one broker.
+#[derive(Clone)]
+pub struct IngressMetrics {
+    /// Events accepted (202).
+    pub accepted: Counter,
+    rejected: Family<RejectLabels, Counter>,
+    broker: String,
+}
+
+impl IngressMetrics {
+    /// Counts `n` rejected events.
+    pub fn reject(&self, reason: RejectReason, n: u64) {
+        self.rejected
+            .get_or_create(&RejectLabels {
+                broker: self.broker.clone(),
+                reason,
+            })
+            .inc_by(n);
+    }
+}
+
+/// Pre-resolved delivery metrics of one trigger.
+#[derive(Clone)]
+pub struct TriggerMetrics {
+    /// Deliveries that ended with a 2xx.
+    pub delivered: Counter,
+    /// Deliveries that failed for good.
+    pub failed: Counter,
+    /// Every HTTP attempt, retries included.
+    pub attempts: Counter,
+    /// Seconds from the first attempt to the final outcome.
+    pub latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("triggerfish");
+        let accepted = Family::<BrokerLabels, Counter>::default();
+        let rejected = Family::<RejectLabels, Counter>::default();
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        let attempts = Family::<TriggerLabels, Counter>::default();
+        let latency = Family::<TriggerLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.0005, 2.0, 18))) as fn() -> Histogram,
+        );
+        registry.register(
+            "ingress_events_accepted",
+            "Events stored durably and answered 202",
+            accepted.clone(),
+        );
+        registry.register(
+            "ingress_events_rejected",
+            "Events refused by the ingress, by reason",
+            rejected.clone(),
+        );
+        registry.register(
+            "dispatcher_deliveries",
+            "Deliveries by final outcome",
+            deliveries.clone(),
+        );
+        registry.register(
+            "dispatcher_attempts",
+            "HTTP delivery attempts, retries included",
+            attempts.clone(),
+        );
+        registry.register(
+            "dispatcher_delivery_duration_seconds",
+            "Time from the first attempt to the final outcome",
+            latency.clone(),
+        );
+        Metrics {
+            registry,
+            accepted,
+            rejected,
+            deliveries,
+            attempts,
+            latency,
+        }
+    }
+
+    /// A shared handle.
+    pub fn shared() -> Arc<Metrics> {
+        Arc::new(Metrics::new())
+    }
+
+    /// Ingress counters of one broker (`""` for unknown brokers).
+    pub fn ingress(&self, broker: &str) -> IngressMetrics {
+        IngressMetrics {
+            accepted: self
+                .accepted
+                .get_or_create(&BrokerLabels {
+                    broker: broker.to_owned(),
+                })
+                .clone(),
+            rejected: self.rejected.clone(),
+            broker: broker.to_owned(),
+        }
+    }
+
+    /// Delivery metrics of one trigger.
+    pub fn trigger(&self, broker: &str, trigger: &str) -> TriggerMetrics {
+        let d = |outcome| {
+            self.deliveries
+                .get_or_create(&DeliveryLabels {
+                    broker: broker.to_owned(),
+                    trigger: trigger.to_owned(),
+                    outcome,
+                })
+                .clone()
+        };
+        let labels = TriggerLabels {
+            broker: broker.to_owned(),
+            trigger: trigger.to_owned(),
+        };
+        TriggerMetrics {
+            delivered: d(Outcome::delivered),
+            failed: d(Outcome::failed),
+            attempts: self.attempts.get_or_create(&labels).clone(),
+            latency: self.latency.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Installs the global tracing subscriber: human-readable by default, JSON lines with
+/// `json`. `filter` uses `RUST_LOG` syntax; the `RUST_LOG` variable wins when set.
+pub fn init_tracing(json: bool, filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_show_in_exposition() {
+        let m = Metrics::new();
+        let ing = m.ingress("default/b");
+        ing.accepted.inc_by(3);
+        ing.reject(RejectReason::invalid, 2);
+        let t = m.trigger("default/b", "t1");
+        t.delivered.inc();
+        t.latency.observe(0.01);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"triggerfish_ingress_events_accepted_total{broker="default/b"} 3"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"triggerfish_ingress_events_rejected_total{broker="default/b",reason="invalid"} 2"#), "{text}");
+        assert!(text.contains(r#"triggerfish_dispatcher_deliveries_total{broker="default/b",trigger="t1",outcome="delivered"} 1"#), "{text}");
+        assert!(
+            text.contains("triggerfish_dispatcher_delivery_duration_seconds_count"),
+            "{text}"
+        );
+    }
+}
