@@ -108,8 +108,14 @@ pub(crate) enum Expr {
         rhs: Box<Expr>,
     },
     /// `a op b op c ...` with the same logical operator, at least two operands.
-    Logic { op: LogicOp, operands: Vec<Expr> },
-    Call { callee: Callee, args: Vec<Expr> },
+    Logic {
+        op: LogicOp,
+        operands: Vec<Expr>,
+    },
+    Call {
+        callee: Callee,
+        args: Vec<Expr>,
+    },
 }
 
 impl Expr {

@@ -20,7 +20,11 @@ pub struct ParseError {
 }
 
 impl ParseError {
-    pub(crate) fn new(offset: usize, expected: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        offset: usize,
+        expected: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         ParseError {
             offset,
             expected: expected.into(),

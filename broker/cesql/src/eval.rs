@@ -48,9 +48,9 @@ pub(crate) fn eval<'a, A: Attributes + ?Sized>(e: &'a Expr, ev: &'a A, sink: &mu
                 Val::Bool(false)
             }
         },
-        Expr::Exists(name) => Val::Bool(
-            REQUIRED_ATTRIBUTES.contains(&&**name) || ev.attribute(name).is_some(),
-        ),
+        Expr::Exists(name) => {
+            Val::Bool(REQUIRED_ATTRIBUTES.contains(&&**name) || ev.attribute(name).is_some())
+        }
         Expr::Not(x) => {
             let before = sink.count();
             let v = eval(x, ev, sink);
@@ -210,7 +210,9 @@ fn arith_or_order<'a>(op: BinOp, x: i32, y: i32, sink: &mut Sink) -> Val<'a> {
         BinOp::Sub => x.checked_sub(y),
         BinOp::Mul => x.checked_mul(y),
         BinOp::Div | BinOp::Rem if y == 0 => {
-            sink.push(ErrorKind::Math, || format!("division by zero in {x} {} 0", op.symbol()));
+            sink.push(ErrorKind::Math, || {
+                format!("division by zero in {x} {} 0", op.symbol())
+            });
             return Val::Int(0);
         }
         BinOp::Div => x.checked_div(y),

@@ -103,7 +103,9 @@ impl Builtin {
 }
 
 fn fe(sink: &mut Sink, f: Builtin, msg: impl FnOnce() -> String) {
-    sink.push(ErrorKind::FunctionEvaluation, || format!("{}: {}", f.name(), msg()));
+    sink.push(ErrorKind::FunctionEvaluation, || {
+        format!("{}: {}", f.name(), msg())
+    });
 }
 
 fn cast_err(sink: &mut Sink, f: Builtin, failure: CastFailure) {

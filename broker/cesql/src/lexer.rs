@@ -158,7 +158,9 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, ParseError> {
             }
             _ if b.is_ascii_alphanumeric() || b == b'_' => {
                 let mut end = i;
-                while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+                while end < bytes.len()
+                    && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_')
+                {
                     end += 1;
                 }
                 let word = &src[i..end];

@@ -13,6 +13,25 @@
 //! filtering entry point: an event passes only if the value is
 //! `Boolean(true)` and no error occurred (spec 1.2).
 //!
+//! ```
+//! use std::collections::HashMap;
+//! use cesql::{ErrorKind, Expression, Value};
+//!
+//! let expr = Expression::parse("type LIKE 'com.example.%' AND INT(hop) < 10").unwrap();
+//! let mut event = HashMap::new();
+//! event.insert("type".to_string(), "com.example.created".to_string());
+//! event.insert("hop".to_string(), "3".to_string());
+//! assert!(expr.matches(&event));
+//!
+//! // A missing attribute: the value is the zero value of the operator's
+//! // return type, and the error is reported.
+//! event.remove("hop");
+//! let out = expr.evaluate(&event);
+//! assert_eq!(out.value, Value::Boolean(false));
+//! assert_eq!(out.errors[0].kind, ErrorKind::MissingAttribute);
+//! assert!(!expr.matches(&event));
+//! ```
+//!
 //! # Crate layout
 //!
 //! The source text is first cut into tokens by the lexer (`lexer.rs`),
@@ -31,9 +50,10 @@
 //! straight from the expression or from the event, so the common filters
 //! never allocate. Type casts live in `cast.rs`; the public and internal
 //! value types in `value.rs`; the error types, including the sink that
-//! collects evaluation errors, in `error.rs`. Tests sit in `tests/`
+//! collects evaluation errors, in `error.rs`. Tests sit in `src/tests/`
 //! (table tests derived from the spec and the CESQL TCK, plus property
-//! tests that the parser and evaluator never panic).
+//! tests that the parser and evaluator never panic); `fuzz/` is a separate
+//! cargo-fuzz project (its own workspace) with a `parse_eval` target.
 //!
 //! # Semantics in brief
 //!

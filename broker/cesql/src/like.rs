@@ -157,14 +157,35 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert_eq!(LikePattern::compile("abc").compiled, Compiled::Exact("abc".into()));
-        assert_eq!(LikePattern::compile("ab%").compiled, Compiled::Prefix("ab".into()));
-        assert_eq!(LikePattern::compile("%ab").compiled, Compiled::Suffix("ab".into()));
-        assert_eq!(LikePattern::compile("%ab%").compiled, Compiled::Contains("ab".into()));
+        assert_eq!(
+            LikePattern::compile("abc").compiled,
+            Compiled::Exact("abc".into())
+        );
+        assert_eq!(
+            LikePattern::compile("ab%").compiled,
+            Compiled::Prefix("ab".into())
+        );
+        assert_eq!(
+            LikePattern::compile("%ab").compiled,
+            Compiled::Suffix("ab".into())
+        );
+        assert_eq!(
+            LikePattern::compile("%ab%").compiled,
+            Compiled::Contains("ab".into())
+        );
         assert_eq!(LikePattern::compile("%%").compiled, Compiled::Any);
-        assert_eq!(LikePattern::compile("a\\%").compiled, Compiled::Exact("a%".into()));
-        assert!(matches!(LikePattern::compile("a_").compiled, Compiled::General(_)));
-        assert!(matches!(LikePattern::compile("a%b").compiled, Compiled::General(_)));
+        assert_eq!(
+            LikePattern::compile("a\\%").compiled,
+            Compiled::Exact("a%".into())
+        );
+        assert!(matches!(
+            LikePattern::compile("a_").compiled,
+            Compiled::General(_)
+        ));
+        assert!(matches!(
+            LikePattern::compile("a%b").compiled,
+            Compiled::General(_)
+        ));
     }
 
     #[test]

@@ -372,9 +372,9 @@ impl Parser<'_> {
             Tok::Word(ref w) => {
                 self.bump();
                 if self.peek().tok == Tok::LParen {
-                    self.call(&w, &t)
+                    self.call(w, &t)
                 } else {
-                    Ok((Expr::Ident(self.value_identifier(&w, &t)?), 1))
+                    Ok((Expr::Ident(self.value_identifier(w, &t)?), 1))
                 }
             }
             _ => Err(self.unexpected("expression")),

@@ -16,7 +16,7 @@ pub enum Type {
 }
 
 impl Type {
-    /// Lower-case name of the type.
+    /// Name of the type as the spec writes it.
     pub fn as_str(&self) -> &'static str {
         match self {
             Type::Boolean => "Boolean",

@@ -35,7 +35,11 @@ fn string_functions() {
         ("RIGHT('abc', 0)", s(""), None),
         ("RIGHT('abc', 3)", s("abc"), None),
         ("RIGHT('日本語', 2)", s("本語"), None),
-        ("RIGHT('abc', -2147483648)", s("abc"), Some(FunctionEvaluation)),
+        (
+            "RIGHT('abc', -2147483648)",
+            s("abc"),
+            Some(FunctionEvaluation),
+        ),
         ("LEFT('abc', 2147483647)", s("abc"), None),
     ];
     check_rows(&event(), rows);
@@ -52,10 +56,22 @@ fn substring() {
         ("SUBSTRING('abcdef', 2, 0)", s(""), None),
         ("SUBSTRING('abcdef', 2, 100)", s("bcdef"), None),
         ("SUBSTRING('abcdef', 2, 2147483647)", s("bcdef"), None),
-        ("SUBSTRING('abcdef', 2, -1)", s(""), Some(FunctionEvaluation)),
+        (
+            "SUBSTRING('abcdef', 2, -1)",
+            s(""),
+            Some(FunctionEvaluation),
+        ),
         ("SUBSTRING('abcdef', -2, 1)", s("e"), None),
-        ("SUBSTRING('abcdef', -2147483648)", s(""), Some(FunctionEvaluation)),
-        ("SUBSTRING('abcdef', 2147483647, 1)", s(""), Some(FunctionEvaluation)),
+        (
+            "SUBSTRING('abcdef', -2147483648)",
+            s(""),
+            Some(FunctionEvaluation),
+        ),
+        (
+            "SUBSTRING('abcdef', 2147483647, 1)",
+            s(""),
+            Some(FunctionEvaluation),
+        ),
         ("SUBSTRING('', 0)", s(""), None),
         ("SUBSTRING('', 1)", s(""), Some(FunctionEvaluation)),
         ("SUBSTRING('日本語', 2)", s("本語"), None),

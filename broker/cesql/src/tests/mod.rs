@@ -57,7 +57,10 @@ pub(crate) fn check_rows<A: crate::Attributes + ?Sized>(ev: &A, rows: &[Row]) {
         };
         let got = expr.evaluate(ev);
         if &got.value != want {
-            failures.push(format!("{src:?}: value {:?}, want {want:?} ({:?})", got.value, got.errors));
+            failures.push(format!(
+                "{src:?}: value {:?}, want {want:?} ({:?})",
+                got.value, got.errors
+            ));
         }
         match want_err {
             None if !got.errors.is_empty() => {
@@ -74,7 +77,12 @@ pub(crate) fn check_rows<A: crate::Attributes + ?Sized>(ev: &A, rows: &[Row]) {
             failures.push(format!("{src:?}: matches() disagrees with evaluate()"));
         }
     }
-    assert!(failures.is_empty(), "{} failing rows:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failing rows:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Assert that each source fails to parse.

@@ -87,7 +87,11 @@ fn logic() {
         ("FALSE OR 'yes'", b(false), Some(Cast)),
         ("TRUE XOR 'yes'", b(false), Some(Cast)),
         ("TRUE XOR TRUE XOR TRUE", b(true), None),
-        ("true AND (missingattribute = \"\")", b(false), Some(MissingAttribute)),
+        (
+            "true AND (missingattribute = \"\")",
+            b(false),
+            Some(MissingAttribute),
+        ),
         ("missing AND TRUE", b(false), Some(MissingAttribute)),
         ("missing OR TRUE", b(false), Some(MissingAttribute)),
         ("TRUE OR missing", b(true), None),
@@ -239,7 +243,11 @@ fn attributes_of_every_type() {
         ("MYEXT", s("my extension"), None),
         ("myint + 0", i(10), None),
         ("mybool = TRUE", b(true), None),
-        ("myint = 10 AND mybool AND myext = 'my extension'", b(true), None),
+        (
+            "myint = 10 AND mybool AND myext = 'my extension'",
+            b(true),
+            None,
+        ),
     ];
     check_rows(&event(), rows);
 }

@@ -266,8 +266,14 @@ fn spec_examples() {
             ("hop < ttl", b(true), None),
         ],
     );
-    check_rows(&ev(&[("sequence", s("5"))]), &[("sequence = 5", b(true), None)]);
-    check_rows(&ev(&[("sequence", s("6"))]), &[("sequence = 5", b(false), None)]);
+    check_rows(
+        &ev(&[("sequence", s("5"))]),
+        &[("sequence = 5", b(true), None)],
+    );
+    check_rows(
+        &ev(&[("sequence", s("6"))]),
+        &[("sequence = 5", b(false), None)],
+    );
     let or = "firstname = 'Francesco' OR subject = 'Francesco'";
     let e = ev(&[("subject", s("Francesco")), ("firstname", s("Doug"))]);
     check_rows(&e, &[(or, b(true), None)]);
@@ -333,8 +339,16 @@ fn string_builtin_functions() {
         ("SUBSTRING('Quadratically', 0, 1)", s(""), None),
         ("SUBSTRING('abcdef', 10)", s(""), Some(FunctionEvaluation)),
         ("SUBSTRING('abcdef', -10)", s(""), Some(FunctionEvaluation)),
-        ("SUBSTRING('abcdef', 10, 10)", s(""), Some(FunctionEvaluation)),
-        ("SUBSTRING('abcdef', -10, 10)", s(""), Some(FunctionEvaluation)),
+        (
+            "SUBSTRING('abcdef', 10, 10)",
+            s(""),
+            Some(FunctionEvaluation),
+        ),
+        (
+            "SUBSTRING('abcdef', -10, 10)",
+            s(""),
+            Some(FunctionEvaluation),
+        ),
     ];
     check_rows(&event(), rows);
 }
@@ -352,8 +366,14 @@ fn sub_expressions() {
 #[test]
 fn subscriptions_api_recreations() {
     let src = |v: &str| ev(&[("source", s(v))]);
-    check_rows(&src("https://example.com"), &[("source LIKE 'https://%'", b(true), None)]);
-    check_rows(&src("http://example.com"), &[("source LIKE 'https://%'", b(false), None)]);
+    check_rows(
+        &src("https://example.com"),
+        &[("source LIKE 'https://%'", b(true), None)],
+    );
+    check_rows(
+        &src("http://example.com"),
+        &[("source LIKE 'https://%'", b(false), None)],
+    );
     let mut no_ext = event();
     no_ext.remove("myext");
     let custom = ev(&[("myext", s("customext"))]);
@@ -366,33 +386,78 @@ fn subscriptions_api_recreations() {
         check_rows(&no_ext, &[(expr, b(false), Some(MissingAttribute))]);
     }
     let t = |v: &str| ev(&[("type", s(v))]);
-    check_rows(&t("com.github.error"), &[("type like '%.error'", b(true), None)]);
-    check_rows(&t("com.github.success"), &[("type like '%.error'", b(false), None)]);
+    check_rows(
+        &t("com.github.error"),
+        &[("type like '%.error'", b(true), None)],
+    );
+    check_rows(
+        &t("com.github.success"),
+        &[("type like '%.error'", b(false), None)],
+    );
     check_rows(&ev(&[("id", s("myId"))]), &[("id = 'myId'", b(true), None)]);
-    check_rows(&ev(&[("id", s("notmyId"))]), &[("id = 'myId'", b(false), None)]);
+    check_rows(
+        &ev(&[("id", s("notmyId"))]),
+        &[("id = 'myId'", b(false), None)],
+    );
 
     let pre_suf = "id LIKE 'my%' AND source LIKE '%.ca'";
     let e2 = |id: &str, source: &str| ev(&[("id", s(id)), ("source", s(source))]);
-    check_rows(&e2("myId", "http://www.some-website.ca"), &[(pre_suf, b(true), None)]);
-    check_rows(&e2("myId", "http://www.some-website.com"), &[(pre_suf, b(false), None)]);
+    check_rows(
+        &e2("myId", "http://www.some-website.ca"),
+        &[(pre_suf, b(true), None)],
+    );
+    check_rows(
+        &e2("myId", "http://www.some-website.com"),
+        &[(pre_suf, b(false), None)],
+    );
     let mut e = custom.clone();
     e.insert("type".into(), s("com.github.error"));
-    check_rows(&e, &[("myext LIKE 'custom%' AND type LIKE '%.error'", b(true), None)]);
+    check_rows(
+        &e,
+        &[(
+            "myext LIKE 'custom%' AND type LIKE '%.error'",
+            b(true),
+            None,
+        )],
+    );
     let mut e = no_ext.clone();
     e.insert("type".into(), s("example.event.type"));
     check_rows(
         &e,
-        &[("type LIKE 'example.%' AND myext LIKE 'custom%'", b(false), Some(MissingAttribute))],
+        &[(
+            "type LIKE 'example.%' AND myext LIKE 'custom%'",
+            b(false),
+            Some(MissingAttribute),
+        )],
     );
 
     let or = "id LIKE 'my%' OR source LIKE '%.ca'";
-    check_rows(&e2("myId", "http://www.some-website.ca"), &[(or, b(true), None)]);
-    check_rows(&e2("myId", "http://www.some-website.com"), &[(or, b(true), None)]);
-    check_rows(&e2("notmyId", "http://www.some-website.ca"), &[(or, b(true), None)]);
-    check_rows(&e2("notmyId", "http://www.some-website.com"), &[(or, b(false), None)]);
+    check_rows(
+        &e2("myId", "http://www.some-website.ca"),
+        &[(or, b(true), None)],
+    );
+    check_rows(
+        &e2("myId", "http://www.some-website.com"),
+        &[(or, b(true), None)],
+    );
+    check_rows(
+        &e2("notmyId", "http://www.some-website.ca"),
+        &[(or, b(true), None)],
+    );
+    check_rows(
+        &e2("notmyId", "http://www.some-website.com"),
+        &[(or, b(false), None)],
+    );
     let mut e = no_ext.clone();
     e.insert("id".into(), s("notmyId"));
-    check_rows(&e, &[("id LIKE 'my%' OR myext LIKE '%ext'", b(false), Some(MissingAttribute))]);
+    check_rows(
+        &e,
+        &[(
+            "id LIKE 'my%' OR myext LIKE '%ext'",
+            b(false),
+            Some(MissingAttribute),
+        )],
+    );
 
     let dnf = "(id = 'myId' AND type LIKE '%.success') OR (id = 'notmyId' AND source LIKE 'http://%' AND type LIKE '%.warning')";
     let e3 = |id: &str, ty: &str, source: &str| {
@@ -402,23 +467,46 @@ fn subscriptions_api_recreations() {
         e.insert("source".into(), s(source));
         e
     };
-    check_rows(&e3("myId", "example.event.success", "x"), &[(dnf, b(true), None)]);
-    let warn = e3("notmyId", "example.event.warning", "http://localhost.localdomain");
+    check_rows(
+        &e3("myId", "example.event.success", "x"),
+        &[(dnf, b(true), None)],
+    );
+    let warn = e3(
+        "notmyId",
+        "example.event.warning",
+        "http://localhost.localdomain",
+    );
     check_rows(&warn, &[(dnf, b(true), None)]);
-    let warn_s = e3("notmyId", "example.event.warning", "https://localhost.localdomain");
+    let warn_s = e3(
+        "notmyId",
+        "example.event.warning",
+        "https://localhost.localdomain",
+    );
     check_rows(&warn_s, &[(dnf, b(false), None)]);
     let dnf4 = "(id = 'myId' AND type LIKE '%.success') OR (id = 'notmyId' AND source LIKE 'http://%' AND type LIKE '%.warning') OR (myext = 'cusomext')";
     check_rows(&warn_s, &[(dnf4, b(false), Some(MissingAttribute))]);
 
     let cnf = "(id = 'myId' OR type LIKE '%.success') AND (id = 'notmyId' OR source LIKE 'https://%' OR type LIKE '%.warning')";
     let local = "http://localhost.localdomain";
-    check_rows(&e3("myId", "example.event.warning", local), &[(cnf, b(true), None)]);
-    check_rows(&e3("notmyId", "example.event.success", local), &[(cnf, b(true), None)]);
-    check_rows(&e3("notmyId", "example.event.warning", local), &[(cnf, b(false), None)]);
-    check_rows(&e3("myId", "example.event.success", local), &[(cnf, b(true), None)]);
-    let cnf5 = "(id = 'myId' OR type LIKE '%.success') AND (id = 'notmyId' OR source LIKE 'https://%' OR type LIKE '%.warning') AND (myext = 'customext')";
+    check_rows(
+        &e3("myId", "example.event.warning", local),
+        &[(cnf, b(true), None)],
+    );
+    check_rows(
+        &e3("notmyId", "example.event.success", local),
+        &[(cnf, b(true), None)],
+    );
+    check_rows(
+        &e3("notmyId", "example.event.warning", local),
+        &[(cnf, b(false), None)],
+    );
     check_rows(
         &e3("myId", "example.event.success", local),
+        &[(cnf, b(false), None)],
+    );
+    let cnf5 = "(id = 'myId' OR type LIKE '%.success') AND (id = 'notmyId' OR source LIKE 'https://%' OR type LIKE '%.warning') AND (myext = 'customext')";
+    check_rows(
+        &e3("myId", "example.event.warning", local),
         &[(cnf5, b(false), Some(MissingAttribute))],
     );
 }

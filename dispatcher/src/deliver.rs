@@ -1,0 +1,171 @@
+//! HTTP delivery of one event to one subscriber, with the trigger's retry policy.
+//!
+//! Each attempt is a POST in the trigger's content mode (binary by default) with
+//! `Prefer: reply`, bounded by the delivery timeout. The outcome of each attempt is
+//! classified by [`broker::delivery::classify`]; waits come from the spec's backoff and
+//! any honoured `Retry-After`. Only `tokio::time` is used, so tests can pause time.
+
+use std::time::{Instant, SystemTime};
+
+use broker::delivery::{classify, DeliverySpec, Format, RetryDecision};
+use broker::event::{http as binding, Event};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use url::Url;
+
+/// The shared HTTP client (connection pooling per subscriber host).
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Response bodies are read up to this many bytes (enough for error data and
+/// replies); larger bodies are dropped with their connection.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// Builds the client used for every delivery.
+pub fn client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// What one attempt produced.
+#[derive(Debug)]
+pub struct Attempt {
+    /// The status, `None` for transport errors and timeouts.
+    pub status: Option<StatusCode>,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// Up to [`MAX_RESPONSE_BYTES`] of the response body.
+    pub body: Bytes,
+    /// Transport error text, when there was no response.
+    pub error: Option<String>,
+}
+
+/// The final result of delivering one event.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Whether a 2xx was received.
+    pub delivered: bool,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last attempt.
+    pub last: Attempt,
+    /// Time from the first attempt to the outcome.
+    pub elapsed: std::time::Duration,
+}
+
+/// Delivers `event` to `url` following `spec`.
+pub async fn deliver(
+    client: &HttpClient,
+    url: &Url,
+    spec: &DeliverySpec,
+    event: &Event,
+) -> Delivery {
+    let started = Instant::now();
+    let mut headers = HeaderMap::new();
+    let body = match spec.format {
+        Format::Binary => binding::encode_binary(event, &mut headers),
+        Format::Json => binding::encode_structured(event, &mut headers),
+    };
+    headers.insert("prefer", HeaderValue::from_static("reply"));
+    let mut n = 0u32;
+    loop {
+        let attempt = attempt(client, url, spec, &headers, body.clone()).await;
+        n += 1;
+        let decision = classify(attempt.status, &attempt.headers, SystemTime::now());
+        let retry_after = match decision {
+            RetryDecision::Success => {
+                return Delivery {
+                    delivered: true,
+                    attempts: n,
+                    last: attempt,
+                    elapsed: started.elapsed(),
+                }
+            }
+            RetryDecision::Retry { retry_after } if n <= spec.retry => retry_after,
+            _ => {
+                return Delivery {
+                    delivered: false,
+                    attempts: n,
+                    last: attempt,
+                    elapsed: started.elapsed(),
+                }
+            }
+        };
+        let wait = spec.wait_before_retry(n, retry_after);
+        tracing::debug!(url = %url, event_id = event.id(), attempt = n, status = ?attempt.status,
+            error = attempt.error.as_deref().unwrap_or(""), wait_ms = wait.as_millis() as u64, "delivery failed; will retry");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn attempt(
+    client: &HttpClient,
+    url: &Url,
+    spec: &DeliverySpec,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Attempt {
+    let mut builder = Request::post(url.as_str());
+    if let Some(h) = builder.headers_mut() {
+        h.clone_from(headers);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    let req = match builder.body(Full::new(body)) {
+        Ok(r) => r,
+        Err(e) => return transport_error(format!("cannot build request: {e}")),
+    };
+    let exchange = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| transport_message(&e))?;
+        let (parts, body) = resp.into_parts();
+        let body = match http_body_util::Limited::new(body, MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        Ok::<_, String>(Attempt {
+            status: Some(parts.status),
+            headers: parts.headers,
+            body,
+            error: None,
+        })
+    };
+    match tokio::time::timeout(spec.timeout, exchange).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => transport_error(e),
+        Err(_) => transport_error(format!("no response within {:?}", spec.timeout)),
+    }
+}
+
+fn transport_message(e: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error;
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+fn transport_error(error: String) -> Attempt {
+    Attempt {
+        status: None,
+        headers: HeaderMap::new(),
+        body: Bytes::new(),
+        error: Some(error),
+    }
+}

@@ -1,0 +1,318 @@
+//! One read per event per partition: the shared reader, and the catch-up readers of
+//! lanes that fell behind.
+//!
+//! Every lane (one trigger on one partition) consumes a single bounded queue of
+//! [`Item`]s. The *sender* of that queue has exactly one owner at a time, which is
+//! what keeps each lane's events in offset order:
+//!
+//! - the partition's **shared reader**, while the lane is attached: it reads each
+//!   event once, evaluates every attached trigger's filter, and `try_send`s matches;
+//! - the lane's own **catch-up reader**, while it is detached: it reads the log from
+//!   the lane's position, filters for that one trigger, and `send`s with backpressure.
+//!
+//! A lane whose queue is full when the shared reader has a match for it is detached
+//! at that event's offset: the sender moves to a new catch-up reader starting there,
+//! so the shared reader never waits for a slow subscriber. When a catch-up reader
+//! reaches the end of the log it asks to rejoin at its position; the shared reader
+//! either back-fills the few events it has read past that position and takes the
+//! sender over, or (when it is behind) takes it with "skip below" set. Both readers
+//! also send [`Item::Skip`] watermarks so a lane's checkpoint moves past events that
+//! did not match its filter.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use broker::channel::{BrokerLog, LogReader, Offset, Record, StartAt};
+use broker::config::BrokerId;
+use broker::event::Event;
+use broker::filter::Filter;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// What a lane receives.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A matching event at an offset.
+    Event(Offset, Arc<Event>),
+    /// No event below this offset remains to be sent.
+    Skip(Offset),
+}
+
+/// Events read per batch.
+const BATCH: usize = 256;
+/// How often an idle lane's watermark is refreshed by the shared reader.
+const SKIP_EVERY: Duration = Duration::from_millis(200);
+/// The most events a rejoin may back-fill; beyond that the lane keeps catching up.
+const MAX_BACKFILL: u64 = 4096;
+
+/// A request to (re)attach a lane to the shared reader.
+pub struct Join {
+    lane: usize,
+    from: Offset,
+    tx: mpsc::Sender<Item>,
+    reply: oneshot::Sender<Result<(), mpsc::Sender<Item>>>,
+}
+
+/// What the shared reader and catch-up readers need to know about a lane.
+#[derive(Clone)]
+pub struct LaneInfo {
+    /// The trigger's compiled filter.
+    pub filter: Arc<Filter>,
+    /// Trigger name, for logs.
+    pub trigger: Arc<str>,
+}
+
+struct Attached {
+    tx: mpsc::Sender<Item>,
+    skip_below: Offset,
+    last_sent: Offset,
+}
+
+/// Context shared by the readers of one partition.
+#[derive(Clone)]
+pub struct Partition {
+    /// The broker's log.
+    pub log: Arc<dyn BrokerLog>,
+    /// Partition number.
+    pub partition: u32,
+    /// Lanes by index.
+    pub lanes: Arc<[LaneInfo]>,
+    /// Where rejoin requests go.
+    pub joins: mpsc::Sender<Join>,
+    /// Stops everything.
+    pub shutdown: CancellationToken,
+}
+
+impl Partition {
+    fn broker(&self) -> &BrokerId {
+        self.log.broker()
+    }
+}
+
+/// Runs the shared reader of a partition until shutdown.
+pub async fn shared_reader(ctx: Partition, mut joins: mpsc::Receiver<Join>) {
+    let mut reader = match ctx.log.reader(ctx.partition, StartAt::End).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(broker = %ctx.broker(), partition = ctx.partition, error = %e, "cannot open the shared reader; lanes keep reading on their own");
+            return;
+        }
+    };
+    let mut attached: Vec<Option<Attached>> = (0..ctx.lanes.len()).map(|_| None).collect();
+    let mut last_skip = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            () = ctx.shutdown.cancelled() => break,
+            Some(join) = joins.recv() => {
+                handle_join(&ctx, reader.position(), &mut attached, join).await;
+            }
+            batch = reader.next_batch(BATCH) => {
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(broker = %ctx.broker(), partition = ctx.partition, error = %e, "shared reader failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                for record in batch {
+                    fan_out(&ctx, &mut attached, record);
+                }
+                let pos = reader.position();
+                let refresh = last_skip.elapsed() >= SKIP_EVERY;
+                if refresh {
+                    last_skip = Instant::now();
+                }
+                for a in attached.iter_mut().flatten() {
+                    if a.last_sent < pos && pos > a.skip_below && (refresh || pos - a.last_sent >= BATCH as u64 * 4)
+                        && a.tx.try_send(Item::Skip(pos)).is_ok()
+                    {
+                        a.last_sent = pos;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn fan_out(ctx: &Partition, attached: &mut [Option<Attached>], record: Record) {
+    let event = match record.event {
+        Ok(e) => Arc::new(e),
+        Err(reason) => {
+            tracing::error!(broker = %ctx.broker(), partition = ctx.partition, offset = record.offset, reason, "undecodable record skipped");
+            return;
+        }
+    };
+    for (i, slot) in attached.iter_mut().enumerate() {
+        let Some(a) = slot else { continue };
+        if record.offset < a.skip_below || !ctx.lanes[i].filter.matches(&event) {
+            continue;
+        }
+        match a.tx.try_send(Item::Event(record.offset, event.clone())) {
+            Ok(()) => a.last_sent = record.offset + 1,
+            Err(TrySendError::Full(_)) => {
+                // The lane is behind: hand its queue to a catch-up reader from here.
+                if let Some(a) = slot.take() {
+                    tracing::debug!(broker = %ctx.broker(), partition = ctx.partition, trigger = %ctx.lanes[i].trigger, offset = record.offset, "lane detached to catch up on its own");
+                    tokio::spawn(catch_up(ctx.clone(), i, record.offset, a.tx));
+                }
+            }
+            Err(TrySendError::Closed(_)) => *slot = None,
+        }
+    }
+}
+
+async fn handle_join(ctx: &Partition, head: Offset, attached: &mut [Option<Attached>], join: Join) {
+    let Join {
+        lane,
+        from,
+        tx,
+        reply,
+    } = join;
+    if from >= head {
+        attached[lane] = Some(Attached {
+            tx,
+            skip_below: from,
+            last_sent: from,
+        });
+        let _ = reply.send(Ok(()));
+        return;
+    }
+    if head - from > MAX_BACKFILL {
+        let _ = reply.send(Err(tx));
+        return;
+    }
+    // Back-fill [from, head) for this lane alone, then attach.
+    let filled = backfill(ctx, lane, from, head, &tx).await;
+    if filled {
+        attached[lane] = Some(Attached {
+            tx,
+            skip_below: head,
+            last_sent: head,
+        });
+        let _ = reply.send(Ok(()));
+    } else {
+        let _ = reply.send(Err(tx));
+    }
+}
+
+async fn backfill(
+    ctx: &Partition,
+    lane: usize,
+    from: Offset,
+    head: Offset,
+    tx: &mpsc::Sender<Item>,
+) -> bool {
+    let Ok(mut reader) = ctx.log.reader(ctx.partition, StartAt::Offset(from)).await else {
+        return false;
+    };
+    // Queue nothing unless everything fits.
+    let mut items = Vec::new();
+    while reader.position() < head {
+        let Ok(batch) = reader.try_batch(BATCH).await else {
+            return false;
+        };
+        if batch.is_empty() {
+            break;
+        }
+        for r in batch {
+            if r.offset >= head {
+                break;
+            }
+            if let Ok(e) = r.event {
+                if ctx.lanes[lane].filter.matches(&e) {
+                    items.push(Item::Event(r.offset, Arc::new(e)));
+                }
+            }
+        }
+    }
+    items.push(Item::Skip(head));
+    if tx.capacity() < items.len() {
+        return false;
+    }
+    // We hold the only sender and checked the capacity: this fails only when the
+    // lane itself is gone.
+    items.into_iter().all(|item| tx.try_send(item).is_ok())
+}
+
+/// Reads the log for one lane from `from` until it can rejoin the shared reader.
+pub async fn catch_up(ctx: Partition, lane: usize, from: Offset, mut tx: mpsc::Sender<Item>) {
+    let mut reader: Box<dyn LogReader> = match ctx
+        .log
+        .reader(ctx.partition, StartAt::Offset(from))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(broker = %ctx.broker(), partition = ctx.partition, error = %e, "cannot open a catch-up reader");
+            return;
+        }
+    };
+    let info = ctx.lanes[lane].clone();
+    loop {
+        let batch = tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            b = reader.try_batch(BATCH) => b,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(broker = %ctx.broker(), partition = ctx.partition, trigger = %info.trigger, error = %e, "catch-up read failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            // At the end: ask to rejoin.
+            let (reply, answer) = oneshot::channel();
+            let join = Join {
+                lane,
+                from: reader.position(),
+                tx,
+                reply,
+            };
+            if ctx.joins.send(join).await.is_err() {
+                return; // shared reader gone: shutting down
+            }
+            match answer.await {
+                Ok(Ok(())) => return,
+                Ok(Err(back)) => {
+                    tx = back;
+                    // Wait for more data before trying again.
+                    tokio::select! {
+                        () = ctx.shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    }
+                    continue;
+                }
+                Err(_) => return,
+            }
+        }
+        for r in batch {
+            match r.event {
+                Ok(e) if info.filter.matches(&e) => {
+                    if !send(&ctx, &tx, Item::Event(r.offset, Arc::new(e))).await {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(reason) => {
+                    tracing::error!(broker = %ctx.broker(), partition = ctx.partition, offset = r.offset, reason, "undecodable record skipped");
+                }
+            }
+        }
+        if !send(&ctx, &tx, Item::Skip(reader.position())).await {
+            return;
+        }
+    }
+}
+
+/// Sends with backpressure; false when the lane is gone or shutdown began.
+async fn send(ctx: &Partition, tx: &mpsc::Sender<Item>, item: Item) -> bool {
+    tokio::select! {
+        () = ctx.shutdown.cancelled() => false,
+        r = tx.send(item) => r.is_ok(),
+    }
+}

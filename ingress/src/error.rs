@@ -1,0 +1,91 @@
+//! Every way a request can fail, each mapped to exactly one HTTP status.
+
+use axum::response::{IntoResponse, Response};
+use broker::event::EventError;
+use http::{header, HeaderValue, StatusCode};
+
+/// Seconds a producer is asked to wait after a 503.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// Why the ingress refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    /// The body is not a valid CloudEvent (400).
+    #[error("invalid CloudEvent: {0}")]
+    Invalid(#[from] EventError),
+    /// The path names no configured broker (404).
+    #[error("no broker {0}")]
+    UnknownBroker(String),
+    /// The path is not `/<namespace>/<broker>` (404).
+    #[error("no such endpoint")]
+    NotFound,
+    /// A method other than POST or OPTIONS (405).
+    #[error("method {0} is not allowed")]
+    MethodNotAllowed(String),
+    /// The body exceeds the limit (413).
+    #[error("body exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The content type names an unsupported format (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The channel could not store the event in time (503).
+    #[error("broker {broker} cannot take events right now: {reason}")]
+    Unavailable {
+        /// The broker.
+        broker: String,
+        /// Why.
+        reason: String,
+    },
+    /// Reading the request body failed (400).
+    #[error("cannot read request body: {0}")]
+    Body(String),
+}
+
+impl IngressError {
+    /// The status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngressError::Invalid(_) | IngressError::Body(_) => StatusCode::BAD_REQUEST,
+            IngressError::UnknownBroker(_) | IngressError::NotFound => StatusCode::NOT_FOUND,
+            IngressError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IngressError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            IngressError::Invalid(_) => "invalid event",
+            IngressError::Body(_) => "unreadable body",
+            IngressError::UnknownBroker(_) => "unknown broker",
+            IngressError::NotFound => "not found",
+            IngressError::MethodNotAllowed(_) => "method not allowed",
+            IngressError::TooLarge { .. } => "body too large",
+            IngressError::UnsupportedMediaType(_) => "unsupported media type",
+            IngressError::Unavailable { .. } => "unavailable",
+        }
+    }
+}
+
+impl IntoResponse for IngressError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = serde_json::json!({ "error": self.kind(), "detail": self.to_string() });
+        let mut resp = (status, axum::Json(body)).into_response();
+        let headers = resp.headers_mut();
+        match self {
+            IngressError::MethodNotAllowed(_) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
+            }
+            IngressError::Unavailable { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            _ => {}
+        }
+        resp
+    }
+}

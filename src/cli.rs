@@ -1,0 +1,148 @@
+//! Command-line flags. Topology (brokers, triggers) lives in config files; runtime knobs
+//! are flags, each also settable by a `TRIGGERFISH_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use broker::channel::embedded::FsyncPolicy;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Triggerfish: a CloudEvents broker and trigger router (the Knative Broker/Trigger
+/// data plane).
+#[derive(Debug, Parser)]
+#[command(name = "triggerfish", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the ingress and the dispatcher in one process.
+    Serve(ServeArgs),
+    /// Send one CloudEvent to a broker (like `kn event send`).
+    Send(SendArgs),
+    /// Work with config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config and print what was understood.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CommonConfig {
+    /// Kubernetes cluster domain used to resolve Service references.
+    #[arg(
+        long,
+        env = "TRIGGERFISH_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub cluster_domain: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// A YAML file or a directory of YAML files with Broker and Trigger documents.
+    pub path: PathBuf,
+    #[command(flatten)]
+    pub common: CommonConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A YAML file or a directory of YAML files with Broker and Trigger documents.
+    #[arg(long, env = "TRIGGERFISH_CONFIG")]
+    pub config: PathBuf,
+    /// Address the ingress listens on (also serves /healthz, /readyz, /metrics).
+    #[arg(long, env = "TRIGGERFISH_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded log.
+    #[arg(long, env = "TRIGGERFISH_DATA_DIR", default_value = "triggerfish-data")]
+    pub data_dir: PathBuf,
+    /// Partitions of each new broker in the embedded log.
+    #[arg(long, env = "TRIGGERFISH_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub partitions: u32,
+    /// When appends are synced: always (group commit), interval:<duration>, or never.
+    #[arg(long, env = "TRIGGERFISH_FSYNC", default_value = "always")]
+    pub fsync: FsyncPolicy,
+    /// Delete log segments whose newest event is older than this (ISO 8601, e.g. P7D).
+    #[arg(long, env = "TRIGGERFISH_RETENTION_AGE", default_value = "P7D")]
+    pub retention_age: String,
+    /// Delete the oldest log segments while a partition is larger than this many bytes.
+    #[arg(long, env = "TRIGGERFISH_RETENTION_BYTES", default_value_t = 4 << 30)]
+    pub retention_bytes: u64,
+    /// Largest request body the ingress accepts, in bytes.
+    #[arg(long, env = "TRIGGERFISH_MAX_BODY_BYTES", default_value_t = ingress::DEFAULT_MAX_BODY)]
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for deliveries in flight (seconds).
+    #[arg(long, env = "TRIGGERFISH_DRAIN_SECONDS", default_value_t = 30)]
+    pub drain_seconds: u64,
+    /// Log format.
+    #[arg(
+        long,
+        env = "TRIGGERFISH_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
+    pub log_format: LogFormat,
+    /// Log filter (RUST_LOG syntax; RUST_LOG itself wins when set).
+    #[arg(long, env = "TRIGGERFISH_LOG", default_value = "info")]
+    pub log: String,
+    #[command(flatten)]
+    pub common: CommonConfig,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Mode {
+    Binary,
+    Structured,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The broker URL, e.g. http://127.0.0.1:8080/default/default.
+    #[arg(long, env = "TRIGGERFISH_SEND_TO")]
+    pub to: String,
+    /// Event id (default: a random one).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Event source.
+    #[arg(long, default_value = "triggerfish-cli")]
+    pub source: String,
+    /// Event type.
+    #[arg(long = "type")]
+    pub ty: String,
+    /// Event subject.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Event time (RFC 3339; default: now).
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Data schema URI.
+    #[arg(long)]
+    pub dataschema: Option<String>,
+    /// Extension attribute NAME=VALUE (repeatable).
+    #[arg(long = "extension", short = 'e', value_name = "NAME=VALUE")]
+    pub extensions: Vec<String>,
+    /// Event data: a string, or @FILE to read a file, or @- for stdin.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Content type of the data (default application/json when data is given).
+    #[arg(long)]
+    pub content_type: Option<String>,
+    /// Content mode.
+    #[arg(long, value_enum, default_value = "binary")]
+    pub mode: Mode,
+}

@@ -1,0 +1,168 @@
+//! `triggerfish serve` and `triggerfish config check`.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use broker::channel::embedded::{EmbeddedLog, EmbeddedOptions};
+use broker::channel::{BrokerLog, EventLog};
+use broker::config::{self, Config, LoadOptions};
+use broker::telemetry::{self, Metrics};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{CheckArgs, LogFormat, ServeArgs};
+
+fn load(path: &std::path::Path, cluster_domain: &str) -> anyhow::Result<Config> {
+    let opts = LoadOptions {
+        cluster_domain: cluster_domain.to_owned(),
+    };
+    Ok(config::load(path, &opts)?)
+}
+
+/// `config check`: validate and print what was understood.
+pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let config = match load(&args.path, &args.common.cluster_domain) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    for n in &config.notices {
+        println!("notice: {n}");
+    }
+    for b in &config.brokers {
+        println!("broker {}", b.id);
+        println!("  delivery: {}", describe_delivery(&b.delivery));
+        for t in &b.triggers {
+            println!("  trigger {}", t.name);
+            println!("    filter:     {}", t.filter.describe());
+            println!("    subscriber: {}", t.subscriber);
+            println!("    delivery:   {}", describe_delivery(&t.delivery));
+            println!(
+                "    order:      {:?}, up to {} in flight per partition",
+                t.order, t.concurrency
+            );
+        }
+    }
+    let triggers: usize = config.brokers.iter().map(|b| b.triggers.len()).sum();
+    println!(
+        "ok: {} broker(s), {triggers} trigger(s)",
+        config.brokers.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe_delivery(d: &broker::delivery::DeliverySpec) -> String {
+    let mut s = format!(
+        "retry {} ({:?}, delay {:?}), timeout {:?}, format {:?}",
+        d.retry, d.backoff_policy, d.backoff_delay, d.timeout, d.format
+    );
+    if let Some(dls) = &d.dead_letter_sink {
+        s.push_str(&format!(", dead-letter sink {dls}"));
+    }
+    s
+}
+
+/// `serve`: ingress and dispatcher in one process.
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    telemetry::init_tracing(matches!(args.log_format, LogFormat::Json), &args.log);
+    let config = match load(&args.config, &args.common.cluster_domain) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    for n in &config.notices {
+        tracing::info!("{n}");
+    }
+    let retention_age = config::parse_duration(&args.retention_age)
+        .map_err(|e| anyhow::anyhow!("--retention-age: {e}"))?;
+    let log = EmbeddedLog::open(
+        &args.data_dir,
+        EmbeddedOptions {
+            partitions: args.partitions,
+            fsync: args.fsync,
+            retention_age: (!retention_age.is_zero()).then_some(retention_age),
+            retention_bytes: (args.retention_bytes > 0).then_some(args.retention_bytes),
+            ..EmbeddedOptions::default()
+        },
+    )?;
+    let mut logs: HashMap<_, Arc<dyn BrokerLog>> = HashMap::new();
+    for b in &config.brokers {
+        let l = log
+            .open(&b.id)
+            .await
+            .with_context(|| format!("opening broker {}", b.id))?;
+        logs.insert(b.id.clone(), l);
+    }
+    let metrics = Metrics::shared();
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+
+    // The dispatcher first: it records where new triggers start before any event
+    // can be accepted.
+    let dispatcher = dispatcher::start(
+        &config,
+        &logs,
+        &metrics,
+        &dispatcher::DispatcherOptions {
+            drain_timeout: Duration::from_secs(args.drain_seconds),
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await?;
+
+    let state = Arc::new(ingress::IngressState::new(
+        logs.values().cloned().collect(),
+        metrics.clone(),
+        ingress::IngressOptions {
+            max_body_bytes: args.max_body_bytes,
+            ..Default::default()
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, storage = %log.describe(), brokers = config.brokers.len(), "triggerfish is serving");
+    println!("listening on http://{addr}");
+    let served = ingress::serve(listener, ingress::router(state.clone()), shutdown.clone()).await;
+    state.set_ready(false);
+    tracing::info!("ingress stopped; draining deliveries");
+    dispatcher.wait().await;
+    tracing::info!("shutdown complete");
+    served.context("ingress server failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// First SIGTERM or SIGINT drains; a second one exits at once.
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot install the SIGTERM handler");
+                    return;
+                }
+            };
+        for n in 0..2 {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            if n == 0 {
+                tracing::info!("shutdown requested; draining (signal again to abort)");
+                shutdown.cancel();
+            } else {
+                tracing::warn!("second signal: aborting without draining");
+                std::process::exit(130);
+            }
+        }
+    });
+}
