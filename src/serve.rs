@@ -1,16 +1,13 @@
 //! `triggerfish serve` and `triggerfish config check`.
 
-use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use broker::channel::embedded::{EmbeddedLog, EmbeddedOptions};
-use broker::channel::{BrokerLog, EventLog};
+use broker::channel::embedded::EmbeddedOptions;
 use broker::config::{self, Config, LoadOptions};
-use broker::telemetry::{self, Metrics};
+use broker::telemetry;
 use tokio_util::sync::CancellationToken;
+use triggerfish::app::{self, ServerOptions};
 
 use crate::cli::{CheckArgs, LogFormat, ServeArgs};
 
@@ -81,62 +78,31 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let retention_age = config::parse_duration(&args.retention_age)
         .map_err(|e| anyhow::anyhow!("--retention-age: {e}"))?;
-    let log = EmbeddedLog::open(
-        &args.data_dir,
-        EmbeddedOptions {
+    let opts = ServerOptions {
+        config,
+        listen: args.listen,
+        data_dir: args.data_dir,
+        embedded: EmbeddedOptions {
             partitions: args.partitions,
             fsync: args.fsync,
             retention_age: (!retention_age.is_zero()).then_some(retention_age),
             retention_bytes: (args.retention_bytes > 0).then_some(args.retention_bytes),
             ..EmbeddedOptions::default()
         },
-    )?;
-    let mut logs: HashMap<_, Arc<dyn BrokerLog>> = HashMap::new();
-    for b in &config.brokers {
-        let l = log
-            .open(&b.id)
-            .await
-            .with_context(|| format!("opening broker {}", b.id))?;
-        logs.insert(b.id.clone(), l);
-    }
-    let metrics = Metrics::shared();
-    let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone());
-
-    // The dispatcher first: it records where new triggers start before any event
-    // can be accepted.
-    let dispatcher = dispatcher::start(
-        &config,
-        &logs,
-        &metrics,
-        &dispatcher::DispatcherOptions {
-            drain_timeout: Duration::from_secs(args.drain_seconds),
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await?;
-
-    let state = Arc::new(ingress::IngressState::new(
-        logs.values().cloned().collect(),
-        metrics.clone(),
-        ingress::IngressOptions {
+        ingress: ingress::IngressOptions {
             max_body_bytes: args.max_body_bytes,
             ..Default::default()
         },
-    ));
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, storage = %log.describe(), brokers = config.brokers.len(), "triggerfish is serving");
-    println!("listening on http://{addr}");
-    let served = ingress::serve(listener, ingress::router(state.clone()), shutdown.clone()).await;
-    state.set_ready(false);
-    tracing::info!("ingress stopped; draining deliveries");
-    dispatcher.wait().await;
-    tracing::info!("shutdown complete");
-    served.context("ingress server failed")?;
+        dispatcher: dispatcher::DispatcherOptions {
+            drain_timeout: Duration::from_secs(args.drain_seconds),
+            ..Default::default()
+        },
+    };
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    let running = app::start(opts, shutdown).await?;
+    println!("listening on http://{}", running.addr);
+    running.wait().await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -8,6 +8,7 @@
 
 mod raw;
 mod resolve;
+mod triggers;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +22,7 @@ use crate::delivery::{BackoffPolicy, DeliverySpec, Format};
 use crate::filter::Filter;
 use raw::{RawBroker, RawDelivery, RawTrigger};
 pub use resolve::resolve_destination;
+pub use triggers::{load_triggers, parse_triggers};
 
 /// Annotation selecting per-trigger delivery order (Knative Kafka broker's name).
 pub const ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
@@ -445,9 +447,17 @@ fn parse_trigger(
         }
         filter = Filter::attributes(attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     }
-    if spec.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-        // Fail closed: never silently widen a trigger by ignoring its filters.
-        ctx.err("spec.filters", "the Subscriptions API filter dialects are not supported by this version; use spec.filter.attributes");
+    if let Some(filters) = spec.filters.as_deref().filter(|f| !f.is_empty()) {
+        // A non-empty `filters` overrides `filter.attributes` (Knative). Any invalid
+        // part rejects the trigger: never skipped, never widened.
+        match Filter::from_filters(filters) {
+            Ok(f) => filter = f,
+            Err(errors) => {
+                for e in errors {
+                    ctx.err(&format!("spec.{}", e.field), e.reason);
+                }
+            }
+        }
     }
     let subscriber = resolve_destination(&spec.subscriber, &namespace, opts)
         .map_err(|reason| ctx.err("spec.subscriber", reason))

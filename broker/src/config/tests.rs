@@ -171,7 +171,11 @@ fn unknown_spec_fields_and_bad_values_are_rejected() {
             "spec.broker: required",
         ),
         (
-            "spec: {broker: b, subscriber: {uri: 'http://x/'}, filters: [{exact: {type: x}}]}",
+            "spec: {broker: b, subscriber: {uri: 'http://x/'}, filters: [{exact: {type: x}, prefix: {type: y}}]}",
+            "spec.filters[0]: multiple dialects found",
+        ),
+        (
+            "spec: {broker: b, subscriber: {uri: 'http://x/'}, filters: 'type = x'}",
             "spec.filters",
         ),
         (
@@ -251,4 +255,130 @@ fn directory_loading_sorts_files_and_reports_missing() {
     assert_eq!(c.brokers[0].triggers.len(), 1);
     let err = load(&dir.path().join("missing"), &LoadOptions::default()).expect_err("missing");
     assert!(err.to_string().contains("cannot read"), "{err}");
+}
+
+fn trigger_doc(name: &str, spec_extra: &str) -> String {
+    format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  broker: default\n  subscriber: {{uri: 'http://x/'}}\n{spec_extra}"
+    )
+}
+
+const SHOP_BROKER: &str =
+    "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default, namespace: shop}\n";
+
+#[test]
+fn subscriptions_api_filters_are_compiled() {
+    let text = format!(
+        "{SHOP_BROKER}---\n{}---\n{}",
+        trigger_doc(
+            "created",
+            "  filters:\n    - prefix: {type: com.example.}\n    - any:\n        - suffix: {type: .created}\n        - cesql: \"source LIKE '/shop/%'\"\n"
+        ),
+        trigger_doc(
+            "override",
+            "  filter: {attributes: {type: legacy}}\n  filters: [{exact: {type: new}}]\n"
+        ),
+    );
+    let c = parse(&text).expect("valid");
+    let triggers = &c.brokers[0].triggers;
+    assert_eq!(triggers[0].name, "created");
+    assert_eq!(
+        triggers[0].filter.describe(),
+        "type starts with \"com.example.\" AND (type ends with \".created\" OR cesql(source LIKE '/shop/%'))"
+    );
+    let mut e = crate::event::Event::new();
+    e.set_str("type", "com.example.order.created");
+    e.set_str("source", "/other");
+    assert!(triggers[0].filter.matches(&e));
+    e.set_str("type", "com.example.order.deleted");
+    assert!(!triggers[0].filter.matches(&e));
+    e.set_str("source", "/shop/eu");
+    assert!(triggers[0].filter.matches(&e));
+    // A non-empty `filters` overrides `filter.attributes`.
+    assert_eq!(triggers[1].name, "override");
+    e.set_str("type", "new");
+    assert!(triggers[1].filter.matches(&e));
+    e.set_str("type", "legacy");
+    assert!(!triggers[1].filter.matches(&e));
+}
+
+#[test]
+fn empty_filters_keep_filter_attributes() {
+    let text = format!(
+        "{SHOP_BROKER}---\n{}",
+        trigger_doc(
+            "t",
+            "  filter: {attributes: {type: legacy}}\n  filters: []\n"
+        )
+    );
+    let c = parse(&text).expect("valid");
+    assert_eq!(
+        c.brokers[0].triggers[0].filter.describe(),
+        "type = \"legacy\""
+    );
+}
+
+#[test]
+fn invalid_filters_reject_the_trigger_with_trigger_name_and_position() {
+    let text = format!(
+        "{SHOP_BROKER}---\n{}",
+        trigger_doc(
+            "bad",
+            "  filters:\n    - exact: {type: a}\n    - exact: {type: b}\n    - any: [{exact: {type: ''}}, {cesql: \"type = \"}]\n    - sql: \"type = 'a'\"\n"
+        )
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    assert!(
+        errs[0].starts_with(
+            "test.yaml: document 2 (Trigger shop/bad): spec.filters[2].any[0].exact.type: the value must not be empty"
+        ),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[1].starts_with("test.yaml: document 2 (Trigger shop/bad): spec.filters[2].any[1].cesql: parse error at byte 7"),
+        "{errs:#?}"
+    );
+    assert!(errs[1].contains("expected"), "{errs:#?}");
+    assert!(
+        errs[2].contains("spec.filters[3].sql: unknown filter dialect 'sql'"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn triggers_load_without_their_broker() {
+    let text = format!(
+        "{}---\n{}",
+        trigger_doc("one", "  filters: [{exact: {type: a}}]\n"),
+        trigger_doc("two", "")
+    );
+    let triggers = parse_triggers(
+        &[(Path::new("t.yaml"), text.as_str())],
+        &LoadOptions::default(),
+    )
+    .expect("valid");
+    let names: Vec<&str> = triggers.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["one", "two"]);
+    assert_eq!(triggers[0].filter.describe(), "type = \"a\"");
+    let bad = trigger_doc("bad", "  filters: [{exact: {type: ''}}]\n");
+    let err = parse_triggers(
+        &[(Path::new("t.yaml"), bad.as_str())],
+        &LoadOptions::default(),
+    )
+    .expect_err("invalid filter");
+    assert!(
+        err.to_string()
+            .contains("(Trigger shop/bad): spec.filters[0].exact.type"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("t.yaml");
+    std::fs::write(&file, &text).expect("write");
+    assert_eq!(
+        load_triggers(&file, &LoadOptions::default())
+            .expect("valid")
+            .len(),
+        2
+    );
 }

@@ -3,9 +3,10 @@
 //! A reader sees only durable records: it never reads past the partition's committed
 //! offset. File reads run on the blocking pool, a batch at a time.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -31,16 +32,22 @@ struct Open {
 
 struct State {
     shared: Arc<PartitionShared>,
+    /// Read position in the files (after `buffered`).
     next: u64,
     open: Option<Open>,
     broker: BrokerId,
     partition: u32,
+    /// Records read but not yet returned (kept when a read future is dropped).
+    buffered: VecDeque<Record>,
 }
 
-/// A reader of one embedded partition.
+/// A reader of one embedded partition. Reads happen on the blocking pool into a
+/// buffer inside the shared state, so a `next_batch` future that is dropped mid-read
+/// (for example by `select!`) loses nothing: the next call returns those records.
 pub struct EmbeddedReader {
-    state: Option<State>,
+    state: Arc<Mutex<State>>,
     committed: watch::Receiver<u64>,
+    /// Offset of the next record to return.
     next: u64,
 }
 
@@ -53,34 +60,55 @@ impl EmbeddedReader {
     ) -> EmbeddedReader {
         let committed = shared.committed.subscribe();
         EmbeddedReader {
-            state: Some(State {
+            state: Arc::new(Mutex::new(State {
                 shared,
                 next,
                 open: None,
                 broker,
                 partition,
-            }),
+                buffered: VecDeque::new(),
+            })),
             committed,
             next,
         }
     }
 
+    fn take(&mut self, st: &mut State, max: usize) -> Vec<Record> {
+        let n = st.buffered.len().min(max);
+        let out: Vec<Record> = st.buffered.drain(..n).collect();
+        match out.last() {
+            Some(last) => self.next = last.offset + 1,
+            // Nothing buffered: the read position is the return position (it may have
+            // moved past a retention gap).
+            None => self.next = self.next.max(st.next),
+        }
+        out
+    }
+
     async fn read(&mut self, max: usize, end: u64) -> Result<Vec<Record>, ChannelError> {
-        let Some(mut state) = self.state.take() else {
-            return Err(ChannelError::Other("reader failed earlier".into()));
-        };
-        let joined = tokio::task::spawn_blocking(move || {
-            let r = state.read_batch(max, end);
-            (state, r)
-        })
-        .await;
-        match joined {
-            Ok((state, result)) => {
-                self.next = state.next;
-                self.state = Some(state);
-                result
+        let state = self.state.clone();
+        if let Ok(mut st) = state.try_lock() {
+            if !st.buffered.is_empty() {
+                return Ok(self.take(&mut st, max));
             }
-            Err(e) => Err(ChannelError::Other(format!("read task failed: {e}"))),
+        }
+        let state = self.state.clone();
+        let filled = tokio::task::spawn_blocking(move || {
+            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.buffered.is_empty() {
+                st.fill(max, end)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+        .map_err(|e| ChannelError::Other(format!("read task failed: {e}")))?;
+        let state = self.state.clone();
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let out = self.take(&mut st, max);
+        match filled {
+            Err(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
         }
     }
 }
@@ -173,8 +201,21 @@ impl State {
         }
     }
 
-    fn read_batch(&mut self, max: usize, end: u64) -> Result<Vec<Record>, ChannelError> {
+    /// Reads up to `max` records below `end` into `buffered` (keeping what was read
+    /// before an error).
+    fn fill(&mut self, max: usize, end: u64) -> Result<(), ChannelError> {
         let mut out = Vec::new();
+        let result = self.read_into(&mut out, max, end);
+        self.buffered.extend(out);
+        result
+    }
+
+    fn read_into(
+        &mut self,
+        out: &mut Vec<Record>,
+        max: usize,
+        end: u64,
+    ) -> Result<(), ChannelError> {
         let mut bytes = 0usize;
         let mut retried = false;
         while self.next < end && out.len() < max && bytes < BATCH_BYTES {
@@ -238,6 +279,6 @@ impl State {
             });
             self.next = h.offset + 1;
         }
-        Ok(out)
+        Ok(())
     }
 }

@@ -1,0 +1,236 @@
+//! Shared pieces of the end-to-end tests: a programmable subscriber that records what
+//! it receives, an in-process Triggerfish on a free port, and polling with deadlines
+//! (tests never sleep to wait for something).
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::IntoResponse;
+use tokio_util::sync::CancellationToken;
+use triggerfish::app::{self, Running, ServerOptions};
+
+/// One request a subscriber received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+type Responder = Arc<dyn Fn(&Received, usize) -> (StatusCode, HeaderMap, Vec<u8>) + Send + Sync>;
+
+struct SubState {
+    received: Mutex<Vec<Received>>,
+    notify: tokio::sync::Notify,
+    responder: Mutex<Responder>,
+    delay: Mutex<Duration>,
+}
+
+/// A subscriber on 127.0.0.1 that records every request; answers 200 unless told
+/// otherwise. The responder sees the request and how many requests the same path got
+/// before it.
+#[derive(Clone)]
+pub struct Subscriber {
+    pub addr: SocketAddr,
+    state: Arc<SubState>,
+    shutdown: CancellationToken,
+}
+
+impl Subscriber {
+    pub async fn start() -> Subscriber {
+        let state = Arc::new(SubState {
+            received: Mutex::new(Vec::new()),
+            notify: tokio::sync::Notify::new(),
+            responder: Mutex::new(Arc::new(|_, _| {
+                (StatusCode::OK, HeaderMap::new(), Vec::new())
+            })),
+            delay: Mutex::new(Duration::ZERO),
+        });
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+                .unwrap();
+        });
+        Subscriber {
+            addr,
+            state,
+            shutdown,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn respond_with(
+        &self,
+        f: impl Fn(&Received, usize) -> (StatusCode, HeaderMap, Vec<u8>) + Send + Sync + 'static,
+    ) {
+        *self.state.responder.lock().unwrap() = Arc::new(f);
+    }
+
+    /// Makes every response wait this long (a slow subscriber).
+    pub fn set_delay(&self, d: Duration) {
+        *self.state.delay.lock().unwrap() = d;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    pub fn received_on(&self, path: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    /// Waits until `pred` holds over everything received, or panics at the deadline.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.state.notify.notified();
+            {
+                let got = self.state.received.lock().unwrap();
+                if pred(&got) {
+                    return got.clone();
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let n = self.state.received.lock().unwrap().len();
+                panic!("timed out after {timeout:?} waiting for {what} ({n} requests received)");
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), notified).await;
+        }
+    }
+
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn handle(
+    State(state): State<Arc<SubState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let r = Received {
+        path: uri.path().to_owned(),
+        headers,
+        body,
+        at: Instant::now(),
+    };
+    let delay = *state.delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let responder = state.responder.lock().unwrap().clone();
+    let before = state
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|x| x.path == r.path)
+        .count();
+    let (status, headers, body) = responder(&r, before);
+    state.received.lock().unwrap().push(r);
+    state.notify.notify_waiters();
+    (status, headers, body)
+}
+
+/// Parses a config text.
+pub fn config(yaml: &str) -> broker::config::Config {
+    broker::config::parse_sources(&[(Path::new("test.yaml"), yaml)], &Default::default())
+        .unwrap_or_else(|e| panic!("test config invalid: {e}"))
+}
+
+/// A broker `default/default` plus the given triggers (name, filter YAML or "", url).
+pub fn broker_with_triggers(triggers: &[(&str, &str, String)]) -> String {
+    let mut y = String::from(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\n",
+    );
+    for (name, filter, url) in triggers {
+        y.push_str(&format!(
+            "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: {name}}}\nspec:\n  broker: default\n{filter}  subscriber: {{uri: '{url}'}}\n  delivery: {{retry: 2, backoffDelay: PT0.05S}}\n"
+        ));
+    }
+    y
+}
+
+/// Starts Triggerfish in-process on a free port.
+pub async fn start_server(yaml: &str, data_dir: &Path) -> Running {
+    let opts = ServerOptions {
+        config: config(yaml),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_path_buf(),
+        embedded: Default::default(),
+        ingress: Default::default(),
+        dispatcher: dispatcher::DispatcherOptions {
+            drain_timeout: Duration::from_secs(5),
+            ..Default::default()
+        },
+    };
+    app::start(opts, CancellationToken::new()).await.unwrap()
+}
+
+/// Posts raw headers and body to a broker path; returns status, headers and body text.
+pub async fn post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) -> (u16, HashMap<String, String>, String) {
+    let client = reqwest::Client::new();
+    let mut req = client.post(format!("http://{addr}{path}")).body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let hs = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    (status, hs, resp.text().await.unwrap())
+}
+
+/// Binary-mode headers of a minimal event with this id and type.
+pub fn binary_headers<'a>(id: &'a str, ty: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("ce-specversion", "1.0"),
+        ("ce-id", id),
+        ("ce-source", "/tests"),
+        ("ce-type", ty),
+    ]
+}
