@@ -54,7 +54,7 @@ impl Segment {
 
     /// Records that a record at `offset` starts at `pos`.
     pub fn note(&mut self, offset: u64, pos: u64, len: u64, ts_ms: i64) {
-        if (offset - self.base) % INDEX_EVERY == 0 {
+        if (offset - self.base).is_multiple_of(INDEX_EVERY) {
             self.index.push((offset, pos));
         }
         self.end = offset + 1;
@@ -164,8 +164,7 @@ pub fn recover(dir: &Path, base: u64, verify: bool) -> io::Result<(Segment, u64)
     let mut r = BufReader::with_capacity(256 * 1024, &file);
     let mut pos = 0u64;
     let mut payload = Vec::new();
-    loop {
-        let Some(h) = read_header(&mut r)? else { break };
+    while let Some(h) = read_header(&mut r)? {
         let total = (HEADER + h.len) as u64;
         if h.offset != seg.end || h.len > MAX_PAYLOAD || pos + total > size {
             break;

@@ -197,8 +197,12 @@ fn write_batch(
         first += n;
     }
     if roll {
-        if let Err(e) = roll_segment(shared, file, offset) {
-            tracing::error!(dir = %shared.dir.display(), error = %e, "cannot start a new segment; continuing in the current one");
+        match roll_segment(shared, file, offset) {
+            // A new segment is when the size limit can first be exceeded.
+            Ok(()) => apply_retention(shared, settings),
+            Err(e) => {
+                tracing::error!(dir = %shared.dir.display(), error = %e, "cannot start a new segment; continuing in the current one")
+            }
         }
     }
 }
