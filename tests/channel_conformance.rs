@@ -44,7 +44,8 @@ impl Backend for Embedded {
     fn reopen(&mut self) -> Arc<dyn EventLog> {
         // Drop the previous handle (and its directory lock) first.
         self.current = None;
-        let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(self.dir.path(), self.opts.clone()).unwrap());
+        let log: Arc<dyn EventLog> =
+            Arc::new(EmbeddedLog::open(self.dir.path(), self.opts.clone()).unwrap());
         self.current = Some(log.clone());
         log
     }
@@ -87,7 +88,9 @@ async fn read_all(log: &dyn BrokerLog, start: StartAt) -> Vec<(u32, u64, Event)>
 
 async fn appended_events_read_back_intact_in_order(b: &mut dyn Backend) {
     let log = b.fresh().open(&broker()).await.unwrap();
-    let events: Vec<Event> = (0..100).map(|i| event(&format!("e{i}"), Some("same-key"))).collect();
+    let events: Vec<Event> = (0..100)
+        .map(|i| event(&format!("e{i}"), Some("same-key")))
+        .collect();
     for chunk in events.chunks(7) {
         log.append(chunk).await.unwrap();
     }
@@ -108,7 +111,11 @@ async fn readers_wait_for_appends_and_survive_being_dropped(b: &mut dyn Backend)
     let mut r = log.reader(p, StartAt::End).await.unwrap();
     let start = r.position();
     // A read that is dropped before anything arrives loses nothing.
-    assert!(tokio::time::timeout(Duration::from_millis(50), r.next_batch(10)).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), r.next_batch(10))
+            .await
+            .is_err()
+    );
     // Events with a key hashing to partition 0 (found by trying).
     let mut wanted = Vec::new();
     for i in 0..2000 {
@@ -140,7 +147,10 @@ async fn readers_wait_for_appends_and_survive_being_dropped(b: &mut dyn Backend)
     }
     writer.await.unwrap();
     let expect: Vec<u64> = (start..start + wanted.len() as u64).collect();
-    assert_eq!(seen, expect, "each record once, in order, despite cancelled reads");
+    assert_eq!(
+        seen, expect,
+        "each record once, in order, despite cancelled reads"
+    );
     assert_eq!(r.position(), start + wanted.len() as u64);
 }
 
@@ -148,7 +158,9 @@ async fn start_positions_and_end_offsets(b: &mut dyn Backend) {
     let log = b.fresh().open(&broker()).await.unwrap();
     let n = log.partitions();
     assert!(n >= 1);
-    let events: Vec<Event> = (0..40).map(|i| event(&format!("s{i}"), Some(&format!("key{i}")))).collect();
+    let events: Vec<Event> = (0..40)
+        .map(|i| event(&format!("s{i}"), Some(&format!("key{i}"))))
+        .collect();
     log.append(&events).await.unwrap();
     let mut total = 0;
     for p in 0..n {
@@ -240,7 +252,10 @@ async fn embedded_retention_by_size_moves_readers_to_the_earliest_event() {
     }
     assert_eq!(b.end_offset(0).await.unwrap(), 200);
     let pdir = dir.path().join("brokers/default/conformance/p0");
-    let size: u64 = std::fs::read_dir(&pdir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    let size: u64 = std::fs::read_dir(&pdir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
     // The limit plus the active segment and one record of slack.
     assert!(size <= 8192 + 2048 + 512, "retention kept {size} bytes");
     // A reader asking for offset 0 starts at the earliest retained event and reads
