@@ -14,7 +14,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use broker::channel::embedded::{EmbeddedLog, EmbeddedOptions};
-use broker::channel::{BrokerLog, EventLog};
+use broker::channel::EventLog;
+use dispatcher::BrokerLogs;
+
+use crate::admin;
 use broker::config::Config;
 use broker::telemetry::Metrics;
 use tokio::task::JoinHandle;
@@ -27,6 +30,8 @@ pub struct ServerOptions {
     pub config: Config,
     /// Ingress listen address (port 0 picks a free one).
     pub listen: SocketAddr,
+    /// Admin API address (dead-letter log); `None` disables it.
+    pub admin_listen: Option<SocketAddr>,
     /// Embedded log directory.
     pub data_dir: PathBuf,
     /// Embedded log settings.
@@ -41,6 +46,8 @@ pub struct ServerOptions {
 pub struct Running {
     /// The address the ingress listens on.
     pub addr: SocketAddr,
+    /// The address of the admin API, when enabled.
+    pub admin_addr: Option<SocketAddr>,
     /// Metrics registry (also served at `/metrics`).
     pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -63,13 +70,23 @@ impl Running {
 /// Starts a server; it runs until `shutdown` fires.
 pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let log = EmbeddedLog::open(&opts.data_dir, opts.embedded.clone())?;
-    let mut logs: HashMap<_, Arc<dyn BrokerLog>> = HashMap::new();
+    let mut logs: HashMap<_, BrokerLogs> = HashMap::new();
     for b in &opts.config.brokers {
-        let l = log
+        let events = log
             .open(&b.id)
             .await
             .with_context(|| format!("opening broker {}", b.id))?;
-        logs.insert(b.id.clone(), l);
+        let dead_letters = log
+            .open_dead_letters(&b.id)
+            .await
+            .with_context(|| format!("opening the dead-letter log of broker {}", b.id))?;
+        logs.insert(
+            b.id.clone(),
+            BrokerLogs {
+                events,
+                dead_letters,
+            },
+        );
     }
     let metrics = Metrics::shared();
     let dispatcher = dispatcher::start(
@@ -81,7 +98,7 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
     )
     .await?;
     let state = Arc::new(ingress::IngressState::new(
-        logs.values().cloned().collect(),
+        logs.values().map(|l| l.events.clone()).collect(),
         metrics.clone(),
         opts.ingress.clone(),
     ));
@@ -89,6 +106,27 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
     let addr = listener.local_addr()?;
+    let admin_addr = match opts.admin_listen {
+        Some(a) => {
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a} (admin)"))?;
+            let admin_addr = l.local_addr()?;
+            let admin = Arc::new(admin::AdminState::new(
+                opts.config.clone(),
+                logs.clone(),
+                metrics.clone(),
+            ));
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = ingress::serve(l, admin::router(admin), token).await {
+                    tracing::error!(error = %e, "admin server failed");
+                }
+            });
+            Some(admin_addr)
+        }
+        None => None,
+    };
     tracing::info!(%addr, storage = %log.describe(), brokers = opts.config.brokers.len(), "triggerfish is serving");
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
@@ -103,6 +141,7 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
     });
     Ok(Running {
         addr,
+        admin_addr,
         metrics,
         shutdown,
         task,

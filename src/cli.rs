@@ -22,10 +22,113 @@ pub enum Command {
     Serve(ServeArgs),
     /// Send one CloudEvent to a broker (like `kn event send`).
     Send(SendArgs),
+    /// Print every CloudEvent posted to this address (a subscriber for trying triggers).
+    Display {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+    },
+    /// Inspect and redrive a broker's dead-letter log (through the admin API).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Work with config files.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Debug trigger filters and CloudEvents SQL expressions against events.
+    Filter {
+        #[command(subcommand)]
+        command: FilterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FilterCommand {
+    /// Evaluate a CloudEvents SQL expression against an event and print
+    /// {"value": ..., "errors": [{"kind": ..., "message": ...}]} as JSON.
+    Eval(FilterEvalArgs),
+    /// Say whether each trigger's filters match an event and, if not, which sub-filter
+    /// failed and why.
+    Test(FilterTestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FilterEvalArgs {
+    /// The event in CloudEvents JSON structured format, or - for stdin. Default: a
+    /// minimal valid event (specversion 1.0, id "1", source "/triggerfish/filter-eval",
+    /// type "dev.triggerfish.filter.eval").
+    #[arg(long, value_name = "FILE")]
+    pub event: Option<PathBuf>,
+    /// The CloudEvents SQL v1 expression.
+    #[arg(allow_hyphen_values = true)]
+    pub expression: String,
+}
+
+#[derive(Debug, Args)]
+pub struct FilterTestArgs {
+    /// A YAML file (or directory) with one or more Trigger documents; their brokers
+    /// need not be defined.
+    #[arg(long, value_name = "FILE")]
+    pub trigger: PathBuf,
+    /// The event in CloudEvents JSON structured format, or - for stdin.
+    #[arg(long, value_name = "FILE")]
+    pub event: PathBuf,
+    #[command(flatten)]
+    pub common: CommonConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqTarget {
+    /// The admin API of the running server.
+    #[arg(
+        long,
+        env = "TRIGGERFISH_ADMIN",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub admin: String,
+    /// The broker as NAMESPACE/NAME.
+    #[arg(long, default_value = "default/default")]
+    pub broker: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RedriveTo {
+    /// The trigger's subscriber (with the trigger's retry policy).
+    Subscriber,
+    /// The broker again (every trigger sees the event).
+    Broker,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List entries not yet redriven, oldest first.
+    List {
+        #[command(flatten)]
+        target: DlqTarget,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Print one entry as a structured CloudEvent.
+    Show {
+        #[command(flatten)]
+        target: DlqTarget,
+        /// The entry's offset (from `list`).
+        offset: u64,
+    },
+    /// Re-send every pending entry; entries that fail again go back to the log.
+    Redrive {
+        #[command(flatten)]
+        target: DlqTarget,
+        /// Where to send them.
+        #[arg(long, value_enum, default_value = "subscriber")]
+        to: RedriveTo,
+        /// Only entries of this trigger.
+        #[arg(long)]
+        trigger: Option<String>,
     },
 }
 
@@ -68,6 +171,20 @@ pub struct ServeArgs {
     /// Address the ingress listens on (also serves /healthz, /readyz, /metrics).
     #[arg(long, env = "TRIGGERFISH_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Address of the admin API (dead-letter log inspection and redrive).
+    #[arg(
+        long,
+        env = "TRIGGERFISH_ADMIN_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub admin_listen: SocketAddr,
+    /// Do not serve the admin API.
+    #[arg(long)]
+    pub no_admin: bool,
+    /// `knativebrokerttl` given to events without one; each reply hop decrements it
+    /// and a reply reaching 0 is dropped.
+    #[arg(long, env = "TRIGGERFISH_MAX_TTL", default_value_t = 255, value_parser = clap::value_parser!(i32).range(1..))]
+    pub max_ttl: i32,
     /// Directory of the embedded log.
     #[arg(long, env = "TRIGGERFISH_DATA_DIR", default_value = "triggerfish-data")]
     pub data_dir: PathBuf,

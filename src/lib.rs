@@ -2,4 +2,5 @@
 //! server ([`app`]). The binary (`src/main.rs`) parses flags and calls into this; the
 //! end-to-end tests drive the same code in-process.
 
+pub mod admin;
 pub mod app;

@@ -2,6 +2,9 @@
 //! own. Each subcommand calls into the library crates.
 
 mod cli;
+mod display;
+mod dlq;
+mod filter_cmd;
 mod send;
 mod serve;
 
@@ -25,9 +28,12 @@ fn main() -> ExitCode {
         match cli.command {
             cli::Command::Serve(args) => serve::run(args).await,
             cli::Command::Send(args) => send::run(args).await,
+            cli::Command::Display { listen } => display::run(listen).await,
+            cli::Command::Dlq { command } => dlq::run(command).await,
             cli::Command::Config {
                 command: cli::ConfigCommand::Check(args),
             } => serve::check(args),
+            cli::Command::Filter { command } => filter_cmd::run(command),
         }
     });
     match result {

@@ -81,6 +81,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let opts = ServerOptions {
         config,
         listen: args.listen,
+        admin_listen: (!args.no_admin).then_some(args.admin_listen),
         data_dir: args.data_dir,
         embedded: EmbeddedOptions {
             partitions: args.partitions,
@@ -95,6 +96,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         dispatcher: dispatcher::DispatcherOptions {
             drain_timeout: Duration::from_secs(args.drain_seconds),
+            max_ttl: args.max_ttl,
             ..Default::default()
         },
     };
@@ -102,6 +104,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     spawn_signal_handler(shutdown.clone());
     let running = app::start(opts, shutdown).await?;
     println!("listening on http://{}", running.addr);
+    if let Some(a) = running.admin_addr {
+        println!("admin API on http://{a}");
+    }
     running.wait().await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -301,6 +301,7 @@ async fn a_full_channel_answers_503_with_retry_after() {
     let opts = triggerfish::app::ServerOptions {
         config: config(&yaml),
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: None,
         data_dir: dir.path().to_path_buf(),
         embedded: broker::channel::embedded::EmbeddedOptions {
             partitions: 1,

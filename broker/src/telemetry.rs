@@ -10,6 +10,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -35,8 +36,21 @@ pub enum RejectReason {
 pub enum Outcome {
     /// The subscriber answered 2xx.
     delivered,
-    /// The subscriber failed and retries were exhausted or not allowed.
-    failed,
+    /// Delivery failed for good; the event went to the dead-letter sink.
+    dead_lettered,
+    /// Delivery failed for good and no sink took it; it is in the broker's own
+    /// dead-letter log.
+    dead_letter_log,
+}
+
+/// What happened to a reply event.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReplyOutcome {
+    /// Appended to the broker.
+    stored,
+    /// Dropped: its `knativebrokerttl` ran out (a reply loop).
+    dropped_ttl,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,6 +71,13 @@ struct TriggerLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplyLabels {
+    broker: String,
+    trigger: String,
+    outcome: ReplyOutcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeliveryLabels {
     broker: String,
     trigger: String,
@@ -70,7 +91,10 @@ pub struct Metrics {
     rejected: Family<RejectLabels, Counter>,
     deliveries: Family<DeliveryLabels, Counter>,
     attempts: Family<TriggerLabels, Counter>,
+    retries: Family<TriggerLabels, Counter>,
+    replies: Family<ReplyLabels, Counter>,
     latency: Family<TriggerLabels, Histogram>,
+    dead_letter_entries: Family<BrokerLabels, Gauge>,
 }
 
 /// Pre-resolved ingress counters of one broker.
@@ -99,10 +123,20 @@ impl IngressMetrics {
 pub struct TriggerMetrics {
     /// Deliveries that ended with a 2xx.
     pub delivered: Counter,
-    /// Deliveries that failed for good.
-    pub failed: Counter,
-    /// Every HTTP attempt, retries included.
+    /// Deliveries that failed and went to the dead-letter sink.
+    pub dead_lettered: Counter,
+    /// Deliveries that failed and went to the broker's dead-letter log.
+    pub dead_letter_log: Counter,
+    /// Every HTTP attempt to the subscriber, retries included.
     pub attempts: Counter,
+    /// Retries (attempts after the first).
+    pub retries: Counter,
+    /// Replies appended to the broker.
+    pub replies_stored: Counter,
+    /// Replies dropped because their TTL ran out.
+    pub replies_dropped_ttl: Counter,
+    /// Entries waiting in the broker's dead-letter log.
+    pub dead_letter_entries: Gauge,
     /// Seconds from the first attempt to the final outcome.
     pub latency: Histogram,
 }
@@ -121,6 +155,9 @@ impl Metrics {
         let rejected = Family::<RejectLabels, Counter>::default();
         let deliveries = Family::<DeliveryLabels, Counter>::default();
         let attempts = Family::<TriggerLabels, Counter>::default();
+        let retries = Family::<TriggerLabels, Counter>::default();
+        let replies = Family::<ReplyLabels, Counter>::default();
+        let dead_letter_entries = Family::<BrokerLabels, Gauge>::default();
         let latency = Family::<TriggerLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(0.0005, 2.0, 18))) as fn() -> Histogram,
         );
@@ -145,6 +182,21 @@ impl Metrics {
             attempts.clone(),
         );
         registry.register(
+            "dispatcher_retries",
+            "Delivery attempts after the first",
+            retries.clone(),
+        );
+        registry.register(
+            "dispatcher_replies",
+            "Reply events by outcome",
+            replies.clone(),
+        );
+        registry.register(
+            "dead_letter_log_entries",
+            "Events waiting in the broker's dead-letter log (not yet redriven)",
+            dead_letter_entries.clone(),
+        );
+        registry.register(
             "dispatcher_delivery_duration_seconds",
             "Time from the first attempt to the final outcome",
             latency.clone(),
@@ -155,7 +207,10 @@ impl Metrics {
             rejected,
             deliveries,
             attempts,
+            retries,
+            replies,
             latency,
+            dead_letter_entries,
         }
     }
 
@@ -193,12 +248,35 @@ impl Metrics {
             broker: broker.to_owned(),
             trigger: trigger.to_owned(),
         };
+        let r = |outcome| {
+            self.replies
+                .get_or_create(&ReplyLabels {
+                    broker: broker.to_owned(),
+                    trigger: trigger.to_owned(),
+                    outcome,
+                })
+                .clone()
+        };
         TriggerMetrics {
             delivered: d(Outcome::delivered),
-            failed: d(Outcome::failed),
+            dead_lettered: d(Outcome::dead_lettered),
+            dead_letter_log: d(Outcome::dead_letter_log),
             attempts: self.attempts.get_or_create(&labels).clone(),
+            retries: self.retries.get_or_create(&labels).clone(),
+            replies_stored: r(ReplyOutcome::stored),
+            replies_dropped_ttl: r(ReplyOutcome::dropped_ttl),
             latency: self.latency.get_or_create(&labels).clone(),
+            dead_letter_entries: self.dead_letter_gauge(broker),
         }
+    }
+
+    /// The gauge of entries waiting in a broker's dead-letter log.
+    pub fn dead_letter_gauge(&self, broker: &str) -> Gauge {
+        self.dead_letter_entries
+            .get_or_create(&BrokerLabels {
+                broker: broker.to_owned(),
+            })
+            .clone()
     }
 
     /// The Prometheus text exposition.

@@ -68,6 +68,23 @@ pub async fn deliver(
     spec: &DeliverySpec,
     event: &Event,
 ) -> Delivery {
+    deliver_with(client, url, spec, event, |_| async { Ok(()) }).await
+}
+
+/// Like [`deliver`], but a 2xx counts only once `on_success` accepted the response
+/// (used to store replies): an `Err` from it is a failed attempt, retried like a
+/// transport error.
+pub async fn deliver_with<F, Fut>(
+    client: &HttpClient,
+    url: &Url,
+    spec: &DeliverySpec,
+    event: &Event,
+    mut on_success: F,
+) -> Delivery
+where
+    F: FnMut(&Attempt) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let started = Instant::now();
     let mut headers = HeaderMap::new();
     let body = match spec.format {
@@ -77,18 +94,26 @@ pub async fn deliver(
     headers.insert("prefer", HeaderValue::from_static("reply"));
     let mut n = 0u32;
     loop {
-        let attempt = attempt(client, url, spec, &headers, body.clone()).await;
+        let mut attempt = attempt(client, url, spec, &headers, body.clone()).await;
         n += 1;
-        let decision = classify(attempt.status, &attempt.headers, SystemTime::now());
-        let retry_after = match decision {
-            RetryDecision::Success => {
-                return Delivery {
-                    delivered: true,
-                    attempts: n,
-                    last: attempt,
-                    elapsed: started.elapsed(),
+        let mut decision = classify(attempt.status, &attempt.headers, SystemTime::now());
+        if decision == RetryDecision::Success {
+            match on_success(&attempt).await {
+                Ok(()) => {
+                    return Delivery {
+                        delivered: true,
+                        attempts: n,
+                        last: attempt,
+                        elapsed: started.elapsed(),
+                    }
+                }
+                Err(e) => {
+                    attempt.error = Some(e);
+                    decision = RetryDecision::Retry { retry_after: None };
                 }
             }
+        }
+        let retry_after = match decision {
             RetryDecision::Retry { retry_after } if n <= spec.retry => retry_after,
             _ => {
                 return Delivery {

@@ -2,11 +2,17 @@
 //! state and checkpoint (ARCHITECTURE.md, contract 3).
 //!
 //! The lane takes [`Item`]s from its queue while fewer than its limit are in flight,
-//! delivers each on its own (retries included), and moves its checkpoint over the
-//! contiguous prefix of offsets that are done ([`DoneTracker`]), so an event is never
-//! skipped by the checkpoint while it is still being delivered (contract 2).
+//! settles each on its own (delivery with retries, reply, dead letter: see
+//! [`crate::settle`]), and moves its checkpoint over the contiguous prefix of offsets
+//! that are done ([`DoneTracker`]), so an event is never skipped by the checkpoint
+//! while it is still being delivered (contract 2).
+//!
+//! In ordered mode an event waits while another event with the same `partitionkey`
+//! (events without one share the empty key) is in flight, retries included, so each
+//! key's events reach the subscriber strictly in append order; different keys still
+//! proceed concurrently up to the limit.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +25,9 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::deliver::{deliver, HttpClient};
+use crate::deliver::HttpClient;
 use crate::fanout::Item;
+use crate::settle::{settle, BrokerSinks};
 
 /// Tracks which offsets are done and yields the checkpoint: the lowest offset not yet
 /// done (everything below it is delivered or did not match).
@@ -69,6 +76,22 @@ pub struct TriggerRuntime {
     pub metrics: TriggerMetrics,
     /// Per partition, the checkpoint the lane last reached.
     pub checkpoint: Box<[AtomicU64]>,
+    /// Where its replies and dead letters go.
+    pub sinks: Arc<BrokerSinks>,
+}
+
+/// Events held back in ordered mode because an event with the same partition key is
+/// in flight, in arrival (offset) order per key.
+#[derive(Default)]
+struct KeyQueues {
+    waiting: HashMap<Box<str>, VecDeque<(Offset, Arc<Event>)>>,
+    in_flight: HashSet<Box<str>>,
+    len: usize,
+}
+
+fn key_of(event: &Event) -> Box<str> {
+    let mut buf = String::new();
+    event.partition_key(&mut buf).unwrap_or("").into()
 }
 
 /// Runs one lane until shutdown, then waits up to `drain` for deliveries in flight.
@@ -81,28 +104,50 @@ pub async fn run_lane(
     shutdown: CancellationToken,
     drain: Duration,
 ) {
-    let limit = match rt.cfg.order {
-        // One at a time keeps append order (per key and overall) until per-key
-        // ordering lands.
-        DeliveryOrder::Ordered => 1,
-        DeliveryOrder::Unordered => rt.cfg.concurrency,
-    };
+    let ordered = rt.cfg.order == DeliveryOrder::Ordered;
+    let limit = rt.cfg.concurrency.max(1);
     let mut tracker = DoneTracker::new(start);
     let mut in_flight = FuturesUnordered::new();
+    let mut keys = KeyQueues::default();
     let slot = &rt.checkpoint[partition as usize];
     let publish = |t: &DoneTracker| slot.store(t.checkpoint(), Ordering::Release);
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            Some(offset) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((offset, key)) = in_flight.next(), if !in_flight.is_empty() => {
                 tracker.done(offset);
                 publish(&tracker);
+                if let Some(key) = key {
+                    // Ordered: the next event of this key may go now.
+                    let next = keys.waiting.get_mut(&key).and_then(VecDeque::pop_front);
+                    match next {
+                        Some((o, e)) => {
+                            keys.len -= 1;
+                            in_flight.push(settle_one(&rt, &client, o, e, Some(key)));
+                        }
+                        None => {
+                            keys.waiting.remove(&key);
+                            keys.in_flight.remove(&key);
+                        }
+                    }
+                }
             }
-            item = rx.recv(), if in_flight.len() < limit => match item {
+            item = rx.recv(), if in_flight.len() + keys.len < limit => match item {
                 Some(Item::Event(offset, event)) => {
                     tracker.started(offset);
-                    in_flight.push(deliver_one(&rt, &client, offset, event));
+                    if !ordered {
+                        in_flight.push(settle_one(&rt, &client, offset, event, None));
+                    } else {
+                        let key = key_of(&event);
+                        if keys.in_flight.contains(&key) {
+                            keys.waiting.entry(key).or_default().push_back((offset, event));
+                            keys.len += 1;
+                        } else {
+                            keys.in_flight.insert(key.clone());
+                            in_flight.push(settle_one(&rt, &client, offset, event, Some(key)));
+                        }
+                    }
                 }
                 Some(Item::Skip(offset)) => {
                     tracker.skip_to(offset);
@@ -113,11 +158,12 @@ pub async fn run_lane(
         }
     }
     // Draining: no new events; let deliveries in flight finish within the deadline.
+    // Events still waiting for their key are not started (redelivered after restart).
     let deadline = tokio::time::sleep(drain);
     tokio::pin!(deadline);
     while !in_flight.is_empty() {
         tokio::select! {
-            Some(offset) = in_flight.next() => {
+            Some((offset, _)) = in_flight.next() => {
                 tracker.done(offset);
                 publish(&tracker);
             }
@@ -130,32 +176,15 @@ pub async fn run_lane(
     }
 }
 
-async fn deliver_one(
+async fn settle_one(
     rt: &TriggerRuntime,
     client: &HttpClient,
     offset: Offset,
     event: Arc<Event>,
-) -> Offset {
-    let cfg = &rt.cfg;
-    let d = deliver(client, &cfg.subscriber, &cfg.delivery, &event).await;
-    rt.metrics.attempts.inc_by(u64::from(d.attempts));
-    rt.metrics.latency.observe(d.elapsed.as_secs_f64());
-    if d.delivered {
-        rt.metrics.delivered.inc();
-    } else {
-        rt.metrics.failed.inc();
-        tracing::error!(
-            broker = %cfg.broker,
-            trigger = %cfg.name,
-            event_id = event.id(),
-            event_source = event.source(),
-            status = ?d.last.status.map(|s| s.as_u16()),
-            error = d.last.error.as_deref().unwrap_or(""),
-            attempts = d.attempts,
-            "delivery failed for good"
-        );
-    }
-    offset
+    key: Option<Box<str>>,
+) -> (Offset, Option<Box<str>>) {
+    settle(rt, client, &event).await;
+    (offset, key)
 }
 
 #[cfg(test)]

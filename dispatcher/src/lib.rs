@@ -7,6 +7,8 @@
 //!   reader of its own and rejoins when it reaches the end.
 //! - [`lane`]: one trigger on one partition: bounded concurrency, delivery, and the
 //!   checkpoint as the contiguous done prefix.
+//! - [`settle`]: what happens to one event: delivered, reply stored, dead-lettered
+//!   to the sink or to the broker's own dead-letter log.
 //! - [`deliver`]: the HTTP POST with the trigger's retry policy.
 //!
 //! [`start`] wires it all for a config and returns a [`Dispatcher`] whose
@@ -18,6 +20,7 @@
 pub mod deliver;
 pub mod fanout;
 pub mod lane;
+pub mod settle;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +47,8 @@ pub struct DispatcherOptions {
     pub lane_queue: usize,
     /// How long shutdown waits for deliveries in flight.
     pub drain_timeout: Duration,
+    /// `knativebrokerttl` of events that carry none (replies decrement it).
+    pub max_ttl: i32,
 }
 
 impl Default for DispatcherOptions {
@@ -51,6 +56,7 @@ impl Default for DispatcherOptions {
         DispatcherOptions {
             lane_queue: 512,
             drain_timeout: Duration::from_secs(30),
+            max_ttl: settle::DEFAULT_MAX_TTL,
         }
     }
 }
@@ -73,12 +79,21 @@ impl Dispatcher {
     }
 }
 
+/// A broker's opened logs.
+#[derive(Clone)]
+pub struct BrokerLogs {
+    /// Its events.
+    pub events: Arc<dyn BrokerLog>,
+    /// Its own dead-letter log.
+    pub dead_letters: Arc<dyn BrokerLog>,
+}
+
 /// Starts dispatching every broker of `config`. `logs` holds each broker's opened
-/// log. New triggers start at the current end of the log, and that position is stored
+/// logs. New triggers start at the current end of the log, and that position is stored
 /// durably before this returns, so events accepted after it are never missed.
 pub async fn start(
     config: &Config,
-    logs: &HashMap<BrokerId, Arc<dyn BrokerLog>>,
+    logs: &HashMap<BrokerId, BrokerLogs>,
     metrics: &Metrics,
     opts: &DispatcherOptions,
     shutdown: CancellationToken,
@@ -88,13 +103,23 @@ pub async fn start(
     let lanes_done = CancellationToken::new();
     let client = deliver::client();
     for broker in &config.brokers {
-        let Some(log) = logs.get(&broker.id) else {
+        let Some(logs) = logs.get(&broker.id) else {
             return Err(ChannelError::Other(format!(
                 "no log opened for broker {}",
                 broker.id
             )));
         };
-        let triggers = start_points(broker, log.as_ref(), metrics).await?;
+        let log = &logs.events;
+        let sinks = Arc::new(settle::BrokerSinks {
+            events: logs.events.clone(),
+            dead_letters: logs.dead_letters.clone(),
+            max_ttl: opts.max_ttl,
+            shutdown: shutdown.clone(),
+        });
+        metrics
+            .dead_letter_gauge(&broker.id.to_string())
+            .set(dead_letter_backlog(logs.dead_letters.as_ref()).await? as i64);
+        let triggers = start_points(broker, log.as_ref(), metrics, &sinks).await?;
         if triggers.is_empty() {
             continue;
         }
@@ -141,10 +166,26 @@ pub async fn start(
     })
 }
 
+/// Entries of a dead-letter log not yet redriven.
+pub async fn dead_letter_backlog(dead_letters: &dyn BrokerLog) -> Result<u64, ChannelError> {
+    let end = dead_letters.end_offset(0).await?;
+    let cursor = dead_letters
+        .load_checkpoint(REDRIVE_CURSOR)
+        .await?
+        .and_then(|c| c.first().copied())
+        .unwrap_or(0);
+    Ok(end.saturating_sub(cursor))
+}
+
+/// Checkpoint name of the dead-letter log's redrive cursor (not a valid trigger name,
+/// so it cannot collide with one).
+pub const REDRIVE_CURSOR: &str = "_redrive";
+
 async fn start_points(
     broker: &BrokerConfig,
     log: &dyn BrokerLog,
     metrics: &Metrics,
+    sinks: &Arc<settle::BrokerSinks>,
 ) -> Result<Vec<(Arc<TriggerRuntime>, Vec<Offset>)>, ChannelError> {
     let broker_name = broker.id.to_string();
     let mut out = Vec::with_capacity(broker.triggers.len());
@@ -165,6 +206,7 @@ async fn start_points(
             cfg: t.clone(),
             metrics: metrics.trigger(&broker_name, &t.name),
             checkpoint: start.iter().map(|&o| AtomicU64::new(o)).collect(),
+            sinks: sinks.clone(),
         };
         out.push((Arc::new(rt), start));
     }

@@ -187,11 +187,12 @@ pub fn broker_with_triggers(triggers: &[(&str, &str, String)]) -> String {
     y
 }
 
-/// Starts Triggerfish in-process on a free port.
-pub async fn start_server(yaml: &str, data_dir: &Path) -> Running {
-    let opts = ServerOptions {
+/// Options for an in-process server on free ports.
+pub fn server_options(yaml: &str, data_dir: &Path) -> ServerOptions {
+    ServerOptions {
         config: config(yaml),
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         data_dir: data_dir.to_path_buf(),
         embedded: Default::default(),
         ingress: Default::default(),
@@ -199,8 +200,49 @@ pub async fn start_server(yaml: &str, data_dir: &Path) -> Running {
             drain_timeout: Duration::from_secs(5),
             ..Default::default()
         },
-    };
+    }
+}
+
+/// Starts Triggerfish in-process on a free port.
+pub async fn start_server(yaml: &str, data_dir: &Path) -> Running {
+    start_with(server_options(yaml, data_dir)).await
+}
+
+/// Starts Triggerfish in-process with these options.
+pub async fn start_with(opts: ServerOptions) -> Running {
     app::start(opts, CancellationToken::new()).await.unwrap()
+}
+
+/// Reads one metric sample (exact series text before the value) from `/metrics`.
+pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Polls `f` until it returns true or the deadline passes.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Posts raw headers and body to a broker path; returns status, headers and body text.

@@ -86,6 +86,14 @@ pub trait EventLog: Send + Sync + 'static {
     /// Opens (creating if needed) the log of one broker.
     async fn open(&self, broker: &BrokerId) -> Result<Arc<dyn BrokerLog>, ChannelError>;
 
+    /// Opens (creating if needed) the broker's own dead-letter log: events whose
+    /// delivery failed for good and could not go to a dead-letter sink. One partition;
+    /// each entry carries the `knativeerror*` extensions and `triggerfishtrigger`.
+    async fn open_dead_letters(
+        &self,
+        broker: &BrokerId,
+    ) -> Result<Arc<dyn BrokerLog>, ChannelError>;
+
     /// A short human description ("embedded log at /var/lib/triggerfish").
     fn describe(&self) -> String;
 }

@@ -21,8 +21,8 @@ use crate::event::{Event, SOURCE, TYPE};
 #[derive(Debug, Clone, Default)]
 pub struct FilterIndex {
     filters: Vec<Filter>,
-    by_type: HashMap<Box<str>, Vec<usize>>,
-    by_source: HashMap<Box<str>, Vec<usize>>,
+    by_type: Buckets,
+    by_source: Buckets,
     /// Filters that must be tested against every event, ascending.
     rest: Vec<usize>,
 }
@@ -96,12 +96,10 @@ impl FilterIndex {
     }
 }
 
-fn lookup<'a>(
-    map: &'a HashMap<Box<str>, Vec<usize>>,
-    event: &Event,
-    name: &str,
-    buf: &mut IntBuf,
-) -> &'a [usize] {
+/// Filter positions (ascending) by the exact value they require.
+type Buckets = HashMap<Box<str>, Vec<usize>>;
+
+fn lookup<'a>(map: &'a Buckets, event: &Event, name: &str, buf: &mut IntBuf) -> &'a [usize] {
     if map.is_empty() {
         return &[];
     }

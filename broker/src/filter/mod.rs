@@ -40,6 +40,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::event::Event;
+/// The CloudEvents SQL crate the `cesql` dialect is built on, for tools that evaluate
+/// expressions directly.
+pub use ::cesql;
 pub use index::FilterIndex;
 use node::{sort_pairs, Node, Pair, Prec};
 

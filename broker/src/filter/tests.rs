@@ -399,3 +399,109 @@ fn required_exact_finds_pinned_type_and_source() {
         None
     );
 }
+
+mod robustness {
+    use proptest::prelude::*;
+    use serde_yaml_ng::{Mapping, Value};
+
+    use super::*;
+
+    fn string(s: &str) -> Value {
+        Value::String(s.to_owned())
+    }
+
+    fn map(k: Value, v: Value) -> Value {
+        let mut m = Mapping::new();
+        m.insert(k, v);
+        Value::Mapping(m)
+    }
+
+    /// Arbitrary YAML, for the odd malformed element.
+    fn garbage() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|i| Value::Number(i.into())),
+            ".{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 16, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Sequence),
+                prop::collection::vec((inner.clone(), inner), 0..3)
+                    .prop_map(|kv| Value::Mapping(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Filter elements that are mostly well-formed, with the occasional bad key,
+    /// value, dialect or shape, so both compiling and evaluating get exercised.
+    fn element() -> impl Strategy<Value = Value> {
+        let attr = prop_oneof![
+            12 => prop::sample::select(&["type", "source", "subject", "count", "flag", "dataschema"][..]),
+            1 => prop::sample::select(&["Type", "", "9x"][..]),
+        ];
+        let value = prop_oneof![
+            30 => prop::sample::select(&["com.", "com.example.order.created", "/shop/eu", ".created", "42", "false", "x"][..])
+                .prop_map(string),
+            1 => Just(string("")),
+            1 => any::<i32>().prop_map(|i| Value::Number(i.into())),
+            1 => Just(Value::Null),
+        ];
+        let pairs = prop::collection::vec((attr, value), 1..3)
+            .prop_map(|kv| Value::Mapping(kv.into_iter().map(|(k, v)| (string(k), v)).collect()));
+        let expr = prop::sample::select(
+            &[
+                "type LIKE 'com.%'",
+                "count > 40",
+                "NOT flag",
+                "missing = 1",
+                "flag",
+                "subject",
+                "type =",
+                "NOPE()",
+                "1 + 1",
+                "EXISTS subject",
+                "INT(subject) = 1",
+            ][..],
+        );
+        let leaf = prop_oneof![
+            8 => (prop::sample::select(&["exact", "prefix", "suffix"][..]), pairs)
+                .prop_map(|(d, p)| map(string(d), p)),
+            3 => expr.prop_map(|e| map(string("cesql"), string(e))),
+            1 => prop_oneof![
+                garbage(),
+                garbage().prop_map(|g| map(string("sql"), g)),
+                Just(map(string("exact"), Value::Mapping(Mapping::new()))),
+                Just(map(string("all"), Value::Sequence(Vec::new()))),
+            ],
+        ];
+        leaf.prop_recursive(4, 24, 3, |inner| {
+            prop_oneof![
+                (
+                    prop::sample::select(&["all", "any"][..]),
+                    prop::collection::vec(inner.clone(), 1..3)
+                )
+                    .prop_map(|(d, v)| map(string(d), Value::Sequence(v))),
+                inner.prop_map(|f| map(string("not"), f)),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Compiling never panics, and a compiled filter evaluates and explains itself
+        /// consistently.
+        #[test]
+        fn arbitrary_filters_never_panic(items in prop::collection::vec(element(), 0..3)) {
+            match Filter::from_filters(&items) {
+                Ok(f) => {
+                    for e in [event(), Event::new()] {
+                        prop_assert_eq!(f.matches(&e), f.explain(&e).is_ok(), "{}", f.describe());
+                    }
+                }
+                Err(errors) => prop_assert!(!errors.is_empty()),
+            }
+        }
+    }
+}

@@ -116,7 +116,8 @@ impl Default for EmbeddedOptions {
 pub struct EmbeddedLog {
     root: PathBuf,
     opts: EmbeddedOptions,
-    brokers: Mutex<HashMap<BrokerId, Arc<EmbeddedBroker>>>,
+    /// Open logs by broker; `true` marks a dead-letter log.
+    brokers: Mutex<HashMap<(BrokerId, bool), Arc<EmbeddedBroker>>>,
     _lock: File,
 }
 
@@ -155,13 +156,30 @@ impl EmbeddedLog {
         })
     }
 
-    fn open_blocking(&self, broker: &BrokerId) -> Result<Arc<EmbeddedBroker>, ChannelError> {
+    fn open_blocking(
+        &self,
+        broker: &BrokerId,
+        dead_letters: bool,
+    ) -> Result<Arc<EmbeddedBroker>, ChannelError> {
         let mut brokers = self.brokers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = brokers.get(broker) {
+        let key = (broker.clone(), dead_letters);
+        if let Some(b) = brokers.get(&key) {
             return Ok(b.clone());
         }
-        let b = Arc::new(EmbeddedBroker::open(&self.root, broker, &self.opts)?);
-        brokers.insert(broker.clone(), b.clone());
+        let mut dir = self
+            .root
+            .join("brokers")
+            .join(&broker.namespace)
+            .join(&broker.name);
+        let mut opts = self.opts.clone();
+        if dead_letters {
+            dir = dir.join("dead-letters");
+            opts.partitions = 1;
+            // Dead letters wait for an operator: keep them by age only.
+            opts.retention_bytes = None;
+        }
+        let b = Arc::new(EmbeddedBroker::open(dir, broker, &opts)?);
+        brokers.insert(key, b.clone());
         Ok(b)
     }
 }
@@ -170,7 +188,15 @@ impl EmbeddedLog {
 impl EventLog for EmbeddedLog {
     async fn open(&self, broker: &BrokerId) -> Result<Arc<dyn BrokerLog>, ChannelError> {
         // Recovery reads files; it runs once per broker at start-up.
-        let b = self.open_blocking(broker)?;
+        let b = self.open_blocking(broker, false)?;
+        Ok(b)
+    }
+
+    async fn open_dead_letters(
+        &self,
+        broker: &BrokerId,
+    ) -> Result<Arc<dyn BrokerLog>, ChannelError> {
+        let b = self.open_blocking(broker, true)?;
         Ok(b)
     }
 
@@ -195,11 +221,10 @@ pub struct EmbeddedBroker {
 
 impl EmbeddedBroker {
     fn open(
-        root: &Path,
+        dir: PathBuf,
         id: &BrokerId,
         opts: &EmbeddedOptions,
     ) -> Result<EmbeddedBroker, ChannelError> {
-        let dir = root.join("brokers").join(&id.namespace).join(&id.name);
         let io = |e: std::io::Error| ChannelError::Io {
             broker: id.clone(),
             source: e,
