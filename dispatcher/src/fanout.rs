@@ -20,12 +20,12 @@
 //! did not match its filter.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use broker::channel::{BrokerLog, LogReader, Offset, Record, StartAt};
 use broker::config::BrokerId;
 use broker::event::Event;
-use broker::filter::Filter;
+use broker::filter::{Filter, FilterIndex};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -78,6 +78,8 @@ pub struct Partition {
     pub partition: u32,
     /// Lanes by index.
     pub lanes: Arc<[LaneInfo]>,
+    /// The lanes' filters, indexed by exact `type`/`source` (positions as in `lanes`).
+    pub index: Arc<FilterIndex>,
     /// Where rejoin requests go.
     pub joins: mpsc::Sender<Join>,
     /// Stops everything.
@@ -100,13 +102,20 @@ pub async fn shared_reader(ctx: Partition, mut joins: mpsc::Receiver<Join>) {
         }
     };
     let mut attached: Vec<Option<Attached>> = (0..ctx.lanes.len()).map(|_| None).collect();
-    let mut last_skip = Instant::now();
+    let mut last_skip = tokio::time::Instant::now();
+    // Some attached lane's watermark is behind the reader's position.
+    let mut stale = false;
     loop {
         tokio::select! {
             biased;
             () = ctx.shutdown.cancelled() => break,
             Some(join) = joins.recv() => {
                 handle_join(&ctx, reader.position(), &mut attached, join).await;
+            }
+            // Idle: bring watermarks up to date so checkpoints pass filtered-out events.
+            () = tokio::time::sleep_until(last_skip + SKIP_EVERY), if stale => {
+                last_skip = tokio::time::Instant::now();
+                stale = !send_skips(&mut attached, reader.position(), true);
             }
             batch = reader.next_batch(BATCH) => {
                 let batch = match batch {
@@ -120,21 +129,32 @@ pub async fn shared_reader(ctx: Partition, mut joins: mpsc::Receiver<Join>) {
                 for record in batch {
                     fan_out(&ctx, &mut attached, record);
                 }
-                let pos = reader.position();
                 let refresh = last_skip.elapsed() >= SKIP_EVERY;
                 if refresh {
-                    last_skip = Instant::now();
+                    last_skip = tokio::time::Instant::now();
                 }
-                for a in attached.iter_mut().flatten() {
-                    if a.last_sent < pos && pos > a.skip_below && (refresh || pos - a.last_sent >= BATCH as u64 * 4)
-                        && a.tx.try_send(Item::Skip(pos)).is_ok()
-                    {
-                        a.last_sent = pos;
-                    }
-                }
+                stale = !send_skips(&mut attached, reader.position(), refresh);
             }
         }
     }
+}
+
+/// Sends `Skip(pos)` to attached lanes whose watermark is behind: all of them with
+/// `all`, else only those far behind. Returns whether every lane is up to date.
+fn send_skips(attached: &mut [Option<Attached>], pos: Offset, all: bool) -> bool {
+    let mut up_to_date = true;
+    for a in attached.iter_mut().flatten() {
+        if a.last_sent >= pos || pos <= a.skip_below {
+            continue;
+        }
+        if (all || pos - a.last_sent >= BATCH as u64 * 4) && a.tx.try_send(Item::Skip(pos)).is_ok()
+        {
+            a.last_sent = pos;
+        } else {
+            up_to_date = false;
+        }
+    }
+    up_to_date
 }
 
 fn fan_out(ctx: &Partition, attached: &mut [Option<Attached>], record: Record) {
@@ -145,10 +165,13 @@ fn fan_out(ctx: &Partition, attached: &mut [Option<Attached>], record: Record) {
             return;
         }
     };
-    for (i, slot) in attached.iter_mut().enumerate() {
-        let Some(a) = slot else { continue };
-        if record.offset < a.skip_below || !ctx.lanes[i].filter.matches(&event) {
-            continue;
+    // Every trigger's filter is evaluated once per event; triggers pinned to another
+    // exact `type` or `source` cost a hash lookup, not an evaluation.
+    ctx.index.for_each_match(&event, |i| {
+        let slot = &mut attached[i];
+        let Some(a) = slot else { return };
+        if record.offset < a.skip_below {
+            return;
         }
         match a.tx.try_send(Item::Event(record.offset, event.clone())) {
             Ok(()) => a.last_sent = record.offset + 1,
@@ -161,7 +184,7 @@ fn fan_out(ctx: &Partition, attached: &mut [Option<Attached>], record: Record) {
             }
             Err(TrySendError::Closed(_)) => *slot = None,
         }
-    }
+    });
 }
 
 async fn handle_join(ctx: &Partition, head: Offset, attached: &mut [Option<Attached>], join: Join) {

@@ -130,12 +130,16 @@ pub async fn start(
                 trigger: Arc::from(rt.cfg.name.as_str()),
             })
             .collect();
+        let index = Arc::new(broker::filter::FilterIndex::build(
+            &lanes.iter().map(|l| l.filter.clone()).collect::<Vec<_>>(),
+        ));
         for p in 0..log.partitions() {
             let (join_tx, join_rx) = mpsc::channel(lanes.len().max(1));
             let ctx = Partition {
                 log: log.clone(),
                 partition: p,
                 lanes: lanes.clone(),
+                index: index.clone(),
                 joins: join_tx,
                 shutdown: shutdown.clone(),
             };
