@@ -170,3 +170,44 @@ async fn sigkill_mid_delivery_loses_no_accepted_event() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_writes_checkpoints_and_exits_cleanly() {
+    let sub = Subscriber::start().await;
+    // Slow enough that every delivery is still in flight when SIGTERM lands.
+    sub.set_delay(Duration::from_millis(500));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, broker_with_triggers(&[("t", "", sub.url("/t"))])).unwrap();
+    let data = dir.path().join("data");
+    let (mut child, addr) = spawn_server(&config, &data);
+    let accepted = produce(addr, 0..200, None, || {}).await;
+    assert_eq!(accepted.len(), 200);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    // The drain let every delivery in flight finish before exiting...
+    let ids: HashSet<String> = sub
+        .received()
+        .iter()
+        .filter_map(|r| r.header("ce-id").map(str::to_owned))
+        .collect();
+    assert_eq!(ids.len(), 200, "deliveries in flight finished before exit");
+    // ...and the final checkpoint covers them all, so a restart redelivers nothing.
+    let cp =
+        std::fs::read_to_string(data.join("brokers/default/default/checkpoints/t.json")).unwrap();
+    let cp: serde_json::Value = serde_json::from_str(&cp).unwrap();
+    let total: u64 = cp["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 200, "checkpoint {cp}");
+}

@@ -526,3 +526,46 @@ async fn a_restart_in_the_middle_of_retries_loses_nothing() {
     server.shutdown();
     server.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_json_delivers_structured_mode() {
+    let sub = Subscriber::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = broker_yaml()
+        + &trigger(
+            "structured",
+            &format!(
+                "  subscriber: {{uri: '{}'}}\n  delivery: {{format: json}}\n",
+                sub.url("/s")
+            ),
+            "",
+        );
+    let server = start_server(&yaml, dir.path()).await;
+    send(
+        server.addr,
+        "j1",
+        "t",
+        &[("ce-ext", "v"), ("content-type", "application/json")],
+    )
+    .await;
+    let got = sub
+        .wait_until("the delivery", WAIT, |r| !r.is_empty())
+        .await;
+    assert_eq!(
+        got[0].header("content-type"),
+        Some("application/cloudevents+json")
+    );
+    assert!(
+        got[0].header("ce-id").is_none(),
+        "no ce- headers in structured mode"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(v["id"], "j1");
+    assert_eq!(v["ext"], "v");
+    assert_eq!(
+        v["data_base64"],
+        base64::engine::general_purpose::STANDARD.encode("payload")
+    );
+    server.shutdown();
+    server.wait().await.unwrap();
+}
