@@ -186,12 +186,22 @@ pub fn encode_header_value(s: &str) -> HeaderValue {
 /// returning the body.
 pub fn encode_binary(event: &Event, headers: &mut HeaderMap) -> Bytes {
     let mut buf = String::new();
+    let mut name_buf = String::new();
     for (name, value) in event.attributes() {
         if name == DATACONTENTTYPE {
             continue;
         }
-        let Ok(header) = HeaderName::from_bytes(format!("ce-{name}").as_bytes()) else {
-            continue; // names were validated; cannot happen for a stored event
+        let header = match header_name(name) {
+            Some(h) => h,
+            None => {
+                name_buf.clear();
+                name_buf.push_str("ce-");
+                name_buf.push_str(name);
+                match HeaderName::from_bytes(name_buf.as_bytes()) {
+                    Ok(h) => h,
+                    Err(_) => continue, // names were validated; cannot happen for a stored event
+                }
+            }
         };
         headers.insert(header, encode_header_value(value.canonical(&mut buf)));
     }
@@ -201,6 +211,24 @@ pub fn encode_binary(event: &Event, headers: &mut HeaderMap) -> Bytes {
         }
     }
     event.data().cloned().unwrap_or_default()
+}
+
+/// Header names of the attributes most events carry, without allocating.
+fn header_name(attr: &str) -> Option<HeaderName> {
+    Some(HeaderName::from_static(match attr {
+        "specversion" => "ce-specversion",
+        "id" => "ce-id",
+        "source" => "ce-source",
+        "type" => "ce-type",
+        "subject" => "ce-subject",
+        "time" => "ce-time",
+        "dataschema" => "ce-dataschema",
+        "knativearrivaltime" => "ce-knativearrivaltime",
+        "knativebrokerttl" => "ce-knativebrokerttl",
+        "partitionkey" => "ce-partitionkey",
+        "traceparent" => "ce-traceparent",
+        _ => return None,
+    }))
 }
 
 /// Encodes an event in structured JSON mode.
