@@ -203,39 +203,81 @@ impl Ctx<'_> {
 
 /// Loads a file or a directory of YAML files.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Config, ConfigErrors> {
-    let files = list_files(path).map_err(|reason| {
-        ConfigErrors(vec![ConfigError {
-            file: path.to_path_buf(),
-            document: 0,
-            object: None,
-            field: String::new(),
-            reason,
-        }])
-    })?;
+    read_and_parse(path, |sources| parse_sources(sources, opts))
+}
+
+/// Reads a file or every YAML file of a directory and hands the texts to `parse`;
+/// unreadable files are reported along with whatever `parse` finds.
+fn read_and_parse<T>(
+    path: &Path,
+    parse: impl FnOnce(&[(&Path, &str)]) -> Result<T, ConfigErrors>,
+) -> Result<T, ConfigErrors> {
+    let file_error = |file: PathBuf, reason: String| ConfigError {
+        file,
+        document: 0,
+        object: None,
+        field: String::new(),
+        reason,
+    };
+    let files = list_files(path)
+        .map_err(|reason| ConfigErrors(vec![file_error(path.to_path_buf(), reason)]))?;
     let mut sources = Vec::with_capacity(files.len());
     let mut errors = Vec::new();
     for file in files {
         match std::fs::read_to_string(&file) {
             Ok(text) => sources.push((file, text)),
-            Err(e) => errors.push(ConfigError {
-                file,
-                document: 0,
-                object: None,
-                field: String::new(),
-                reason: format!("cannot read: {e}"),
-            }),
+            Err(e) => errors.push(file_error(file, format!("cannot read: {e}"))),
         }
     }
     let refs: Vec<(&Path, &str)> = sources
         .iter()
         .map(|(p, t)| (p.as_path(), t.as_str()))
         .collect();
-    match parse_sources(&refs, opts) {
-        Ok(config) if errors.is_empty() => Ok(config),
+    match parse(&refs) {
+        Ok(v) if errors.is_empty() => Ok(v),
         Ok(_) => Err(ConfigErrors(errors)),
         Err(ConfigErrors(more)) => {
             errors.extend(more);
             Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// Calls `f` with every non-empty YAML document of `sources`, its `apiVersion` and
+/// `kind` (empty when missing) and a context for errors. A document that is not valid
+/// YAML is reported and ends its file (the rest of the stream cannot be trusted).
+fn for_each_document(
+    sources: &[(&Path, &str)],
+    errors: &mut Vec<ConfigError>,
+    mut f: impl FnMut(serde_yaml_ng::Value, &str, &str, &mut Ctx<'_>),
+) {
+    for (file, text) in sources {
+        for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let mut ctx = Ctx {
+                file,
+                document: i + 1,
+                object: None,
+                errors: &mut *errors,
+            };
+            let value = match serde_yaml_ng::Value::deserialize(doc) {
+                Ok(serde_yaml_ng::Value::Null) => continue,
+                Ok(v) => v,
+                Err(e) => {
+                    ctx.err("", format!("not valid YAML: {e}"));
+                    break;
+                }
+            };
+            let api = value
+                .get("apiVersion")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_owned();
+            let kind = value
+                .get("kind")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_owned();
+            f(value, &api, &kind, &mut ctx);
         }
     }
 }
@@ -272,56 +314,41 @@ pub fn parse_sources(
     let mut errors = Vec::new();
     let mut notices = Vec::new();
     let mut brokers: BTreeMap<BrokerId, BrokerConfig> = BTreeMap::new();
-    // (trigger, whether it has its own delivery, where it was written)
-    let mut triggers: Vec<(TriggerConfig, bool, String)> = Vec::new();
-    for (file, text) in sources {
-        for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-            let mut ctx = Ctx {
-                file,
-                document: i + 1,
-                object: None,
-                errors: &mut errors,
-            };
-            let value = match serde_yaml_ng::Value::deserialize(doc) {
-                Ok(serde_yaml_ng::Value::Null) => continue,
-                Ok(v) => v,
-                Err(e) => {
-                    ctx.err("", format!("not valid YAML: {e}"));
-                    break; // the rest of the stream cannot be trusted
-                }
-            };
-            let api = value
-                .get("apiVersion")
-                .and_then(|v| v.as_str())
-                .unwrap_or("");
-            let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or("");
-            let where_ = format!("{}: document {}", file.display(), i + 1);
-            match (api, kind) {
-                ("eventing.knative.dev/v1", "Broker") => {
-                    if let Some(b) = parse_broker(value, &mut ctx, opts) {
-                        if brokers.contains_key(&b.id) {
-                            ctx.err("metadata.name", format!("broker {} is defined twice", b.id));
-                        } else {
-                            brokers.insert(b.id.clone(), b);
-                        }
+    // (trigger, whether it has its own delivery, file, document)
+    let mut triggers: Vec<(TriggerConfig, bool, PathBuf, usize)> = Vec::new();
+    for_each_document(sources, &mut errors, |value, api, kind, ctx| {
+        let where_ = format!("{}: document {}", ctx.file.display(), ctx.document);
+        match (api, kind) {
+            ("eventing.knative.dev/v1", "Broker") => {
+                if let Some(b) = parse_broker(value, ctx, opts) {
+                    if brokers.contains_key(&b.id) {
+                        ctx.err("metadata.name", format!("broker {} is defined twice", b.id));
+                    } else {
+                        brokers.insert(b.id.clone(), b);
                     }
                 }
-                ("eventing.knative.dev/v1", "Trigger") => {
-                    if let Some((t, own_delivery)) = parse_trigger(value, &mut ctx, opts) {
-                        triggers.push((t, own_delivery, where_));
-                    }
-                }
-                ("", _) | (_, "") => ctx.err("", "not a Kubernetes object: apiVersion and kind are required"),
-                (api, kind) => notices.push(format!("{where_}: skipped {kind} ({api}): not a Broker or Trigger of eventing.knative.dev/v1")),
             }
+            ("eventing.knative.dev/v1", "Trigger") => {
+                if let Some((t, own_delivery)) = parse_trigger(value, ctx, opts) {
+                    triggers.push((t, own_delivery, ctx.file.to_path_buf(), ctx.document));
+                }
+            }
+            ("", _) | (_, "") => ctx.err(
+                "",
+                "not a Kubernetes object: apiVersion and kind are required",
+            ),
+            (api, kind) => notices.push(format!(
+                "{where_}: skipped {kind} ({api}): not a Broker or Trigger of eventing.knative.dev/v1"
+            )),
         }
-    }
+    });
     let mut seen = std::collections::BTreeSet::new();
-    for (mut trigger, own_delivery, where_) in triggers {
+    for (mut trigger, own_delivery, file, document) in triggers {
+        let where_ = format!("{}: document {document}", file.display());
         if !seen.insert((trigger.broker.namespace.clone(), trigger.name.clone())) {
             errors.push(ConfigError {
-                file: PathBuf::from(where_.split(": document").next().unwrap_or("")),
-                document: 0,
+                file,
+                document,
                 object: Some(format!(
                     "Trigger {}/{}",
                     trigger.broker.namespace, trigger.name
