@@ -1,4 +1,7 @@
+use std::time::Duration;
+
 use super::*;
+use crate::delivery::BackoffPolicy;
 
 fn parse(text: &str) -> Result<Config, ConfigErrors> {
     parse_sources(&[(Path::new("test.yaml"), text)], &LoadOptions::default())
