@@ -22,7 +22,15 @@ const PRODUCERS: usize = 32;
 
 fn spawn_server(config: &std::path::Path, data: &std::path::Path) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_triggerfish"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+        ])
         .arg("--config")
         .arg(config)
         .arg("--data-dir")
@@ -175,7 +183,7 @@ async fn sigkill_mid_delivery_loses_no_accepted_event() {
 async fn sigterm_drains_writes_checkpoints_and_exits_cleanly() {
     let sub = Subscriber::start().await;
     // Slow enough that every delivery is still in flight when SIGTERM lands.
-    sub.set_delay(Duration::from_millis(500));
+    sub.set_delay(Duration::from_millis(1000));
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, broker_with_triggers(&[("t", "", sub.url("/t"))])).unwrap();
@@ -183,6 +191,14 @@ async fn sigterm_drains_writes_checkpoints_and_exits_cleanly() {
     let (mut child, addr) = spawn_server(&config, &data);
     let accepted = produce(addr, 0..200, None, || {}).await;
     assert_eq!(accepted.len(), 200);
+    // Every delivery has reached the subscriber, none has been answered yet.
+    eventually(
+        "all 200 deliveries in flight",
+        Duration::from_secs(10),
+        || async { sub.arrived() == 200 },
+    )
+    .await;
+    assert!(sub.received().len() < 200);
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -29,6 +29,7 @@ use broker::filter::{Filter, FilterIndex};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// What a lane receives.
 #[derive(Debug, Clone)]
@@ -84,6 +85,8 @@ pub struct Partition {
     pub joins: mpsc::Sender<Join>,
     /// Stops everything.
     pub shutdown: CancellationToken,
+    /// Tracks the partition's tasks (catch-up readers are spawned here).
+    pub tasks: TaskTracker,
 }
 
 impl Partition {
@@ -179,7 +182,7 @@ fn fan_out(ctx: &Partition, attached: &mut [Option<Attached>], record: Record) {
                 // The lane is behind: hand its queue to a catch-up reader from here.
                 if let Some(a) = slot.take() {
                     tracing::debug!(broker = %ctx.broker(), partition = ctx.partition, trigger = %ctx.lanes[i].trigger, offset = record.offset, "lane detached to catch up on its own");
-                    tokio::spawn(catch_up(ctx.clone(), i, record.offset, a.tx));
+                    ctx.tasks.spawn(catch_up(ctx.clone(), i, record.offset, a.tx));
                 }
             }
             Err(TrySendError::Closed(_)) => *slot = None,

@@ -17,24 +17,25 @@
 //! crash loses at most that much checkpoint progress, which means redelivery, never
 //! loss.
 
+pub mod coordinator;
 pub mod deliver;
 pub mod fanout;
 pub mod lane;
 pub mod settle;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use broker::channel::{BrokerLog, ChannelError, Offset};
 use broker::config::{BrokerConfig, BrokerId, Config};
 use broker::telemetry::Metrics;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use fanout::{LaneInfo, Partition};
+use coordinator::{BrokerRun, Coordinator};
+use fanout::LaneInfo;
 use lane::TriggerRuntime;
 
 /// How often changed checkpoints are written.
@@ -49,6 +50,8 @@ pub struct DispatcherOptions {
     pub drain_timeout: Duration,
     /// `knativebrokerttl` of events that carry none (replies decrement it).
     pub max_ttl: i32,
+    /// This process's name among dispatcher replicas (for partition leases).
+    pub owner: String,
 }
 
 impl Default for DispatcherOptions {
@@ -57,6 +60,7 @@ impl Default for DispatcherOptions {
             lane_queue: 512,
             drain_timeout: Duration::from_secs(30),
             max_ttl: settle::DEFAULT_MAX_TTL,
+            owner: default_owner(),
         }
     }
 }
@@ -90,7 +94,9 @@ pub struct BrokerLogs {
 
 /// Starts dispatching every broker of `config`. `logs` holds each broker's opened
 /// logs. New triggers start at the current end of the log, and that position is stored
-/// durably before this returns, so events accepted after it are never missed.
+/// durably before this returns, so events accepted after it are never missed. The
+/// partitions this process dispatches come from the log's partition leases (all of
+/// them for the embedded log); the first lease refresh happens before this returns.
 pub async fn start(
     config: &Config,
     logs: &HashMap<BrokerId, BrokerLogs>,
@@ -125,7 +131,7 @@ pub async fn start(
         }
         let lanes: Arc<[LaneInfo]> = triggers
             .iter()
-            .map(|(rt, _)| LaneInfo {
+            .map(|rt| LaneInfo {
                 filter: Arc::new(rt.cfg.filter.clone()),
                 trigger: Arc::from(rt.cfg.name.as_str()),
             })
@@ -133,34 +139,26 @@ pub async fn start(
         let index = Arc::new(broker::filter::FilterIndex::build(
             &lanes.iter().map(|l| l.filter.clone()).collect::<Vec<_>>(),
         ));
-        for p in 0..log.partitions() {
-            let (join_tx, join_rx) = mpsc::channel(lanes.len().max(1));
-            let ctx = Partition {
-                log: log.clone(),
-                partition: p,
-                lanes: lanes.clone(),
-                index: index.clone(),
-                joins: join_tx,
-                shutdown: shutdown.clone(),
-            };
-            tasks.spawn(fanout::shared_reader(ctx.clone(), join_rx));
-            for (i, (rt, start)) in triggers.iter().enumerate() {
-                let (tx, rx) = mpsc::channel(opts.lane_queue.max(1));
-                let from = start[p as usize];
-                tasks.spawn(fanout::catch_up(ctx.clone(), i, from, tx));
-                tasks.spawn(lane::run_lane(
-                    rt.clone(),
-                    p,
-                    from,
-                    rx,
-                    client.clone(),
-                    shutdown.clone(),
-                    opts.drain_timeout,
-                ));
-            }
-        }
-        let rts: Vec<Arc<TriggerRuntime>> = triggers.into_iter().map(|(rt, _)| rt).collect();
-        flushers.spawn(flush_checkpoints(log.clone(), rts, lanes_done.clone()));
+        let stored = triggers.iter().map(|t| snapshot(t)).collect();
+        let run = Arc::new(BrokerRun {
+            id: broker.id.clone(),
+            log: log.clone(),
+            triggers,
+            lanes,
+            index,
+            owned: (0..log.partitions())
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            client: client.clone(),
+            lane_queue: opts.lane_queue,
+            drain: opts.drain_timeout,
+            stored: tokio::sync::Mutex::new(stored),
+        });
+        let mut coordinator =
+            Coordinator::new(run.clone(), log.leases(&opts.owner), shutdown.clone());
+        coordinator.step().await;
+        tasks.spawn(coordinator.run());
+        flushers.spawn(flush_checkpoints(run, lanes_done.clone()));
         tracing::info!(broker = %broker.id, triggers = broker.triggers.len(), partitions = log.partitions(), "dispatching");
     }
     Ok(Dispatcher {
@@ -168,6 +166,14 @@ pub async fn start(
         flushers,
         lanes_done,
     })
+}
+
+/// A process name unique enough among replicas: host name and process id.
+pub fn default_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 /// Entries of a dead-letter log not yet redriven.
@@ -190,7 +196,7 @@ async fn start_points(
     log: &dyn BrokerLog,
     metrics: &Metrics,
     sinks: &Arc<settle::BrokerSinks>,
-) -> Result<Vec<(Arc<TriggerRuntime>, Vec<Offset>)>, ChannelError> {
+) -> Result<Vec<Arc<TriggerRuntime>>, ChannelError> {
     let broker_name = broker.id.to_string();
     let mut out = Vec::with_capacity(broker.triggers.len());
     for t in &broker.triggers {
@@ -212,17 +218,14 @@ async fn start_points(
             checkpoint: start.iter().map(|&o| AtomicU64::new(o)).collect(),
             sinks: sinks.clone(),
         };
-        out.push((Arc::new(rt), start));
+        out.push(Arc::new(rt));
     }
     Ok(out)
 }
 
-async fn flush_checkpoints(
-    log: Arc<dyn BrokerLog>,
-    triggers: Vec<Arc<TriggerRuntime>>,
-    done: CancellationToken,
-) {
-    let mut stored: Vec<Vec<Offset>> = triggers.iter().map(|t| snapshot(t)).collect();
+/// Writes changed checkpoints every [`CHECKPOINT_EVERY`] until `done`, then once more
+/// durably.
+async fn flush_checkpoints(run: Arc<BrokerRun>, done: CancellationToken) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -230,19 +233,25 @@ async fn flush_checkpoints(
             () = done.cancelled() => true,
             _ = tick.tick() => false,
         };
-        for (t, prev) in triggers.iter().zip(stored.iter_mut()) {
-            let now = snapshot(t);
-            if now != *prev {
-                match log.store_checkpoint(&t.cfg.name, &now, last).await {
-                    Ok(()) => *prev = now,
-                    Err(e) => {
-                        tracing::warn!(trigger = %t.cfg.name, error = %e, "cannot store checkpoint; will retry")
-                    }
-                }
-            }
-        }
+        flush_now(&run, last).await;
         if last {
             break;
+        }
+    }
+}
+
+/// Stores the checkpoint of every trigger whose progress changed since the last store.
+pub(crate) async fn flush_now(run: &BrokerRun, durable: bool) {
+    let mut stored = run.stored.lock().await;
+    for (t, prev) in run.triggers.iter().zip(stored.iter_mut()) {
+        let now = snapshot(t);
+        if now != *prev || durable {
+            match run.log.store_checkpoint(&t.cfg.name, &now, durable).await {
+                Ok(()) => *prev = now,
+                Err(e) => {
+                    tracing::warn!(trigger = %t.cfg.name, error = %e, "cannot store checkpoint; will retry")
+                }
+            }
         }
     }
 }

@@ -39,6 +39,8 @@ struct SubState {
     notify: tokio::sync::Notify,
     responder: Mutex<Responder>,
     delay: Mutex<Duration>,
+    /// Requests that have arrived (counted before the delay and the response).
+    arrived: std::sync::atomic::AtomicUsize,
 }
 
 /// A subscriber on 127.0.0.1 that records every request; answers 200 unless told
@@ -60,6 +62,7 @@ impl Subscriber {
                 (StatusCode::OK, HeaderMap::new(), Vec::new())
             })),
             delay: Mutex::new(Duration::ZERO),
+            arrived: std::sync::atomic::AtomicUsize::new(0),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -90,6 +93,11 @@ impl Subscriber {
         f: impl Fn(&Received, usize) -> (StatusCode, HeaderMap, Vec<u8>) + Send + Sync + 'static,
     ) {
         *self.state.responder.lock().unwrap() = Arc::new(f);
+    }
+
+    /// Requests that have arrived so far, including those still being answered.
+    pub fn arrived(&self) -> usize {
+        self.state.arrived.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Makes every response wait this long (a slow subscriber).
@@ -150,6 +158,9 @@ async fn handle(
         body,
         at: Instant::now(),
     };
+    state
+        .arrived
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let delay = *state.delay.lock().unwrap();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;

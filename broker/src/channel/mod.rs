@@ -9,6 +9,7 @@
 //! - [`embedded`]: the default, a local partitioned append-only log with group commit.
 
 pub mod embedded;
+pub mod lease;
 
 use std::sync::Arc;
 
@@ -106,6 +107,14 @@ pub trait BrokerLog: Send + Sync + 'static {
 
     /// Number of partitions (fixed for the life of the log).
     fn partitions(&self) -> u32;
+
+    /// The partition leases of dispatcher process `owner` (a unique name per process).
+    /// By default a process owns every partition, which is right for logs that only
+    /// one process can open.
+    fn leases(&self, owner: &str) -> Arc<dyn lease::PartitionLeases> {
+        let _ = owner;
+        Arc::new(lease::AllPartitions::new(self.partitions()))
+    }
 
     /// Appends events; returns only when every one is durable per the channel's
     /// policy. An error means some may or may not be stored (the producer retries;

@@ -1,0 +1,179 @@
+//! Which partitions of a broker this process dispatches, and starting and stopping
+//! them as partition leases come and go.
+//!
+//! Each owned partition runs its shared reader, the catch-up readers and one lane per
+//! trigger under a cancellation token and task tracker of its own. Losing a lease (or
+//! shutdown) cancels that token: lanes stop taking events, finish deliveries in flight
+//! within the drain timeout, and their checkpoints are flushed before the lease is
+//! released. A process that cannot refresh its leases within their TTL stops every
+//! partition, since another process may own them by then.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::channel::lease::PartitionLeases;
+use broker::channel::BrokerLog;
+use broker::config::BrokerId;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::deliver::HttpClient;
+use crate::fanout::{self, LaneInfo, Partition};
+use crate::lane::{self, TriggerRuntime};
+
+/// Everything needed to run any partition of one broker.
+pub struct BrokerRun {
+    /// The broker.
+    pub id: BrokerId,
+    /// Its event log.
+    pub log: Arc<dyn BrokerLog>,
+    /// Its triggers, in lane order.
+    pub triggers: Vec<Arc<TriggerRuntime>>,
+    /// Lane descriptions (filters) for the readers.
+    pub lanes: Arc<[LaneInfo]>,
+    /// The filter index over `lanes`.
+    pub index: Arc<broker::filter::FilterIndex>,
+    /// Per partition: whether this process dispatches it now.
+    pub owned: Arc<[AtomicBool]>,
+    /// The delivery client.
+    pub client: HttpClient,
+    /// Queue length of each lane.
+    pub lane_queue: usize,
+    /// How long a stopping lane waits for deliveries in flight.
+    pub drain: Duration,
+    /// Per trigger, the checkpoint last stored.
+    pub stored: tokio::sync::Mutex<Vec<Vec<broker::channel::Offset>>>,
+}
+
+struct Running {
+    token: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Keeps the set of running partitions equal to the set of leased ones.
+pub struct Coordinator {
+    run: Arc<BrokerRun>,
+    leases: Arc<dyn PartitionLeases>,
+    running: BTreeMap<u32, Running>,
+    shutdown: CancellationToken,
+    last_refresh: Instant,
+}
+
+impl Coordinator {
+    /// A coordinator with nothing running yet.
+    pub fn new(
+        run: Arc<BrokerRun>,
+        leases: Arc<dyn PartitionLeases>,
+        shutdown: CancellationToken,
+    ) -> Coordinator {
+        Coordinator {
+            run,
+            leases,
+            running: BTreeMap::new(),
+            shutdown,
+            last_refresh: Instant::now(),
+        }
+    }
+
+    /// Refreshes leases once and starts or stops partitions to match.
+    pub async fn step(&mut self) {
+        match self.leases.refresh().await {
+            Ok(owned) => {
+                self.last_refresh = Instant::now();
+                let lost: Vec<u32> = self
+                    .running
+                    .keys()
+                    .copied()
+                    .filter(|p| !owned.contains(p))
+                    .collect();
+                self.stop(&lost).await;
+                for p in owned {
+                    if !self.running.contains_key(&p) {
+                        self.start(p);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(broker = %self.run.id, error = %e, "cannot refresh partition leases");
+                if self.last_refresh.elapsed() >= self.leases.ttl() {
+                    tracing::error!(broker = %self.run.id, "partition leases expired; stopping every partition until they can be renewed");
+                    let all: Vec<u32> = self.running.keys().copied().collect();
+                    self.stop(&all).await;
+                }
+            }
+        }
+    }
+
+    /// Runs until shutdown, then stops every partition and releases the leases.
+    pub async fn run(mut self) {
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                () = tokio::time::sleep(self.leases.renew_every()) => self.step().await,
+            }
+        }
+        let all: Vec<u32> = self.running.keys().copied().collect();
+        self.stop(&all).await;
+    }
+
+    fn start(&mut self, p: u32) {
+        let run = &self.run;
+        let token = self.shutdown.child_token();
+        let tasks = TaskTracker::new();
+        let (join_tx, join_rx) = mpsc::channel(run.lanes.len().max(1));
+        let ctx = Partition {
+            log: run.log.clone(),
+            partition: p,
+            lanes: run.lanes.clone(),
+            index: run.index.clone(),
+            joins: join_tx,
+            shutdown: token.clone(),
+            tasks: tasks.clone(),
+        };
+        tasks.spawn(fanout::shared_reader(ctx.clone(), join_rx));
+        for (i, rt) in run.triggers.iter().enumerate() {
+            let (tx, rx) = mpsc::channel(run.lane_queue.max(1));
+            let from = rt.checkpoint[p as usize].load(Ordering::Acquire);
+            tasks.spawn(fanout::catch_up(ctx.clone(), i, from, tx));
+            tasks.spawn(lane::run_lane(
+                rt.clone(),
+                p,
+                from,
+                rx,
+                run.client.clone(),
+                token.clone(),
+                run.drain,
+            ));
+        }
+        run.owned[p as usize].store(true, Ordering::Release);
+        tracing::info!(broker = %run.id, partition = p, triggers = run.triggers.len(), "dispatching partition");
+        self.running.insert(p, Running { token, tasks });
+    }
+
+    async fn stop(&mut self, partitions: &[u32]) {
+        if partitions.is_empty() {
+            return;
+        }
+        let mut stopping = Vec::new();
+        for p in partitions {
+            if let Some(r) = self.running.remove(p) {
+                r.token.cancel();
+                r.tasks.close();
+                stopping.push((*p, r));
+            }
+        }
+        for (p, r) in &stopping {
+            r.tasks.wait().await;
+            self.run.owned[*p as usize].store(false, Ordering::Release);
+            tracing::info!(broker = %self.run.id, partition = p, "stopped dispatching partition");
+        }
+        // The final checkpoints of these partitions are written before the leases go.
+        crate::flush_now(&self.run, true).await;
+        let released: Vec<u32> = stopping.iter().map(|(p, _)| *p).collect();
+        self.leases.release(&released).await;
+    }
+}
