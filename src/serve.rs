@@ -1,5 +1,6 @@
 //! `triggerfish serve` and `triggerfish config check`.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -103,10 +104,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let running = app::start(opts, shutdown).await?;
-    println!("listening on http://{}", running.addr);
+    // Scripts read these lines; a closed stdout must not take the server down.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening on http://{}", running.addr);
     if let Some(a) = running.admin_addr {
-        println!("admin API on http://{a}");
+        let _ = writeln!(out, "admin API on http://{a}");
     }
+    let _ = out.flush();
+    drop(out);
     running.wait().await?;
     Ok(ExitCode::SUCCESS)
 }

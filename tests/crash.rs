@@ -207,7 +207,11 @@ async fn sigterm_drains_writes_checkpoints_and_exits_cleanly() {
     let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
-    assert!(exit.success(), "exit status {exit:?}");
+    assert!(
+        exit.success(),
+        "exit status {exit:?}; server log:\n{}",
+        std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
+    );
     // The drain let every delivery in flight finish before exiting...
     let ids: HashSet<String> = sub
         .received()
