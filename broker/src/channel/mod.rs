@@ -10,6 +10,8 @@
 
 pub mod embedded;
 pub mod lease;
+#[cfg(feature = "nats")]
+pub mod nats;
 
 use std::sync::Arc;
 

@@ -1,0 +1,276 @@
+//! `triggerfish-bench`: the load harness of issue 7. One run measures each Triggerfish
+//! figure beside a baseline doing the same substrate work on this machine, with the
+//! same load generator, the same 1 KiB binary-mode CloudEvent and the same
+//! concurrency, and prints a table of figures and ratios (and writes it as JSON).
+//!
+//! Layout:
+//! - `load`: the event, the request templates and the load generator (closed loop or
+//!   paced, one keep-alive connection per task);
+//! - `sink`: the null subscriber, also the bare 202 baseline server;
+//! - `proc`: child processes (`/proc` RSS and CPU), configs, pre-filling a log;
+//! - `figures`: R1, R3, R4, R5 and R9, each with its baseline;
+//! - `report`: the table and the JSON.
+//!
+//! The same binary also plays the child roles (hidden subcommands): `serve` (runs
+//! `triggerfish::app::start` with `triggerfish serve`'s defaults, so one `cargo run`
+//! builds everything), `null-server` (the bare baseline server) and `client-loop` (the
+//! R4 baseline). `--server-bin target/release/triggerfish` measures the real binary
+//! instead of the `serve` role.
+
+mod figures;
+mod load;
+mod proc;
+mod report;
+mod sink;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::figures::{Harness, Settings};
+use crate::load::{Generator, Shape, Template};
+use crate::proc::{ServerCmd, MAX_LIFETIME_ENV};
+
+/// Triggerfish load harness: figures and ratios against same-run baselines.
+#[derive(Debug, Parser)]
+#[command(name = "triggerfish-bench")]
+struct Cli {
+    #[command(subcommand)]
+    role: Option<Role>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Short run: 2 s per measurement after 1 s of warm-up.
+    #[arg(long)]
+    quick: bool,
+    /// Seconds per measurement (default 5, or 2 with --quick).
+    #[arg(long)]
+    secs: Option<u64>,
+    /// Producer connections (concurrent requests) for R1, R3 and R5.
+    #[arg(long, default_value_t = 64)]
+    conns: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Measure this `triggerfish` binary instead of the harness's own `serve` role
+    /// (which runs the same library code).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Repetitions of the whole run; the table shows medians (default 3, or 1 with
+    /// --quick).
+    #[arg(long)]
+    repeat: Option<usize>,
+    /// Only these figures (comma-separated: r1,r3,r4,r5); R3 uses R1 and R4 for its
+    /// baseline and R5 uses R3.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Role {
+    /// (child role) Triggerfish's server, as `triggerfish serve` runs it.
+    #[command(hide = true)]
+    Serve(ServeArgs),
+    /// (child role) A bare hyper server answering 202.
+    #[command(hide = true)]
+    NullServer,
+    /// (child role) A plain hyper client loop POSTing delivery requests.
+    #[command(hide = true)]
+    ClientLoop {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        path: String,
+        #[arg(long)]
+        conns: usize,
+        #[arg(long)]
+        secs: u64,
+    },
+}
+
+/// The subset of `triggerfish serve`'s flags the harness passes.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long)]
+    listen: SocketAddr,
+    #[arg(long)]
+    no_admin: bool,
+    #[arg(long, default_value = "warn")]
+    log: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.role {
+            None => run(cli.run).await,
+            Some(role) => {
+                exit_after_max_lifetime();
+                match role {
+                    Role::Serve(a) => serve(a).await,
+                    Role::NullServer => null_server().await,
+                    Role::ClientLoop {
+                        addr,
+                        path,
+                        conns,
+                        secs,
+                    } => client_loop(addr, &path, conns, secs).await,
+                }
+            }
+        }
+    })
+}
+
+/// A child role ends by itself, so nothing outlives a harness that crashed.
+fn exit_after_max_lifetime() {
+    let secs = std::env::var(MAX_LIFETIME_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(900);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        std::process::exit(3);
+    });
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let secs = args.secs.unwrap_or(if args.quick { 2 } else { 5 });
+    let me = std::env::current_exe().context("locating the harness binary")?;
+    let settings = Settings {
+        warmup: Duration::from_secs(1),
+        measure: Duration::from_secs(secs),
+        conns: args.conns,
+        server: ServerCmd {
+            program: args.server_bin.clone().unwrap_or_else(|| me.clone()),
+        },
+        me,
+    };
+    let want = |id: &str| args.only.is_empty() || args.only.iter().any(|o| o == id);
+    eprintln!(
+        "triggerfish-bench: {} s per measurement after {} s warm-up, {} producer conns, server: {}",
+        secs,
+        settings.warmup.as_secs(),
+        settings.conns,
+        settings.server.program.display()
+    );
+    let started = Instant::now();
+    let repeat = args.repeat.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+    let mut runs = Vec::with_capacity(repeat);
+    for i in 0..repeat {
+        eprintln!("run {} of {repeat}", i + 1);
+        let r = run_once(&settings, &want).await?;
+        eprintln!("{}", r.table());
+        runs.push(r);
+    }
+    let mut report = report::combine(runs);
+    report.detail("run_s", json!(started.elapsed().as_secs_f64()));
+    println!("{}", report.table());
+    if let Some(serde_json::Value::Array(runs)) = report.details.get("runs") {
+        for (i, run) in runs.iter().enumerate() {
+            println!("run {}: {run}", i + 1);
+        }
+    }
+    for n in &report.notes {
+        println!("note: {n}");
+    }
+    if let Some(path) = &args.json {
+        let settings = json!({
+            "warmup_s": settings.warmup.as_secs(), "measure_s": secs, "repeat": repeat,
+            "producer_conns": settings.conns,
+            "dispatch_concurrency": figures::DISPATCH_CONCURRENCY,
+            "server": settings.server.program.display().to_string(),
+            "payload": "1 KiB binary-mode CloudEvent",
+            "placement": "server and baseline servers as child processes; generator and null subscriber in the harness; no pinning",
+        });
+        let text = serde_json::to_string_pretty(&report.json(settings))?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// One pass over the selected figures.
+async fn run_once(
+    settings: &Settings,
+    want: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<report::Report> {
+    let mut h = Harness::new(settings.clone()).await?;
+    let r1 = if want("r1") {
+        eprintln!("R1: ingress vs bare hyper server ...");
+        Some(h.r1().await?)
+    } else {
+        None
+    };
+    let r4_base = if want("r4") {
+        eprintln!("R4: dispatcher from a pre-filled log vs plain client loop ...");
+        Some(h.r4().await?)
+    } else {
+        None
+    };
+    let r3 = if want("r3") {
+        eprintln!("R3: end-to-end, 1 trigger; latency at 50 % ...");
+        Some(h.r3(r1, r4_base).await?)
+    } else {
+        None
+    };
+    if want("r5") {
+        eprintln!("R5/R9: end-to-end, {} triggers ...", figures::MANY_TRIGGERS);
+        h.r5(r3).await?;
+    }
+    Ok(h.close())
+}
+
+/// The `serve` role: `triggerfish serve` with its defaults (embedded log, 4
+/// partitions, fsync always, 7 d / 4 GiB retention, 1 MiB bodies).
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    use triggerfish::app::{self, ServerOptions};
+    broker::telemetry::init_tracing(false, &a.log);
+    let config = broker::config::load(&a.config, &broker::config::LoadOptions::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let opts = ServerOptions {
+        config,
+        listen: a.listen,
+        admin_listen: (!a.no_admin).then(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        data_dir: a.data_dir,
+        embedded: Default::default(),
+        ingress: Default::default(),
+        dispatcher: Default::default(),
+    };
+    let running = app::start(opts, CancellationToken::new()).await?;
+    println!("listening on http://{}", running.addr);
+    running.wait().await
+}
+
+async fn null_server() -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    let sink = sink::Sink::new(Instant::now());
+    sink::serve(listener, sink, CancellationToken::new()).await;
+    Ok(())
+}
+
+async fn client_loop(addr: SocketAddr, path: &str, conns: usize, secs: u64) -> anyhow::Result<()> {
+    // Reports no address of its own; the harness only waits for this line.
+    println!("listening on http://{addr}");
+    let template = Template::delivery(addr, path)?;
+    let g = Generator::start(addr, template, Shape { conns, rate: None }, Instant::now());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    g.finish().await;
+    Ok(())
+}
