@@ -31,7 +31,8 @@ pub fn client() -> HttpClient {
     connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
+        // At least partitions × per-partition concurrency, or connections churn.
+        .pool_max_idle_per_host(4096)
         .build(connector)
 }
 

@@ -13,6 +13,8 @@
 //! proceed concurrently up to the limit.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,7 +109,7 @@ pub async fn run_lane(
     let ordered = rt.cfg.order == DeliveryOrder::Ordered;
     let limit = rt.cfg.concurrency.max(1);
     let mut tracker = DoneTracker::new(start);
-    let mut in_flight = FuturesUnordered::new();
+    let mut in_flight: FuturesUnordered<InFlight<'_>> = FuturesUnordered::new();
     let mut keys = KeyQueues::default();
     let slot = &rt.checkpoint[partition as usize];
     let publish = |t: &DoneTracker| slot.store(t.checkpoint(), Ordering::Release);
@@ -176,15 +178,22 @@ pub async fn run_lane(
     }
 }
 
-async fn settle_one(
-    rt: &TriggerRuntime,
-    client: &HttpClient,
+/// A delivery in flight: boxed, because the settle future is large (about 2 KiB) and
+/// `FuturesUnordered` keeps one inline even when empty, which for 1,000 triggers on 4
+/// partitions was 7.7 MiB of idle memory.
+type InFlight<'a> = Pin<Box<dyn Future<Output = (Offset, Option<Box<str>>)> + Send + 'a>>;
+
+fn settle_one<'a>(
+    rt: &'a TriggerRuntime,
+    client: &'a HttpClient,
     offset: Offset,
     event: Arc<Event>,
     key: Option<Box<str>>,
-) -> (Offset, Option<Box<str>>) {
-    settle(rt, client, &event).await;
-    (offset, key)
+) -> InFlight<'a> {
+    Box::pin(async move {
+        settle(rt, client, &event).await;
+        (offset, key)
+    })
 }
 
 #[cfg(test)]
