@@ -12,13 +12,15 @@ use broker::event::{http as binding, Event};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use url::Url;
 
-/// The shared HTTP client (connection pooling per subscriber host).
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// The shared HTTP client (connection pooling per subscriber host), for `http` and
+/// `https` subscribers; TLS trusts the system's root certificates.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Response bodies are read up to this many bytes (enough for error data and
 /// replies); larger bodies are dropped with their connection.
@@ -26,9 +28,31 @@ pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 /// Builds the client used for every delivery.
 pub fn client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    http.enforce_http(false);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let connector = match builder.with_native_roots() {
+        Ok(b) => b
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http),
+        Err(e) => {
+            tracing::warn!(error = %e, "no system root certificates; https subscribers will fail");
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                )
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http)
+        }
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(30))
         // At least partitions × per-partition concurrency, or connections churn.
@@ -193,5 +217,48 @@ fn transport_error(error: String) -> Attempt {
         headers: HeaderMap::new(),
         body: Bytes::new(),
         error: Some(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use broker::delivery::DeliverySpec;
+    use broker::event::Event;
+
+    use super::*;
+
+    /// An https subscriber goes through TLS: against a peer that is not a TLS server
+    /// the attempt fails as a transport error (retried like any other), not a panic
+    /// and not a plain-HTTP request.
+    #[tokio::test]
+    async fn https_subscribers_use_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let got = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 5];
+            let _ = tokio::io::AsyncReadExt::read_exact(&mut sock, &mut buf).await;
+            buf
+        });
+        let url = Url::parse(&format!("https://{addr}/")).expect("url");
+        let spec = DeliverySpec {
+            retry: 0,
+            timeout: Duration::from_secs(5),
+            ..DeliverySpec::unset()
+        };
+        let mut e = Event::new();
+        e.set_str("specversion", "1.0");
+        e.set_str("id", "1");
+        let d = deliver(&client(), &url, &spec, &e).await;
+        assert!(!d.delivered);
+        assert_eq!(d.last.status, None);
+        assert!(d.last.error.is_some());
+        // The first bytes on the wire are a TLS handshake record (0x16), not "POST ".
+        let first = got.await.expect("peer");
+        assert_eq!(first[0], 0x16, "{first:?}");
     }
 }
