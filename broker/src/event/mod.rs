@@ -15,6 +15,8 @@ pub mod http;
 pub mod json;
 pub mod validate;
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 
 pub use validate::{validate, EventError};
@@ -115,10 +117,34 @@ impl DataKind {
     }
 }
 
+/// An attribute name: the names most events carry are static strings, so decoding an
+/// event does not allocate a name per attribute.
+type Name = Cow<'static, str>;
+
+/// The static form of a well-known attribute name.
+fn known_name(name: &str) -> Option<&'static str> {
+    Some(match name {
+        SPECVERSION => SPECVERSION,
+        ID => ID,
+        SOURCE => SOURCE,
+        TYPE => TYPE,
+        DATACONTENTTYPE => DATACONTENTTYPE,
+        DATASCHEMA => DATASCHEMA,
+        SUBJECT => SUBJECT,
+        TIME => TIME,
+        ARRIVAL_TIME => ARRIVAL_TIME,
+        BROKER_TTL => BROKER_TTL,
+        PARTITION_KEY => PARTITION_KEY,
+        "traceparent" => "traceparent",
+        "tracestate" => "tracestate",
+        _ => return None,
+    })
+}
+
 /// One CloudEvent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    attrs: Vec<(String, AttrValue)>,
+    attrs: Vec<(Name, AttrValue)>,
     data: Option<Bytes>,
     data_kind: DataKind,
 }
@@ -166,17 +192,20 @@ impl Event {
     }
 
     /// Sets an attribute, replacing an existing one of the same name.
-    pub fn set(&mut self, name: impl Into<String>, value: AttrValue) {
-        let name = name.into();
-        if let Some(slot) = self.attrs.iter_mut().find(|(n, _)| *n == name) {
+    pub fn set<N: AsRef<str> + Into<String>>(&mut self, name: N, value: AttrValue) {
+        if let Some(slot) = self.attrs.iter_mut().find(|(n, _)| n == name.as_ref()) {
             slot.1 = value;
-        } else {
-            self.attrs.push((name, value));
+            return;
         }
+        let name: Name = match known_name(name.as_ref()) {
+            Some(known) => Cow::Borrowed(known),
+            None => Cow::Owned(name.into()),
+        };
+        self.attrs.push((name, value));
     }
 
     /// Sets a string attribute.
-    pub fn set_str(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn set_str<N: AsRef<str> + Into<String>>(&mut self, name: N, value: impl Into<String>) {
         self.set(name, AttrValue::String(value.into()));
     }
 
@@ -188,7 +217,7 @@ impl Event {
 
     /// All attributes in insertion order.
     pub fn attributes(&self) -> impl Iterator<Item = (&str, &AttrValue)> {
-        self.attrs.iter().map(|(n, v)| (n.as_str(), v))
+        self.attrs.iter().map(|(n, v)| (n.as_ref(), v))
     }
 
     /// Number of attributes.
