@@ -90,9 +90,8 @@ fn logs<'a>(state: &'a AdminState, ns: &str, name: &str) -> Result<&'a BrokerLog
 }
 
 async fn cursor(log: &dyn BrokerLog) -> Result<u64, AdminError> {
-    log.load_checkpoint(REDRIVE_CURSOR)
+    dispatcher::redrive_cursor(log)
         .await
-        .map(|c| c.and_then(|v| v.first().copied()).unwrap_or(0))
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
@@ -291,7 +290,7 @@ async fn redrive(
                 failed += 1;
             }
         }
-        dl.store_checkpoint(REDRIVE_CURSOR, &[end], true)
+        dl.store_checkpoint(REDRIVE_CURSOR, &[(0, end)], true)
             .await
             .map_err(internal)?;
         let backlog = dispatcher::dead_letter_backlog(dl)

@@ -1,19 +1,33 @@
-//! One server: the embedded channel, the dispatcher and the ingress, started in the
-//! order that keeps the contracts, and stopped in the order that drains.
+//! One server: a channel (the embedded log or NATS JetStream), the dispatcher and/or
+//! the ingress, started in the order that keeps the contracts, and stopped in the
+//! order that drains.
 //!
-//! Start: open every broker's log (recovering it), start the dispatcher (which stores
-//! where new triggers begin before any event can be accepted), then bind the ingress.
-//! Stop (when the cancellation token fires): the ingress stops accepting and finishes
-//! requests in flight, lanes stop taking events and finish deliveries in flight within
-//! the drain timeout, final checkpoints are written.
+//! [`Role`]: `serve` runs both in one process ([`Role::Both`]); on a shared channel
+//! (NATS) `ingress` and `dispatcher` run them as separate processes, any number of
+//! each. The embedded log belongs to one process, so it only runs [`Role::Both`].
+//!
+//! Start: connect the channel and open every broker's log (recovering it), store
+//! where new triggers begin (the dispatcher does this when it starts; an ingress-only
+//! process does it too, so that no event it accepts can precede a new trigger's start
+//! whatever order the processes start in), start the dispatcher, then bind the
+//! ingress, or for a dispatcher-only process a listener with `/healthz`, `/readyz` and
+//! `/metrics`. Stop (when the cancellation token fires): the ingress stops accepting
+//! and finishes requests in flight, lanes stop taking events and finish deliveries in
+//! flight within the drain timeout, final checkpoints are written, leases released.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
 use broker::channel::embedded::{EmbeddedLog, EmbeddedOptions};
+use broker::channel::nats::{NatsLog, NatsOptions};
 use broker::channel::EventLog;
 use dispatcher::BrokerLogs;
 
@@ -22,6 +36,51 @@ use broker::config::Config;
 use broker::telemetry::Metrics;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// Where brokers are stored.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// The embedded log in a local directory (one process at a time).
+    Embedded {
+        /// Its directory.
+        data_dir: PathBuf,
+        /// Its settings.
+        options: EmbeddedOptions,
+    },
+    /// NATS JetStream, shared by any number of processes.
+    Nats(NatsOptions),
+}
+
+impl Storage {
+    /// The embedded log in `data_dir` with default settings.
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Storage {
+        Storage::Embedded {
+            data_dir: data_dir.into(),
+            options: EmbeddedOptions::default(),
+        }
+    }
+}
+
+/// What a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Ingress and dispatcher (`triggerfish serve`).
+    Both,
+    /// Only the ingress (`triggerfish ingress`).
+    Ingress,
+    /// Only the dispatcher (`triggerfish dispatcher`).
+    Dispatcher,
+}
+
+impl Role {
+    fn ingress(self) -> bool {
+        matches!(self, Role::Both | Role::Ingress)
+    }
+
+    fn dispatcher(self) -> bool {
+        matches!(self, Role::Both | Role::Dispatcher)
+    }
+}
 
 /// Everything a server needs.
 #[derive(Debug, Clone)]
@@ -32,10 +91,10 @@ pub struct ServerOptions {
     pub listen: SocketAddr,
     /// Admin API address (dead-letter log); `None` disables it.
     pub admin_listen: Option<SocketAddr>,
-    /// Embedded log directory.
-    pub data_dir: PathBuf,
-    /// Embedded log settings.
-    pub embedded: EmbeddedOptions,
+    /// Where brokers are stored.
+    pub storage: Storage,
+    /// What this process runs.
+    pub role: Role,
     /// Ingress settings.
     pub ingress: ingress::IngressOptions,
     /// Dispatcher settings.
@@ -44,7 +103,8 @@ pub struct ServerOptions {
 
 /// A running server.
 pub struct Running {
-    /// The address the ingress listens on.
+    /// The address the ingress (or, for a dispatcher-only process, the health and
+    /// metrics endpoints) listens on.
     pub addr: SocketAddr,
     /// The address of the admin API, when enabled.
     pub admin_addr: Option<SocketAddr>,
@@ -67,9 +127,27 @@ impl Running {
     }
 }
 
+/// Connects the configured channel.
+async fn connect(storage: &Storage, role: Role) -> anyhow::Result<Arc<dyn EventLog>> {
+    match storage {
+        Storage::Embedded { .. } if role != Role::Both => anyhow::bail!(
+            "the embedded log belongs to one process: `triggerfish ingress` and `triggerfish dispatcher` \
+             need a shared channel (--storage nats://HOST:PORT); run `triggerfish serve` for both in one process"
+        ),
+        Storage::Embedded { data_dir, options } => {
+            Ok(Arc::new(EmbeddedLog::open(data_dir, options.clone())?))
+        }
+        Storage::Nats(opts) => Ok(Arc::new(
+            NatsLog::connect(opts.clone())
+                .await
+                .context("opening the NATS JetStream channel")?,
+        )),
+    }
+}
+
 /// Starts a server; it runs until `shutdown` fires.
 pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let log = EmbeddedLog::open(&opts.data_dir, opts.embedded.clone())?;
+    let log = connect(&opts.storage, opts.role).await?;
     let mut logs: HashMap<_, BrokerLogs> = HashMap::new();
     for b in &opts.config.brokers {
         let events = log
@@ -89,19 +167,40 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
         );
     }
     let metrics = Metrics::shared();
-    let dispatcher = dispatcher::start(
-        &opts.config,
-        &logs,
-        &metrics,
-        &opts.dispatcher,
-        shutdown.clone(),
-    )
-    .await?;
-    let state = Arc::new(ingress::IngressState::new(
-        logs.values().map(|l| l.events.clone()).collect(),
-        metrics.clone(),
-        opts.ingress.clone(),
-    ));
+    let dispatcher = if opts.role.dispatcher() {
+        Some(
+            dispatcher::start(
+                &opts.config,
+                &logs,
+                &metrics,
+                &opts.dispatcher,
+                shutdown.clone(),
+            )
+            .await?,
+        )
+    } else {
+        for b in &opts.config.brokers {
+            if let Some(l) = logs.get(&b.id) {
+                dispatcher::init_checkpoints(b, l.events.as_ref())
+                    .await
+                    .with_context(|| {
+                        format!("storing where new triggers of broker {} start", b.id)
+                    })?;
+            }
+        }
+        None
+    };
+    let ready = Arc::new(AtomicBool::new(true));
+    let (router, ingress_state) = if opts.role.ingress() {
+        let state = Arc::new(ingress::IngressState::new(
+            logs.values().map(|l| l.events.clone()).collect(),
+            metrics.clone(),
+            opts.ingress.clone(),
+        ));
+        (ingress::router(state.clone()), Some(state))
+    } else {
+        (health_router(metrics.clone(), ready.clone()), None)
+    };
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
@@ -127,17 +226,22 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
         }
         None => None,
     };
-    tracing::info!(%addr, storage = %log.describe(), brokers = opts.config.brokers.len(), "triggerfish is serving");
+    tracing::info!(%addr, role = ?opts.role, storage = %log.describe(), brokers = opts.config.brokers.len(), "triggerfish is serving");
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
-        let served = ingress::serve(listener, ingress::router(state.clone()), token).await;
-        state.set_ready(false);
-        tracing::info!("ingress stopped; draining deliveries");
-        dispatcher.wait().await;
+        let served = ingress::serve(listener, router, token).await;
+        if let Some(state) = &ingress_state {
+            state.set_ready(false);
+        }
+        ready.store(false, Ordering::Relaxed);
+        if let Some(dispatcher) = dispatcher {
+            tracing::info!("draining deliveries");
+            dispatcher.wait().await;
+        }
         drop(logs);
         drop(log);
         tracing::info!("shutdown complete");
-        served.context("ingress server failed")
+        served.context("server failed")
     });
     Ok(Running {
         addr,
@@ -146,4 +250,36 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
         shutdown,
         task,
     })
+}
+
+/// `/healthz`, `/readyz` and `/metrics` of a dispatcher-only process.
+fn health_router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(ready): State<Arc<AtomicBool>>| async move {
+                if ready.load(Ordering::Relaxed) {
+                    "ready".into_response()
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+                }
+            }),
+        )
+        .with_state(ready)
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        )
 }

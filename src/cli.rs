@@ -18,8 +18,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the ingress and the dispatcher in one process.
-    Serve(ServeArgs),
+    /// `serve`, `ingress` and `dispatcher`: the server roles.
+    #[command(flatten)]
+    Serve(ServeCommand),
     /// Send one CloudEvent to a broker (like `kn event send`).
     Send(SendArgs),
     /// Print every CloudEvent posted to this address (a subscriber for trying triggers).
@@ -43,6 +44,46 @@ pub enum Command {
         #[command(subcommand)]
         command: FilterCommand,
     },
+}
+
+/// The server roles; all take the same flags (same config, same storage).
+#[derive(Debug, Subcommand)]
+pub enum ServeCommand {
+    /// Run the ingress and the dispatcher in one process.
+    Serve(Box<ServeArgs>),
+    /// Run only the ingress (HTTP in, durable append; plus /healthz, /readyz,
+    /// /metrics). Needs a shared channel: --storage nats://HOST:PORT.
+    Ingress(Box<ServeArgs>),
+    /// Run only the dispatcher (delivery to subscribers), serving /healthz, /readyz
+    /// and /metrics on --listen. Replicas split each broker's partitions. Needs a
+    /// shared channel: --storage nats://HOST:PORT.
+    Dispatcher(Box<ServeArgs>),
+}
+
+/// Where brokers are stored: `embedded` or a NATS server list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageArg {
+    /// The embedded log under `--data-dir`.
+    Embedded,
+    /// NATS JetStream at these servers (`nats://HOST:PORT[,HOST:PORT...]`).
+    Nats(String),
+}
+
+impl std::str::FromStr for StorageArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "embedded" {
+            return Ok(StorageArg::Embedded);
+        }
+        if s.starts_with("nats://") || s.starts_with("tls://") {
+            broker::channel::nats::NatsOptions::from_url(s).map_err(|e| e.to_string())?;
+            return Ok(StorageArg::Nats(s.to_owned()));
+        }
+        Err(format!(
+            "'{s}': expected `embedded` or `nats://HOST:PORT[,HOST:PORT...]`"
+        ))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,10 +226,23 @@ pub struct ServeArgs {
     /// and a reply reaching 0 is dropped.
     #[arg(long, env = "TRIGGERFISH_MAX_TTL", default_value_t = 255, value_parser = clap::value_parser!(i32).range(1..))]
     pub max_ttl: i32,
+    /// Where brokers are stored: `embedded` (the local log under --data-dir) or
+    /// NATS JetStream, `nats://HOST:PORT[,HOST:PORT...]` (`tls://` requires TLS).
+    #[arg(long, env = "TRIGGERFISH_STORAGE", default_value = "embedded")]
+    pub storage: StorageArg,
     /// Directory of the embedded log.
     #[arg(long, env = "TRIGGERFISH_DATA_DIR", default_value = "triggerfish-data")]
     pub data_dir: PathBuf,
-    /// Partitions of each new broker in the embedded log.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// How long the ingress waits for the channel to confirm an append before it
+    /// answers 503 (ISO 8601, e.g. PT10S).
+    #[arg(long, env = "TRIGGERFISH_APPEND_TIMEOUT", default_value = "PT10S")]
+    pub append_timeout: String,
+    /// This dispatcher's name among replicas (partition leases); default host-pid.
+    #[arg(long, env = "TRIGGERFISH_DISPATCHER_NAME")]
+    pub dispatcher_name: Option<String>,
+    /// Partitions of each new broker (embedded log or NATS stream).
     #[arg(long, env = "TRIGGERFISH_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub partitions: u32,
     /// When appends are synced: always (group commit), interval:<duration>, or never.
@@ -219,6 +273,79 @@ pub struct ServeArgs {
     pub log: String,
     #[command(flatten)]
     pub common: CommonConfig,
+}
+
+/// NATS JetStream settings (used with `--storage nats://...`).
+#[derive(Debug, Args)]
+pub struct NatsArgs {
+    /// NATS credentials file (JWT and NKey seed, as `nsc` writes them).
+    #[arg(long, env = "TRIGGERFISH_NATS_CREDS", value_name = "FILE", conflicts_with_all = ["nats_token", "nats_user"])]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS token.
+    #[arg(
+        long,
+        env = "TRIGGERFISH_NATS_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "nats_user"
+    )]
+    pub nats_token: Option<String>,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "TRIGGERFISH_NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// NATS password.
+    #[arg(
+        long,
+        env = "TRIGGERFISH_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    pub nats_password: Option<String>,
+    /// Require TLS (also implied by a tls:// URL).
+    #[arg(long, env = "TRIGGERFISH_NATS_TLS")]
+    pub nats_tls: bool,
+    /// PEM file of root certificates to trust for the NATS servers.
+    #[arg(long, env = "TRIGGERFISH_NATS_TLS_CA", value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for servers that verify clients (with --nats-tls-key).
+    #[arg(
+        long,
+        env = "TRIGGERFISH_NATS_TLS_CERT",
+        value_name = "FILE",
+        requires = "nats_tls_key"
+    )]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// PEM key of the client certificate.
+    #[arg(
+        long,
+        env = "TRIGGERFISH_NATS_TLS_KEY",
+        value_name = "FILE",
+        requires = "nats_tls_cert"
+    )]
+    pub nats_tls_key: Option<PathBuf>,
+    /// Copies of each stream in a NATS cluster (1 to 5).
+    #[arg(long, env = "TRIGGERFISH_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
+    /// Events older than this are removed from a broker's stream (ISO 8601; PT0S: never).
+    #[arg(long, env = "TRIGGERFISH_NATS_MAX_AGE", default_value = "P7D")]
+    pub nats_max_age: String,
+    /// The oldest events are removed while a broker's stream is larger (0: no limit).
+    #[arg(long, env = "TRIGGERFISH_NATS_MAX_BYTES", default_value_t = 4 << 30)]
+    pub nats_max_bytes: u64,
+    /// Largest stored event (headers and data) in bytes; a larger one gets 413.
+    #[arg(long, env = "TRIGGERFISH_NATS_MAX_MSG_SIZE", default_value_t = 1 << 20)]
+    pub nats_max_msg_size: u32,
+    /// First part of every stream, subject and bucket name (several installations
+    /// can share one NATS account); [a-z0-9-], up to 32.
+    #[arg(long, env = "TRIGGERFISH_NATS_PREFIX", default_value = "triggerfish")]
+    pub nats_prefix: String,
+    /// Bound on each NATS request and on one append (ISO 8601).
+    #[arg(long, env = "TRIGGERFISH_NATS_REQUEST_TIMEOUT", default_value = "PT5S")]
+    pub nats_request_timeout: String,
+    /// How long a dispatcher's partition lease lasts unrenewed (ISO 8601; renewed every
+    /// third of it): a dead dispatcher's partitions move after this long. Use the same
+    /// value in every process.
+    #[arg(long, env = "TRIGGERFISH_NATS_LEASE_TTL", default_value = "PT9S")]
+    pub nats_lease_ttl: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

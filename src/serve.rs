@@ -1,16 +1,17 @@
-//! `triggerfish serve` and `triggerfish config check`.
+//! `triggerfish serve`, `ingress`, `dispatcher` and `config check`.
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use broker::channel::embedded::EmbeddedOptions;
+use broker::channel::nats::{NatsAuth, NatsOptions};
 use broker::config::{self, Config, LoadOptions};
 use broker::telemetry;
 use tokio_util::sync::CancellationToken;
-use triggerfish::app::{self, ServerOptions};
+use triggerfish::app::{self, Role, ServerOptions, Storage};
 
-use crate::cli::{CheckArgs, LogFormat, ServeArgs};
+use crate::cli::{CheckArgs, LogFormat, ServeArgs, ServeCommand, StorageArg};
 
 fn load(path: &std::path::Path, cluster_domain: &str) -> anyhow::Result<Config> {
     let opts = LoadOptions {
@@ -64,8 +65,13 @@ fn describe_delivery(d: &broker::delivery::DeliverySpec) -> String {
     s
 }
 
-/// `serve`: ingress and dispatcher in one process.
-pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+/// `serve`, `ingress` or `dispatcher`.
+pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
+    let (args, role) = match command {
+        ServeCommand::Serve(a) => (a, Role::Both),
+        ServeCommand::Ingress(a) => (a, Role::Ingress),
+        ServeCommand::Dispatcher(a) => (a, Role::Dispatcher),
+    };
     telemetry::init_tracing(matches!(args.log_format, LogFormat::Json), &args.log);
     let config = match load(&args.config, &args.common.cluster_domain) {
         Ok(c) => c,
@@ -77,29 +83,49 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     for n in &config.notices {
         tracing::info!("{n}");
     }
-    let retention_age = config::parse_duration(&args.retention_age)
-        .map_err(|e| anyhow::anyhow!("--retention-age: {e}"))?;
+    let duration = |flag: &str, v: &str| {
+        config::parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+    };
+    let retention_age = duration("retention-age", &args.retention_age)?;
+    let append_timeout = duration("append-timeout", &args.append_timeout)?;
+    if append_timeout.is_zero() {
+        anyhow::bail!("--append-timeout: must be positive");
+    }
+    let storage = match &args.storage {
+        StorageArg::Embedded => Storage::Embedded {
+            data_dir: args.data_dir.clone(),
+            options: EmbeddedOptions {
+                partitions: args.partitions,
+                fsync: args.fsync,
+                retention_age: (!retention_age.is_zero()).then_some(retention_age),
+                retention_bytes: (args.retention_bytes > 0).then_some(args.retention_bytes),
+                ..EmbeddedOptions::default()
+            },
+        },
+        StorageArg::Nats(url) => Storage::Nats(nats_options(url, &args)?),
+    };
+    let mut dispatcher_opts = dispatcher::DispatcherOptions {
+        drain_timeout: Duration::from_secs(args.drain_seconds),
+        max_ttl: args.max_ttl,
+        ..Default::default()
+    };
+    if let Some(name) = &args.dispatcher_name {
+        if name.is_empty() {
+            anyhow::bail!("--dispatcher-name: must not be empty");
+        }
+        dispatcher_opts.owner = name.clone();
+    }
     let opts = ServerOptions {
         config,
         listen: args.listen,
         admin_listen: (!args.no_admin).then_some(args.admin_listen),
-        data_dir: args.data_dir,
-        embedded: EmbeddedOptions {
-            partitions: args.partitions,
-            fsync: args.fsync,
-            retention_age: (!retention_age.is_zero()).then_some(retention_age),
-            retention_bytes: (args.retention_bytes > 0).then_some(args.retention_bytes),
-            ..EmbeddedOptions::default()
-        },
+        storage,
+        role,
         ingress: ingress::IngressOptions {
             max_body_bytes: args.max_body_bytes,
-            ..Default::default()
+            append_timeout,
         },
-        dispatcher: dispatcher::DispatcherOptions {
-            drain_timeout: Duration::from_secs(args.drain_seconds),
-            max_ttl: args.max_ttl,
-            ..Default::default()
-        },
+        dispatcher: dispatcher_opts,
     };
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
@@ -114,6 +140,42 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     drop(out);
     running.wait().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The NATS flags, validated into [`NatsOptions`].
+fn nats_options(url: &str, args: &ServeArgs) -> anyhow::Result<NatsOptions> {
+    let n = &args.nats;
+    let mut o = NatsOptions::from_url(url)?;
+    o.auth = match (&n.nats_creds, &n.nats_token, &n.nats_user, &n.nats_password) {
+        (Some(path), _, _, _) => NatsAuth::CredentialsFile(path.clone()),
+        (_, Some(token), _, _) => NatsAuth::Token(token.clone()),
+        (_, _, Some(user), Some(password)) => NatsAuth::UserPassword {
+            user: user.clone(),
+            password: password.clone(),
+        },
+        _ => NatsAuth::None,
+    };
+    o.tls.require |= n.nats_tls;
+    o.tls.ca_file = n.nats_tls_ca.clone();
+    o.tls.client_cert = n.nats_tls_cert.clone().zip(n.nats_tls_key.clone());
+    o.limits.replicas = n.nats_replicas;
+    let max_age = config::parse_duration(&n.nats_max_age)
+        .map_err(|e| anyhow::anyhow!("--nats-max-age: {e}"))?;
+    o.limits.max_age = (!max_age.is_zero()).then_some(max_age);
+    if let Some(age) = o.limits.max_age {
+        // JetStream requires the de-duplication window within the max age.
+        o.limits.duplicate_window = o.limits.duplicate_window.min(age);
+    }
+    o.limits.max_bytes = (n.nats_max_bytes > 0).then_some(n.nats_max_bytes);
+    o.limits.max_message_bytes = n.nats_max_msg_size;
+    o.partitions = args.partitions;
+    o.prefix = n.nats_prefix.clone();
+    o.request_timeout = config::parse_duration(&n.nats_request_timeout)
+        .map_err(|e| anyhow::anyhow!("--nats-request-timeout: {e}"))?;
+    o.lease_ttl = config::parse_duration(&n.nats_lease_ttl)
+        .map_err(|e| anyhow::anyhow!("--nats-lease-ttl: {e}"))?;
+    o.validate()?;
+    Ok(o)
 }
 
 /// First SIGTERM or SIGINT drains; a second one exits at once.

@@ -185,12 +185,33 @@ async fn data_survives_reopen_and_checkpoints_persist(b: &mut dyn Backend) {
     let log = b.fresh().open(&broker()).await.unwrap();
     let events: Vec<Event> = (0..25).map(|i| event(&format!("r{i}"), None)).collect();
     log.append(&events).await.unwrap();
-    assert_eq!(log.load_checkpoint("t1").await.unwrap(), None);
-    let cp: Vec<u64> = (0..log.partitions()).map(|p| u64::from(p) + 3).collect();
-    log.store_checkpoint("t1", &cp, true).await.unwrap();
+    let n = log.partitions();
+    assert_eq!(
+        log.load_checkpoint("t1").await.unwrap(),
+        vec![None; n as usize]
+    );
+    // Partitions are stored separately: a store leaves the others as they are.
+    let cp: Vec<(u32, u64)> = (0..n).map(|p| (p, u64::from(p) + 3)).collect();
+    let (first, rest) = cp.split_at(1);
+    log.store_checkpoint("t1", first, false).await.unwrap();
+    let mut want: Vec<Option<u64>> = vec![None; n as usize];
+    want[0] = Some(3);
+    assert_eq!(log.load_checkpoint("t1").await.unwrap(), want);
+    log.store_checkpoint("t1", rest, true).await.unwrap();
+    // A start point never overwrites a stored checkpoint; it fills in missing ones.
+    log.init_checkpoint("t1", &[(0, 99)]).await.unwrap();
+    log.init_checkpoint("t2", &[(0, 7)]).await.unwrap();
     drop(log);
     let log = b.reopen().open(&broker()).await.unwrap();
-    assert_eq!(log.load_checkpoint("t1").await.unwrap(), Some(cp));
+    let want: Vec<Option<u64>> = cp.iter().map(|&(_, o)| Some(o)).collect();
+    assert_eq!(log.load_checkpoint("t1").await.unwrap(), want);
+    let mut t2 = vec![None; n as usize];
+    t2[0] = Some(7);
+    assert_eq!(log.load_checkpoint("t2").await.unwrap(), t2);
+    assert!(
+        log.store_checkpoint("t1", &[(n, 1)], false).await.is_err(),
+        "no such partition"
+    );
     let got = read_all(log.as_ref(), StartAt::Earliest).await;
     let ids: HashSet<String> = got.iter().map(|(_, _, e)| e.id().to_owned()).collect();
     assert_eq!(ids.len(), 25);
@@ -498,13 +519,18 @@ mod nats_backend {
         assert!(read_all(events.as_ref(), StartAt::Earliest)
             .await
             .is_empty());
-        dl.store_checkpoint("_redrive", &[start + 1], true)
+        dl.store_checkpoint("_redrive", &[(0, start + 1)], true)
             .await
             .unwrap();
-        assert_eq!(events.load_checkpoint("_redrive").await.unwrap(), None);
+        assert!(events
+            .load_checkpoint("_redrive")
+            .await
+            .unwrap()
+            .iter()
+            .all(Option::is_none));
         assert_eq!(
             dl.load_checkpoint("_redrive").await.unwrap(),
-            Some(vec![start + 1])
+            vec![Some(start + 1)]
         );
     }
 
@@ -515,7 +541,9 @@ mod nats_backend {
         let first = NatsLog::connect(options(url, &prefix, 3)).await.unwrap();
         let a = first.open(&broker()).await.unwrap();
         a.append(&[event("shared", None)]).await.unwrap();
-        a.store_checkpoint("t", &[1, 2, 3], false).await.unwrap();
+        a.store_checkpoint("t", &[(0, 1), (1, 2), (2, 3)], false)
+            .await
+            .unwrap();
         let second = NatsLog::connect(options(url, &prefix, 8)).await.unwrap();
         let b = second.open(&broker()).await.unwrap();
         assert_eq!(
@@ -523,7 +551,17 @@ mod nats_backend {
             3,
             "an existing broker keeps its partition count"
         );
-        assert_eq!(b.load_checkpoint("t").await.unwrap(), Some(vec![1, 2, 3]));
+        assert_eq!(
+            b.load_checkpoint("t").await.unwrap(),
+            vec![Some(1), Some(2), Some(3)]
+        );
+        // Two processes storing different partitions do not overwrite each other.
+        b.store_checkpoint("t", &[(2, 30)], false).await.unwrap();
+        a.store_checkpoint("t", &[(0, 10)], false).await.unwrap();
+        assert_eq!(
+            a.load_checkpoint("t").await.unwrap(),
+            vec![Some(10), Some(2), Some(30)]
+        );
         let got = read_all(b.as_ref(), StartAt::Earliest).await;
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].2.id(), "shared");

@@ -302,12 +302,15 @@ async fn a_full_channel_answers_503_with_retry_after() {
         config: config(&yaml),
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: None,
-        data_dir: dir.path().to_path_buf(),
-        embedded: broker::channel::embedded::EmbeddedOptions {
-            partitions: 1,
-            queue_depth: 1,
-            ..Default::default()
+        storage: triggerfish::app::Storage::Embedded {
+            data_dir: dir.path().to_path_buf(),
+            options: broker::channel::embedded::EmbeddedOptions {
+                partitions: 1,
+                queue_depth: 1,
+                ..Default::default()
+            },
         },
+        role: triggerfish::app::Role::Both,
         ingress: Default::default(),
         dispatcher: Default::default(),
     };

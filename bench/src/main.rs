@@ -15,10 +15,12 @@
 //! `triggerfish::app::start` with `triggerfish serve`'s defaults, so one `cargo run`
 //! builds everything), `null-server` (the bare baseline server) and `client-loop` (the
 //! R4 baseline). `--server-bin target/release/triggerfish` measures the real binary
-//! instead of the `serve` role.
+//! instead of the `serve` role. `triggerfish-bench nats --url nats://...` compares the
+//! ingress on NATS JetStream with raw JetStream publishing (`nats`).
 
 mod figures;
 mod load;
+mod nats;
 mod proc;
 mod report;
 mod sink;
@@ -76,6 +78,9 @@ struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 enum Role {
+    /// Ingress accepted events/s on NATS JetStream beside raw JetStream publishing of
+    /// the same payload (needs a nats-server and a built `triggerfish` binary).
+    Nats(nats::NatsArgs),
     /// (child role) Triggerfish's server, as `triggerfish serve` runs it.
     #[command(hide = true)]
     Serve(ServeArgs),
@@ -123,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             Some(role) => {
                 exit_after_max_lifetime();
                 match role {
+                    Role::Nats(a) => nats::run(a).await,
                     Role::Serve(a) => serve(a).await,
                     Role::NullServer => null_server().await,
                     Role::ClientLoop {
@@ -247,8 +253,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         config,
         listen: a.listen,
         admin_listen: (!a.no_admin).then(|| SocketAddr::from(([127, 0, 0, 1], 0))),
-        data_dir: a.data_dir,
-        embedded: Default::default(),
+        storage: app::Storage::embedded(a.data_dir),
+        role: app::Role::Both,
         ingress: Default::default(),
         dispatcher: Default::default(),
     };

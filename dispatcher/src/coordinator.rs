@@ -7,6 +7,11 @@
 //! within the drain timeout, and their checkpoints are flushed before the lease is
 //! released. A process that cannot refresh its leases within their TTL stops every
 //! partition, since another process may own them by then.
+//!
+//! A partition that starts (again) begins at its stored checkpoint, loaded at that
+//! moment: another process may have dispatched it in between. Checkpoints are written
+//! only for the partitions this process owns ([`BrokerRun::owned`]), so replicas never
+//! overwrite each other's.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker::channel::lease::PartitionLeases;
-use broker::channel::BrokerLog;
+use broker::channel::{BrokerLog, ChannelError};
 use broker::config::BrokerId;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -91,9 +96,20 @@ impl Coordinator {
                     .filter(|p| !owned.contains(p))
                     .collect();
                 self.stop(&lost).await;
-                for p in owned {
-                    if !self.running.contains_key(&p) {
-                        self.start(p);
+                let new: Vec<u32> = owned
+                    .into_iter()
+                    .filter(|p| !self.running.contains_key(p))
+                    .collect();
+                if !new.is_empty() {
+                    match self.reload_checkpoints(&new).await {
+                        Ok(()) => {
+                            for p in new {
+                                self.start(p);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(broker = %self.run.id, partitions = ?new, error = %e, "cannot load checkpoints of newly leased partitions; will retry");
+                        }
                     }
                 }
             }
@@ -118,6 +134,27 @@ impl Coordinator {
         }
         let all: Vec<u32> = self.running.keys().copied().collect();
         self.stop(&all).await;
+    }
+
+    /// Loads the stored checkpoints of partitions about to start: another process may
+    /// have dispatched them since this one last did (or since it started).
+    async fn reload_checkpoints(&self, partitions: &[u32]) -> Result<(), ChannelError> {
+        let mut stored = self.run.stored.lock().await;
+        for (rt, prev) in self.run.triggers.iter().zip(stored.iter_mut()) {
+            let loaded = self.run.log.load_checkpoint(&rt.cfg.name).await?;
+            for &p in partitions {
+                let p = p as usize;
+                // `init_checkpoints` gave every partition one when the dispatcher started.
+                let Some(offset) = loaded.get(p).copied().flatten() else {
+                    continue;
+                };
+                if let (Some(slot), Some(prev)) = (rt.checkpoint.get(p), prev.get_mut(p)) {
+                    slot.store(offset, Ordering::Release);
+                    *prev = offset;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn start(&mut self, p: u32) {
@@ -172,8 +209,8 @@ impl Coordinator {
             tracing::info!(broker = %self.run.id, partition = p, "stopped dispatching partition");
         }
         // The final checkpoints of these partitions are written before the leases go.
-        crate::flush_now(&self.run, true).await;
         let released: Vec<u32> = stopping.iter().map(|(p, _)| *p).collect();
+        crate::flush_now(&self.run, true, &released).await;
         self.leases.release(&released).await;
     }
 }

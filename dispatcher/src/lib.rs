@@ -15,7 +15,9 @@
 //! [`Dispatcher::wait`] returns after shutdown once lanes drained and the final
 //! checkpoints are written. Checkpoints are flushed every [`CHECKPOINT_EVERY`]; a
 //! crash loses at most that much checkpoint progress, which means redelivery, never
-//! loss.
+//! loss. They are stored per trigger and partition, and a process writes only those
+//! of the partitions it owns ([`coordinator`]), so dispatcher replicas sharing a
+//! broker never overwrite each other's.
 
 pub mod coordinator;
 pub mod deliver;
@@ -179,17 +181,64 @@ pub fn default_owner() -> String {
 /// Entries of a dead-letter log not yet redriven.
 pub async fn dead_letter_backlog(dead_letters: &dyn BrokerLog) -> Result<u64, ChannelError> {
     let end = dead_letters.end_offset(0).await?;
-    let cursor = dead_letters
+    let cursor = redrive_cursor(dead_letters).await?;
+    Ok(end.saturating_sub(cursor))
+}
+
+/// Where the redrive of a dead-letter log resumes: its [`REDRIVE_CURSOR`] checkpoint
+/// (partition 0), or 0.
+pub async fn redrive_cursor(dead_letters: &dyn BrokerLog) -> Result<Offset, ChannelError> {
+    Ok(dead_letters
         .load_checkpoint(REDRIVE_CURSOR)
         .await?
-        .and_then(|c| c.first().copied())
-        .unwrap_or(0);
-    Ok(end.saturating_sub(cursor))
+        .first()
+        .copied()
+        .flatten()
+        .unwrap_or(0))
 }
 
 /// Checkpoint name of the dead-letter log's redrive cursor (not a valid trigger name,
 /// so it cannot collide with one).
 pub const REDRIVE_CURSOR: &str = "_redrive";
+
+/// Gives every trigger of `broker` a checkpoint on each partition that has none: the
+/// current end of the log, stored durably (where another process has not stored one
+/// first). Returns each trigger's checkpoints as stored. Events accepted after this
+/// returns are delivered to these triggers; the ingress role calls it too, so that the
+/// order in which ingress and dispatcher processes start does not matter.
+pub async fn init_checkpoints(
+    broker: &BrokerConfig,
+    log: &dyn BrokerLog,
+) -> Result<Vec<Vec<Offset>>, ChannelError> {
+    let mut out = Vec::with_capacity(broker.triggers.len());
+    let mut ends: Option<Vec<Offset>> = None;
+    for t in &broker.triggers {
+        let mut loaded = log.load_checkpoint(&t.name).await?;
+        let missing: Vec<u32> = (0..log.partitions())
+            .filter(|&p| loaded.get(p as usize).copied().flatten().is_none())
+            .collect();
+        if !missing.is_empty() {
+            if ends.is_none() {
+                let mut e = Vec::with_capacity(log.partitions() as usize);
+                for p in 0..log.partitions() {
+                    e.push(log.end_offset(p).await?);
+                }
+                ends = Some(e);
+            }
+            let ends = ends.as_deref().unwrap_or_default();
+            let initial: Vec<(u32, Offset)> = missing
+                .iter()
+                .map(|&p| (p, ends.get(p as usize).copied().unwrap_or(0)))
+                .collect();
+            log.init_checkpoint(&t.name, &initial).await?;
+            // Read back: where another process stored one first, it won.
+            loaded = log.load_checkpoint(&t.name).await?;
+            tracing::info!(broker = %broker.id, trigger = %t.name, partitions = ?missing, "new trigger starts at the end of the log");
+        }
+        out.push(loaded.into_iter().map(|o| o.unwrap_or(0)).collect());
+    }
+    Ok(out)
+}
 
 async fn start_points(
     broker: &BrokerConfig,
@@ -198,20 +247,9 @@ async fn start_points(
     sinks: &Arc<settle::BrokerSinks>,
 ) -> Result<Vec<Arc<TriggerRuntime>>, ChannelError> {
     let broker_name = broker.id.to_string();
+    let starts = init_checkpoints(broker, log).await?;
     let mut out = Vec::with_capacity(broker.triggers.len());
-    for t in &broker.triggers {
-        let start = match log.load_checkpoint(&t.name).await? {
-            Some(offsets) => offsets,
-            None => {
-                let mut ends = Vec::with_capacity(log.partitions() as usize);
-                for p in 0..log.partitions() {
-                    ends.push(log.end_offset(p).await?);
-                }
-                log.store_checkpoint(&t.name, &ends, true).await?;
-                tracing::info!(broker = %broker.id, trigger = %t.name, "new trigger starts at the end of the log");
-                ends
-            }
-        };
+    for (t, start) in broker.triggers.iter().zip(starts) {
         let rt = TriggerRuntime {
             cfg: t.clone(),
             metrics: metrics.trigger(&broker_name, &t.name),
@@ -233,24 +271,50 @@ async fn flush_checkpoints(run: Arc<BrokerRun>, done: CancellationToken) {
             () = done.cancelled() => true,
             _ = tick.tick() => false,
         };
-        flush_now(&run, last).await;
+        flush_now(&run, last, &[]).await;
         if last {
             break;
         }
     }
 }
 
-/// Stores the checkpoint of every trigger whose progress changed since the last store.
-pub(crate) async fn flush_now(run: &BrokerRun, durable: bool) {
+/// Stores, for every trigger, the checkpoints that changed since the last store (all
+/// of them when `durable`) of the partitions this process owns plus `stopped` (ones
+/// it just stopped dispatching). Other partitions belong to other processes: their
+/// checkpoints are never written from here.
+pub(crate) async fn flush_now(run: &BrokerRun, durable: bool, stopped: &[u32]) {
     let mut stored = run.stored.lock().await;
+    let mine: Vec<usize> = (0..run.owned.len())
+        .filter(|&p| run.owned[p].load(Ordering::Acquire) || stopped.contains(&(p as u32)))
+        .collect();
+    if mine.is_empty() {
+        return;
+    }
     for (t, prev) in run.triggers.iter().zip(stored.iter_mut()) {
-        let now = snapshot(t);
-        if now != *prev || durable {
-            match run.log.store_checkpoint(&t.cfg.name, &now, durable).await {
-                Ok(()) => *prev = now,
-                Err(e) => {
-                    tracing::warn!(trigger = %t.cfg.name, error = %e, "cannot store checkpoint; will retry")
+        let updates: Vec<(u32, Offset)> = mine
+            .iter()
+            .filter_map(|&p| {
+                let now = t.checkpoint.get(p)?.load(Ordering::Acquire);
+                (durable || prev.get(p) != Some(&now)).then_some((p as u32, now))
+            })
+            .collect();
+        if updates.is_empty() {
+            continue;
+        }
+        match run
+            .log
+            .store_checkpoint(&t.cfg.name, &updates, durable)
+            .await
+        {
+            Ok(()) => {
+                for (p, o) in updates {
+                    if let Some(slot) = prev.get_mut(p as usize) {
+                        *slot = o;
+                    }
                 }
+            }
+            Err(e) => {
+                tracing::warn!(trigger = %t.cfg.name, error = %e, "cannot store checkpoint; will retry")
             }
         }
     }

@@ -204,8 +204,8 @@ pub fn server_options(yaml: &str, data_dir: &Path) -> ServerOptions {
         config: config(yaml),
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
-        data_dir: data_dir.to_path_buf(),
-        embedded: Default::default(),
+        storage: app::Storage::embedded(data_dir),
+        role: app::Role::Both,
         ingress: Default::default(),
         dispatcher: dispatcher::DispatcherOptions {
             drain_timeout: Duration::from_secs(5),

@@ -3,10 +3,14 @@
 //!
 //! One boundary, [`EventLog`], opened per broker into a [`BrokerLog`]: append a batch
 //! (returning only once it is durable), read a partition from an offset with a
-//! [`LogReader`], and keep per-trigger checkpoints. Every backend runs the same
-//! conformance suite (`tests/channel_conformance.rs`).
+//! [`LogReader`], and keep checkpoints per trigger and partition (so that dispatcher
+//! replicas owning different partitions never overwrite each other's). Every backend
+//! runs the same conformance suite (`tests/channel_conformance.rs`).
 //!
 //! - [`embedded`]: the default, a local partitioned append-only log with group commit.
+//! - `nats` (cargo feature `nats`, on by default): NATS JetStream, shared by any number
+//!   of ingress and dispatcher processes.
+//! - [`lease`]: which dispatcher process reads which partition.
 
 pub mod embedded;
 pub mod lease;
@@ -133,19 +137,43 @@ pub trait BrokerLog: Send + Sync + 'static {
         start: StartAt,
     ) -> Result<Box<dyn LogReader>, ChannelError>;
 
-    /// The stored checkpoint of a trigger: for each partition, the next offset to
-    /// process. `None` when the trigger has none yet.
-    async fn load_checkpoint(&self, trigger: &str) -> Result<Option<Vec<Offset>>, ChannelError>;
+    /// The stored checkpoint of a trigger: for each partition (always
+    /// [`BrokerLog::partitions`] entries), the next offset to process, or `None` where
+    /// none is stored yet.
+    async fn load_checkpoint(&self, trigger: &str) -> Result<Vec<Option<Offset>>, ChannelError>;
 
-    /// Stores a trigger's checkpoint. `durable` asks for it to survive a crash
-    /// (used when a trigger is first seen); otherwise a crash may lose the latest
-    /// store, which only causes redelivery.
+    /// Stores the checkpoints of some partitions of a trigger, `(partition, next
+    /// offset)`, leaving the other partitions' as they are: each dispatcher replica
+    /// writes only the partitions it owns. `durable` asks for them to survive a crash;
+    /// otherwise a crash may lose the latest store, which only causes redelivery.
     async fn store_checkpoint(
         &self,
         trigger: &str,
-        offsets: &[Offset],
+        updates: &[(u32, Offset)],
         durable: bool,
     ) -> Result<(), ChannelError>;
+
+    /// Stores the starting checkpoints of a new trigger's partitions, durably, except
+    /// where one exists by now: another process may have started the trigger and made
+    /// progress since [`BrokerLog::load_checkpoint`] found none, and that must not be
+    /// overwritten. The default loads, then stores the missing ones durably: right
+    /// for logs that only one process uses (shared backends make it atomic).
+    async fn init_checkpoint(
+        &self,
+        trigger: &str,
+        initial: &[(u32, Offset)],
+    ) -> Result<(), ChannelError> {
+        let stored = self.load_checkpoint(trigger).await?;
+        let missing: Vec<(u32, Offset)> = initial
+            .iter()
+            .copied()
+            .filter(|&(p, _)| stored.get(p as usize).copied().flatten().is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.store_checkpoint(trigger, &missing, true).await
+    }
 }
 
 /// Reads one partition in offset order.

@@ -8,7 +8,7 @@
 //! brokers/<namespace>/<broker>/
 //!     p0/00000000000000000000.seg ...   segments of partition 0 (see `segment`)
 //!     p1/...
-//!     checkpoints/<trigger>.json         next offset per partition, per trigger
+//!     checkpoints/<trigger>.json         next offset per partition (null: none yet)
 //! ```
 //!
 //! Each partition has one writer thread ([`writer`]) doing group commit, and any number
@@ -217,6 +217,9 @@ pub struct EmbeddedBroker {
     partitions: Vec<Partition>,
     next_partition: std::sync::atomic::AtomicU32,
     max_event_bytes: usize,
+    /// Checkpoints by trigger as last loaded or stored; the lock serialises the
+    /// read-merge-write of each trigger's file.
+    checkpoints: tokio::sync::Mutex<HashMap<String, Vec<Option<Offset>>>>,
 }
 
 impl EmbeddedBroker {
@@ -276,6 +279,7 @@ impl EmbeddedBroker {
             partitions,
             next_partition: std::sync::atomic::AtomicU32::new(0),
             max_event_bytes: opts.max_event_bytes,
+            checkpoints: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -422,34 +426,27 @@ impl BrokerLog for EmbeddedBroker {
         )))
     }
 
-    async fn load_checkpoint(&self, trigger: &str) -> Result<Option<Vec<Offset>>, ChannelError> {
-        let path = self.checkpoint_path(trigger);
-        let text = match std::fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.io(e)),
-        };
-        match serde_json::from_slice::<CheckpointFile>(&text) {
-            Ok(c) if c.offsets.len() == self.partitions.len() => Ok(Some(c.offsets)),
-            _ => {
-                // Never guess forward: replaying from the start duplicates, skipping loses.
-                tracing::error!(broker = %self.id, trigger, path = %path.display(),
-                    "checkpoint file is unreadable; the trigger restarts from the earliest retained event");
-                Ok(Some(vec![0; self.partitions.len()]))
-            }
-        }
+    async fn load_checkpoint(&self, trigger: &str) -> Result<Vec<Option<Offset>>, ChannelError> {
+        let mut cache = self.checkpoints.lock().await;
+        self.cached_checkpoint(&mut cache, trigger).cloned()
     }
 
     async fn store_checkpoint(
         &self,
         trigger: &str,
-        offsets: &[Offset],
+        updates: &[(u32, Offset)],
         durable: bool,
     ) -> Result<(), ChannelError> {
+        let mut cache = self.checkpoints.lock().await;
+        let mut offsets = self.cached_checkpoint(&mut cache, trigger)?.clone();
+        for &(p, o) in updates {
+            self.partition(p)?;
+            offsets[p as usize] = Some(o);
+        }
         let path = self.checkpoint_path(trigger);
         let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec(&CheckpointFile {
-            offsets: offsets.to_vec(),
+            offsets: offsets.clone(),
         })
         .map_err(|e| ChannelError::Other(e.to_string()))?;
         let dir = self.dir.join("checkpoints");
@@ -468,13 +465,52 @@ impl BrokerLog for EmbeddedBroker {
         })
         .await
         .map_err(|e| ChannelError::Other(format!("checkpoint task failed: {e}")))?;
-        written.map_err(|e| self.io(e))
+        written.map_err(|e| self.io(e))?;
+        cache.insert(trigger.to_owned(), offsets);
+        Ok(())
+    }
+}
+
+impl EmbeddedBroker {
+    /// A trigger's checkpoints, read from its file on first use.
+    fn cached_checkpoint<'a>(
+        &self,
+        cache: &'a mut HashMap<String, Vec<Option<Offset>>>,
+        trigger: &str,
+    ) -> Result<&'a Vec<Option<Offset>>, ChannelError> {
+        if !cache.contains_key(trigger) {
+            let offsets = self.read_checkpoint(trigger)?;
+            cache.insert(trigger.to_owned(), offsets);
+        }
+        cache
+            .get(trigger)
+            .ok_or_else(|| ChannelError::Other(format!("checkpoint of trigger {trigger} vanished")))
+    }
+
+    fn read_checkpoint(&self, trigger: &str) -> Result<Vec<Option<Offset>>, ChannelError> {
+        let n = self.partitions.len();
+        let path = self.checkpoint_path(trigger);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![None; n]),
+            Err(e) => return Err(self.io(e)),
+        };
+        match serde_json::from_slice::<CheckpointFile>(&text) {
+            Ok(c) if c.offsets.len() == n => Ok(c.offsets),
+            _ => {
+                // Never guess forward: replaying from the start duplicates, skipping loses.
+                tracing::error!(broker = %self.id, trigger, path = %path.display(),
+                    "checkpoint file is unreadable; the trigger restarts from the earliest retained event");
+                Ok(vec![Some(0); n])
+            }
+        }
     }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct CheckpointFile {
-    offsets: Vec<Offset>,
+    /// Next offset per partition; `null` where none is stored yet.
+    offsets: Vec<Option<Offset>>,
 }
 
 #[cfg(test)]

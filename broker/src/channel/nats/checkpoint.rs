@@ -1,11 +1,17 @@
-//! Per-trigger checkpoints in a JetStream key-value bucket.
+//! Checkpoints per trigger and partition in a JetStream key-value bucket.
 //!
 //! One bucket per installation (`<prefix>_checkpoints`, history 1, file storage, the
-//! streams' replica count); one key per trigger and log:
-//! `<namespace>.<broker>.<events|deadletters>.<trigger>`, each part encoded as in
-//! [`super::token`]. The value is JSON `{"offsets": [next stream sequence per
-//! partition]}`, the same shape as the embedded log's checkpoint files. A put returns
-//! after its PubAck, so every store is durable (the `durable` hint costs nothing here).
+//! streams' replica count); one key per trigger, log and partition:
+//! `<namespace>.<broker>.<events|deadletters>.<trigger>.<partition>`, each name part
+//! encoded as in [`super::token`] (so no part contains a `.`). The value is the next
+//! offset as ASCII decimal (`nats kv get` shows it as is). A put returns after its
+//! PubAck, so every store is durable (the `durable` hint costs nothing here).
+//!
+//! One key per partition rather than one per trigger: dispatcher replicas own
+//! different partitions and each writes only its own keys, so they never overwrite
+//! each other and need no compare-and-set. A new trigger's starting point is written
+//! with `create` (only where no key exists), so a process starting late cannot move
+//! back, or skip ahead of, what another already stored.
 //!
 //! A bucket survives dispatcher restarts and is shared by every dispatcher replica.
 //! (Durable consumers would also keep positions, but a consumer has one position per
@@ -16,15 +22,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
+use futures_util::future::try_join_all;
 
 use super::token;
 use crate::channel::{ChannelError, Offset};
 use crate::config::BrokerId;
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Value {
-    offsets: Vec<Offset>,
-}
 
 /// Opens (creating if needed) the checkpoint bucket.
 pub(super) async fn open_bucket(
@@ -113,9 +115,9 @@ impl Checkpoints {
         })
     }
 
-    fn key(&self, trigger: &str) -> Result<String, ChannelError> {
+    fn key(&self, trigger: &str, partition: u32) -> Result<String, ChannelError> {
         Ok(format!(
-            "{}.{}",
+            "{}.{}.{partition}",
             self.key_prefix,
             token(trigger, &self.broker)?
         ))
@@ -128,12 +130,22 @@ impl Checkpoints {
         }
     }
 
+    /// Every partition's checkpoint, read concurrently.
     pub(super) async fn load(
         &self,
         trigger: &str,
         partitions: u32,
-    ) -> Result<Option<Vec<Offset>>, ChannelError> {
-        let key = self.key(trigger)?;
+    ) -> Result<Vec<Option<Offset>>, ChannelError> {
+        let reads = (0..partitions).map(|p| self.load_one(trigger, p));
+        try_join_all(reads).await
+    }
+
+    async fn load_one(
+        &self,
+        trigger: &str,
+        partition: u32,
+    ) -> Result<Option<Offset>, ChannelError> {
+        let key = self.key(trigger, partition)?;
         let got = tokio::time::timeout(self.timeout, self.store.get(key.clone()))
             .await
             .map_err(|_| self.unavailable(trigger, "timed out reading it"))?
@@ -141,31 +153,61 @@ impl Checkpoints {
         let Some(bytes) = got else {
             return Ok(None);
         };
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(v) if v.offsets.len() == partitions as usize => Ok(Some(v.offsets)),
-            _ => {
+        match std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            Some(offset) => Ok(Some(offset)),
+            None => {
                 // Never guess forward: replaying from the start duplicates, skipping loses.
                 tracing::error!(broker = %self.broker, trigger, key,
-                    "checkpoint is unreadable; the trigger restarts from the earliest retained event");
-                Ok(Some(vec![0; partitions as usize]))
+                    "checkpoint is unreadable; the partition restarts from the earliest retained event");
+                Ok(Some(0))
             }
         }
     }
 
+    /// Puts the given partitions' checkpoints, concurrently.
     pub(super) async fn store(
         &self,
         trigger: &str,
-        offsets: &[Offset],
+        updates: &[(u32, Offset)],
     ) -> Result<(), ChannelError> {
-        let key = self.key(trigger)?;
-        let body = serde_json::to_vec(&Value {
-            offsets: offsets.to_vec(),
-        })
-        .map_err(|e| ChannelError::Other(e.to_string()))?;
-        tokio::time::timeout(self.timeout, self.store.put(key, Bytes::from(body)))
+        let puts = updates.iter().map(|&(p, offset)| async move {
+            let key = self.key(trigger, p)?;
+            tokio::time::timeout(
+                self.timeout,
+                self.store.put(key, Bytes::from(offset.to_string())),
+            )
             .await
             .map_err(|_| self.unavailable(trigger, "timed out storing it"))?
             .map_err(|e| self.unavailable(trigger, e))?;
-        Ok(())
+            Ok::<_, ChannelError>(())
+        });
+        try_join_all(puts).await.map(drop)
+    }
+
+    /// Creates the given partitions' checkpoints where none exists.
+    pub(super) async fn init(
+        &self,
+        trigger: &str,
+        initial: &[(u32, Offset)],
+    ) -> Result<(), ChannelError> {
+        let creates = initial.iter().map(|&(p, offset)| async move {
+            let key = self.key(trigger, p)?;
+            let created = tokio::time::timeout(
+                self.timeout,
+                self.store.create(key, Bytes::from(offset.to_string())),
+            )
+            .await
+            .map_err(|_| self.unavailable(trigger, "timed out creating it"))?;
+            match created {
+                Ok(_) => Ok(()),
+                // Another process stored one first: it wins.
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(self.unavailable(trigger, e)),
+            }
+        });
+        try_join_all(creates).await.map(drop)
     }
 }

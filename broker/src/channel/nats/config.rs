@@ -125,6 +125,10 @@ pub struct NatsOptions {
     pub request_timeout: Duration,
     /// Bound on establishing the first connection.
     pub connect_timeout: Duration,
+    /// How long a dispatcher's partition lease lasts without renewal (renewed every
+    /// third of it): after a dispatcher dies, its partitions wait this long for
+    /// another. Every process of an installation should use the same value.
+    pub lease_ttl: Duration,
 }
 
 impl Default for NatsOptions {
@@ -138,6 +142,7 @@ impl Default for NatsOptions {
             prefix: "triggerfish".into(),
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(9),
         }
     }
 }
@@ -199,6 +204,9 @@ impl NatsOptions {
         }
         if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
             return bad("timeout", "must be positive");
+        }
+        if self.lease_ttl < Duration::from_secs(1) || self.lease_ttl > Duration::from_secs(600) {
+            return bad("lease TTL", "must be 1 s to 10 min");
         }
         if let NatsAuth::UserPassword { user, .. } = &self.auth {
             if user.is_empty() {

@@ -8,7 +8,8 @@
 //! |---|---|
 //! | events stream | `<p>_events_<ns>__<name>`, subjects `<p>.events.<ns>.<name>.<partition>` |
 //! | dead-letter stream | `<p>_deadletters_<ns>__<name>`, subject `<p>.deadletters.<ns>.<name>` |
-//! | checkpoints | KV bucket `<p>_checkpoints`, key `<ns>.<name>.<events\|deadletters>.<trigger>` |
+//! | checkpoints | KV bucket `<p>_checkpoints`, key `<ns>.<name>.<events\|deadletters>.<trigger>.<partition>` |
+//! | partition leases | KV bucket `<p>_leases` (entries expire): `<ns>.<name>.members.<owner>`, `<ns>.<name>.partitions.<partition>` |
 //!
 //! Names are mapped by [`token`]: `[a-z0-9-]` stay, every other byte becomes `_XX`
 //! (upper-case hex). Kubernetes names never contain `_`, `.` is common in them and
@@ -35,13 +36,17 @@
 //!   at once instead of queueing. Dead-letter appends carry no `Nats-Msg-Id`: the same
 //!   event may be dead-lettered by two triggers, or again after a redrive.
 //! - **Readers** are ephemeral pull consumers ([`reader`]); **checkpoints** live in a
-//!   KV bucket ([`checkpoint`]).
+//!   KV bucket, one key per trigger and partition ([`checkpoint`]).
+//! - **Dispatcher replicas** split each broker's partitions with leases in a KV bucket
+//!   whose entries expire ([`lease`]): each holds at most `ceil(P / M)` of the `P`
+//!   partitions among `M` live dispatchers; a dead one's leases expire and are taken.
 //! - **Recovery**: async-nats reconnects forever; streams are file-backed and survive a
 //!   server restart; readers recreate their consumer from their own position.
 
 mod binding;
 mod checkpoint;
 mod config;
+pub mod lease;
 mod reader;
 #[cfg(test)]
 mod tests;
@@ -65,6 +70,7 @@ pub use binding::{decode, encode, msg_id, BindingError};
 pub use config::{ConfigError, NatsAuth, NatsOptions, NatsTls, StreamLimits};
 pub use reader::NatsReader;
 
+use crate::channel::lease::PartitionLeases;
 use crate::channel::{
     partition_for, BrokerLog, ChannelError, EventLog, LogReader, Offset, StartAt,
 };
@@ -124,6 +130,7 @@ pub struct NatsLog {
     js: jetstream::Context,
     opts: NatsOptions,
     checkpoints: kv::Store,
+    leases: kv::Store,
     /// Open logs by broker; `true` marks a dead-letter log.
     brokers: Mutex<HashMap<(BrokerId, bool), Arc<NatsBroker>>>,
 }
@@ -189,11 +196,20 @@ impl NatsLog {
             opts.request_timeout,
         )
         .await?;
+        let leases = lease::open_bucket(
+            &js,
+            &format!("{}_leases", opts.prefix),
+            opts.limits.replicas,
+            opts.lease_ttl,
+            opts.request_timeout,
+        )
+        .await?;
         Ok(NatsLog {
             client,
             js,
             opts,
             checkpoints,
+            leases,
             brokers: Mutex::new(HashMap::new()),
         })
     }
@@ -239,6 +255,8 @@ impl NatsLog {
             max_message_bytes: limits.max_message_bytes as usize,
             next_partition: AtomicU32::new(0),
             timeout: self.opts.request_timeout,
+            leases: self.leases.clone(),
+            lease_ttl: self.opts.lease_ttl,
             checkpoints: checkpoint::Checkpoints::new(
                 self.checkpoints.clone(),
                 broker,
@@ -421,6 +439,8 @@ pub struct NatsBroker {
     max_message_bytes: usize,
     next_partition: AtomicU32,
     timeout: Duration,
+    leases: kv::Store,
+    lease_ttl: Duration,
     checkpoints: checkpoint::Checkpoints,
     readers: Arc<reader::ReaderCtx>,
 }
@@ -580,24 +600,49 @@ impl BrokerLog for NatsBroker {
         )))
     }
 
-    async fn load_checkpoint(&self, trigger: &str) -> Result<Option<Vec<Offset>>, ChannelError> {
+    async fn load_checkpoint(&self, trigger: &str) -> Result<Vec<Option<Offset>>, ChannelError> {
         self.checkpoints.load(trigger, self.partitions()).await
     }
 
     async fn store_checkpoint(
         &self,
         trigger: &str,
-        offsets: &[Offset],
+        updates: &[(u32, Offset)],
         _durable: bool,
     ) -> Result<(), ChannelError> {
-        if offsets.len() != self.subjects.len() {
-            return Err(ChannelError::Other(format!(
-                "broker {}: checkpoint of trigger {trigger} has {} offsets for {} partitions",
-                self.id,
-                offsets.len(),
-                self.subjects.len()
-            )));
+        for &(p, _) in updates {
+            self.check_partition(p)?;
         }
-        self.checkpoints.store(trigger, offsets).await
+        self.checkpoints.store(trigger, updates).await
+    }
+
+    async fn init_checkpoint(
+        &self,
+        trigger: &str,
+        initial: &[(u32, Offset)],
+    ) -> Result<(), ChannelError> {
+        for &(p, _) in initial {
+            self.check_partition(p)?;
+        }
+        self.checkpoints.init(trigger, initial).await
+    }
+
+    fn leases(&self, owner: &str) -> Arc<dyn PartitionLeases> {
+        match lease::NatsLeases::new(
+            self.leases.clone(),
+            &self.id,
+            self.partitions(),
+            owner,
+            self.lease_ttl,
+            self.timeout,
+        ) {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
+                // Only an empty owner name gets here (`token` refuses it): own nothing
+                // rather than everything, which could duplicate every delivery.
+                tracing::error!(broker = %self.id, error = %e, "invalid dispatcher name; this process dispatches nothing");
+                Arc::new(lease::NoPartitions)
+            }
+        }
     }
 }

@@ -1,0 +1,416 @@
+//! Partition leases on a JetStream key-value bucket, so that dispatcher replicas split
+//! a broker's partitions (see [`crate::channel::lease`]).
+//!
+//! One bucket per installation, `<prefix>_leases`, whose entries expire: its stream's
+//! max age is the lease TTL (default 9 s), and leases are renewed every third of it.
+//! For a broker `<ns>/<name>` (parts encoded by [`super::token`]):
+//!
+//! | key | value | written |
+//! |---|---|---|
+//! | `<ns>.<name>.members.<owner>` | owner | `put` on every refresh; removed (stream purge of its subject, leaving no marker) when the process gives up its last lease |
+//! | `<ns>.<name>.partitions.<p>` | owner | `create` to acquire (fails while another holds it), `update` at the last revision to renew, `delete` at that revision to release |
+//!
+//! Each refresh puts the member key, counts the live member keys `M` (one request:
+//! stream info with a subject filter; expired and purged keys are gone from the
+//! stream), renews the held leases, and then either gives up the ones over the fair
+//! share `ceil(P / M)` (returned no more, so the dispatcher stops them, writes their
+//! checkpoints and calls [`PartitionLeases::release`]) or tries to acquire free ones up
+//! to it. So a dispatcher that joins gets its share within about two refresh periods
+//! (the others give up extras on their next refresh, it takes them on its next), and
+//! the leases of a process that died expire after the TTL and are taken by the others.
+//!
+//! A renewal that finds another revision means the lease expired and someone else took
+//! it: the partition is lost at once. A renewal that fails for other reasons (NATS
+//! unreachable) keeps the lease until it has gone unrenewed for the TTL.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::future::join_all;
+use futures_util::TryStreamExt;
+use tokio::time::Instant;
+
+use super::token;
+use crate::channel::lease::PartitionLeases;
+use crate::channel::ChannelError;
+use crate::config::BrokerId;
+
+/// Opens (creating if needed) the lease bucket, with `ttl` as its entries' lifetime.
+pub(super) async fn open_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+    ttl: Duration,
+    timeout: Duration,
+) -> Result<kv::Store, ChannelError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        ChannelError::Other(format!("NATS lease bucket {bucket}: {what}: {e}"))
+    };
+    let elapsed = |_| fail("timed out", &"no answer");
+    let stream_name = format!("KV_{bucket}");
+    // As for the checkpoint bucket, the stream is created directly (ADR-8 layout).
+    let config = jetstream::stream::Config {
+        name: stream_name.clone(),
+        description: Some("Triggerfish dispatcher partition leases".into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_messages: -1,
+        max_bytes: -1,
+        max_message_size: -1,
+        max_consumers: -1,
+        max_age: ttl,
+        discard: jetstream::stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        duplicate_window: ttl,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    let existing = tokio::time::timeout(timeout, js.get_stream(&stream_name))
+        .await
+        .map_err(elapsed)?;
+    match existing {
+        Ok(s) if s.cached_info().config.max_age != ttl => {
+            // Another TTL configured: every process must agree, the last start wins.
+            let mut updated = s.cached_info().config.clone();
+            updated.max_age = ttl;
+            updated.duplicate_window = ttl;
+            tokio::time::timeout(timeout, js.update_stream(updated))
+                .await
+                .map_err(elapsed)?
+                .map_err(|e| fail("cannot update its TTL", &e))?;
+        }
+        Ok(_) => {}
+        Err(_) => {
+            // Absent (or created by another process meanwhile: opened below).
+            let created = tokio::time::timeout(timeout, js.create_stream(config))
+                .await
+                .map_err(elapsed)?;
+            if let Err(e) = created {
+                tracing::debug!(bucket, error = %e, "lease bucket creation raced");
+            }
+        }
+    }
+    tokio::time::timeout(timeout, js.get_key_value(bucket))
+        .await
+        .map_err(elapsed)?
+        .map_err(|e| fail("cannot open", &e))
+}
+
+struct Held {
+    revision: u64,
+    renewed: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    held: BTreeMap<u32, Held>,
+    /// Held leases over the fair share, no longer returned by `refresh`, waiting for
+    /// `release` (or released by the next refresh if the dispatcher never ran them).
+    releasing: Vec<u32>,
+}
+
+/// The leases of one dispatcher process on one broker.
+pub struct NatsLeases {
+    kv: kv::Store,
+    broker: BrokerId,
+    partitions: u32,
+    owner: String,
+    member_key: String,
+    /// `$KV.<bucket>.<ns>.<name>.members.*`.
+    members_filter: String,
+    /// `<ns>.<name>.partitions.`.
+    lease_prefix: String,
+    ttl: Duration,
+    timeout: Duration,
+    /// Where this process starts looking for free partitions (spreads contention).
+    first: u32,
+    state: tokio::sync::Mutex<State>,
+}
+
+impl NatsLeases {
+    pub(super) fn new(
+        kv: kv::Store,
+        broker: &BrokerId,
+        partitions: u32,
+        owner: &str,
+        ttl: Duration,
+        timeout: Duration,
+    ) -> Result<NatsLeases, ChannelError> {
+        let base = format!(
+            "{}.{}",
+            token(&broker.namespace, broker)?,
+            token(&broker.name, broker)?
+        );
+        let owner_token = token(owner, broker)?;
+        let first = (owner
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))))
+            % partitions.max(1);
+        Ok(NatsLeases {
+            members_filter: format!("{}{base}.members.*", kv.prefix),
+            member_key: format!("{base}.members.{owner_token}"),
+            lease_prefix: format!("{base}.partitions."),
+            kv,
+            broker: broker.clone(),
+            partitions,
+            owner: owner.to_owned(),
+            ttl,
+            timeout,
+            first,
+            state: tokio::sync::Mutex::new(State::default()),
+        })
+    }
+
+    fn unavailable(&self, what: impl std::fmt::Display) -> ChannelError {
+        ChannelError::Unavailable {
+            broker: self.broker.clone(),
+            reason: format!("partition leases: {what}"),
+        }
+    }
+
+    fn lease_key(&self, p: u32) -> String {
+        format!("{}{p}", self.lease_prefix)
+    }
+
+    /// Live dispatcher processes of this broker, this one included.
+    async fn members(&self) -> Result<u32, ChannelError> {
+        let count = async {
+            let mut info = self
+                .kv
+                .stream
+                .info_with_subjects(&self.members_filter)
+                .await?;
+            let mut n = 0u32;
+            while info.try_next().await?.is_some() {
+                n += 1;
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(n)
+        };
+        let n = tokio::time::timeout(self.timeout, count)
+            .await
+            .map_err(|_| self.unavailable("timed out counting members"))?
+            .map_err(|e| self.unavailable(format!("cannot count members: {e}")))?;
+        Ok(n.max(1))
+    }
+
+    async fn renew(&self, p: u32, revision: u64) -> Result<u64, kv::UpdateErrorKind> {
+        let value = Bytes::from(self.owner.clone());
+        match tokio::time::timeout(
+            self.timeout,
+            self.kv.update(self.lease_key(p), value, revision),
+        )
+        .await
+        {
+            Ok(Ok(rev)) => Ok(rev),
+            Ok(Err(e)) => Err(e.kind()),
+            Err(_) => Err(kv::UpdateErrorKind::TimedOut),
+        }
+    }
+
+    async fn delete(&self, p: u32, revision: u64) {
+        let deleted = tokio::time::timeout(
+            self.timeout,
+            self.kv
+                .delete_expect_revision(self.lease_key(p), Some(revision)),
+        )
+        .await;
+        if !matches!(deleted, Ok(Ok(()))) {
+            // It expires by itself after the TTL.
+            tracing::debug!(broker = %self.broker, partition = p, "lease not deleted; it will expire");
+        }
+    }
+
+    async fn leave(&self) {
+        let subject = format!("{}{}", self.kv.prefix, self.member_key);
+        let purged =
+            tokio::time::timeout(self.timeout, self.kv.stream.purge().filter(subject)).await;
+        if !matches!(purged, Ok(Ok(_))) {
+            tracing::debug!(broker = %self.broker, "member key not removed; it will expire");
+        }
+    }
+}
+
+/// The fair share of `partitions` among `members`: `ceil(P / M)`.
+pub fn fair_share(partitions: u32, members: u32) -> u32 {
+    partitions.div_ceil(members.max(1))
+}
+
+#[async_trait]
+impl PartitionLeases for NatsLeases {
+    async fn refresh(&self) -> Result<Vec<u32>, ChannelError> {
+        let mut st = self.state.lock().await;
+        // Extras the dispatcher never ran (so never released): release them now.
+        for p in std::mem::take(&mut st.releasing) {
+            if let Some(h) = st.held.remove(&p) {
+                self.delete(p, h.revision).await;
+            }
+        }
+        tokio::time::timeout(
+            self.timeout,
+            self.kv
+                .put(&self.member_key, Bytes::from(self.owner.clone())),
+        )
+        .await
+        .map_err(|_| self.unavailable("timed out announcing this process"))?
+        .map_err(|e| self.unavailable(format!("cannot announce this process: {e}")))?;
+        let members = self.members().await?;
+
+        // Renew what is held, concurrently.
+        let renewals = join_all(
+            st.held
+                .iter()
+                .map(|(&p, h)| async move { (p, self.renew(p, h.revision).await) }),
+        )
+        .await;
+        for (p, result) in renewals {
+            match result {
+                Ok(revision) => {
+                    st.held.insert(
+                        p,
+                        Held {
+                            revision,
+                            renewed: Instant::now(),
+                        },
+                    );
+                }
+                Err(kv::UpdateErrorKind::WrongLastRevision) => {
+                    tracing::warn!(broker = %self.broker, partition = p, "partition lease expired and was taken by another process");
+                    st.held.remove(&p);
+                }
+                Err(kind) => {
+                    let expired = st
+                        .held
+                        .get(&p)
+                        .is_none_or(|h| h.renewed.elapsed() >= self.ttl);
+                    tracing::warn!(broker = %self.broker, partition = p, error = %kind, expired, "cannot renew partition lease");
+                    if expired {
+                        st.held.remove(&p);
+                    }
+                }
+            }
+        }
+
+        let share = fair_share(self.partitions, members) as usize;
+        if st.held.len() > share {
+            // Give up the highest-numbered extras once they are stopped.
+            let extras: Vec<u32> = st
+                .held
+                .keys()
+                .rev()
+                .take(st.held.len() - share)
+                .copied()
+                .collect();
+            tracing::info!(broker = %self.broker, members, share, releasing = ?extras, "giving up partitions to rebalance");
+            st.releasing = extras;
+        } else if st.held.len() < share {
+            for i in 0..self.partitions {
+                if st.held.len() >= share {
+                    break;
+                }
+                let p = (self.first + i) % self.partitions;
+                if st.held.contains_key(&p) {
+                    continue;
+                }
+                let created = tokio::time::timeout(
+                    self.timeout,
+                    self.kv
+                        .create(self.lease_key(p), Bytes::from(self.owner.clone())),
+                )
+                .await;
+                match created {
+                    Ok(Ok(revision)) => {
+                        st.held.insert(
+                            p,
+                            Held {
+                                revision,
+                                renewed: Instant::now(),
+                            },
+                        );
+                    }
+                    Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(broker = %self.broker, partition = p, error = %e, "cannot acquire partition lease");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!(broker = %self.broker, partition = p, "timed out acquiring partition lease");
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(st
+            .held
+            .keys()
+            .copied()
+            .filter(|p| !st.releasing.contains(p))
+            .collect())
+    }
+
+    async fn release(&self, partitions: &[u32]) {
+        if partitions.is_empty() {
+            return;
+        }
+        let mut st = self.state.lock().await;
+        for p in partitions {
+            st.releasing.retain(|x| x != p);
+            if let Some(h) = st.held.remove(p) {
+                self.delete(*p, h.revision).await;
+            }
+        }
+        if st.held.is_empty() {
+            // Not dispatching anything (shutdown, or leases lost): stop counting as a
+            // member so the others take the whole broker. The next refresh rejoins.
+            self.leave().await;
+        }
+    }
+
+    fn renew_every(&self) -> Duration {
+        self.ttl / 3
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+/// Owns nothing: the fallback for an owner name NATS cannot store.
+pub(super) struct NoPartitions;
+
+#[async_trait]
+impl PartitionLeases for NoPartitions {
+    async fn refresh(&self) -> Result<Vec<u32>, ChannelError> {
+        Ok(Vec::new())
+    }
+
+    async fn release(&self, _partitions: &[u32]) {}
+
+    fn renew_every(&self) -> Duration {
+        Duration::from_secs(3600)
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::MAX
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fair_share;
+
+    #[test]
+    fn fair_share_rounds_up() {
+        assert_eq!(fair_share(4, 1), 4);
+        assert_eq!(fair_share(4, 2), 2);
+        assert_eq!(fair_share(4, 3), 2);
+        assert_eq!(fair_share(4, 5), 1);
+        assert_eq!(fair_share(4, 0), 4);
+        assert_eq!(fair_share(1, 2), 1);
+    }
+}
