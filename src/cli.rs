@@ -242,9 +242,11 @@ pub struct ServeArgs {
     /// This dispatcher's name among replicas (partition leases); default host-pid.
     #[arg(long, env = "TRIGGERFISH_DISPATCHER_NAME")]
     pub dispatcher_name: Option<String>,
-    /// Partitions of each new broker (embedded log or NATS stream).
-    #[arg(long, env = "TRIGGERFISH_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub partitions: u32,
+    /// Partitions of each new broker: default 1 on the embedded log (one process, one
+    /// writer; more partitions only cost memory per trigger) and 4 on NATS (the unit
+    /// dispatcher replicas split).
+    #[arg(long, env = "TRIGGERFISH_PARTITIONS", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub partitions: Option<u32>,
     /// When appends are synced: always (group commit), interval:<duration>, or never.
     #[arg(long, env = "TRIGGERFISH_FSYNC", default_value = "always")]
     pub fsync: FsyncPolicy,

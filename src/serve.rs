@@ -95,7 +95,7 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
         StorageArg::Embedded => Storage::Embedded {
             data_dir: args.data_dir.clone(),
             options: EmbeddedOptions {
-                partitions: args.partitions,
+                partitions: args.partitions.unwrap_or(1),
                 fsync: args.fsync,
                 retention_age: (!retention_age.is_zero()).then_some(retention_age),
                 retention_bytes: (args.retention_bytes > 0).then_some(args.retention_bytes),
@@ -168,7 +168,9 @@ fn nats_options(url: &str, args: &ServeArgs) -> anyhow::Result<NatsOptions> {
     }
     o.limits.max_bytes = (n.nats_max_bytes > 0).then_some(n.nats_max_bytes);
     o.limits.max_message_bytes = n.nats_max_msg_size;
-    o.partitions = args.partitions;
+    if let Some(p) = args.partitions {
+        o.partitions = p;
+    }
     o.prefix = n.nats_prefix.clone();
     o.request_timeout = config::parse_duration(&n.nats_request_timeout)
         .map_err(|e| anyhow::anyhow!("--nats-request-timeout: {e}"))?;

@@ -246,6 +246,15 @@ async fn embedded_default_options() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_four_partitions() {
+    suite(&mut Embedded::new(EmbeddedOptions {
+        partitions: 4,
+        ..EmbeddedOptions::default()
+    }))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_one_partition_small_segments_no_fsync() {
     // Tiny segments exercise rolling and reads across segment boundaries.
     suite(&mut Embedded::new(EmbeddedOptions {

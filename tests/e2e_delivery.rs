@@ -465,7 +465,7 @@ async fn a_failing_subscriber_leaves_another_triggers_latency_unchanged() {
         "healthy p99 {d99:?} while the other trigger fails"
     );
     assert!(
-        sick_attempts > 1000,
+        sick_attempts >= 500,
         "the sick trigger kept trying ({sick_attempts})"
     );
     server.shutdown();

@@ -64,6 +64,9 @@ pub struct Coordinator {
     run: Arc<BrokerRun>,
     leases: Arc<dyn PartitionLeases>,
     running: BTreeMap<u32, Running>,
+    /// Partitions being stopped in the background (draining, then releasing), so
+    /// that lease renewal goes on meanwhile.
+    stopping: Vec<(Vec<u32>, tokio::task::JoinHandle<()>)>,
     shutdown: CancellationToken,
     last_refresh: Instant,
 }
@@ -79,6 +82,7 @@ impl Coordinator {
             run,
             leases,
             running: BTreeMap::new(),
+            stopping: Vec::new(),
             shutdown,
             last_refresh: Instant::now(),
         }
@@ -86,6 +90,7 @@ impl Coordinator {
 
     /// Refreshes leases once and starts or stops partitions to match.
     pub async fn step(&mut self) {
+        self.stopping.retain(|(_, h)| !h.is_finished());
         match self.leases.refresh().await {
             Ok(owned) => {
                 self.last_refresh = Instant::now();
@@ -95,10 +100,12 @@ impl Coordinator {
                     .copied()
                     .filter(|p| !owned.contains(p))
                     .collect();
-                self.stop(&lost).await;
+                self.stop_in_background(&lost);
                 let new: Vec<u32> = owned
                     .into_iter()
                     .filter(|p| !self.running.contains_key(p))
+                    // Restart a partition only once its previous run has stopped.
+                    .filter(|p| !self.stopping.iter().any(|(ps, _)| ps.contains(p)))
                     .collect();
                 if !new.is_empty() {
                     match self.reload_checkpoints(&new).await {
@@ -118,7 +125,7 @@ impl Coordinator {
                 if self.last_refresh.elapsed() >= self.leases.ttl() {
                     tracing::error!(broker = %self.run.id, "partition leases expired; stopping every partition until they can be renewed");
                     let all: Vec<u32> = self.running.keys().copied().collect();
-                    self.stop(&all).await;
+                    self.stop_in_background(&all);
                 }
             }
         }
@@ -133,7 +140,10 @@ impl Coordinator {
             }
         }
         let all: Vec<u32> = self.running.keys().copied().collect();
-        self.stop(&all).await;
+        self.stop_in_background(&all);
+        for (_, h) in self.stopping.drain(..) {
+            let _ = h.await;
+        }
     }
 
     /// Loads the stored checkpoints of partitions about to start: another process may
@@ -191,10 +201,9 @@ impl Coordinator {
         self.running.insert(p, Running { token, tasks });
     }
 
-    async fn stop(&mut self, partitions: &[u32]) {
-        if partitions.is_empty() {
-            return;
-        }
+    /// Stops partitions without holding up lease renewal: their lanes drain, their
+    /// final checkpoints are written, and then their leases are released.
+    fn stop_in_background(&mut self, partitions: &[u32]) {
         let mut stopping = Vec::new();
         for p in partitions {
             if let Some(r) = self.running.remove(p) {
@@ -203,14 +212,24 @@ impl Coordinator {
                 stopping.push((*p, r));
             }
         }
-        for (p, r) in &stopping {
-            r.tasks.wait().await;
-            self.run.owned[*p as usize].store(false, Ordering::Release);
-            tracing::info!(broker = %self.run.id, partition = p, "stopped dispatching partition");
+        if stopping.is_empty() {
+            return;
         }
-        // The final checkpoints of these partitions are written before the leases go.
-        let released: Vec<u32> = stopping.iter().map(|(p, _)| *p).collect();
-        crate::flush_now(&self.run, true, &released).await;
-        self.leases.release(&released).await;
+        let run = self.run.clone();
+        let leases = self.leases.clone();
+        let ids: Vec<u32> = stopping.iter().map(|(p, _)| *p).collect();
+        let released = ids.clone();
+        let handle = tokio::spawn(async move {
+            for (p, r) in &stopping {
+                r.tasks.wait().await;
+                run.owned[*p as usize].store(false, Ordering::Release);
+                tracing::info!(broker = %run.id, partition = p, "stopped dispatching partition");
+            }
+            // The final checkpoints of these partitions are written before the
+            // leases go.
+            crate::flush_now(&run, true, &released).await;
+            leases.release(&released).await;
+        });
+        self.stopping.push((ids, handle));
     }
 }

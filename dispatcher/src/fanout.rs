@@ -97,12 +97,8 @@ impl Partition {
 
 /// Runs the shared reader of a partition until shutdown.
 pub async fn shared_reader(ctx: Partition, mut joins: mpsc::Receiver<Join>) {
-    let mut reader = match ctx.log.reader(ctx.partition, StartAt::End).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(broker = %ctx.broker(), partition = ctx.partition, error = %e, "cannot open the shared reader; lanes keep reading on their own");
-            return;
-        }
+    let Some(mut reader) = open_reader(&ctx, StartAt::End, "shared").await else {
+        return; // shutdown
     };
     let mut attached: Vec<Option<Attached>> = (0..ctx.lanes.len()).map(|_| None).collect();
     let mut last_skip = tokio::time::Instant::now();
@@ -206,10 +202,6 @@ async fn handle_join(ctx: &Partition, head: Offset, attached: &mut [Option<Attac
         let _ = reply.send(Ok(()));
         return;
     }
-    if head - from > MAX_BACKFILL {
-        let _ = reply.send(Err(tx));
-        return;
-    }
     // Back-fill [from, head) for this lane alone, then attach.
     let filled = backfill(ctx, lane, from, head, &tx).await;
     if filled {
@@ -234,15 +226,21 @@ async fn backfill(
     let Ok(mut reader) = ctx.log.reader(ctx.partition, StartAt::Offset(from)).await else {
         return false;
     };
-    // Queue nothing unless everything fits.
+    // Queue nothing unless everything fits. The bound counts records, not offsets
+    // (offsets may be sparse within a partition, as on NATS).
     let mut items = Vec::new();
+    let mut read = 0u64;
     while reader.position() < head {
+        if read > MAX_BACKFILL {
+            return false;
+        }
         let Ok(batch) = reader.try_batch(BATCH).await else {
             return false;
         };
         if batch.is_empty() {
             break;
         }
+        read += batch.len() as u64;
         for r in batch {
             if r.offset >= head {
                 break;
@@ -263,18 +261,29 @@ async fn backfill(
     items.into_iter().all(|item| tx.try_send(item).is_ok())
 }
 
+/// Opens a reader of the partition, retrying with backoff (a remote log may be
+/// unreachable for a while); `None` once shutdown begins.
+async fn open_reader(ctx: &Partition, start: StartAt, what: &str) -> Option<Box<dyn LogReader>> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match ctx.log.reader(ctx.partition, start).await {
+            Ok(r) => return Some(r),
+            Err(e) => {
+                tracing::warn!(broker = %ctx.broker(), partition = ctx.partition, error = %e, "cannot open the {what} reader; retrying");
+            }
+        }
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => return None,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Reads the log for one lane from `from` until it can rejoin the shared reader.
 pub async fn catch_up(ctx: Partition, lane: usize, from: Offset, mut tx: mpsc::Sender<Item>) {
-    let mut reader: Box<dyn LogReader> = match ctx
-        .log
-        .reader(ctx.partition, StartAt::Offset(from))
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(broker = %ctx.broker(), partition = ctx.partition, error = %e, "cannot open a catch-up reader");
-            return;
-        }
+    let Some(mut reader) = open_reader(&ctx, StartAt::Offset(from), "catch-up").await else {
+        return; // shutdown
     };
     let info = ctx.lanes[lane].clone();
     loop {

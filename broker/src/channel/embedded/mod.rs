@@ -101,7 +101,7 @@ pub struct EmbeddedOptions {
 impl Default for EmbeddedOptions {
     fn default() -> Self {
         EmbeddedOptions {
-            partitions: 4,
+            partitions: 1,
             fsync: FsyncPolicy::Always,
             segment_bytes: 128 << 20,
             retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
@@ -260,6 +260,7 @@ impl EmbeddedBroker {
                 dir: pdir,
                 segments: RwLock::new(segments),
                 committed,
+                rollbacks: std::sync::atomic::AtomicU64::new(0),
             });
             let (tx, rx) = sync_channel(opts.queue_depth.max(1));
             let thread_shared = shared.clone();

@@ -39,6 +39,8 @@ struct State {
     partition: u32,
     /// Records read but not yet returned (kept when a read future is dropped).
     buffered: VecDeque<Record>,
+    /// The writer's rollback count when the open file was read last.
+    rollbacks: u64,
 }
 
 /// A reader of one embedded partition. Reads happen on the blocking pool into a
@@ -67,6 +69,7 @@ impl EmbeddedReader {
                 broker,
                 partition,
                 buffered: VecDeque::new(),
+                rollbacks: 0,
             })),
             committed,
             next,
@@ -204,6 +207,17 @@ impl State {
     /// Reads up to `max` records below `end` into `buffered` (keeping what was read
     /// before an error).
     fn fill(&mut self, max: usize, end: u64) -> Result<(), ChannelError> {
+        // `end` was read before this: if an append was undone since the file was last
+        // read, the read-ahead buffer may hold its bytes (at offsets a later append
+        // reuses), so read from disk again.
+        let rollbacks = self
+            .shared
+            .rollbacks
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if rollbacks != self.rollbacks {
+            self.rollbacks = rollbacks;
+            self.open = None;
+        }
         let mut out = Vec::new();
         let result = self.read_into(&mut out, max, end);
         self.buffered.extend(out);

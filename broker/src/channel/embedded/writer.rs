@@ -8,8 +8,9 @@
 //! gets the error, so nothing is acknowledged that is not on disk.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -36,6 +37,9 @@ pub struct PartitionShared {
     pub segments: RwLock<Vec<Segment>>,
     /// The offset after the last durable record; readers wait on it.
     pub committed: watch::Sender<u64>,
+    /// Count of rolled-back appends: a reader that sees it change drops its read-ahead
+    /// buffer, which may hold bytes of an append that was undone.
+    pub rollbacks: AtomicU64,
 }
 
 impl PartitionShared {
@@ -81,6 +85,7 @@ pub fn run(
     let mut batch: Vec<AppendRequest> = Vec::with_capacity(256);
     let mut last_sync = Instant::now();
     let mut dirty = false;
+    let mut poisoned = false;
     let mut last_retention = Instant::now();
     let tick = match settings.fsync {
         FsyncPolicy::Interval(d) => d.min(RETENTION_EVERY),
@@ -108,7 +113,13 @@ pub fn run(
         }
         if !batch.is_empty() {
             write_batch(
-                &shared, &settings, &mut file, &mut buf, &mut batch, &mut dirty,
+                &shared,
+                &settings,
+                &mut file,
+                &mut buf,
+                &mut batch,
+                &mut dirty,
+                &mut poisoned,
             );
         }
         if let FsyncPolicy::Interval(d) = settings.fsync {
@@ -143,7 +154,16 @@ fn write_batch(
     buf: &mut Vec<u8>,
     batch: &mut Vec<AppendRequest>,
     dirty: &mut bool,
+    poisoned: &mut bool,
 ) {
+    if *poisoned {
+        for req in batch.drain(..) {
+            let _ = req.reply.send(Err(
+                "the partition's writer could not undo a failed append; restart needed".into(),
+            ));
+        }
+        return;
+    }
     let ts = now_ms();
     let (start_offset, start_bytes, base) = {
         let segs = shared.segments.read().unwrap_or_else(|p| p.into_inner());
@@ -167,9 +187,19 @@ fn write_batch(
     });
     if let Err(e) = result {
         tracing::error!(dir = %shared.dir.display(), error = %e, "append failed; rolling back the batch");
-        // Undo a partial write so later appends do not land after garbage.
-        let _ = file.set_len(start_bytes);
-        let _ = file.sync_data();
+        // Undo a partial write so later appends do not land after garbage: cut the
+        // file back and move the write position with it. Readers that may have
+        // buffered the undone bytes re-read from disk (`rollbacks`).
+        let undone = file
+            .set_len(start_bytes)
+            .and_then(|()| file.seek(SeekFrom::Start(start_bytes)))
+            .and_then(|_| file.sync_data());
+        shared.rollbacks.fetch_add(1, Ordering::SeqCst);
+        if let Err(e2) = undone {
+            tracing::error!(dir = %shared.dir.display(), error = %e2,
+                "cannot undo a failed append; this partition refuses appends until restart");
+            *poisoned = true;
+        }
         let msg = e.to_string();
         for req in batch.drain(..) {
             let _ = req.reply.send(Err(msg.clone()));
@@ -211,7 +241,13 @@ fn roll_segment(shared: &PartitionShared, file: &mut File, next: u64) -> std::io
     file.sync_data()?;
     let seg = Segment::new(&shared.dir, next);
     let new_file = segment::open_for_append(&seg)?;
-    segment::sync_dir(&shared.dir)?;
+    if let Err(e) = segment::sync_dir(&shared.dir) {
+        // Do not leave an empty segment behind: on restart it would look like the
+        // active one and its base offset would repeat offsets already written.
+        drop(new_file);
+        let _ = std::fs::remove_file(&seg.path);
+        return Err(e);
+    }
     *file = new_file;
     let mut segs = shared.segments.write().unwrap_or_else(|p| p.into_inner());
     segs.push(seg);

@@ -246,7 +246,10 @@ impl NatsReader {
     async fn records_waiting(&mut self) -> Result<u64, ChannelError> {
         let t = self.ctx.timeout;
         let Some(active) = self.active.as_ref() else {
-            return Ok(0);
+            // The consumer was reset (a failed pull or a sequence gap): we cannot
+            // tell whether records wait, and "none" would read as the end of the
+            // log (a caller would skip what is there). Report it as a failure.
+            return Err(self.unavailable("the consumer was reset; read again".to_owned()));
         };
         let received = active.received;
         let info = tokio::time::timeout(t, active.consumer.get_info()).await;
