@@ -50,24 +50,12 @@ pub(super) async fn open_bucket(
     // not send.
     let created = tokio::time::timeout(
         timeout,
-        js.create_stream(jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some("Triggerfish trigger checkpoints".into()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_messages: -1,
-            max_bytes: -1,
-            max_message_size: -1,
-            max_consumers: -1,
-            discard: jetstream::stream::DiscardPolicy::New,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            duplicate_window: Duration::from_secs(120),
-            storage: jetstream::stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        }),
+        js.create_stream(kv_stream_config(
+            bucket,
+            "Triggerfish trigger checkpoints",
+            replicas,
+            None,
+        )),
     )
     .await
     .map_err(elapsed)?;
@@ -79,6 +67,37 @@ pub(super) async fn open_bucket(
         (_, Ok(store)) => Ok(store),
         (Err(create), Err(_)) => Err(other("cannot create", &create)),
         (Ok(_), Err(open)) => Err(other("cannot open", &open)),
+    }
+}
+
+/// The stream behind a KV bucket, laid out as ADR-8 describes (created directly:
+/// async-nats' `create_key_value` first asks for account info in a shape nats-server
+/// 2.9 does not send). With `max_age`, entries expire (and the de-duplication window
+/// follows it).
+pub(super) fn kv_stream_config(
+    bucket: &str,
+    description: &str,
+    replicas: usize,
+    max_age: Option<Duration>,
+) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.to_owned()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_messages: -1,
+        max_bytes: -1,
+        max_message_size: -1,
+        max_consumers: -1,
+        max_age: max_age.unwrap_or_default(),
+        discard: jetstream::stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        duplicate_window: max_age.unwrap_or(Duration::from_secs(120)),
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
     }
 }
 

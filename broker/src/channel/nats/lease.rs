@@ -52,25 +52,12 @@ pub(super) async fn open_bucket(
     let elapsed = |_| fail("timed out", &"no answer");
     let stream_name = format!("KV_{bucket}");
     // As for the checkpoint bucket, the stream is created directly (ADR-8 layout).
-    let config = jetstream::stream::Config {
-        name: stream_name.clone(),
-        description: Some("Triggerfish dispatcher partition leases".into()),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        max_messages: -1,
-        max_bytes: -1,
-        max_message_size: -1,
-        max_consumers: -1,
-        max_age: ttl,
-        discard: jetstream::stream::DiscardPolicy::New,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        duplicate_window: ttl,
-        storage: jetstream::stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
-    };
+    let config = super::checkpoint::kv_stream_config(
+        bucket,
+        "Triggerfish dispatcher partition leases",
+        replicas,
+        Some(ttl),
+    );
     let existing = tokio::time::timeout(timeout, js.get_stream(&stream_name))
         .await
         .map_err(elapsed)?;
