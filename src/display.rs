@@ -1,6 +1,7 @@
 //! `triggerfish display`: a subscriber that prints every CloudEvent it receives (like
 //! Knative's event-display), for the quickstart and for debugging triggers.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -15,8 +16,11 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<ExitCode> {
         axum::Router::new().fallback(|uri: Uri, headers: HeaderMap, body: Bytes| async move {
             match binding::decode(&headers, body) {
                 Ok(events) => {
+                    // Best-effort: a closed stdout (`| head`) must not panic the server.
+                    let mut out = std::io::stdout().lock();
                     for e in events {
-                        println!(
+                        let _ = writeln!(
+                            out,
                             "{} {}",
                             uri.path(),
                             String::from_utf8_lossy(&json::to_vec(&e))
