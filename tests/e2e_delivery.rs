@@ -33,6 +33,23 @@ async fn send(addr: std::net::SocketAddr, id: &str, ty: &str, extra: &[(&str, &s
     assert_eq!(s, 202, "{body}");
 }
 
+/// Makes `sub` answer `code` until the returned flag is set, then 200.
+fn fail_until_healthy(
+    sub: &Subscriber,
+    code: u16,
+) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let h = healthy.clone();
+    sub.respond_with(move |_, _| {
+        if h.load(std::sync::atomic::Ordering::SeqCst) {
+            status(200)
+        } else {
+            status(code)
+        }
+    });
+    healthy
+}
+
 fn status(code: u16) -> (StatusCode, HeaderMap, Vec<u8>) {
     (
         StatusCode::from_u16(code).unwrap(),
@@ -165,15 +182,7 @@ async fn dlq_cli(admin: &str, args: &[&str]) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_sink_ends_in_the_dead_letter_log_and_redrive_delivers_later() {
     let sub = Subscriber::start().await;
-    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let h = healthy.clone();
-    sub.respond_with(move |_, _| {
-        if h.load(std::sync::atomic::Ordering::SeqCst) {
-            status(200)
-        } else {
-            status(500)
-        }
-    });
+    let healthy = fail_until_healthy(&sub, 500);
     let dir = tempfile::tempdir().unwrap();
     let yaml = broker_yaml()
         + &trigger(
@@ -475,15 +484,7 @@ async fn a_failing_subscriber_leaves_another_triggers_latency_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_in_the_middle_of_retries_loses_nothing() {
     let sub = Subscriber::start().await;
-    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let h = healthy.clone();
-    sub.respond_with(move |_, _| {
-        if h.load(std::sync::atomic::Ordering::SeqCst) {
-            status(200)
-        } else {
-            status(503)
-        }
-    });
+    let healthy = fail_until_healthy(&sub, 503);
     let dir = tempfile::tempdir().unwrap();
     let yaml = broker_yaml()
         + &trigger(
