@@ -20,7 +20,30 @@ use tokio::sync::Semaphore;
 const EVENTS: usize = 3000;
 const PRODUCERS: usize = 32;
 
-fn spawn_server(config: &std::path::Path, data: &std::path::Path) -> (Child, SocketAddr) {
+/// A server process that is killed when dropped, so a failing test leaves none behind.
+struct Server(Child);
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_server(config: &std::path::Path, data: &std::path::Path) -> (Server, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_triggerfish"))
         .args([
             "serve",
@@ -55,7 +78,7 @@ fn spawn_server(config: &std::path::Path, data: &std::path::Path) -> (Child, Soc
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
         .parse()
         .unwrap();
-    (child, addr)
+    (Server(child), addr)
 }
 
 /// Sends events `range` with bounded concurrency; returns the ids answered 202.
