@@ -111,15 +111,25 @@ where
     Fut: std::future::Future<Output = Result<(), String>>,
 {
     let started = Instant::now();
-    let mut headers = HeaderMap::new();
-    let body = match spec.format {
-        Format::Binary => binding::encode_binary(event, &mut headers),
-        Format::Json => binding::encode_structured(event, &mut headers),
+    // The headers move into the first request; a retry encodes them again, which is
+    // cheaper than copying them for every delivery that succeeds at once.
+    let encode = |headers: &mut HeaderMap| {
+        let body = match spec.format {
+            Format::Binary => binding::encode_binary(event, headers),
+            Format::Json => binding::encode_structured(event, headers),
+        };
+        headers.insert("prefer", HeaderValue::from_static("reply"));
+        body
     };
-    headers.insert("prefer", HeaderValue::from_static("reply"));
+    let mut headers = HeaderMap::new();
+    let body = encode(&mut headers);
     let mut n = 0u32;
     loop {
-        let mut attempt = attempt(client, url, spec, &headers, body.clone()).await;
+        if n > 0 {
+            encode(&mut headers);
+        }
+        let sent = std::mem::take(&mut headers);
+        let mut attempt = attempt(client, url, spec, sent, body.clone()).await;
         n += 1;
         let mut decision = classify(attempt.status, &attempt.headers, SystemTime::now());
         if decision == RetryDecision::Success {
@@ -160,13 +170,13 @@ async fn attempt(
     client: &HttpClient,
     url: &Url,
     spec: &DeliverySpec,
-    headers: &HeaderMap,
+    mut headers: HeaderMap,
     body: Bytes,
 ) -> Attempt {
     let mut builder = Request::post(url.as_str());
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     if let Some(h) = builder.headers_mut() {
-        h.clone_from(headers);
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        *h = headers;
     }
     let req = match builder.body(Full::new(body)) {
         Ok(r) => r,

@@ -59,7 +59,7 @@ pub struct Join {
 #[derive(Clone)]
 pub struct LaneInfo {
     /// The trigger's compiled filter.
-    pub filter: Arc<Filter>,
+    pub filter: Filter,
     /// Trigger name, for logs.
     pub trigger: Arc<str>,
 }

@@ -134,12 +134,12 @@ pub async fn start(
         let lanes: Arc<[LaneInfo]> = triggers
             .iter()
             .map(|rt| LaneInfo {
-                filter: Arc::new(rt.cfg.filter.clone()),
+                filter: rt.cfg.filter.clone(),
                 trigger: Arc::from(rt.cfg.name.as_str()),
             })
             .collect();
         let index = Arc::new(broker::filter::FilterIndex::build(
-            &lanes.iter().map(|l| l.filter.clone()).collect::<Vec<_>>(),
+            &lanes.iter().map(|l| &l.filter).collect::<Vec<_>>(),
         ));
         let stored = triggers.iter().map(|t| snapshot(t)).collect();
         let run = Arc::new(BrokerRun {
