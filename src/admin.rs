@@ -120,9 +120,9 @@ async fn read_range(
             }
             match r.event {
                 Ok(e) => out.push((r.offset, e)),
-                Err(reason) => tracing::error!(
+                Err(m) => tracing::error!(
                     offset = r.offset,
-                    reason,
+                    reason = m.reason,
                     "undecodable dead-letter entry skipped"
                 ),
             }

@@ -95,6 +95,7 @@ pub struct Metrics {
     replies: Family<ReplyLabels, Counter>,
     latency: Family<TriggerLabels, Histogram>,
     dead_letter_entries: Family<BrokerLabels, Gauge>,
+    malformed: Family<BrokerLabels, Counter>,
 }
 
 /// Pre-resolved ingress counters of one broker.
@@ -158,6 +159,7 @@ impl Metrics {
         let retries = Family::<TriggerLabels, Counter>::default();
         let replies = Family::<ReplyLabels, Counter>::default();
         let dead_letter_entries = Family::<BrokerLabels, Gauge>::default();
+        let malformed = Family::<BrokerLabels, Counter>::default();
         let latency = Family::<TriggerLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(0.0005, 2.0, 18))) as fn() -> Histogram,
         );
@@ -197,6 +199,11 @@ impl Metrics {
             dead_letter_entries.clone(),
         );
         registry.register(
+            "dispatcher_malformed_records",
+            "Stored records that are not valid CloudEvents, moved to the dead-letter log",
+            malformed.clone(),
+        );
+        registry.register(
             "dispatcher_delivery_duration_seconds",
             "Time from the first attempt to the final outcome",
             latency.clone(),
@@ -211,6 +218,7 @@ impl Metrics {
             replies,
             latency,
             dead_letter_entries,
+            malformed,
         }
     }
 
@@ -273,6 +281,15 @@ impl Metrics {
     /// The gauge of entries waiting in a broker's dead-letter log.
     pub fn dead_letter_gauge(&self, broker: &str) -> Gauge {
         self.dead_letter_entries
+            .get_or_create(&BrokerLabels {
+                broker: broker.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The counter of malformed records found in a broker's log.
+    pub fn malformed_counter(&self, broker: &str) -> Counter {
+        self.malformed
             .get_or_create(&BrokerLabels {
                 broker: broker.to_owned(),
             })

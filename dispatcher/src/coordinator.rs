@@ -52,6 +52,8 @@ pub struct BrokerRun {
     pub drain: Duration,
     /// Per trigger, the checkpoint last stored.
     pub stored: tokio::sync::Mutex<Vec<Vec<broker::channel::Offset>>>,
+    /// Where malformed records go.
+    pub malformed: Arc<crate::malformed::Sink>,
 }
 
 struct Running {
@@ -180,6 +182,7 @@ impl Coordinator {
             joins: join_tx,
             shutdown: token.clone(),
             tasks: tasks.clone(),
+            malformed: run.malformed.clone(),
         };
         tasks.spawn(fanout::shared_reader(ctx.clone(), join_rx));
         for (i, rt) in run.triggers.iter().enumerate() {

@@ -19,6 +19,7 @@
 //! also send [`Item::Skip`] watermarks so a lane's checkpoint moves past events that
 //! did not match its filter.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::malformed;
+
 /// What a lane receives.
 #[derive(Debug, Clone)]
 pub enum Item {
@@ -42,6 +45,8 @@ pub enum Item {
 
 /// Events read per batch.
 const BATCH: usize = 256;
+/// How often the shared reader stores its malformed-record cursor.
+const CURSOR_EVERY: Duration = Duration::from_secs(5);
 /// How often an idle lane's watermark is refreshed by the shared reader.
 const SKIP_EVERY: Duration = Duration::from_millis(200);
 /// The most events a rejoin may back-fill; beyond that the lane keeps catching up.
@@ -87,6 +92,8 @@ pub struct Partition {
     pub shutdown: CancellationToken,
     /// Tracks the partition's tasks (catch-up readers are spawned here).
     pub tasks: TaskTracker,
+    /// Where malformed records go.
+    pub malformed: Arc<malformed::Sink>,
 }
 
 impl Partition {
@@ -100,6 +107,26 @@ pub async fn shared_reader(ctx: Partition, mut joins: mpsc::Receiver<Join>) {
     let Some(mut reader) = open_reader(&ctx, StartAt::End, "shared").await else {
         return; // shutdown
     };
+    // Malformed records before the start are dead-lettered by a scan of their own;
+    // the cursor moves only once that is done.
+    let start = reader.position();
+    let scanned = Arc::new(AtomicBool::new(false));
+    match ctx.malformed.cursor(ctx.partition, start).await {
+        Some(c) if c < start => {
+            ctx.tasks.spawn(malformed::scan(
+                ctx.malformed.clone(),
+                ctx.partition,
+                c,
+                start,
+                scanned.clone(),
+                ctx.shutdown.clone(),
+            ));
+        }
+        Some(_) => scanned.store(true, Ordering::Release),
+        None => {}
+    }
+    let mut cursor = start;
+    let mut cursor_stored = tokio::time::Instant::now();
     let mut attached: Vec<Option<Attached>> = (0..ctx.lanes.len()).map(|_| None).collect();
     let mut last_skip = tokio::time::Instant::now();
     // Some attached lane's watermark is behind the reader's position.
@@ -126,7 +153,19 @@ pub async fn shared_reader(ctx: Partition, mut joins: mpsc::Receiver<Join>) {
                     }
                 };
                 for record in batch {
+                    if let Err(m) = &record.event {
+                        if !ctx.malformed.handle(ctx.partition, record.offset, m, &ctx.shutdown).await {
+                            return; // shutdown
+                        }
+                        continue;
+                    }
                     fan_out(&ctx, &mut attached, record);
+                }
+                let pos = reader.position();
+                if pos > cursor && cursor_stored.elapsed() >= CURSOR_EVERY && scanned.load(Ordering::Acquire) {
+                    ctx.malformed.advance(ctx.partition, pos).await;
+                    cursor = pos;
+                    cursor_stored = tokio::time::Instant::now();
                 }
                 let refresh = last_skip.elapsed() >= SKIP_EVERY;
                 if refresh {
@@ -157,13 +196,9 @@ fn send_skips(attached: &mut [Option<Attached>], pos: Offset, all: bool) -> bool
 }
 
 fn fan_out(ctx: &Partition, attached: &mut [Option<Attached>], record: Record) {
-    let event = match record.event {
-        Ok(e) => Arc::new(e),
-        Err(reason) => {
-            tracing::error!(broker = %ctx.broker(), partition = ctx.partition, offset = record.offset, reason, "undecodable record skipped");
-            return;
-        }
-    };
+    // Malformed records are the shared reader's (see `malformed`).
+    let Ok(event) = record.event else { return };
+    let event = Arc::new(event);
     // Every trigger's filter is evaluated once per event; triggers pinned to another
     // exact `type` or `source` cost a hash lookup, not an evaluation.
     ctx.index.for_each_match(&event, |i| {
@@ -332,10 +367,9 @@ pub async fn catch_up(ctx: Partition, lane: usize, from: Offset, mut tx: mpsc::S
                         return;
                     }
                 }
-                Ok(_) => {}
-                Err(reason) => {
-                    tracing::error!(broker = %ctx.broker(), partition = ctx.partition, offset = r.offset, reason, "undecodable record skipped");
-                }
+                // Malformed records go to the dead-letter log once, from the shared
+                // reader or the partition's scan, not from every lane.
+                Ok(_) | Err(_) => {}
             }
         }
         if !send(&ctx, &tx, Item::Skip(reader.position())).await {

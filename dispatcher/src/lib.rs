@@ -10,6 +10,8 @@
 //! - [`settle`]: what happens to one event: delivered, reply stored, dead-lettered
 //!   to the sink or to the broker's own dead-letter log.
 //! - [`deliver`]: the HTTP POST with the trigger's retry policy.
+//! - [`malformed`]: stored records that are not CloudEvents go to the dead-letter log
+//!   once per partition, never to a trigger.
 //!
 //! [`start`] wires it all for a config and returns a [`Dispatcher`] whose
 //! [`Dispatcher::wait`] returns after shutdown once lanes drained and the final
@@ -23,6 +25,7 @@ pub mod coordinator;
 pub mod deliver;
 pub mod fanout;
 pub mod lane;
+pub mod malformed;
 pub mod settle;
 
 use std::collections::HashMap;
@@ -142,8 +145,15 @@ pub async fn start(
             &lanes.iter().map(|l| &l.filter).collect::<Vec<_>>(),
         ));
         let stored = triggers.iter().map(|t| snapshot(t)).collect();
+        let malformed = Arc::new(malformed::Sink {
+            events: logs.events.clone(),
+            dead_letters: logs.dead_letters.clone(),
+            counter: metrics.malformed_counter(&broker.id.to_string()),
+            backlog: metrics.dead_letter_gauge(&broker.id.to_string()),
+        });
         let run = Arc::new(BrokerRun {
             id: broker.id.clone(),
+            malformed,
             log: log.clone(),
             triggers,
             lanes,

@@ -10,9 +10,13 @@
 //! - [`embedded`]: the default, a local partitioned append-only log with group commit.
 //! - `nats` (cargo feature `nats`, on by default): NATS JetStream, shared by any number
 //!   of ingress and dispatcher processes.
+//! - `kafka` (cargo feature `kafka`, on by default): Kafka topics laid out per the
+//!   CloudEvents Kafka binding, shared with other Kafka producers and consumers.
 //! - [`lease`]: which dispatcher process reads which partition.
 
 pub mod embedded;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod lease;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -39,13 +43,39 @@ pub enum StartAt {
 }
 
 /// An event read back with its position. A record that cannot be decoded is returned
-/// as an error message rather than skipped, so the dispatcher can dead-letter it.
+/// as [`Malformed`] rather than skipped, so the dispatcher can dead-letter it.
 #[derive(Debug, Clone)]
 pub struct Record {
     /// Offset within the partition.
     pub offset: Offset,
     /// The event, or why it could not be decoded.
-    pub event: Result<Event, String>,
+    pub event: Result<Event, Malformed>,
+}
+
+/// A stored record that is not a valid CloudEvent: written by another producer (a
+/// shared Kafka topic or NATS stream), or damaged on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed {
+    /// Why, naming where it is (topic/stream, partition, offset).
+    pub reason: String,
+    /// The record's value / payload as stored, when there is one.
+    pub data: Option<bytes::Bytes>,
+}
+
+impl Malformed {
+    /// A malformed record without its bytes.
+    pub fn new(reason: impl Into<String>) -> Malformed {
+        Malformed {
+            reason: reason.into(),
+            data: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
 }
 
 /// Channel failures.

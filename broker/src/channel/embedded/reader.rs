@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::segment;
 use super::writer::PartitionShared;
-use crate::channel::{ChannelError, LogReader, Offset, Record};
+use crate::channel::{ChannelError, LogReader, Malformed, Offset, Record};
 use crate::config::BrokerId;
 use crate::event::codec;
 
@@ -282,10 +282,23 @@ impl State {
                 continue; // scanning forward from an index entry
             }
             bytes += h.len;
+            let payload = Bytes::from(payload);
             let event = if segment::checksum(h.offset, h.ts_ms, &payload) != h.crc {
-                Err(format!("checksum mismatch at offset {}", h.offset))
+                Err(Malformed {
+                    reason: format!(
+                        "broker {} partition {} offset {}: checksum mismatch",
+                        self.broker, self.partition, h.offset
+                    ),
+                    data: Some(payload),
+                })
             } else {
-                codec::decode(&Bytes::from(payload)).map_err(|e| e.to_string())
+                codec::decode(&payload).map_err(|e| Malformed {
+                    reason: format!(
+                        "broker {} partition {} offset {}: {e}",
+                        self.broker, self.partition, h.offset
+                    ),
+                    data: Some(payload.clone()),
+                })
             };
             out.push(Record {
                 offset: h.offset,

@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::binding;
-use crate::channel::{ChannelError, LogReader, Offset, Record};
+use crate::channel::{ChannelError, LogReader, Malformed, Offset, Record};
 use crate::config::BrokerId;
 
 /// Messages requested per pull.
@@ -202,11 +202,13 @@ impl NatsReader {
         }
         self.next_seq = sseq + 1;
         let msg = msg.message;
-        let event = binding::decode(msg.headers.as_ref(), msg.payload).map_err(|e| {
-            format!(
+        let payload = msg.payload.clone();
+        let event = binding::decode(msg.headers.as_ref(), msg.payload).map_err(|e| Malformed {
+            reason: format!(
                 "stream {} sequence {sseq} (subject {}): {e}",
                 self.ctx.stream, msg.subject
-            )
+            ),
+            data: Some(payload),
         });
         self.buffered.push_back(Record {
             offset: sseq - 1,

@@ -1,0 +1,184 @@
+//! Reading one partition of a broker topic.
+//!
+//! A reader owns a consumer `assign`ed to (topic, partition, offset), with no group and
+//! no commits: its position is the only state, so after any error it simply goes on
+//! (librdkafka reconnects and refetches from the same offset). An offset that no longer
+//! exists (retention) restarts at the earliest retained record.
+//!
+//! Cancel safety: `StreamConsumer::recv` is cancellation-safe, and a received message
+//! is decoded and buffered in synchronous code, so a dropped `next_batch` loses nothing.
+//!
+//! `try_batch` must not return "nothing" while records exist: the dispatcher's
+//! back-fill takes an empty batch as the end of the log. When nothing is buffered it
+//! compares its position with the high watermark and, when behind, waits for the
+//! fetch (bounded: offsets may end in transaction markers, which are never returned).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{Offset as KOffset, TopicPartitionList};
+
+use super::{binding, consumer_config, KafkaOptions};
+use crate::channel::{ChannelError, LogReader, Malformed, Offset, Record};
+use crate::config::BrokerId;
+
+/// Longest a `try_batch` waits for records it knows exist.
+const TRY_WAIT: Duration = Duration::from_secs(2);
+
+/// A reader of one partition.
+pub struct KafkaReader {
+    consumer: StreamConsumer,
+    meta: Arc<BaseConsumer>,
+    broker: BrokerId,
+    topic: String,
+    partition: u32,
+    timeout: Duration,
+    /// Offset of the next record to return.
+    next: Offset,
+    buffered: VecDeque<Record>,
+}
+
+impl KafkaReader {
+    pub(super) fn new(
+        opts: &KafkaOptions,
+        broker: &BrokerId,
+        topic: &str,
+        partition: u32,
+        start: Offset,
+        meta: Arc<BaseConsumer>,
+    ) -> Result<KafkaReader, ChannelError> {
+        let fail = |e: &dyn std::fmt::Display| ChannelError::Unavailable {
+            broker: broker.clone(),
+            reason: format!("reader of {topic}/{partition}: {e}"),
+        };
+        let consumer: StreamConsumer = consumer_config(opts)
+            .set(
+                "client.id",
+                format!("triggerfish-reader-{topic}-{partition}"),
+            )
+            .create()
+            .map_err(|e| fail(&e))?;
+        let mut tpl = TopicPartitionList::new();
+        let offset = i64::try_from(start).map_err(|_| fail(&"offset out of range"))?;
+        tpl.add_partition_offset(topic, partition as i32, KOffset::Offset(offset))
+            .map_err(|e| fail(&e))?;
+        consumer.assign(&tpl).map_err(|e| fail(&e))?;
+        Ok(KafkaReader {
+            consumer,
+            meta,
+            broker: broker.clone(),
+            topic: topic.to_owned(),
+            partition,
+            timeout: opts.request_timeout,
+            next: start,
+            buffered: VecDeque::new(),
+        })
+    }
+
+    fn error(&self, e: &dyn std::fmt::Display) -> ChannelError {
+        ChannelError::Unavailable {
+            broker: self.broker.clone(),
+            reason: format!("reading {}/{}: {e}", self.topic, self.partition),
+        }
+    }
+
+    /// Buffers a decoded record.
+    fn push(&mut self, record: Record) {
+        if record.offset < self.next {
+            tracing::warn!(broker = %self.broker, topic = self.topic, partition = self.partition, offset = record.offset, expected = self.next,
+                "Kafka returned an earlier offset than expected (topic recreated?); reading on from it");
+        }
+        self.next = record.offset + 1;
+        self.buffered.push_back(record);
+    }
+
+    /// Moves what the client already holds into `buffered`, without waiting.
+    fn drain_ready(&mut self, max: usize) -> Result<(), ChannelError> {
+        while self.buffered.len() < max {
+            let record = match self.consumer.recv().now_or_never() {
+                None => return Ok(()),
+                Some(Ok(msg)) => decode(&self.topic, self.partition, &msg),
+                Some(Err(e)) if self.buffered.is_empty() => return Err(self.error(&e)),
+                Some(Err(_)) => return Ok(()),
+            };
+            if let Some(r) = record {
+                self.push(r);
+            }
+        }
+        Ok(())
+    }
+
+    fn pop(&mut self, max: usize) -> Vec<Record> {
+        let n = self.buffered.len().min(max.max(1));
+        self.buffered.drain(..n).collect()
+    }
+
+    async fn high_watermark(&self) -> Result<Offset, ChannelError> {
+        let meta = self.meta.clone();
+        let topic = self.topic.clone();
+        let (p, t) = (self.partition as i32, self.timeout);
+        let (_, high) = super::blocking(move || meta.fetch_watermarks(&topic, p, t))
+            .await
+            .map_err(|e| self.error(&e))?;
+        Ok(high.max(0) as Offset)
+    }
+}
+
+#[async_trait]
+impl LogReader for KafkaReader {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, ChannelError> {
+        if self.buffered.is_empty() {
+            let record = match self.consumer.recv().await {
+                Ok(msg) => decode(&self.topic, self.partition, &msg),
+                Err(e) => return Err(self.error(&e)),
+            };
+            if let Some(r) = record {
+                self.push(r);
+            }
+        }
+        self.drain_ready(max)?;
+        Ok(self.pop(max))
+    }
+
+    async fn try_batch(&mut self, max: usize) -> Result<Vec<Record>, ChannelError> {
+        self.drain_ready(max)?;
+        if self.buffered.is_empty() && self.next < self.high_watermark().await? {
+            match tokio::time::timeout(TRY_WAIT, self.consumer.recv()).await {
+                Ok(Ok(msg)) => {
+                    if let Some(r) = decode(&self.topic, self.partition, &msg) {
+                        self.push(r);
+                    }
+                    self.drain_ready(max)?;
+                }
+                Ok(Err(e)) => return Err(self.error(&e)),
+                // Nothing came: the rest are control records (or the cluster is slow,
+                // and the caller will look again).
+                Err(_) => {}
+            }
+        }
+        Ok(self.pop(max))
+    }
+
+    fn position(&self) -> Offset {
+        self.next
+    }
+}
+
+/// Decodes a consumed message; `None` for an offset that cannot be one (negative).
+fn decode(topic: &str, partition: u32, msg: &BorrowedMessage<'_>) -> Option<Record> {
+    let offset = Offset::try_from(msg.offset()).ok()?;
+    let decoded = match msg.headers() {
+        Some(h) => binding::decode(h.iter().map(|h| (h.key, h.value)), msg.payload()),
+        None => binding::decode(std::iter::empty(), msg.payload()),
+    };
+    let event = decoded.map_err(|e| Malformed {
+        reason: format!("topic {topic} partition {partition} offset {offset}: {e}"),
+        data: msg.payload().map(bytes::Bytes::copy_from_slice),
+    });
+    Some(Record { offset, event })
+}
