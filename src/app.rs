@@ -27,6 +27,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use broker::channel::embedded::{EmbeddedLog, EmbeddedOptions};
+use broker::channel::kafka::{KafkaLog, KafkaOptions};
 use broker::channel::nats::{NatsLog, NatsOptions};
 use broker::channel::EventLog;
 use dispatcher::BrokerLogs;
@@ -49,6 +50,8 @@ pub enum Storage {
     },
     /// NATS JetStream, shared by any number of processes.
     Nats(NatsOptions),
+    /// Kafka, shared by any number of processes and other Kafka clients.
+    Kafka(KafkaOptions),
 }
 
 impl Storage {
@@ -132,7 +135,7 @@ async fn connect(storage: &Storage, role: Role) -> anyhow::Result<Arc<dyn EventL
     match storage {
         Storage::Embedded { .. } if role != Role::Both => anyhow::bail!(
             "the embedded log belongs to one process: `triggerfish ingress` and `triggerfish dispatcher` \
-             need a shared channel (--storage nats://HOST:PORT); run `triggerfish serve` for both in one process"
+             need a shared channel (--storage nats://HOST:PORT or kafka://HOST:PORT); run `triggerfish serve` for both in one process"
         ),
         Storage::Embedded { data_dir, options } => {
             Ok(Arc::new(EmbeddedLog::open(data_dir, options.clone())?))
@@ -141,6 +144,11 @@ async fn connect(storage: &Storage, role: Role) -> anyhow::Result<Arc<dyn EventL
             NatsLog::connect(opts.clone())
                 .await
                 .context("opening the NATS JetStream channel")?,
+        )),
+        Storage::Kafka(opts) => Ok(Arc::new(
+            KafkaLog::connect(opts.clone())
+                .await
+                .context("opening the Kafka channel")?,
         )),
     }
 }

@@ -67,6 +67,8 @@ pub enum StorageArg {
     Embedded,
     /// NATS JetStream at these servers (`nats://HOST:PORT[,HOST:PORT...]`).
     Nats(String),
+    /// Kafka at these bootstrap servers (`kafka://HOST:PORT[,HOST:PORT...]`).
+    Kafka(String),
 }
 
 impl std::str::FromStr for StorageArg {
@@ -80,8 +82,12 @@ impl std::str::FromStr for StorageArg {
             broker::channel::nats::NatsOptions::from_url(s).map_err(|e| e.to_string())?;
             return Ok(StorageArg::Nats(s.to_owned()));
         }
+        if s.starts_with("kafka://") {
+            broker::channel::kafka::KafkaOptions::from_url(s).map_err(|e| e.to_string())?;
+            return Ok(StorageArg::Kafka(s.to_owned()));
+        }
         Err(format!(
-            "'{s}': expected `embedded` or `nats://HOST:PORT[,HOST:PORT...]`"
+            "'{s}': expected `embedded`, `nats://HOST:PORT[,HOST:PORT...]` or `kafka://HOST:PORT[,HOST:PORT...]`"
         ))
     }
 }
@@ -226,8 +232,9 @@ pub struct ServeArgs {
     /// and a reply reaching 0 is dropped.
     #[arg(long, env = "TRIGGERFISH_MAX_TTL", default_value_t = 255, value_parser = clap::value_parser!(i32).range(1..))]
     pub max_ttl: i32,
-    /// Where brokers are stored: `embedded` (the local log under --data-dir) or
-    /// NATS JetStream, `nats://HOST:PORT[,HOST:PORT...]` (`tls://` requires TLS).
+    /// Where brokers are stored: `embedded` (the local log under --data-dir),
+    /// NATS JetStream, `nats://HOST:PORT[,HOST:PORT...]` (`tls://` requires TLS), or
+    /// Kafka, `kafka://HOST:PORT[,HOST:PORT...]`.
     #[arg(long, env = "TRIGGERFISH_STORAGE", default_value = "embedded")]
     pub storage: StorageArg,
     /// Directory of the embedded log.
@@ -235,6 +242,8 @@ pub struct ServeArgs {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub nats: NatsArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// How long the ingress waits for the channel to confirm an append before it
     /// answers 503 (ISO 8601, e.g. PT10S).
     #[arg(long, env = "TRIGGERFISH_APPEND_TIMEOUT", default_value = "PT10S")]
@@ -243,8 +252,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TRIGGERFISH_DISPATCHER_NAME")]
     pub dispatcher_name: Option<String>,
     /// Partitions of each new broker: default 1 on the embedded log (one process, one
-    /// writer; more partitions only cost memory per trigger) and 4 on NATS (the unit
-    /// dispatcher replicas split).
+    /// writer; more partitions only cost memory per trigger), 4 on NATS and 10 on Kafka
+    /// (the unit dispatcher replicas split; Knative's Kafka broker default).
     #[arg(long, env = "TRIGGERFISH_PARTITIONS", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub partitions: Option<u32>,
     /// When appends are synced: always (group commit), interval:<duration>, or never.
@@ -348,6 +357,47 @@ pub struct NatsArgs {
     /// value in every process.
     #[arg(long, env = "TRIGGERFISH_NATS_LEASE_TTL", default_value = "PT9S")]
     pub nats_lease_ttl: String,
+}
+
+/// Kafka settings (used with `--storage kafka://...`).
+#[derive(Debug, Args)]
+pub struct KafkaArgs {
+    /// A librdkafka client setting KEY=VALUE for every Kafka client (SASL, TLS,
+    /// tuning), e.g. security.protocol=SASL_SSL (repeatable; applied after
+    /// --kafka-config, a later one wins).
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    pub kafka_options: Vec<String>,
+    /// A file of librdkafka settings, one KEY=VALUE per line (`#` comments), as in a
+    /// Java client's client.properties. Keeps secrets off the command line.
+    #[arg(long, env = "TRIGGERFISH_KAFKA_CONFIG", value_name = "FILE")]
+    pub kafka_config: Option<PathBuf>,
+    /// Name of each broker's topic; {namespace} and {name} are replaced.
+    #[arg(
+        long,
+        env = "TRIGGERFISH_KAFKA_TOPIC_TEMPLATE",
+        default_value = broker::channel::kafka::DEFAULT_TOPIC_TEMPLATE
+    )]
+    pub kafka_topic_template: String,
+    /// Replication factor of the topics Triggerfish creates (-1: the cluster default).
+    #[arg(long, env = "TRIGGERFISH_KAFKA_REPLICATION_FACTOR", default_value_t = -1, allow_negative_numbers = true)]
+    pub kafka_replication_factor: i32,
+    /// How long an append may wait for Kafka's acknowledgement before the ingress
+    /// answers 503, and the bound of every other request (ISO 8601).
+    #[arg(
+        long,
+        env = "TRIGGERFISH_KAFKA_REQUEST_TIMEOUT",
+        default_value = "PT10S"
+    )]
+    pub kafka_request_timeout: String,
+    /// Session timeout of the dispatchers' consumer group: a dead dispatcher's
+    /// partitions move after this long (ISO 8601; within the cluster's
+    /// group.min/max.session.timeout.ms).
+    #[arg(
+        long,
+        env = "TRIGGERFISH_KAFKA_SESSION_TIMEOUT",
+        default_value = "PT10S"
+    )]
+    pub kafka_session_timeout: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use broker::channel::embedded::EmbeddedOptions;
+use broker::channel::kafka::KafkaOptions;
 use broker::channel::nats::{NatsAuth, NatsOptions};
 use broker::config::{self, Config, LoadOptions};
 use broker::telemetry;
@@ -103,6 +104,7 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
             },
         },
         StorageArg::Nats(url) => Storage::Nats(nats_options(url, &args)?),
+        StorageArg::Kafka(url) => Storage::Kafka(kafka_options(url, &args)?),
     };
     let mut dispatcher_opts = dispatcher::DispatcherOptions {
         drain_timeout: Duration::from_secs(args.drain_seconds),
@@ -176,6 +178,39 @@ fn nats_options(url: &str, args: &ServeArgs) -> anyhow::Result<NatsOptions> {
         .map_err(|e| anyhow::anyhow!("--nats-request-timeout: {e}"))?;
     o.lease_ttl = config::parse_duration(&n.nats_lease_ttl)
         .map_err(|e| anyhow::anyhow!("--nats-lease-ttl: {e}"))?;
+    o.validate()?;
+    Ok(o)
+}
+
+/// The Kafka flags, validated into [`KafkaOptions`].
+fn kafka_options(url: &str, args: &ServeArgs) -> anyhow::Result<KafkaOptions> {
+    let k = &args.kafka;
+    let mut o = KafkaOptions::from_url(url)?;
+    if let Some(path) = &k.kafka_config {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--kafka-config {}: {e}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+                continue;
+            }
+            o.add_option(line)
+                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), n + 1))?;
+        }
+    }
+    for kv in &k.kafka_options {
+        o.add_option(kv)
+            .map_err(|e| anyhow::anyhow!("--kafka-option: {e}"))?;
+    }
+    o.topic_template = k.kafka_topic_template.clone();
+    if let Some(p) = args.partitions {
+        o.partitions = p;
+    }
+    o.replication_factor = k.kafka_replication_factor;
+    o.request_timeout = config::parse_duration(&k.kafka_request_timeout)
+        .map_err(|e| anyhow::anyhow!("--kafka-request-timeout: {e}"))?;
+    o.lease_ttl = config::parse_duration(&k.kafka_session_timeout)
+        .map_err(|e| anyhow::anyhow!("--kafka-session-timeout: {e}"))?;
     o.validate()?;
     Ok(o)
 }

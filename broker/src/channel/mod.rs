@@ -144,6 +144,12 @@ pub trait BrokerLog: Send + Sync + 'static {
     /// Number of partitions (fixed for the life of the log).
     fn partitions(&self) -> u32;
 
+    /// The partition an event is appended to: by `partitionkey` when it has one (the
+    /// same key always lands in the same partition), else `fallback` modulo the count.
+    fn partition_of(&self, event: &Event, fallback: u32) -> u32 {
+        partition_for(event, self.partitions(), fallback)
+    }
+
     /// The partition leases of dispatcher process `owner` (a unique name per process).
     /// By default a process owns every partition, which is right for logs that only
     /// one process can open.

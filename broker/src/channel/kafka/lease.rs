@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, TopicPartitionList};
 
-use super::{client_config, lock, Apply, KafkaOptions};
+use super::{client_config, lock, Apply, KafkaOptions, Role};
 use crate::channel::lease::PartitionLeases;
 use crate::channel::ChannelError;
 use crate::config::BrokerId;
@@ -82,7 +82,7 @@ impl KafkaLeases {
             .set("auto.offset.reset", "latest")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("queued.max.messages.kbytes", "64")
-            .apply(&opts.client_options)
+            .apply_for(&opts.client_options, Role::Consumer)
             .set(
                 "group.id",
                 format!(

@@ -17,8 +17,9 @@
 //!   cluster's metadata. Two brokers whose names map to one topic (Knative's scheme is
 //!   not injective: `a-b`/`c` and `a`/`b-c`) are refused when the second is opened.
 //! - **Records** are binary-mode CloudEvents ([`binding`]); the key is `partitionkey`,
-//!   and keyed records are partitioned by Kafka's own `murmur2` partitioner, as Java
-//!   producers and Kafka Connect do. Unkeyed events are spread round-robin per append.
+//!   and keyed records go to the partition Kafka's default (`murmur2`) partitioner
+//!   picks, as Java producers and Kafka Connect do ([`murmur2_partition`]). Unkeyed
+//!   events are spread round-robin per append.
 //! - **Appends** go through one idempotent producer (`acks=all`). `append` returns only
 //!   when every record's delivery report arrived; a full producer queue is
 //!   `ChannelError::Full` and no report within the request timeout is
@@ -61,9 +62,7 @@ pub use rdkafka;
 pub use reader::KafkaReader;
 
 use crate::channel::lease::PartitionLeases;
-use crate::channel::{
-    partition_for, BrokerLog, ChannelError, EventLog, LogReader, Offset, StartAt,
-};
+use crate::channel::{BrokerLog, ChannelError, EventLog, LogReader, Offset, StartAt};
 use crate::config::BrokerId;
 use crate::event::Event;
 
@@ -112,16 +111,15 @@ impl KafkaLog {
         let timeout_ms = opts.request_timeout.as_millis().to_string();
         let producer: FutureProducer = client_config(&opts)
             .set("linger.ms", "5")
-            .set("partitioner", "murmur2_random")
             .set("message.timeout.ms", &timeout_ms)
             .set("client.id", "triggerfish-producer")
-            .apply(&opts.client_options)
+            .apply_for(&opts.client_options, Role::Producer)
             .apply_str(config::ENFORCED_PRODUCER)
             .create()
             .map_err(|e| fail("cannot create the producer", &e))?;
         let admin: AdminClient<DefaultClientContext> = client_config(&opts)
             .set("client.id", "triggerfish-admin")
-            .apply(&opts.client_options)
+            .apply_common(&opts.client_options)
             .create()
             .map_err(|e| fail("cannot create the admin client", &e))?;
         let meta: BaseConsumer = consumer_config(&opts)
@@ -280,6 +278,44 @@ impl KafkaLog {
     }
 }
 
+/// Kafka's default partitioner for keyed records (Java's `Utils.murmur2`, then
+/// `toPositive(h) % partitions`).
+pub fn murmur2_partition(key: &[u8], partitions: u32) -> u32 {
+    (murmur2(key) & 0x7fff_ffff) as u32 % partitions.max(1)
+}
+
+/// Kafka's 32-bit MurmurHash2 (seed `0x9747b28c`), as Java's `Utils.murmur2`.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = data.len();
+    let mut h: u32 = 0x9747_b28c ^ (len as u32);
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
 /// Runs a blocking librdkafka call off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
@@ -316,21 +352,104 @@ fn consumer_config(opts: &KafkaOptions) -> ClientConfig {
         .set("fetch.wait.max.ms", "100")
         // Each reader buffers at most this much ahead (librdkafka's default is 64 MiB).
         .set("queued.max.messages.kbytes", "4096");
-    c.apply(&opts.client_options);
-    // Readers are assigned their partition: no group (and no coordinator traffic).
-    c.remove("group.id");
+    c.apply_for(&opts.client_options, Role::Consumer);
+    // librdkafka manages assignments through a group handle, so even an assigned
+    // consumer needs an id; readers never subscribe or commit with it.
+    c.set("group.id", "triggerfish.readers");
     c
 }
 
+/// Which kind of client an option is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Producer,
+    Consumer,
+}
+
+/// Settings only one kind of client understands (librdkafka warns about the others):
+/// each `--kafka-option` goes to the clients it is for, everything else to all.
+fn option_role(key: &str) -> Option<Role> {
+    const PRODUCER: &[&str] = &[
+        "acks",
+        "request.required.acks",
+        "enable.idempotence",
+        "batch.num.messages",
+        "batch.size",
+        "linger.ms",
+        "queue.buffering.max.ms",
+        "queue.buffering.max.messages",
+        "queue.buffering.max.kbytes",
+        "compression.codec",
+        "compression.type",
+        "compression.level",
+        "message.timeout.ms",
+        "delivery.timeout.ms",
+        "partitioner",
+        "retries",
+        "message.send.max.retries",
+        "sticky.partitioning.linger.ms",
+        "transactional.id",
+        "transaction.timeout.ms",
+        "enable.gapless.guarantee",
+        "request.timeout.ms",
+    ];
+    const CONSUMER: &[&str] = &[
+        "group.id",
+        "group.instance.id",
+        "group.protocol",
+        "group.protocol.type",
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "max.poll.interval.ms",
+        "partition.assignment.strategy",
+        "isolation.level",
+        "auto.offset.reset",
+        "enable.auto.commit",
+        "auto.commit.interval.ms",
+        "enable.auto.offset.store",
+        "enable.partition.eof",
+        "check.crcs",
+        "queued.min.messages",
+        "queued.max.messages.kbytes",
+        "fetch.wait.max.ms",
+        "fetch.queue.backoff.ms",
+        "fetch.message.max.bytes",
+        "max.partition.fetch.bytes",
+        "fetch.max.bytes",
+        "fetch.min.bytes",
+        "fetch.error.backoff.ms",
+    ];
+    if PRODUCER.contains(&key) {
+        Some(Role::Producer)
+    } else if CONSUMER.contains(&key) {
+        Some(Role::Consumer)
+    } else {
+        None
+    }
+}
+
 trait Apply {
-    fn apply(&mut self, options: &[(String, String)]) -> &mut Self;
+    fn apply_for(&mut self, options: &[(String, String)], role: Role) -> &mut Self;
+    fn apply_common(&mut self, options: &[(String, String)]) -> &mut Self;
     fn apply_str(&mut self, options: &[(&str, &str)]) -> &mut Self;
 }
 
 impl Apply for ClientConfig {
-    fn apply(&mut self, options: &[(String, String)]) -> &mut Self {
+    /// The options for all clients and those for `role`.
+    fn apply_for(&mut self, options: &[(String, String)], role: Role) -> &mut Self {
         for (k, v) in options {
-            self.set(k, v);
+            if option_role(k).is_none_or(|r| r == role) {
+                self.set(k, v);
+            }
+        }
+        self
+    }
+    /// The options for all clients only (admin and metadata clients).
+    fn apply_common(&mut self, options: &[(String, String)]) -> &mut Self {
+        for (k, v) in options {
+            if option_role(k).is_none() {
+                self.set(k, v);
+            }
         }
         self
     }
@@ -452,6 +571,16 @@ impl BrokerLog for KafkaBroker {
         self.partitions
     }
 
+    /// Keyed events go where Kafka's Java producers (and Kafka Connect, and
+    /// librdkafka's `murmur2_random`) put the same key: [`murmur2_partition`].
+    fn partition_of(&self, event: &Event, fallback: u32) -> u32 {
+        let mut buf = String::new();
+        match event.partition_key(&mut buf) {
+            Some(key) => murmur2_partition(key.as_bytes(), self.partitions),
+            None => fallback % self.partitions.max(1),
+        }
+    }
+
     async fn append(&self, events: &[Event]) -> Result<(), ChannelError> {
         if events.is_empty() {
             return Ok(());
@@ -484,14 +613,11 @@ impl BrokerLog for KafkaBroker {
             if let Some(v) = &enc.value {
                 record = record.payload(v.as_ref());
             }
-            match &enc.key {
-                // Kafka's partitioner places keyed records, as every Java producer would.
-                Some(k) => record = record.key(k.as_str()),
-                None => {
-                    let p = partition_for(&events[i], self.partitions, fallback);
-                    record = record.partition(p as i32);
-                }
+            if let Some(k) = &enc.key {
+                record = record.key(k.as_str());
             }
+            let p = self.partition_of(&events[i], fallback);
+            record = record.partition(p as i32);
             match self.producer.send_result(record) {
                 Ok(f) => pending.push((f, *size)),
                 // Records already enqueued may still be stored: the caller retries the

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 
 use super::binding::{self, BindingError, Encoded};
-use super::{collision_key, topic_name, DEFAULT_TOPIC_TEMPLATE};
+use super::{collision_key, murmur2, murmur2_partition, topic_name, DEFAULT_TOPIC_TEMPLATE};
 use crate::config::BrokerId;
 use crate::event::{AttrValue, DataKind, Event};
 
@@ -61,7 +61,7 @@ fn binary_mode_follows_the_spec() {
     // 3.2.3: UTF-8 values as they are (no percent-encoding in the Kafka binding).
     assert_eq!(get("ce_greeting"), Some("Euro \u{20AC} 100%"));
     assert_eq!(get("ce_count"), Some("-7"));
-    assert_eq!(&enc.value.as_deref().unwrap()[..], b"\x00\x01avro");
+    assert_eq!(enc.value.as_deref().unwrap(), b"\x00\x01avro");
     assert_eq!(decode(&enc).unwrap(), sample());
 }
 
@@ -229,4 +229,27 @@ fn topic_names() {
         name: "b".repeat(253),
     };
     assert!(topic_name(DEFAULT_TOPIC_TEMPLATE, &long).is_err());
+}
+
+#[test]
+fn keys_land_where_java_producers_put_them() {
+    // Kafka's own test vectors (UtilsTest.testMurmur2).
+    for (key, want) in [
+        (&b"21"[..], -973_932_308),
+        (b"foobar", -790_332_482),
+        (b"a-little-bit-long-string", -985_981_536),
+        (b"a-little-bit-longer-string", -1_486_304_829),
+        (
+            b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+            -58_897_971,
+        ),
+        (b"abc", 479_470_107),
+    ] {
+        assert_eq!(murmur2(key), want, "{}", String::from_utf8_lossy(key));
+    }
+    assert_eq!(
+        murmur2_partition(b"foobar", 10),
+        ((-790_332_482i32 & 0x7fff_ffff) % 10) as u32
+    );
+    assert_eq!(murmur2_partition(b"x", 1), 0);
 }
