@@ -96,6 +96,7 @@ pub struct Metrics {
     latency: Family<TriggerLabels, Histogram>,
     dead_letter_entries: Family<BrokerLabels, Gauge>,
     malformed: Family<BrokerLabels, Counter>,
+    partitions: Family<BrokerLabels, Gauge>,
 }
 
 /// Pre-resolved ingress counters of one broker.
@@ -160,6 +161,7 @@ impl Metrics {
         let replies = Family::<ReplyLabels, Counter>::default();
         let dead_letter_entries = Family::<BrokerLabels, Gauge>::default();
         let malformed = Family::<BrokerLabels, Counter>::default();
+        let partitions = Family::<BrokerLabels, Gauge>::default();
         let latency = Family::<TriggerLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(0.0005, 2.0, 18))) as fn() -> Histogram,
         );
@@ -199,6 +201,11 @@ impl Metrics {
             dead_letter_entries.clone(),
         );
         registry.register(
+            "dispatcher_partitions",
+            "Partitions of the broker this process dispatches now (its leases)",
+            partitions.clone(),
+        );
+        registry.register(
             "dispatcher_malformed_records",
             "Stored records that are not valid CloudEvents, moved to the dead-letter log",
             malformed.clone(),
@@ -219,6 +226,7 @@ impl Metrics {
             latency,
             dead_letter_entries,
             malformed,
+            partitions,
         }
     }
 
@@ -281,6 +289,15 @@ impl Metrics {
     /// The gauge of entries waiting in a broker's dead-letter log.
     pub fn dead_letter_gauge(&self, broker: &str) -> Gauge {
         self.dead_letter_entries
+            .get_or_create(&BrokerLabels {
+                broker: broker.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The gauge of partitions of a broker this process dispatches.
+    pub fn partitions_gauge(&self, broker: &str) -> Gauge {
+        self.partitions
             .get_or_create(&BrokerLabels {
                 broker: broker.to_owned(),
             })

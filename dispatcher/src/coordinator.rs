@@ -54,6 +54,8 @@ pub struct BrokerRun {
     pub stored: tokio::sync::Mutex<Vec<Vec<broker::channel::Offset>>>,
     /// Where malformed records go.
     pub malformed: Arc<crate::malformed::Sink>,
+    /// How many partitions this process dispatches now.
+    pub partitions_gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 struct Running {
@@ -121,6 +123,7 @@ impl Coordinator {
                         }
                     }
                 }
+                self.run.partitions_gauge.set(self.running.len() as i64);
             }
             Err(e) => {
                 tracing::warn!(broker = %self.run.id, error = %e, "cannot refresh partition leases");
@@ -128,6 +131,7 @@ impl Coordinator {
                     tracing::error!(broker = %self.run.id, "partition leases expired; stopping every partition until they can be renewed");
                     let all: Vec<u32> = self.running.keys().copied().collect();
                     self.stop_in_background(&all);
+                    self.run.partitions_gauge.set(0);
                 }
             }
         }

@@ -154,6 +154,7 @@ pub async fn start(
         let run = Arc::new(BrokerRun {
             id: broker.id.clone(),
             malformed,
+            partitions_gauge: metrics.partitions_gauge(&broker.id.to_string()),
             log: log.clone(),
             triggers,
             lanes,

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod procs;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,0 +1,215 @@
+//! End to end on Kafka with the real binary as separate processes: `triggerfish
+//! ingress` and two `triggerfish dispatcher` replicas sharing one broker topic, the
+//! partitions split by Kafka's group protocol, and one dispatcher killed mid-run.
+//!
+//! Needs `TRIGGERFISH_TEST_KAFKA_BOOTSTRAP` (`scripts/test` starts tansu, a
+//! Kafka-protocol broker, through `scripts/dev-services`); fails without it unless
+//! `TRIGGERFISH_SKIP_KAFKA=1`. Every test uses its own topic. The outage test stops
+//! and restarts that broker with `scripts/dev-services stop-kafka` / `start-kafka`, so
+//! the tests of this file run one at a time. Figures (duplicates, 503s) are printed;
+//! run with `--nocapture` to see them.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::procs::{all_delivered, config, dev_services, produce, unique, Proc, Sent};
+use common::{eventually, Subscriber};
+
+fn bootstrap() -> Option<String> {
+    match std::env::var("TRIGGERFISH_TEST_KAFKA_BOOTSTRAP") {
+        Ok(b) if !b.is_empty() => Some(b),
+        _ if std::env::var("TRIGGERFISH_SKIP_KAFKA").as_deref() == Ok("1") => {
+            eprintln!("TRIGGERFISH_SKIP_KAFKA=1: Kafka end-to-end tests skipped");
+            None
+        }
+        _ => panic!(
+            "TRIGGERFISH_TEST_KAFKA_BOOTSTRAP is not set: run the tests through scripts/test \
+             (which starts a Kafka-protocol broker), or `scripts/dev-services start && source \
+             .dev-services/env`; set TRIGGERFISH_SKIP_KAFKA=1 to skip the Kafka tests"
+        ),
+    }
+}
+
+/// The tests of this file share one Kafka broker, and one of them stops it.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Partitions this dispatcher process owns now, from its `/metrics`.
+async fn owned(p: &Proc) -> f64 {
+    common::metric(
+        p.addr,
+        "triggerfish_dispatcher_partitions{broker=\"default/default\"}",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_ingress_and_two_dispatchers_deliver_everything_even_when_one_is_killed() {
+    let Some(bootstrap) = bootstrap() else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let sub = Subscriber::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.yaml"), config(&sub)).unwrap();
+    let url = format!("kafka://{bootstrap}");
+    let template = format!("{}-{{namespace}}-{{name}}", unique("e2e"));
+    let storage = [
+        "--storage",
+        &url,
+        "--kafka-topic-template",
+        &template,
+        "--partitions",
+        "4",
+        // tansu reads exact offsets only from one-record batches (docs/design/kafka.md).
+        "--kafka-option",
+        "batch.num.messages=1",
+        "--kafka-session-timeout",
+        "PT6S",
+    ];
+    let d1 = Proc::start("dispatcher", dir.path(), &storage, &[]).await;
+    let d2 = Proc::start("dispatcher", dir.path(), &storage, &[]).await;
+    let ingress = Proc::start("ingress", dir.path(), &storage, &[]).await;
+    // Kafka's group protocol splits the 4 partitions 2/2.
+    let started = Instant::now();
+    eventually(
+        "the partitions split between the dispatchers",
+        Duration::from_secs(60),
+        || async { owned(&d1).await == 2.0 && owned(&d2).await == 2.0 },
+    )
+    .await;
+    eprintln!("partitions split 2/2 {:?} after start", started.elapsed());
+
+    // Both dispatchers running: the partitions split between them.
+    let sent = Arc::new(Sent::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    produce(ingress.addr, "a", 16, 2000, stop.clone(), sent.clone())
+        .await
+        .unwrap();
+    let accepted = sent.accepted_ids();
+    assert_eq!(accepted.len(), 2000, "every request accepted");
+    let dups = all_delivered(&sub, &accepted, Duration::from_secs(90)).await;
+    let (by1, by2) = (d1.delivered().await, d2.delivered().await);
+    eprintln!(
+        "two dispatchers: {} events accepted, {} deliveries expected, {dups} duplicates; \
+         deliveries by dispatcher 1: {by1}, by dispatcher 2: {by2}",
+        accepted.len(),
+        accepted.len() * 3 / 2
+    );
+    assert!(
+        by1 > 0.0 && by2 > 0.0,
+        "both dispatchers share the work ({by1} / {by2})"
+    );
+    assert_eq!(dups, 0, "no duplicates without a failure");
+
+    // Again, killing dispatcher 2 (SIGKILL) in the middle of the run: after the
+    // session timeout, Kafka gives its partitions to dispatcher 1, which resumes from
+    // their committed checkpoints.
+    let sent = Arc::new(Sent::default());
+    let load = produce(ingress.addr, "b", 16, 3000, stop.clone(), sent.clone());
+    let before = sub.received().len();
+    eventually(
+        "deliveries of the second run",
+        Duration::from_secs(30),
+        || {
+            let n = sub.received().len();
+            async move { n >= before + 1200 }
+        },
+    )
+    .await;
+    let killed = Instant::now();
+    d2.kill();
+    load.await.unwrap();
+    let accepted = sent.accepted_ids();
+    assert_eq!(accepted.len(), 3000, "every request accepted");
+    eventually(
+        "dispatcher 1 takes over every partition",
+        Duration::from_secs(60),
+        || async { owned(&d1).await == 4.0 },
+    )
+    .await;
+    let took_over = killed.elapsed();
+    let dups = all_delivered(&sub, &accepted, Duration::from_secs(120)).await;
+    eprintln!(
+        "dispatcher killed mid-run: partitions moved {took_over:?} after the kill; {} events accepted, \
+         {} deliveries expected, none lost, {dups} duplicates",
+        accepted.len(),
+        accepted.len() * 3 / 2
+    );
+    ingress.stop().await;
+    d1.stop().await;
+}
+
+/// Kafka unreachable: the ingress answers 503 with Retry-After within the request
+/// timeout instead of hanging, and nothing it accepted before is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_down_gives_503_with_retry_after_within_the_timeout() {
+    let Some(bootstrap) = bootstrap() else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let sub = Subscriber::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.yaml"), config(&sub)).unwrap();
+    let url = format!("kafka://{bootstrap}");
+    let template = format!("{}-{{namespace}}-{{name}}", unique("outage"));
+    let storage = [
+        "--storage",
+        &url,
+        "--kafka-topic-template",
+        &template,
+        "--partitions",
+        "2",
+        "--kafka-option",
+        "batch.num.messages=1",
+        "--kafka-request-timeout",
+        "PT2S",
+    ];
+    let server = Proc::start("serve", dir.path(), &storage, &[]).await;
+    let sent = Arc::new(Sent::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    produce(server.addr, "before", 4, 200, stop.clone(), sent.clone())
+        .await
+        .unwrap();
+    let accepted = sent.accepted_ids();
+    assert_eq!(accepted.len(), 200);
+    let dups = all_delivered(&sub, &accepted, Duration::from_secs(60)).await;
+    assert_eq!(dups, 0);
+
+    tokio::task::spawn_blocking(|| dev_services("stop-kafka"))
+        .await
+        .unwrap();
+    let during = Arc::new(Sent::default());
+    produce(server.addr, "during", 4, 20, stop.clone(), during.clone())
+        .await
+        .unwrap();
+    // Back up for the tests that follow (tansu's memory storage restarts empty).
+    tokio::task::spawn_blocking(|| dev_services("start-kafka"))
+        .await
+        .unwrap();
+    let results = during.status.lock().unwrap().clone();
+    let statuses: Vec<u16> = results.iter().map(|(_, s, _, _)| *s).collect();
+    let slowest = results
+        .iter()
+        .map(|(_, _, start, end)| end.duration_since(*start))
+        .max()
+        .unwrap();
+    eprintln!(
+        "Kafka down: {} requests, statuses {statuses:?}, slowest answer {slowest:?}",
+        results.len()
+    );
+    // `produce` asserts that every 503 carries Retry-After.
+    assert!(
+        statuses.iter().all(|&s| s == 503),
+        "only 503 while Kafka is down: {statuses:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(5),
+        "answers bounded by the 2 s request timeout ({slowest:?})"
+    );
+    server.stop().await;
+}
