@@ -16,9 +16,12 @@
 //! builds everything), `null-server` (the bare baseline server) and `client-loop` (the
 //! R4 baseline). `--server-bin target/release/triggerfish` measures the real binary
 //! instead of the `serve` role. `triggerfish-bench nats --url nats://...` compares the
-//! ingress on NATS JetStream with raw JetStream publishing (`nats`).
+//! ingress on NATS JetStream with raw JetStream publishing (`nats`);
+//! `triggerfish-bench kafka --bootstrap HOST:PORT` the ingress on Kafka with a raw
+//! rdkafka producer loop (`kafka`).
 
 mod figures;
+mod kafka;
 mod load;
 mod nats;
 mod proc;
@@ -81,6 +84,9 @@ enum Role {
     /// Ingress accepted events/s on NATS JetStream beside raw JetStream publishing of
     /// the same payload (needs a nats-server and a built `triggerfish` binary).
     Nats(nats::NatsArgs),
+    /// Ingress accepted events/s on Kafka beside a raw rdkafka producer loop of the
+    /// same records (needs a Kafka-protocol broker and a built `triggerfish` binary).
+    Kafka(kafka::KafkaArgs),
     /// (child role) Triggerfish's server, as `triggerfish serve` runs it.
     #[command(hide = true)]
     Serve(ServeArgs),
@@ -129,6 +135,7 @@ fn main() -> anyhow::Result<()> {
                 exit_after_max_lifetime();
                 match role {
                     Role::Nats(a) => nats::run(a).await,
+                    Role::Kafka(a) => kafka::run(a).await,
                     Role::Serve(a) => serve(a).await,
                     Role::NullServer => null_server().await,
                     Role::ClientLoop {
