@@ -124,8 +124,17 @@ async fn each_dialect_receives_exactly_its_events() {
         "every trigger past the last event",
         Duration::from_secs(10),
         || async {
+            // Trigger checkpoints only: `_`-prefixed files are internal cursors
+            // (such as the malformed-record scan's), which no trigger name can be.
             std::fs::read_dir(&checkpoints).unwrap().all(|e| {
-                let text = std::fs::read_to_string(e.unwrap().path()).unwrap_or_default();
+                let path = e.unwrap().path();
+                if path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('_'))
+                {
+                    return true;
+                }
+                let text = std::fs::read_to_string(path).unwrap_or_default();
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
                 v["offsets"]
                     .as_array()

@@ -98,7 +98,7 @@ async fn other_kafka_clients_read_what_the_ingress_accepted_and_write_what_trigg
     kafka.topic_template = template;
     kafka.partitions = 3;
     kafka.add_option("batch.num.messages=1").unwrap();
-    opts.storage = triggerfish::app::Storage::Kafka(kafka);
+    opts.storage = triggerfish::app::Storage::Kafka(kafka.clone());
     let server = common::start_with(opts).await;
     let admin = server.admin_addr.unwrap();
 
@@ -216,6 +216,64 @@ async fn other_kafka_clients_read_what_the_ingress_accepted_and_write_what_trigg
         "{reason}"
     );
     eprintln!("dead-letter entry for the garbage record: {shown}");
+    server.shutdown();
+    server.wait().await.unwrap();
+
+    // 4. Garbage written while no dispatcher runs is found when one starts (the
+    // partition's scan from its malformed-record cursor), and the first one is not
+    // stored again.
+    let produced = python(
+        &["produce", &bootstrap, &topic, "2"],
+        Some(&json!([
+            {"headers": [], "value_b64": b64(b"garbage while stopped")},
+            {"headers": ce("py-after-restart"), "value_b64": b64(b"after restart")},
+        ])),
+    );
+    let garbage2 = produced[0].as_u64().unwrap();
+    let mut opts = common::server_options(&yaml, dir.path());
+    opts.storage = triggerfish::app::Storage::Kafka(kafka);
+    let server = common::start_with(opts).await;
+    let admin = server.admin_addr.unwrap();
+    sub.wait_until(
+        "the event written while stopped delivered",
+        Duration::from_secs(30),
+        |s| {
+            s.iter()
+                .any(|r| r.header("ce-id") == Some("py-after-restart"))
+        },
+    )
+    .await;
+    eventually(
+        "the second garbage record dead-lettered",
+        Duration::from_secs(20),
+        || async {
+            let list: Value = reqwest::get(format!("http://{admin}/admin/dlq/default/default"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            list["entries"].as_array().unwrap().len() >= 2
+        },
+    )
+    .await;
+    let list: Value = reqwest::get(format!("http://{admin}/admin/dlq/default/default"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        [format!("0-{garbage_offset}"), format!("2-{garbage2}")],
+        "each garbage record once"
+    );
     server.shutdown();
     server.wait().await.unwrap();
 }

@@ -134,7 +134,13 @@ pub async fn shared_reader(ctx: Partition, mut joins: mpsc::Receiver<Join>) {
     loop {
         tokio::select! {
             biased;
-            () = ctx.shutdown.cancelled() => break,
+            () = ctx.shutdown.cancelled() => {
+                // Every record read so far is handled.
+                if reader.position() > cursor && scanned.load(Ordering::Acquire) {
+                    ctx.malformed.advance(ctx.partition, reader.position()).await;
+                }
+                break;
+            }
             Some(join) = joins.recv() => {
                 handle_join(&ctx, reader.position(), &mut attached, join).await;
             }
@@ -152,17 +158,22 @@ pub async fn shared_reader(ctx: Partition, mut joins: mpsc::Receiver<Join>) {
                         continue;
                     }
                 };
+                let mut handled_malformed = false;
                 for record in batch {
                     if let Err(m) = &record.event {
                         if !ctx.malformed.handle(ctx.partition, record.offset, m, &ctx.shutdown).await {
                             return; // shutdown
                         }
+                        handled_malformed = true;
                         continue;
                     }
                     fan_out(&ctx, &mut attached, record);
                 }
+                // The cursor moves at once past a dead-lettered record (so a restart
+                // does not store it again), else every few seconds.
                 let pos = reader.position();
-                if pos > cursor && cursor_stored.elapsed() >= CURSOR_EVERY && scanned.load(Ordering::Acquire) {
+                let due = handled_malformed || cursor_stored.elapsed() >= CURSOR_EVERY;
+                if pos > cursor && due && scanned.load(Ordering::Acquire) {
                     ctx.malformed.advance(ctx.partition, pos).await;
                     cursor = pos;
                     cursor_stored = tokio::time::Instant::now();
