@@ -378,6 +378,14 @@ pub struct KafkaArgs {
         default_value = broker::channel::kafka::DEFAULT_TOPIC_TEMPLATE
     )]
     pub kafka_topic_template: String,
+    /// The compacted topic that holds every trigger's checkpoints (shared by all
+    /// brokers; use one per installation).
+    #[arg(
+        long,
+        env = "TRIGGERFISH_KAFKA_CHECKPOINT_TOPIC",
+        default_value = broker::channel::kafka::DEFAULT_CHECKPOINT_TOPIC
+    )]
+    pub kafka_checkpoint_topic: String,
     /// Replication factor of the topics Triggerfish creates (-1: the cluster default).
     #[arg(long, env = "TRIGGERFISH_KAFKA_REPLICATION_FACTOR", default_value_t = -1, allow_negative_numbers = true)]
     pub kafka_replication_factor: i32,

@@ -203,6 +203,7 @@ fn kafka_options(url: &str, args: &ServeArgs) -> anyhow::Result<KafkaOptions> {
             .map_err(|e| anyhow::anyhow!("--kafka-option: {e}"))?;
     }
     o.topic_template = k.kafka_topic_template.clone();
+    o.checkpoint_topic = k.kafka_checkpoint_topic.clone();
     if let Some(p) = args.partitions {
         o.partitions = p;
     }

@@ -1,98 +1,206 @@
-//! Trigger checkpoints as committed offsets of one consumer group per trigger
-//! (`triggerfish.<events|deadletters>.<ns>/<broker>/<trigger>`).
+//! Trigger checkpoints in one compacted topic, `triggerfish-checkpoints` by default
+//! (`--kafka-checkpoint-topic`), shared by every broker.
 //!
-//! Offsets are committed by a consumer that never joins its group (no `subscribe`, no
-//! `assign`): Kafka accepts commits to a group without members, and only the dispatcher
-//! holding a partition's lease writes that partition's offsets. The committed offset is
-//! the next offset to process, as in every other backend, so Kafka's own tooling
-//! (`kafka-consumer-groups --describe --group ...`) shows each trigger's lag.
+//! One record per (log, trigger, partition): key `<events|deadletters>/<ns>/<broker>/
+//! <trigger>/<partition>`, value the next offset to process in decimal. Compaction
+//! keeps the latest per key, so the topic stays as small as the set of checkpoints.
 //!
-//! One client per trigger (the group is a client setting), created on first use and
-//! kept: every librdkafka client has its own threads, so a broker with very many
-//! triggers on Kafka costs a few threads each.
+//! Every process tails the topic from the start with one assigned consumer and keeps
+//! the latest value of each key. A store produces through the channel's idempotent
+//! producer and returns after the delivery report (and updates the local view at once,
+//! so a process reads its own writes). A load first reads the topic's end offset and
+//! waits until the tail has passed it, so it sees every store acknowledged before the
+//! load began, from any process.
+//!
+//! Why not a consumer group per trigger (Knative's layout, which `kafka-consumer-groups`
+//! shows): the group is a client setting, so that means one librdkafka client, with its
+//! threads and connections, per trigger, in every ingress and dispatcher process.
+//! With this topic a process has one tailing consumer however many triggers it serves.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset as KOffset, TopicPartitionList};
+use tokio::sync::Notify;
 
 use super::{blocking, consumer_config, lock, KafkaOptions};
-use crate::channel::Offset;
+use crate::channel::{ChannelError, Offset};
 
-pub(super) struct Checkpoints {
-    config: ClientConfig,
-    topic: String,
-    group_prefix: String,
-    timeout: Duration,
-    clients: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+/// The latest checkpoint of every key, as far as the tail has read.
+struct View {
+    values: Mutex<HashMap<String, Offset>>,
+    /// The offset after the last record applied (-1 before the first read).
+    applied: AtomicI64,
+    progress: Notify,
 }
 
-impl Checkpoints {
-    pub fn new(opts: &KafkaOptions, topic: &str, group_prefix: &str) -> Checkpoints {
-        let mut config = consumer_config(opts);
-        config.set("client.id", "triggerfish-checkpoints");
-        Checkpoints {
-            config,
-            topic: topic.to_owned(),
-            group_prefix: group_prefix.to_owned(),
-            timeout: opts.request_timeout,
-            clients: Mutex::new(HashMap::new()),
-        }
-    }
+/// The checkpoint topic of one Kafka channel.
+pub(super) struct CheckpointTopic {
+    topic: String,
+    producer: FutureProducer,
+    meta: Arc<BaseConsumer>,
+    timeout: Duration,
+    view: Arc<View>,
+    tail: tokio::task::JoinHandle<()>,
+}
 
-    fn client(&self, trigger: &str) -> Result<Arc<BaseConsumer>, KafkaError> {
-        let mut clients = lock(&self.clients);
-        if let Some(c) = clients.get(trigger) {
-            return Ok(c.clone());
-        }
-        let mut config = self.config.clone();
-        config.set("group.id", format!("{}{trigger}", self.group_prefix));
-        let c: Arc<BaseConsumer> = Arc::new(config.create()?);
-        clients.insert(trigger.to_owned(), c.clone());
-        Ok(c)
+impl Drop for CheckpointTopic {
+    fn drop(&mut self) {
+        self.tail.abort();
     }
+}
 
-    pub async fn load(
-        &self,
-        trigger: &str,
-        partitions: u32,
-    ) -> Result<Vec<Option<Offset>>, KafkaError> {
-        let client = self.client(trigger)?;
+impl CheckpointTopic {
+    /// Starts tailing `topic` (which exists, with one partition).
+    pub fn start(
+        opts: &KafkaOptions,
+        topic: &str,
+        producer: FutureProducer,
+        meta: Arc<BaseConsumer>,
+    ) -> Result<CheckpointTopic, String> {
+        let consumer: StreamConsumer = consumer_config(opts)
+            .set("client.id", "triggerfish-checkpoints")
+            .create()
+            .map_err(|e| e.to_string())?;
         let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(&self.topic, p as i32, KOffset::Invalid)?;
-        }
+        tpl.add_partition_offset(topic, 0, KOffset::Beginning)
+            .map_err(|e| e.to_string())?;
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        let view = Arc::new(View {
+            values: Mutex::new(HashMap::new()),
+            applied: AtomicI64::new(-1),
+            progress: Notify::new(),
+        });
+        let tail = tokio::spawn(tail(consumer, view.clone(), topic.to_owned()));
+        Ok(CheckpointTopic {
+            topic: topic.to_owned(),
+            producer,
+            meta,
+            timeout: opts.request_timeout,
+            view,
+            tail,
+        })
+    }
+
+    /// Waits until the view holds every record acknowledged so far.
+    async fn catch_up(&self) -> Result<(), ChannelError> {
+        let meta = self.meta.clone();
+        let topic = self.topic.clone();
         let t = self.timeout;
-        let got = blocking(move || client.committed_offsets(tpl, t)).await?;
-        let mut out = vec![None; partitions as usize];
-        for e in got.elements_for_topic(&self.topic) {
-            if let (Ok(p), KOffset::Offset(o)) = (usize::try_from(e.partition()), e.offset()) {
-                if let (Some(slot), Ok(o)) = (out.get_mut(p), Offset::try_from(o)) {
-                    *slot = Some(o);
-                }
+        let (low, high) = blocking(move || meta.fetch_watermarks(&topic, 0, t))
+            .await
+            .map_err(|e| self.err(format!("reading its end offset: {e}")))?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let notified = self.view.progress.notified();
+            let applied = self.view.applied.load(Ordering::Acquire);
+            // An empty (or fully compacted-away) topic has nothing to wait for.
+            if high <= low || applied >= high {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(self.err(format!(
+                    "not read up to offset {high} within {:?} (at {applied})",
+                    self.timeout
+                )));
             }
         }
-        Ok(out)
     }
 
-    pub async fn store(&self, trigger: &str, updates: &[(u32, Offset)]) -> Result<(), KafkaError> {
-        if updates.is_empty() {
-            return Ok(());
+    fn err(&self, reason: String) -> ChannelError {
+        ChannelError::Other(format!("checkpoint topic {}: {reason}", self.topic))
+    }
+
+    /// The checkpoints of one trigger of one log (`prefix` = `<kind>/<ns>/<broker>/`).
+    pub async fn load(
+        &self,
+        prefix: &str,
+        trigger: &str,
+        partitions: u32,
+    ) -> Result<Vec<Option<Offset>>, ChannelError> {
+        self.catch_up().await?;
+        let values = lock(&self.view.values);
+        Ok((0..partitions)
+            .map(|p| values.get(&key(prefix, trigger, p)).copied())
+            .collect())
+    }
+
+    /// Stores checkpoints; returns after Kafka acknowledged every one.
+    pub async fn store(
+        &self,
+        prefix: &str,
+        trigger: &str,
+        updates: &[(u32, Offset)],
+    ) -> Result<(), ChannelError> {
+        let mut pending = Vec::with_capacity(updates.len());
+        for &(p, offset) in updates {
+            let k = key(prefix, trigger, p);
+            let v = offset.to_string();
+            let record: FutureRecord<'_, str, str> = FutureRecord::to(&self.topic)
+                .partition(0)
+                .key(k.as_str())
+                .payload(v.as_str());
+            match self.producer.send_result(record) {
+                Ok(f) => pending.push((k, offset, f)),
+                Err((e, _)) => return Err(self.err(format!("storing {k}: {e}"))),
+            }
         }
-        let client = self.client(trigger)?;
-        let mut tpl = TopicPartitionList::new();
-        for &(p, o) in updates {
-            let o = i64::try_from(o).map_err(|_| KafkaError::Canceled)?;
-            tpl.add_partition_offset(&self.topic, p as i32, KOffset::Offset(o))?;
-        }
-        let t = self.timeout;
-        let commit = blocking(move || client.commit(&tpl, CommitMode::Sync));
-        tokio::time::timeout(t + Duration::from_secs(1), commit)
+        let reports = async {
+            for (k, offset, f) in pending {
+                match f.await {
+                    Ok(Ok(_)) => {
+                        lock(&self.view.values).insert(k, offset);
+                    }
+                    Ok(Err((e, _))) => return Err(self.err(format!("storing {k}: {e}"))),
+                    Err(_) => return Err(self.err("the producer was closed".to_owned())),
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(self.timeout + Duration::from_secs(1), reports)
             .await
-            .map_err(|_| KafkaError::Canceled)?
+            .map_err(|_| self.err(format!("no acknowledgement within {:?}", self.timeout)))?
+    }
+}
+
+fn key(prefix: &str, trigger: &str, partition: u32) -> String {
+    format!("{prefix}{trigger}/{partition}")
+}
+
+/// Applies the topic's records to the view, forever.
+async fn tail(consumer: StreamConsumer, view: Arc<View>, topic: String) {
+    loop {
+        match consumer.recv().await {
+            Ok(msg) => {
+                let parsed = msg.key().and_then(|k| std::str::from_utf8(k).ok()).zip(
+                    msg.payload()
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .and_then(|v| v.trim().parse::<Offset>().ok()),
+                );
+                match parsed {
+                    Some((k, v)) => {
+                        lock(&view.values).insert(k.to_owned(), v);
+                    }
+                    None => {
+                        tracing::warn!(
+                            topic,
+                            offset = msg.offset(),
+                            "checkpoint record without a key and an offset; ignored"
+                        );
+                    }
+                }
+                view.applied.store(msg.offset() + 1, Ordering::Release);
+                view.progress.notify_waiters();
+            }
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "reading the checkpoint topic");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
 }

@@ -36,6 +36,9 @@ pub const ENFORCED_PRODUCER: &[(&str, &str)] = &[("enable.idempotence", "true"),
 /// The default topic name template: Knative's Kafka broker's own naming.
 pub const DEFAULT_TOPIC_TEMPLATE: &str = "knative-broker-{namespace}-{name}";
 
+/// The default checkpoint topic.
+pub const DEFAULT_CHECKPOINT_TOPIC: &str = "triggerfish-checkpoints";
+
 /// Longest topic name Kafka accepts.
 pub const MAX_TOPIC_NAME: usize = 249;
 
@@ -48,6 +51,8 @@ pub struct KafkaOptions {
     pub client_options: Vec<(String, String)>,
     /// Events topic name, with `{namespace}` and `{name}` replaced.
     pub topic_template: String,
+    /// The compacted topic holding every trigger's checkpoints.
+    pub checkpoint_topic: String,
     /// Partitions of topics created by Triggerfish (existing topics keep theirs).
     pub partitions: u32,
     /// Replication factor of created topics; -1 for the cluster default.
@@ -105,6 +110,7 @@ impl KafkaOptions {
             bootstrap,
             client_options: Vec::new(),
             topic_template: DEFAULT_TOPIC_TEMPLATE.to_owned(),
+            checkpoint_topic: DEFAULT_CHECKPOINT_TOPIC.to_owned(),
             partitions: 10,
             replication_factor: -1,
             request_timeout: Duration::from_secs(10),
@@ -180,6 +186,7 @@ impl KafkaOptions {
             .replace("{namespace}", "ns")
             .replace("{name}", "broker");
         check_topic_name(&sample).map_err(|r| opt("topic template", &r))?;
+        check_topic_name(&self.checkpoint_topic).map_err(|r| opt("checkpoint topic", &r))?;
         Ok(())
     }
 

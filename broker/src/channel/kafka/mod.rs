@@ -9,7 +9,7 @@
 //! |---|---|
 //! | events topic | `knative-broker-<ns>-<name>` (Knative's Kafka broker's name; `--kafka-topic-template`) |
 //! | dead-letter topic | `<events topic>_deadletters`, one partition (`_` never occurs in Kubernetes names) |
-//! | checkpoints | consumer group `triggerfish.<events\|deadletters>.<ns>/<name>/<trigger>`, its committed offset per partition |
+//! | checkpoints | compacted topic `triggerfish-checkpoints` (one for all brokers), key `<topic>/<trigger>/<partition>`, value the next offset |
 //! | partition leases | consumer group `triggerfish.dispatchers.<ns>/<name>` of the dispatcher processes |
 //!
 //! - **Topics** are created when missing (`CreateTopics`, the configured partitions and
@@ -28,8 +28,8 @@
 //!   compaction. `end_offset` is the high watermark.
 //! - **Readers** ([`reader`]) are consumers `assign`ed to one partition at an offset
 //!   (never `subscribe`d): reading does not depend on group membership.
-//! - **Checkpoints** ([`checkpoint`]) are committed offsets of one consumer group per
-//!   trigger, so `kafka-consumer-groups --describe` shows each trigger's lag.
+//! - **Checkpoints** ([`checkpoint`]) are records of one compacted topic that every
+//!   process tails: one consumer per process, however many triggers.
 //! - **Dispatcher replicas** split partitions through a consumer group ([`lease`]) whose
 //!   members never fetch: Kafka's group protocol decides who owns what, and a dead
 //!   dispatcher's partitions move after the session timeout.
@@ -56,7 +56,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-pub use config::{check_topic_name, ConfigError, KafkaOptions, DEFAULT_TOPIC_TEMPLATE};
+pub use config::{
+    check_topic_name, ConfigError, KafkaOptions, DEFAULT_CHECKPOINT_TOPIC, DEFAULT_TOPIC_TEMPLATE,
+};
 /// The client crate, for tools and tests that talk to the same cluster.
 pub use rdkafka;
 pub use reader::KafkaReader;
@@ -94,6 +96,8 @@ pub struct KafkaLog {
     brokers: Mutex<HashMap<(BrokerId, bool), Arc<KafkaBroker>>>,
     /// Which broker each topic belongs to (by [`collision_key`]).
     topics: Mutex<HashMap<String, BrokerId>>,
+    /// Every log's checkpoints.
+    checkpoints: tokio::sync::OnceCell<Arc<checkpoint::CheckpointTopic>>,
 }
 
 impl KafkaLog {
@@ -139,6 +143,7 @@ impl KafkaLog {
             meta,
             brokers: Mutex::new(HashMap::new()),
             topics: Mutex::new(HashMap::new()),
+            checkpoints: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -180,12 +185,14 @@ impl KafkaLog {
         } else {
             self.opts.partitions
         };
-        let partitions = self.ensure_topic(broker, &topic, wanted).await?;
-        let kind = if dead_letters {
-            "deadletters"
-        } else {
-            "events"
-        };
+        let partitions = self
+            .ensure_topic(&topic, wanted, &[])
+            .await
+            .map_err(|reason| ChannelError::Unavailable {
+                broker: broker.clone(),
+                reason,
+            })?;
+        let checkpoints = self.checkpoint_topic().await?;
         let b = Arc::new(KafkaBroker {
             id: broker.clone(),
             topic: topic.clone(),
@@ -195,39 +202,40 @@ impl KafkaLog {
             opts: self.opts.clone(),
             next_partition: AtomicU32::new(0),
             max_message_bytes: max_message_bytes(&self.opts),
-            checkpoints: checkpoint::Checkpoints::new(
-                &self.opts,
-                &topic,
-                &format!("triggerfish.{kind}.{}/{}/", broker.namespace, broker.name),
-            ),
+            checkpoint_prefix: format!("{topic}/"),
+            checkpoints,
         });
         Ok(lock(&self.brokers).entry(key).or_insert(b).clone())
     }
 
-    /// Creates the topic when missing; returns its partition count.
+    /// Creates the topic when missing (with `configs`); returns its partition count.
     async fn ensure_topic(
         &self,
-        broker: &BrokerId,
         topic: &str,
         partitions: u32,
-    ) -> Result<u32, ChannelError> {
+        configs: &[(&str, &str)],
+    ) -> Result<u32, String> {
         let t = self.opts.request_timeout;
-        let fail = |what: &str, e: &dyn std::fmt::Display| ChannelError::Unavailable {
-            broker: broker.clone(),
-            reason: format!("topic {topic}: {what}: {e}"),
-        };
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("topic {topic}: {what}: {e}");
         if let Some(n) = self
             .partition_count(topic)
             .await
             .map_err(|e| fail("reading its metadata", &e))?
         {
             if n != partitions && partitions != 1 {
-                tracing::info!(broker = %broker, topic, partitions = n, "topic keeps the partition count it was created with");
+                tracing::info!(
+                    topic,
+                    partitions = n,
+                    "topic keeps the partition count it was created with"
+                );
             }
             return Ok(n);
         }
         let replication = TopicReplication::Fixed(self.opts.replication_factor);
-        let new = NewTopic::new(topic, partitions as i32, replication);
+        let mut new = NewTopic::new(topic, partitions as i32, replication);
+        for (k, v) in configs {
+            new = new.set(k, v);
+        }
         let admin_opts = AdminOptions::new()
             .request_timeout(Some(t))
             .operation_timeout(Some(t));
@@ -238,7 +246,7 @@ impl KafkaLog {
         for r in results {
             match r {
                 Ok(_) => {
-                    tracing::info!(broker = %broker, topic, partitions, "Kafka topic created");
+                    tracing::info!(topic, partitions, "Kafka topic created");
                 }
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((_, code)) => return Err(fail("creating it", &code)),
@@ -256,6 +264,27 @@ impl KafkaLog {
                 Err(e) => return Err(fail("reading its metadata", &e)),
             }
         }
+    }
+
+    /// The checkpoint topic, created and tailed on first use.
+    async fn checkpoint_topic(&self) -> Result<Arc<checkpoint::CheckpointTopic>, ChannelError> {
+        self.checkpoints
+            .get_or_try_init(|| async {
+                let topic = &self.opts.checkpoint_topic;
+                self.ensure_topic(topic, 1, &[("cleanup.policy", "compact")])
+                    .await
+                    .map_err(ChannelError::Other)?;
+                let c = checkpoint::CheckpointTopic::start(
+                    &self.opts,
+                    topic,
+                    self.producer.clone(),
+                    self.meta.clone(),
+                )
+                .map_err(|e| ChannelError::Other(format!("checkpoint topic {topic}: {e}")))?;
+                Ok(Arc::new(c))
+            })
+            .await
+            .cloned()
     }
 
     /// The partition count of a topic, `None` when it does not exist.
@@ -505,7 +534,9 @@ pub struct KafkaBroker {
     opts: KafkaOptions,
     next_partition: AtomicU32,
     max_message_bytes: usize,
-    checkpoints: checkpoint::Checkpoints,
+    checkpoints: Arc<checkpoint::CheckpointTopic>,
+    /// Key prefix of this log's checkpoints: its topic, which no other log shares.
+    checkpoint_prefix: String,
 }
 
 impl KafkaBroker {
@@ -677,9 +708,8 @@ impl BrokerLog for KafkaBroker {
 
     async fn load_checkpoint(&self, trigger: &str) -> Result<Vec<Option<Offset>>, ChannelError> {
         self.checkpoints
-            .load(trigger, self.partitions)
+            .load(&self.checkpoint_prefix, trigger, self.partitions)
             .await
-            .map_err(|e| self.unavailable(format!("loading checkpoints of {trigger}: {e}")))
     }
 
     async fn store_checkpoint(
@@ -692,9 +722,8 @@ impl BrokerLog for KafkaBroker {
             self.check_partition(p)?;
         }
         self.checkpoints
-            .store(trigger, updates)
+            .store(&self.checkpoint_prefix, trigger, updates)
             .await
-            .map_err(|e| self.unavailable(format!("storing checkpoints of {trigger}: {e}")))
     }
 
     fn leases(&self, owner: &str) -> Arc<dyn PartitionLeases> {
