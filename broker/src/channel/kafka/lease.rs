@@ -60,6 +60,8 @@ impl ConsumerContext for Ctx {
 pub struct KafkaLeases {
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
+    /// Closed when the polling thread has closed its client.
+    done: Mutex<std::sync::mpsc::Receiver<()>>,
     ttl: Duration,
     started: Instant,
 }
@@ -106,13 +108,18 @@ impl KafkaLeases {
             topic.to_owned(),
             broker.clone(),
         );
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
             .name(format!("kafka-leases-{}", broker.name))
-            .spawn(move || poll_group(consumer, st, stop2, topic, partitions, id))
+            .spawn(move || {
+                poll_group(consumer, st, stop2, topic, partitions, id);
+                drop(done_tx);
+            })
             .map_err(|e| e.to_string())?;
         Ok(KafkaLeases {
             state,
             stop,
+            done: Mutex::new(done),
             ttl: opts.lease_ttl,
             started: Instant::now(),
         })
@@ -176,8 +183,11 @@ fn poll_group(
 }
 
 impl Drop for KafkaLeases {
+    /// Stops the polling thread and waits (bounded) until it has closed its client:
+    /// a librdkafka client still closing while the process exits can crash it.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let _ = lock(&self.done).recv_timeout(self.ttl.saturating_add(Duration::from_secs(2)));
     }
 }
 

@@ -1,9 +1,13 @@
 //! Reading one partition of a broker topic.
 //!
-//! A reader owns a consumer `assign`ed to (topic, partition, offset), with no group and
-//! no commits: its position is the only state, so after any error it simply goes on
-//! (librdkafka reconnects and refetches from the same offset). An offset that no longer
-//! exists (retention) restarts at the earliest retained record.
+//! A reader owns a consumer `assign`ed to (topic, partition, offset), never subscribed
+//! and never committing: its position is the only state, so after any error it simply
+//! goes on (librdkafka reconnects and refetches from the same offset). An offset that no
+//! longer exists (retention) restarts at the earliest retained record.
+//!
+//! The consumer is created on the first read that needs one: a reader that finds
+//! itself at the end (every trigger's catch-up reader when a dispatcher starts with its
+//! triggers up to date) costs one end-offset request, not a librdkafka client.
 //!
 //! Cancel safety: `StreamConsumer::recv` is cancellation-safe, and a received message
 //! is decoded and buffered in synchronous code, so a dropped `next_batch` loses nothing.
@@ -19,6 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset as KOffset, TopicPartitionList};
@@ -32,7 +37,9 @@ const TRY_WAIT: Duration = Duration::from_secs(2);
 
 /// A reader of one partition.
 pub struct KafkaReader {
-    consumer: StreamConsumer,
+    /// Created on first use, assigned at `next`.
+    consumer: Option<StreamConsumer>,
+    config: ClientConfig,
     meta: Arc<BaseConsumer>,
     broker: BrokerId,
     topic: String,
@@ -52,24 +59,14 @@ impl KafkaReader {
         start: Offset,
         meta: Arc<BaseConsumer>,
     ) -> Result<KafkaReader, ChannelError> {
-        let fail = |e: &dyn std::fmt::Display| ChannelError::Unavailable {
-            broker: broker.clone(),
-            reason: format!("reader of {topic}/{partition}: {e}"),
-        };
-        let consumer: StreamConsumer = consumer_config(opts)
-            .set(
-                "client.id",
-                format!("triggerfish-reader-{topic}-{partition}"),
-            )
-            .create()
-            .map_err(|e| fail(&e))?;
-        let mut tpl = TopicPartitionList::new();
-        let offset = i64::try_from(start).map_err(|_| fail(&"offset out of range"))?;
-        tpl.add_partition_offset(topic, partition as i32, KOffset::Offset(offset))
-            .map_err(|e| fail(&e))?;
-        consumer.assign(&tpl).map_err(|e| fail(&e))?;
+        let mut config = consumer_config(opts);
+        config.set(
+            "client.id",
+            format!("triggerfish-reader-{topic}-{partition}"),
+        );
         Ok(KafkaReader {
-            consumer,
+            consumer: None,
+            config,
             meta,
             broker: broker.clone(),
             topic: topic.to_owned(),
@@ -78,6 +75,21 @@ impl KafkaReader {
             next: start,
             buffered: VecDeque::new(),
         })
+    }
+
+    /// Creates the consumer, assigned at the reader's position, unless it exists.
+    fn open(&mut self) -> Result<(), ChannelError> {
+        if self.consumer.is_some() {
+            return Ok(());
+        }
+        let consumer: StreamConsumer = self.config.create().map_err(|e| self.error(&e))?;
+        let mut tpl = TopicPartitionList::new();
+        let offset = i64::try_from(self.next).map_err(|_| self.error(&"offset out of range"))?;
+        tpl.add_partition_offset(&self.topic, self.partition as i32, KOffset::Offset(offset))
+            .map_err(|e| self.error(&e))?;
+        consumer.assign(&tpl).map_err(|e| self.error(&e))?;
+        self.consumer = Some(consumer);
+        Ok(())
     }
 
     fn error(&self, e: &dyn std::fmt::Display) -> ChannelError {
@@ -100,7 +112,10 @@ impl KafkaReader {
     /// Moves what the client already holds into `buffered`, without waiting.
     fn drain_ready(&mut self, max: usize) -> Result<(), ChannelError> {
         while self.buffered.len() < max {
-            let record = match self.consumer.recv().now_or_never() {
+            let Some(consumer) = &self.consumer else {
+                return Ok(());
+            };
+            let record = match consumer.recv().now_or_never() {
                 None => return Ok(()),
                 Some(Ok(msg)) => decode(&self.topic, self.partition, &msg),
                 Some(Err(e)) if self.buffered.is_empty() => return Err(self.error(&e)),
@@ -133,7 +148,11 @@ impl KafkaReader {
 impl LogReader for KafkaReader {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, ChannelError> {
         if self.buffered.is_empty() {
-            let record = match self.consumer.recv().await {
+            self.open()?;
+            let Some(consumer) = &self.consumer else {
+                return Ok(Vec::new());
+            };
+            let record = match consumer.recv().await {
                 Ok(msg) => decode(&self.topic, self.partition, &msg),
                 Err(e) => return Err(self.error(&e)),
             };
@@ -148,7 +167,11 @@ impl LogReader for KafkaReader {
     async fn try_batch(&mut self, max: usize) -> Result<Vec<Record>, ChannelError> {
         self.drain_ready(max)?;
         if self.buffered.is_empty() && self.next < self.high_watermark().await? {
-            match tokio::time::timeout(TRY_WAIT, self.consumer.recv()).await {
+            self.open()?;
+            let Some(consumer) = &self.consumer else {
+                return Ok(Vec::new());
+            };
+            match tokio::time::timeout(TRY_WAIT, consumer.recv()).await {
                 Ok(Ok(msg)) => {
                     if let Some(r) = decode(&self.topic, self.partition, &msg) {
                         self.push(r);
