@@ -155,6 +155,7 @@ impl Harness {
         Shape {
             conns: self.s.conns,
             rate: None,
+            limit: None,
         }
     }
 
@@ -375,6 +376,7 @@ impl Harness {
             Shape {
                 conns: self.s.conns,
                 rate: Some(rate),
+                limit: None,
             },
             self.epoch,
         );

@@ -128,6 +128,8 @@ fn insert_host(h: &mut HeaderMap, addr: SocketAddr) {
 /// Counters shared by the generator's tasks.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Requests started (counted against [`Shape::limit`]).
+    pub issued: AtomicU64,
     /// 2xx responses.
     pub ok: AtomicU64,
     /// Other responses and transport errors.
@@ -151,6 +153,9 @@ pub struct Shape {
     pub conns: usize,
     /// Total requests per second; `None` for a closed loop.
     pub rate: Option<f64>,
+    /// Stop after this many requests in all (for profiling a fixed amount of work);
+    /// `None` runs until [`Generator::finish`].
+    pub limit: Option<u64>,
 }
 
 impl Generator {
@@ -176,6 +181,7 @@ impl Generator {
                     // Spread the paced connections evenly over one interval.
                     interval: interval.map(|iv| (iv, iv.mul_f64(i as f64 / conns as f64))),
                     ids: (i as u64) << 40,
+                    limit: shape.limit,
                 };
                 tokio::spawn(task.run())
             })
@@ -196,6 +202,13 @@ impl Generator {
     /// Starts or stops recording response times.
     pub fn record(&self, on: bool) {
         self.stats.recording.store(on, Ordering::Relaxed);
+    }
+
+    /// Waits until every task has stopped by itself (after [`Shape::limit`] requests).
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
     }
 
     /// Stops every task and returns the recorded response times (µs).
@@ -220,6 +233,7 @@ struct Task {
     epoch: Instant,
     interval: Option<(Duration, Duration)>,
     ids: u64,
+    limit: Option<u64>,
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -261,6 +275,11 @@ impl Task {
                     }
                 },
             };
+            if let Some(limit) = self.limit {
+                if self.stats.issued.fetch_add(1, Ordering::Relaxed) >= limit {
+                    break;
+                }
+            }
             self.ids += 1;
             let due_ns = due.saturating_duration_since(self.epoch).as_nanos() as u64;
             let Ok(req) = self.template.request(self.ids, due_ns) else {

@@ -105,6 +105,36 @@ enum Role {
         #[arg(long)]
         secs: u64,
     },
+    /// (profiling) Sends exactly `--requests` producer requests to an ingress at
+    /// `--addr` over `--conns` connections, then prints the rate. With a server under
+    /// `perf` or `valgrind --tool=callgrind`, this is a fixed amount of R1 work.
+    #[command(hide = true)]
+    Load {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 64)]
+        conns: usize,
+        #[arg(long)]
+        requests: u64,
+        /// Send the dispatcher's delivery request (to `--path`) instead of the
+        /// producer's: the R4 baseline's work, for a fixed request count.
+        #[arg(long)]
+        delivery_path: Option<String>,
+    },
+    /// (profiling) Writes the R1/R4 config for `--subscriber` and pre-fills
+    /// `--data-dir` with `--events` events, as R4 does before it restarts the server.
+    #[command(hide = true)]
+    Prefill {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        subscriber: String,
+        /// Triggers in the config (0 for R1, 1 for R4).
+        #[arg(long, default_value_t = 1)]
+        triggers: usize,
+        #[arg(long)]
+        events: u64,
+    },
 }
 
 /// The subset of `triggerfish serve`'s flags the harness passes.
@@ -144,6 +174,26 @@ fn main() -> anyhow::Result<()> {
                         conns,
                         secs,
                     } => client_loop(addr, &path, conns, secs).await,
+                    Role::Load {
+                        addr,
+                        conns,
+                        requests,
+                        delivery_path,
+                    } => load(addr, conns, requests, delivery_path.as_deref()).await,
+                    Role::Prefill {
+                        data_dir,
+                        subscriber,
+                        triggers,
+                        events,
+                    } => {
+                        let yaml = proc::config_yaml(&subscriber, triggers);
+                        let config = data_dir.with_extension("yaml");
+                        std::fs::write(&config, yaml)
+                            .with_context(|| format!("writing {}", config.display()))?;
+                        proc::prefill(&data_dir, events).await?;
+                        println!("config {}", config.display());
+                        Ok(())
+                    }
                 }
             }
         }
@@ -282,8 +332,46 @@ async fn client_loop(addr: SocketAddr, path: &str, conns: usize, secs: u64) -> a
     // Reports no address of its own; the harness only waits for this line.
     println!("listening on http://{addr}");
     let template = Template::delivery(addr, path)?;
-    let g = Generator::start(addr, template, Shape { conns, rate: None }, Instant::now());
+    let g = Generator::start(
+        addr,
+        template,
+        Shape {
+            conns,
+            rate: None,
+            limit: None,
+        },
+        Instant::now(),
+    );
     tokio::time::sleep(Duration::from_secs(secs)).await;
     g.finish().await;
+    Ok(())
+}
+
+async fn load(
+    addr: SocketAddr,
+    conns: usize,
+    requests: u64,
+    delivery_path: Option<&str>,
+) -> anyhow::Result<()> {
+    let template = match delivery_path {
+        Some(path) => Template::delivery(addr, path)?,
+        None => Template::ingress(addr),
+    };
+    let shape = Shape {
+        conns,
+        rate: None,
+        limit: Some(requests),
+    };
+    let t = Instant::now();
+    let g = Generator::start(addr, template, shape, t);
+    let stats = g.stats.clone();
+    g.join().await;
+    let dt = t.elapsed().as_secs_f64();
+    let ok = stats.ok.load(std::sync::atomic::Ordering::Relaxed);
+    let failed = stats.failed.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "{ok} ok, {failed} failed in {dt:.3} s: {:.0} req/s",
+        ok as f64 / dt
+    );
     Ok(())
 }

@@ -118,6 +118,7 @@ pub async fn run(a: NatsArgs) -> anyhow::Result<()> {
         Shape {
             conns: a.conns,
             rate: None,
+            limit: None,
         },
         Instant::now(),
     );

@@ -64,7 +64,12 @@ fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
 /// Decodes a request into one or more events (not yet validated: see
 /// [`super::validate`]).
 pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Vec<Event>, DecodeError> {
-    match mode(headers)? {
+    decode_as(mode(headers)?, headers, body)
+}
+
+/// Like [`decode`], with the mode already decided by [`mode`].
+pub fn decode_as(mode: Mode, headers: &HeaderMap, body: Bytes) -> Result<Vec<Event>, DecodeError> {
+    match mode {
         Mode::Structured => Ok(vec![json::parse_event(&body)?]),
         Mode::Batched => Ok(json::parse_batch(&body)?),
         Mode::Binary => Ok(vec![decode_binary(headers, body)?]),
@@ -86,10 +91,9 @@ pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, EventErr
         saw_specversion |= attr == "specversion";
         let decoded = decode_header_value(value.as_bytes())
             .map_err(|reason| EventError::new(attr, reason))?;
-        if event.get(attr).is_some() {
+        if event.add_new(attr, AttrValue::String(decoded)).is_err() {
             return Err(EventError::new(attr, "header given more than once"));
         }
-        event.set(attr, AttrValue::String(decoded));
     }
     if !saw_specversion {
         return Err(EventError::new(

@@ -204,6 +204,20 @@ impl Event {
         self.attrs.push((name, value));
     }
 
+    /// Adds an attribute that must not be present yet: one scan instead of a lookup
+    /// followed by [`Event::set`]. Gives the value back when the name is taken.
+    pub(crate) fn add_new(&mut self, name: &str, value: AttrValue) -> Result<(), AttrValue> {
+        if self.attrs.iter().any(|(n, _)| n == name) {
+            return Err(value);
+        }
+        let name: Name = match known_name(name) {
+            Some(known) => Cow::Borrowed(known),
+            None => Cow::Owned(name.to_owned()),
+        };
+        self.attrs.push((name, value));
+        Ok(())
+    }
+
     /// Sets a string attribute.
     pub fn set_str<N: AsRef<str> + Into<String>>(&mut self, name: N, value: impl Into<String>) {
         self.set(name, AttrValue::String(value.into()));

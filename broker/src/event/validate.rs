@@ -45,6 +45,17 @@ pub fn check_name(name: &str) -> Result<(), EventError> {
 /// Checks the CloudEvents `String` type: no control characters U+0000-U+001F and
 /// U+007F-U+009F, no Unicode noncharacters (Rust strings hold no lone surrogates).
 pub fn check_string(name: &str, s: &str) -> Result<(), EventError> {
+    // Fast path: in ASCII only the C0 controls and DEL can be wrong, and a byte scan
+    // finds them without decoding characters (most values are ASCII).
+    if s.is_ascii() {
+        return match s.bytes().find(|&b| b <= 0x1F || b == 0x7F) {
+            Some(b) => Err(EventError::new(
+                name,
+                format!("contains the control character U+{b:04X}"),
+            )),
+            None => Ok(()),
+        };
+    }
     for c in s.chars() {
         let cp = c as u32;
         if cp <= 0x1F || (0x7F..=0x9F).contains(&cp) {
@@ -63,8 +74,8 @@ pub fn check_string(name: &str, s: &str) -> Result<(), EventError> {
     Ok(())
 }
 
-fn required<'a>(event: &'a Event, name: &str) -> Result<&'a str, EventError> {
-    match event.get(name) {
+fn required<'a>(value: Option<&'a AttrValue>, name: &str) -> Result<&'a str, EventError> {
+    match value {
         None => Err(EventError::new(name, "required attribute is missing")),
         Some(AttrValue::String(s)) if s.is_empty() => {
             Err(EventError::new(name, "must be a non-empty string"))
@@ -74,8 +85,11 @@ fn required<'a>(event: &'a Event, name: &str) -> Result<&'a str, EventError> {
     }
 }
 
-fn string_attr<'a>(event: &'a Event, name: &str) -> Result<Option<&'a str>, EventError> {
-    match event.get(name) {
+fn string_attr<'a>(
+    value: Option<&'a AttrValue>,
+    name: &str,
+) -> Result<Option<&'a str>, EventError> {
+    match value {
         None => Ok(None),
         Some(AttrValue::String(s)) => Ok(Some(s)),
         Some(_) => Err(EventError::new(name, "must be a string")),
@@ -84,26 +98,43 @@ fn string_attr<'a>(event: &'a Event, name: &str) -> Result<Option<&'a str>, Even
 
 /// Validates an event against CloudEvents 1.0.
 pub fn validate(event: &Event) -> Result<(), EventError> {
-    let sv = required(event, SPECVERSION)?;
+    // One pass finds the attributes with rules (instead of one scan per rule).
+    let mut known: [Option<&AttrValue>; 8] = [None; 8];
+    for (name, value) in event.attributes() {
+        let slot = match name {
+            SPECVERSION => 0,
+            ID => 1,
+            SOURCE => 2,
+            TYPE => 3,
+            DATACONTENTTYPE => 4,
+            DATASCHEMA => 5,
+            SUBJECT => 6,
+            TIME => 7,
+            _ => continue,
+        };
+        known[slot].get_or_insert(value);
+    }
+    let [specversion, id, source, ty, datacontenttype, dataschema, subject, time] = known;
+    let sv = required(specversion, SPECVERSION)?;
     if sv != "1.0" {
         return Err(EventError::new(
             SPECVERSION,
             format!("unsupported specversion '{sv}' (only 1.0 is accepted)"),
         ));
     }
-    required(event, ID)?;
-    let source = required(event, SOURCE)?;
+    required(id, ID)?;
+    let source = required(source, SOURCE)?;
     if let Err(e) = fluent_uri::UriRef::parse(source) {
         return Err(EventError::new(
             SOURCE,
             format!("'{source}' is not a URI-reference (RFC 3986): {e}"),
         ));
     }
-    required(event, TYPE)?;
-    if let Some(ct) = string_attr(event, DATACONTENTTYPE)? {
+    required(ty, TYPE)?;
+    if let Some(ct) = string_attr(datacontenttype, DATACONTENTTYPE)? {
         check_media_type(ct)?;
     }
-    if let Some(schema) = string_attr(event, DATASCHEMA)? {
+    if let Some(schema) = string_attr(dataschema, DATASCHEMA)? {
         if schema.is_empty() {
             return Err(EventError::new(
                 DATASCHEMA,
@@ -117,12 +148,12 @@ pub fn validate(event: &Event) -> Result<(), EventError> {
             ));
         }
     }
-    if let Some(subject) = string_attr(event, SUBJECT)? {
+    if let Some(subject) = string_attr(subject, SUBJECT)? {
         if subject.is_empty() {
             return Err(EventError::new(SUBJECT, "must not be empty when present"));
         }
     }
-    if let Some(time) = string_attr(event, TIME)? {
+    if let Some(time) = string_attr(time, TIME)? {
         check_timestamp(TIME, time)?;
     }
     for (name, value) in event.attributes() {
@@ -158,8 +189,13 @@ fn check_media_type(ct: &str) -> Result<(), EventError> {
     let valid = essence.split_once('/').is_some_and(|(t, s)| {
         let token = |x: &str| {
             !x.is_empty()
-                && x.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-*".contains(&b))
+                && x.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(
+                            b,
+                            b'!' | b'#' | b'$' | b'&' | b'^' | b'_' | b'.' | b'+' | b'-' | b'*'
+                        )
+                })
         };
         token(t) && token(s)
     });
@@ -263,6 +299,10 @@ mod tests {
         let mut e = minimal();
         e.set_str("ext", "line\nbreak");
         assert_eq!(err_attr(&e), "ext");
+        e.set_str("ext", "del\u{7f}");
+        assert_eq!(err_attr(&e), "ext");
+        e.set_str("ext", "caf\u{e9}\u{85}");
+        assert_eq!(err_attr(&e), "ext", "C1 control in a non-ASCII value");
         let mut e = minimal();
         e.set_str("ext", "caf\u{e9} \u{1F600}");
         assert_eq!(validate(&e), Ok(()));
