@@ -141,6 +141,7 @@ pub async fn run(a: KafkaArgs) -> anyhow::Result<()> {
         Shape {
             conns: a.conns,
             rate: None,
+            limit: None,
         },
         Instant::now(),
     );
