@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -381,23 +383,6 @@ mod nats_backend {
     use broker::channel::nats::{NatsLog, NatsOptions};
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    /// The server URL, or `None` when NATS tests are explicitly skipped. Never passes
-    /// silently: without the variable and without `TRIGGERFISH_SKIP_NATS=1` it fails.
-    pub fn nats_url() -> Option<String> {
-        match std::env::var("TRIGGERFISH_TEST_NATS_URL") {
-            Ok(url) if !url.is_empty() => Some(url),
-            _ if std::env::var("TRIGGERFISH_SKIP_NATS").as_deref() == Ok("1") => {
-                eprintln!("TRIGGERFISH_SKIP_NATS=1: NATS conformance tests skipped");
-                None
-            }
-            _ => panic!(
-                "TRIGGERFISH_TEST_NATS_URL is not set: run the tests through scripts/test \
-                 (which starts nats-server), or `scripts/dev-services start && source \
-                 .dev-services/env`; set TRIGGERFISH_SKIP_NATS=1 to skip the NATS tests"
-            ),
-        }
-    }
-
     static SERIAL: AtomicU32 = AtomicU32::new(0);
 
     /// A prefix no other run or test uses on the same server.
@@ -591,7 +576,7 @@ mod nats_backend {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_jetstream() {
-    let Some(url) = nats_backend::nats_url() else {
+    let Some(url) = common::nats_url() else {
         return;
     };
     let mut b = nats_backend::Nats::new(url.clone(), 4);
@@ -611,7 +596,7 @@ async fn nats_jetstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_jetstream_one_partition() {
-    let Some(url) = nats_backend::nats_url() else {
+    let Some(url) = common::nats_url() else {
         return;
     };
     // With one partition offsets are dense: the whole shared suite applies.
@@ -625,24 +610,6 @@ mod kafka_backend {
     use broker::channel::kafka::rdkafka::ClientConfig;
     use broker::channel::kafka::{KafkaLog, KafkaOptions};
     use std::sync::atomic::{AtomicU32, Ordering};
-
-    /// The bootstrap server, or `None` when Kafka tests are explicitly skipped. Never
-    /// passes silently: without the variable and without `TRIGGERFISH_SKIP_KAFKA=1` it
-    /// fails.
-    pub fn bootstrap() -> Option<String> {
-        match std::env::var("TRIGGERFISH_TEST_KAFKA_BOOTSTRAP") {
-            Ok(b) if !b.is_empty() => Some(b),
-            _ if std::env::var("TRIGGERFISH_SKIP_KAFKA").as_deref() == Ok("1") => {
-                eprintln!("TRIGGERFISH_SKIP_KAFKA=1: Kafka conformance tests skipped");
-                None
-            }
-            _ => panic!(
-                "TRIGGERFISH_TEST_KAFKA_BOOTSTRAP is not set: run the tests through scripts/test \
-                 (which starts a Kafka-protocol broker), or `scripts/dev-services start && source \
-                 .dev-services/env`; set TRIGGERFISH_SKIP_KAFKA=1 to skip the Kafka tests"
-            ),
-        }
-    }
 
     static SERIAL: AtomicU32 = AtomicU32::new(0);
 
@@ -837,7 +804,7 @@ mod kafka_backend {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka() {
-    let Some(bootstrap) = kafka_backend::bootstrap() else {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
         return;
     };
     let mut b = kafka_backend::Kafka::new(bootstrap.clone(), 4);

@@ -17,22 +17,27 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::procs::{all_delivered, config, dev_services, produce, unique, Proc, Sent};
+use common::procs::{
+    all_delivered, both_dispatchers_share_the_work, config, dev_services, kill_mid_run, produce,
+    unique, Proc, Sent,
+};
 use common::{eventually, Subscriber};
 
-fn bootstrap() -> Option<String> {
-    match std::env::var("TRIGGERFISH_TEST_KAFKA_BOOTSTRAP") {
-        Ok(b) if !b.is_empty() => Some(b),
-        _ if std::env::var("TRIGGERFISH_SKIP_KAFKA").as_deref() == Ok("1") => {
-            eprintln!("TRIGGERFISH_SKIP_KAFKA=1: Kafka end-to-end tests skipped");
-            None
-        }
-        _ => panic!(
-            "TRIGGERFISH_TEST_KAFKA_BOOTSTRAP is not set: run the tests through scripts/test \
-             (which starts a Kafka-protocol broker), or `scripts/dev-services start && source \
-             .dev-services/env`; set TRIGGERFISH_SKIP_KAFKA=1 to skip the Kafka tests"
-        ),
-    }
+/// The flags that put a process on this Kafka cluster, on a topic of its own.
+fn storage(bootstrap: &str, tag: &str, partitions: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--storage".to_owned(),
+        format!("kafka://{bootstrap}"),
+        "--kafka-topic-template".to_owned(),
+        format!("{}-{{namespace}}-{{name}}", unique(tag)),
+        "--partitions".to_owned(),
+        partitions.to_owned(),
+        // tansu reads exact offsets only from one-record batches (docs/design/kafka.md).
+        "--kafka-option".to_owned(),
+        "batch.num.messages=1".to_owned(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
 }
 
 /// The tests of this file share one Kafka broker, and one of them stops it.
@@ -49,28 +54,14 @@ async fn owned(p: &Proc) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_ingress_and_two_dispatchers_deliver_everything_even_when_one_is_killed() {
-    let Some(bootstrap) = bootstrap() else {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
         return;
     };
     let _serial = SERIAL.lock().await;
     let sub = Subscriber::start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.yaml"), config(&sub)).unwrap();
-    let url = format!("kafka://{bootstrap}");
-    let template = format!("{}-{{namespace}}-{{name}}", unique("e2e"));
-    let storage = [
-        "--storage",
-        &url,
-        "--kafka-topic-template",
-        &template,
-        "--partitions",
-        "4",
-        // tansu reads exact offsets only from one-record batches (docs/design/kafka.md).
-        "--kafka-option",
-        "batch.num.messages=1",
-        "--kafka-session-timeout",
-        "PT6S",
-    ];
+    let storage = storage(&bootstrap, "e2e", "4", &["--kafka-session-timeout", "PT6S"]);
     let d1 = Proc::start("dispatcher", dir.path(), &storage, &[]).await;
     let d2 = Proc::start("dispatcher", dir.path(), &storage, &[]).await;
     let ingress = Proc::start("ingress", dir.path(), &storage, &[]).await;
@@ -84,48 +75,12 @@ async fn separate_ingress_and_two_dispatchers_deliver_everything_even_when_one_i
     .await;
     eprintln!("partitions split 2/2 {:?} after start", started.elapsed());
 
-    // Both dispatchers running: the partitions split between them.
-    let sent = Arc::new(Sent::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    produce(ingress.addr, "a", 16, 2000, stop.clone(), sent.clone())
-        .await
-        .unwrap();
-    let accepted = sent.accepted_ids();
-    assert_eq!(accepted.len(), 2000, "every request accepted");
-    let dups = all_delivered(&sub, &accepted, Duration::from_secs(90)).await;
-    let (by1, by2) = (d1.delivered().await, d2.delivered().await);
-    eprintln!(
-        "two dispatchers: {} events accepted, {} deliveries expected, {dups} duplicates; \
-         deliveries by dispatcher 1: {by1}, by dispatcher 2: {by2}",
-        accepted.len(),
-        accepted.len() * 3 / 2
-    );
-    assert!(
-        by1 > 0.0 && by2 > 0.0,
-        "both dispatchers share the work ({by1} / {by2})"
-    );
-    assert_eq!(dups, 0, "no duplicates without a failure");
+    both_dispatchers_share_the_work(&sub, &ingress, &d1, &d2, 2000).await;
 
     // Again, killing dispatcher 2 (SIGKILL) in the middle of the run: after the
     // session timeout, Kafka gives its partitions to dispatcher 1, which resumes from
-    // their committed checkpoints.
-    let sent = Arc::new(Sent::default());
-    let load = produce(ingress.addr, "b", 16, 3000, stop.clone(), sent.clone());
-    let before = sub.received().len();
-    eventually(
-        "deliveries of the second run",
-        Duration::from_secs(30),
-        || {
-            let n = sub.received().len();
-            async move { n >= before + 1200 }
-        },
-    )
-    .await;
-    let killed = Instant::now();
-    d2.kill();
-    load.await.unwrap();
-    let accepted = sent.accepted_ids();
-    assert_eq!(accepted.len(), 3000, "every request accepted");
+    // their checkpoints.
+    let (accepted, killed) = kill_mid_run(&sub, &ingress, d2, 3000, 1200).await;
     eventually(
         "dispatcher 1 takes over every partition",
         Duration::from_secs(60),
@@ -148,27 +103,19 @@ async fn separate_ingress_and_two_dispatchers_deliver_everything_even_when_one_i
 /// timeout instead of hanging, and nothing it accepted before is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_down_gives_503_with_retry_after_within_the_timeout() {
-    let Some(bootstrap) = bootstrap() else {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
         return;
     };
     let _serial = SERIAL.lock().await;
     let sub = Subscriber::start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.yaml"), config(&sub)).unwrap();
-    let url = format!("kafka://{bootstrap}");
-    let template = format!("{}-{{namespace}}-{{name}}", unique("outage"));
-    let storage = [
-        "--storage",
-        &url,
-        "--kafka-topic-template",
-        &template,
-        "--partitions",
+    let storage = storage(
+        &bootstrap,
+        "outage",
         "2",
-        "--kafka-option",
-        "batch.num.messages=1",
-        "--kafka-request-timeout",
-        "PT2S",
-    ];
+        &["--kafka-request-timeout", "PT2S"],
+    );
     let server = Proc::start("serve", dir.path(), &storage, &[]).await;
     let sent = Arc::new(Sent::default());
     let stop = Arc::new(AtomicBool::new(false));

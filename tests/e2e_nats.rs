@@ -18,26 +18,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::procs::{all_delivered, config, dev_services, produce, unique, Proc, Sent};
+use common::procs::{
+    all_delivered, both_dispatchers_share_the_work, config, dev_services, kill_mid_run, produce,
+    unique, Proc, Sent,
+};
 use common::{eventually, Subscriber};
 
 /// The tests of this file share one nats-server, and one of them stops it.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn nats_url() -> Option<String> {
-    match std::env::var("TRIGGERFISH_TEST_NATS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("TRIGGERFISH_SKIP_NATS").as_deref() == Ok("1") => {
-            eprintln!("TRIGGERFISH_SKIP_NATS=1: NATS end-to-end tests skipped");
-            None
-        }
-        _ => panic!(
-            "TRIGGERFISH_TEST_NATS_URL is not set: run the tests through scripts/test \
-             (which starts nats-server), or `scripts/dev-services start && source \
-             .dev-services/env`; set TRIGGERFISH_SKIP_NATS=1 to skip the NATS tests"
-        ),
-    }
-}
 
 /// The flags that put a process on this NATS server with this prefix.
 fn storage<'a>(url: &'a str, prefix: &'a str) -> [&'a str; 6] {
@@ -53,7 +41,7 @@ fn storage<'a>(url: &'a str, prefix: &'a str) -> [&'a str; 6] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_ingress_and_two_dispatchers_deliver_everything_even_when_one_is_killed() {
-    let Some(url) = nats_url() else {
+    let Some(url) = common::nats_url() else {
         return;
     };
     let _serial = SERIAL.lock().await;
@@ -75,44 +63,10 @@ async fn separate_ingress_and_two_dispatchers_deliver_everything_even_when_one_i
     eprintln!("partition leases: {owners:?}");
 
     // Both dispatchers running: the partitions split between them.
-    let sent = Arc::new(Sent::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    produce(ingress.addr, "a", 16, 3000, stop.clone(), sent.clone())
-        .await
-        .unwrap();
-    let accepted = sent.accepted_ids();
-    assert_eq!(accepted.len(), 3000, "every request accepted");
-    let dups = all_delivered(&sub, &accepted, Duration::from_secs(90)).await;
-    let (by1, by2) = (d1.delivered().await, d2.delivered().await);
-    eprintln!(
-        "two dispatchers: {} events accepted, {} deliveries expected, {dups} duplicates; \
-         deliveries by dispatcher 1: {by1}, by dispatcher 2: {by2}",
-        accepted.len(),
-        accepted.len() * 3 / 2
-    );
-    assert!(
-        by1 > 0.0 && by2 > 0.0,
-        "both dispatchers share the work ({by1} / {by2})"
-    );
-    assert_eq!(dups, 0, "no duplicates without a failure");
+    both_dispatchers_share_the_work(&sub, &ingress, &d1, &d2, 3000).await;
 
     // Again, killing dispatcher 2 (SIGKILL) in the middle of the run.
-    let sent = Arc::new(Sent::default());
-    let load = produce(ingress.addr, "b", 16, 4000, stop.clone(), sent.clone());
-    let before = sub.received().len();
-    eventually(
-        "deliveries of the second run",
-        Duration::from_secs(30),
-        || {
-            let n = sub.received().len();
-            async move { n >= before + 1500 }
-        },
-    )
-    .await;
-    d2.kill();
-    load.await.unwrap();
-    let accepted = sent.accepted_ids();
-    assert_eq!(accepted.len(), 4000, "every request accepted");
+    let (accepted, _) = kill_mid_run(&sub, &ingress, d2, 4000, 1500).await;
     let dups = all_delivered(&sub, &accepted, Duration::from_secs(120)).await;
     eprintln!(
         "dispatcher killed mid-run: {} events accepted, {} deliveries expected, none lost, {dups} duplicates",
@@ -160,7 +114,7 @@ async fn lease_owners(url: &str, prefix: &str, within: Duration) -> Vec<String> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_stopped_under_load_gives_503_then_recovers_and_loses_nothing() {
-    let Some(url) = nats_url() else {
+    let Some(url) = common::nats_url() else {
         return;
     };
     let _serial = SERIAL.lock().await;

@@ -19,21 +19,6 @@ use base64::Engine as _;
 use common::{broker_with_triggers, eventually, metric, post, procs::unique, Subscriber};
 use serde_json::{json, Value};
 
-fn bootstrap() -> Option<String> {
-    match std::env::var("TRIGGERFISH_TEST_KAFKA_BOOTSTRAP") {
-        Ok(b) if !b.is_empty() => Some(b),
-        _ if std::env::var("TRIGGERFISH_SKIP_KAFKA").as_deref() == Ok("1") => {
-            eprintln!("TRIGGERFISH_SKIP_KAFKA=1: Kafka interop tests skipped");
-            None
-        }
-        _ => panic!(
-            "TRIGGERFISH_TEST_KAFKA_BOOTSTRAP is not set: run the tests through scripts/test, \
-             or `scripts/dev-services start && source .dev-services/env`; set \
-             TRIGGERFISH_SKIP_KAFKA=1 to skip the Kafka tests"
-        ),
-    }
-}
-
 /// Runs `tests/kafka_client.py` with `args` (and `stdin`), returns its JSON output.
 fn python(args: &[&str], stdin: Option<&Value>) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py");
@@ -75,7 +60,7 @@ fn b64(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_kafka_clients_read_what_the_ingress_accepted_and_write_what_triggers_route() {
-    let Some(bootstrap) = bootstrap() else {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
         return;
     };
     let sub = Subscriber::start().await;

@@ -9,6 +9,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -22,21 +24,6 @@ use broker::event::{DataKind, Event};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
-
-fn tansu_bin() -> Option<String> {
-    match std::env::var("TRIGGERFISH_TEST_TANSU_BIN") {
-        Ok(b) if !b.is_empty() => Some(b),
-        _ if std::env::var("TRIGGERFISH_SKIP_KAFKA").as_deref() == Ok("1") => {
-            eprintln!("TRIGGERFISH_SKIP_KAFKA=1: Kafka TLS test skipped");
-            None
-        }
-        _ => panic!(
-            "TRIGGERFISH_TEST_TANSU_BIN is not set: run the tests through scripts/test, or \
-             `scripts/dev-services start && source .dev-services/env`; set \
-             TRIGGERFISH_SKIP_KAFKA=1 to skip the Kafka tests"
-        ),
-    }
-}
 
 /// The tansu process; killed when dropped.
 struct Tansu(Child);
@@ -121,7 +108,7 @@ fn event(id: &str) -> Event {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kafka_channel_works_over_tls_set_up_by_client_options_alone() {
-    let Some(bin) = tansu_bin() else {
+    let Some(bin) = common::tansu_bin() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

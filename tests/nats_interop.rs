@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -18,21 +20,6 @@ use broker::config::BrokerId;
 use broker::event::{AttrValue, DataKind, Event};
 use bytes::Bytes;
 use futures_util::StreamExt;
-
-fn nats_url() -> Option<String> {
-    match std::env::var("TRIGGERFISH_TEST_NATS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("TRIGGERFISH_SKIP_NATS").as_deref() == Ok("1") => {
-            eprintln!("TRIGGERFISH_SKIP_NATS=1: NATS interop test skipped");
-            None
-        }
-        _ => panic!(
-            "TRIGGERFISH_TEST_NATS_URL is not set: run the tests through scripts/test \
-             (which starts nats-server), or `scripts/dev-services start && source \
-             .dev-services/env`; set TRIGGERFISH_SKIP_NATS=1 to skip the NATS tests"
-        ),
-    }
-}
 
 /// Binding 3.1.3.2, receiving side: undo RFC 7230 double-quoting (with backslash
 /// escapes), then one round of percent-decoding; the bytes must be valid UTF-8.
@@ -134,7 +121,7 @@ fn expected(e: &Event) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_written_by_triggerfish_decode_by_the_binding_spec_alone() {
-    let Some(url) = nats_url() else {
+    let Some(url) = common::nats_url() else {
         return;
     };
     let nanos = std::time::SystemTime::now()

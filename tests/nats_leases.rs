@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,21 +17,6 @@ use broker::channel::lease::PartitionLeases;
 use broker::channel::nats::{NatsLog, NatsOptions};
 use broker::channel::EventLog;
 use broker::config::BrokerId;
-
-fn nats_url() -> Option<String> {
-    match std::env::var("TRIGGERFISH_TEST_NATS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("TRIGGERFISH_SKIP_NATS").as_deref() == Ok("1") => {
-            eprintln!("TRIGGERFISH_SKIP_NATS=1: NATS lease tests skipped");
-            None
-        }
-        _ => panic!(
-            "TRIGGERFISH_TEST_NATS_URL is not set: run the tests through scripts/test \
-             (which starts nats-server), or `scripts/dev-services start && source \
-             .dev-services/env`; set TRIGGERFISH_SKIP_NATS=1 to skip the NATS tests"
-        ),
-    }
-}
 
 async fn connect(url: &str, tag: &str, ttl: Duration) -> NatsLog {
     let nanos = std::time::SystemTime::now()
@@ -56,7 +43,7 @@ async fn step(l: &dyn PartitionLeases, owned: &mut BTreeSet<u32>) -> BTreeSet<u3
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_holders_split_four_partitions_and_one_takes_over_after_the_ttl() {
-    let Some(url) = nats_url() else {
+    let Some(url) = common::nats_url() else {
         return;
     };
     let ttl = Duration::from_secs(2);

@@ -289,3 +289,45 @@ pub fn binary_headers<'a>(id: &'a str, ty: &'a str) -> Vec<(&'a str, &'a str)> {
         ("ce-type", ty),
     ]
 }
+
+/// A server the tests need, from `scripts/dev-services`' env file: its variable, or
+/// `None` when its tests are explicitly skipped (`skip`=1). Never passes silently:
+/// without either it fails, saying how to start the servers.
+fn service(var: &str, skip: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var(skip).as_deref() == Ok("1") => {
+            eprintln!("{skip}=1: {what} tests skipped");
+            None
+        }
+        _ => panic!(
+            "{var} is not set: run the tests through scripts/test (which starts the \
+             servers they need), or `scripts/dev-services start && source \
+             .dev-services/env`; set {skip}=1 to skip the {what} tests"
+        ),
+    }
+}
+
+/// The NATS server URL (`TRIGGERFISH_TEST_NATS_URL`; skip with `TRIGGERFISH_SKIP_NATS=1`).
+pub fn nats_url() -> Option<String> {
+    service("TRIGGERFISH_TEST_NATS_URL", "TRIGGERFISH_SKIP_NATS", "NATS")
+}
+
+/// The Kafka bootstrap server, `HOST:PORT` (`TRIGGERFISH_TEST_KAFKA_BOOTSTRAP`; skip
+/// with `TRIGGERFISH_SKIP_KAFKA=1`).
+pub fn kafka_bootstrap() -> Option<String> {
+    service(
+        "TRIGGERFISH_TEST_KAFKA_BOOTSTRAP",
+        "TRIGGERFISH_SKIP_KAFKA",
+        "Kafka",
+    )
+}
+
+/// The tansu binary, for tests that run a Kafka-protocol broker of their own.
+pub fn tansu_bin() -> Option<String> {
+    service(
+        "TRIGGERFISH_TEST_TANSU_BIN",
+        "TRIGGERFISH_SKIP_KAFKA",
+        "Kafka",
+    )
+}

@@ -60,7 +60,12 @@ impl Drop for Proc {
 impl Proc {
     /// Starts `triggerfish <role>` with `storage` (the `--storage` flag and the
     /// backend's own) and `extra`, and waits for its `listening on` line.
-    pub async fn start(role: &str, dir: &Path, storage: &[&str], extra: &[&str]) -> Proc {
+    pub async fn start<S: AsRef<std::ffi::OsStr>>(
+        role: &str,
+        dir: &Path,
+        storage: &[S],
+        extra: &[&str],
+    ) -> Proc {
         let log = std::fs::File::create(dir.join(format!("{role}-{}.log", unique("p")))).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_triggerfish"));
         cmd.arg(role)
@@ -308,6 +313,68 @@ pub async fn all_delivered(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// With two dispatchers running, `n` events through `ingress` reach every matching
+/// trigger exactly once, and both dispatchers deliver some of them.
+pub async fn both_dispatchers_share_the_work(
+    sub: &Subscriber,
+    ingress: &Proc,
+    d1: &Proc,
+    d2: &Proc,
+    n: usize,
+) {
+    let sent = Arc::new(Sent::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    produce(ingress.addr, "a", 16, n, stop, sent.clone())
+        .await
+        .unwrap();
+    let accepted = sent.accepted_ids();
+    assert_eq!(accepted.len(), n, "every request accepted");
+    let dups = all_delivered(sub, &accepted, Duration::from_secs(90)).await;
+    let (by1, by2) = (d1.delivered().await, d2.delivered().await);
+    eprintln!(
+        "two dispatchers: {} events accepted, {} deliveries expected, {dups} duplicates; \
+         deliveries by dispatcher 1: {by1}, by dispatcher 2: {by2}",
+        accepted.len(),
+        accepted.len() * 3 / 2
+    );
+    assert!(
+        by1 > 0.0 && by2 > 0.0,
+        "both dispatchers share the work ({by1} / {by2})"
+    );
+    assert_eq!(dups, 0, "no duplicates without a failure");
+}
+
+/// Sends `n` events through `ingress` and kills `victim` (SIGKILL) once `kill_after`
+/// deliveries of them arrived; returns the accepted ids once every request is
+/// answered (every one must be accepted) and when the kill happened.
+pub async fn kill_mid_run(
+    sub: &Subscriber,
+    ingress: &Proc,
+    victim: Proc,
+    n: usize,
+    kill_after: usize,
+) -> (HashSet<String>, Instant) {
+    let sent = Arc::new(Sent::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = produce(ingress.addr, "b", 16, n, stop, sent.clone());
+    let before = sub.received().len();
+    super::eventually(
+        "deliveries before the kill",
+        Duration::from_secs(30),
+        || {
+            let got = sub.received().len();
+            async move { got >= before + kill_after }
+        },
+    )
+    .await;
+    let killed = Instant::now();
+    victim.kill();
+    load.await.unwrap();
+    let accepted = sent.accepted_ids();
+    assert_eq!(accepted.len(), n, "every request accepted");
+    (accepted, killed)
 }
 
 /// Runs `scripts/dev-services <cmd>` against the server the tests were given.
