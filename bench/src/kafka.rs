@@ -32,8 +32,8 @@ use broker::channel::kafka::rdkafka::ClientConfig;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use crate::load::{stored_event, Generator, Shape, Template, DATA_BYTES};
-use crate::proc::Child;
+use crate::load::{stored_event, DATA_BYTES};
+use crate::proc::{ingress_rate, IngressRate};
 
 /// Flags of `triggerfish-bench kafka`.
 #[derive(Debug, Args)]
@@ -134,30 +134,11 @@ pub async fn run(a: KafkaArgs) -> anyhow::Result<()> {
     for kv in &a.kafka_options {
         args.extend(["--kafka-option".to_owned(), kv.clone()]);
     }
-    let server = Child::spawn(&bin, &args).await?;
-    let g = Generator::start(
-        server.addr,
-        Template::ingress(server.addr),
-        Shape {
-            conns: a.conns,
-            rate: None,
-            limit: None,
-        },
-        Instant::now(),
-    );
-    tokio::time::sleep(WARMUP).await;
-    let (ok0, failed0, cpu0, t0) = (g.ok(), g.failed(), server.cpu(), Instant::now());
-    tokio::time::sleep(measure).await;
-    let dt = t0.elapsed().as_secs_f64();
-    let (ok1, failed1, cpu1) = (g.ok(), g.failed(), server.cpu());
-    g.finish().await;
-    server.stop();
-    let tf = (ok1 - ok0) as f64 / dt;
-    let tf_failed = (failed1 - failed0) as f64 / dt;
-    let cpu_us = match (cpu0, cpu1) {
-        (Some(x), Some(y)) if ok1 > ok0 => (y - x).as_secs_f64() * 1e6 / (ok1 - ok0) as f64,
-        _ => f64::NAN,
-    };
+    let IngressRate {
+        accepted: tf,
+        failed: tf_failed,
+        cpu_us,
+    } = ingress_rate(&bin, &args, a.conns, WARMUP, measure).await?;
 
     eprintln!("raw rdkafka producer loop again ...");
     let raw2 = raw(&producer, &raw_topic, &record, a.conns, measure).await;

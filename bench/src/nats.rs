@@ -24,8 +24,8 @@ use bytes::Bytes;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use crate::load::{stored_event, Generator, Shape, Template, DATA_BYTES};
-use crate::proc::Child;
+use crate::load::{stored_event, DATA_BYTES};
+use crate::proc::{ingress_rate, IngressRate};
 
 /// Flags of `triggerfish-bench nats`.
 #[derive(Debug, Args)]
@@ -111,30 +111,11 @@ pub async fn run(a: NatsArgs) -> anyhow::Result<()> {
         "warn",
     ]
     .map(str::to_owned);
-    let server = Child::spawn(&bin, &args).await?;
-    let g = Generator::start(
-        server.addr,
-        Template::ingress(server.addr),
-        Shape {
-            conns: a.conns,
-            rate: None,
-            limit: None,
-        },
-        Instant::now(),
-    );
-    tokio::time::sleep(WARMUP).await;
-    let (ok0, failed0, cpu0, t0) = (g.ok(), g.failed(), server.cpu(), Instant::now());
-    tokio::time::sleep(measure).await;
-    let dt = t0.elapsed().as_secs_f64();
-    let (ok1, failed1, cpu1) = (g.ok(), g.failed(), server.cpu());
-    g.finish().await;
-    server.stop();
-    let tf = (ok1 - ok0) as f64 / dt;
-    let tf_failed = (failed1 - failed0) as f64 / dt;
-    let cpu_us = match (cpu0, cpu1) {
-        (Some(x), Some(y)) if ok1 > ok0 => (y - x).as_secs_f64() * 1e6 / (ok1 - ok0) as f64,
-        _ => f64::NAN,
-    };
+    let IngressRate {
+        accepted: tf,
+        failed: tf_failed,
+        cpu_us,
+    } = ingress_rate(&bin, &args, a.conns, WARMUP, measure).await?;
 
     eprintln!("raw JetStream publish again ...");
     let raw2 = raw(&js, &prefix, None, payload, a.conns, measure).await;

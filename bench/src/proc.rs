@@ -228,3 +228,53 @@ pub async fn prefill(data_dir: &Path, n: u64) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// What one closed-loop ingress measurement saw.
+pub struct IngressRate {
+    /// Accepted events per second.
+    pub accepted: f64,
+    /// Failed requests per second.
+    pub failed: f64,
+    /// Server CPU per accepted event, in microseconds.
+    pub cpu_us: f64,
+}
+
+/// Starts `bin` with `args` (a `serve` command), drives its ingress with `conns`
+/// keep-alive connections POSTing the bench event for `warmup` then `measure`, and
+/// stops it.
+pub async fn ingress_rate(
+    bin: &Path,
+    args: &[String],
+    conns: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> anyhow::Result<IngressRate> {
+    use crate::load::{Generator, Shape, Template};
+    let server = Child::spawn(bin, args).await?;
+    let g = Generator::start(
+        server.addr,
+        Template::ingress(server.addr),
+        Shape {
+            conns,
+            rate: None,
+            limit: None,
+        },
+        std::time::Instant::now(),
+    );
+    tokio::time::sleep(warmup).await;
+    let (ok0, failed0, cpu0, t0) = (g.ok(), g.failed(), server.cpu(), std::time::Instant::now());
+    tokio::time::sleep(measure).await;
+    let dt = t0.elapsed().as_secs_f64();
+    let (ok1, failed1, cpu1) = (g.ok(), g.failed(), server.cpu());
+    g.finish().await;
+    server.stop();
+    let cpu_us = match (cpu0, cpu1) {
+        (Some(x), Some(y)) if ok1 > ok0 => (y - x).as_secs_f64() * 1e6 / (ok1 - ok0) as f64,
+        _ => f64::NAN,
+    };
+    Ok(IngressRate {
+        accepted: (ok1 - ok0) as f64 / dt,
+        failed: (failed1 - failed0) as f64 / dt,
+        cpu_us,
+    })
+}

@@ -64,3 +64,25 @@ impl PartitionLeases for AllPartitions {
         Duration::MAX
     }
 }
+
+/// No partition, ever: for a process that must not dispatch (its leases could not be
+/// set up), rather than one that owns everything and duplicates every delivery.
+#[derive(Debug, Clone, Copy)]
+pub struct NoPartitions;
+
+#[async_trait]
+impl PartitionLeases for NoPartitions {
+    async fn refresh(&self) -> Result<Vec<u32>, ChannelError> {
+        Ok(Vec::new())
+    }
+
+    async fn release(&self, _partitions: &[u32]) {}
+
+    fn renew_every(&self) -> Duration {
+        Duration::from_secs(3600)
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::MAX
+    }
+}

@@ -225,20 +225,3 @@ impl PartitionLeases for KafkaLeases {
         self.ttl
     }
 }
-
-/// No partitions at all (when the group cannot be joined).
-pub struct NoPartitions;
-
-#[async_trait]
-impl PartitionLeases for NoPartitions {
-    async fn refresh(&self) -> Result<Vec<u32>, ChannelError> {
-        Ok(Vec::new())
-    }
-    async fn release(&self, _partitions: &[u32]) {}
-    fn renew_every(&self) -> Duration {
-        Duration::from_secs(3600)
-    }
-    fn ttl(&self) -> Duration {
-        Duration::MAX
-    }
-}

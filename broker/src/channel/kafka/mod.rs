@@ -733,7 +733,7 @@ impl BrokerLog for KafkaBroker {
                 // Own nothing rather than everything, which could duplicate every
                 // delivery; the error says why.
                 tracing::error!(broker = %self.id, error = %e, "cannot join the dispatchers' consumer group; this process dispatches nothing");
-                Arc::new(lease::NoPartitions)
+                Arc::new(crate::channel::lease::NoPartitions)
             }
         }
     }

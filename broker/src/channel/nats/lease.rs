@@ -367,26 +367,6 @@ impl PartitionLeases for NatsLeases {
     }
 }
 
-/// Owns nothing: the fallback for an owner name NATS cannot store.
-pub(super) struct NoPartitions;
-
-#[async_trait]
-impl PartitionLeases for NoPartitions {
-    async fn refresh(&self) -> Result<Vec<u32>, ChannelError> {
-        Ok(Vec::new())
-    }
-
-    async fn release(&self, _partitions: &[u32]) {}
-
-    fn renew_every(&self) -> Duration {
-        Duration::from_secs(3600)
-    }
-
-    fn ttl(&self) -> Duration {
-        Duration::MAX
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::fair_share;

@@ -641,7 +641,7 @@ impl BrokerLog for NatsBroker {
                 // Only an empty owner name gets here (`token` refuses it): own nothing
                 // rather than everything, which could duplicate every delivery.
                 tracing::error!(broker = %self.id, error = %e, "invalid dispatcher name; this process dispatches nothing");
-                Arc::new(lease::NoPartitions)
+                Arc::new(crate::channel::lease::NoPartitions)
             }
         }
     }
