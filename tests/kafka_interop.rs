@@ -12,6 +12,8 @@
 mod common;
 
 use std::io::Write;
+
+use axum::http::{HeaderMap, StatusCode};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -259,6 +261,117 @@ async fn other_kafka_clients_read_what_the_ingress_accepted_and_write_what_trigg
         [format!("0-{garbage_offset}"), format!("2-{garbage2}")],
         "each garbage record once"
     );
+    server.shutdown();
+    server.wait().await.unwrap();
+}
+
+/// Replies and the dead-letter log are Kafka topics too: another client sees a reply
+/// on the broker's topic, after the event it answers, and a failed event on
+/// `<topic>_deadletters` with the `knativeerror*` headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_and_dead_letters_are_records_in_kafka() {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
+        return;
+    };
+    let sub = Subscriber::start().await;
+    sub.respond_with(|r, _| match r.path.as_str() {
+        "/ask" => {
+            let mut h = HeaderMap::new();
+            for (k, v) in [
+                ("ce-specversion", "1.0"),
+                ("ce-id", "answer-1"),
+                ("ce-source", "/replier"),
+                ("ce-type", "com.example.answer"),
+                ("content-type", "text/plain"),
+            ] {
+                h.insert(k, v.parse().unwrap());
+            }
+            (StatusCode::OK, h, b"42".to_vec())
+        }
+        "/doomed" => (StatusCode::BAD_REQUEST, HeaderMap::new(), b"no".to_vec()),
+        _ => (StatusCode::OK, HeaderMap::new(), Vec::new()),
+    });
+    let yaml = broker_with_triggers(&[
+        (
+            "ask",
+            "  filter: {attributes: {type: com.example.ask}}\n",
+            sub.url("/ask"),
+        ),
+        (
+            "answers",
+            "  filter: {attributes: {type: com.example.answer}}\n",
+            sub.url("/answers"),
+        ),
+        (
+            "doomed",
+            "  filter: {attributes: {type: com.example.doomed}}\n",
+            sub.url("/doomed"),
+        ),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = common::server_options(&yaml, dir.path());
+    let template = format!("{}-{{namespace}}-{{name}}", unique("replies"));
+    let topic = template
+        .replace("{namespace}", "default")
+        .replace("{name}", "default");
+    let mut kafka =
+        broker::channel::kafka::KafkaOptions::from_url(&format!("kafka://{bootstrap}")).unwrap();
+    kafka.topic_template = template;
+    kafka.partitions = 1;
+    kafka.add_option("batch.num.messages=1").unwrap();
+    opts.storage = triggerfish::app::Storage::Kafka(kafka);
+    let server = common::start_with(opts).await;
+    for (id, ty) in [("q-1", "com.example.ask"), ("d-1", "com.example.doomed")] {
+        let (status, _, _) = post(
+            server.addr,
+            "/default/default",
+            &common::binary_headers(id, ty),
+            "x",
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    sub.wait_until("the reply delivered", Duration::from_secs(30), |r| {
+        r.iter().any(|r| r.path == "/answers")
+    })
+    .await;
+
+    let records = python(&["consume", &bootstrap, &topic, "3", "30"], None);
+    let ids: Vec<&str> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| header(r, "ce_id"))
+        .collect();
+    assert_eq!(
+        ids,
+        ["q-1", "d-1", "answer-1"],
+        "the reply follows on the topic"
+    );
+    let reply = &records[2];
+    assert_eq!(header(reply, "ce_type"), Some("com.example.answer"));
+    assert_eq!(reply["value_b64"], b64(b"42"));
+    assert!(header(reply, "ce_knativebrokerttl").is_some(), "{reply}");
+
+    let dead = python(
+        &[
+            "consume",
+            &bootstrap,
+            &format!("{topic}_deadletters"),
+            "1",
+            "30",
+        ],
+        None,
+    );
+    let d = &dead[0];
+    assert_eq!(header(d, "ce_id"), Some("d-1"));
+    assert_eq!(header(d, "ce_knativeerrorcode"), Some("400"));
+    assert_eq!(
+        header(d, "ce_knativeerrordest"),
+        Some(sub.url("/doomed").as_str())
+    );
+    assert_eq!(header(d, "ce_triggerfishtrigger"), Some("doomed"));
+    eprintln!("dead letter as a Python consumer sees it: {d}");
     server.shutdown();
     server.wait().await.unwrap();
 }
