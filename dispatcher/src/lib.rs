@@ -36,6 +36,7 @@ use std::time::Duration;
 use broker::channel::{BrokerLog, ChannelError, Offset};
 use broker::config::{BrokerConfig, BrokerId, Config};
 use broker::telemetry::Metrics;
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -301,7 +302,11 @@ pub(crate) async fn flush_now(run: &BrokerRun, durable: bool, stopped: &[u32]) {
     if mine.is_empty() {
         return;
     }
-    for (t, prev) in run.triggers.iter().zip(stored.iter_mut()) {
+    // Every trigger's changed checkpoints, stored concurrently (a shared channel
+    // takes a network round trip per store; a thousand triggers in sequence would
+    // make each flush take seconds).
+    let mut pending = Vec::new();
+    for (i, (t, prev)) in run.triggers.iter().zip(stored.iter()).enumerate() {
         let updates: Vec<(u32, Offset)> = mine
             .iter()
             .filter_map(|&p| {
@@ -309,27 +314,39 @@ pub(crate) async fn flush_now(run: &BrokerRun, durable: bool, stopped: &[u32]) {
                 (durable || prev.get(p) != Some(&now)).then_some((p as u32, now))
             })
             .collect();
-        if updates.is_empty() {
-            continue;
+        if !updates.is_empty() {
+            pending.push((i, updates));
         }
-        match run
-            .log
-            .store_checkpoint(&t.cfg.name, &updates, durable)
-            .await
-        {
+    }
+    let results: Vec<_> = futures_util::stream::iter(pending)
+        .map(|(i, updates)| async move {
+            let name = &run.triggers[i].cfg.name;
+            let r = run.log.store_checkpoint(name, &updates, durable).await;
+            (i, updates, r)
+        })
+        .buffer_unordered(STORE_CONCURRENCY)
+        .collect()
+        .await;
+    for (i, updates, result) in results {
+        match result {
             Ok(()) => {
-                for (p, o) in updates {
-                    if let Some(slot) = prev.get_mut(p as usize) {
-                        *slot = o;
+                if let Some(prev) = stored.get_mut(i) {
+                    for (p, o) in updates {
+                        if let Some(slot) = prev.get_mut(p as usize) {
+                            *slot = o;
+                        }
                     }
                 }
             }
             Err(e) => {
-                tracing::warn!(trigger = %t.cfg.name, error = %e, "cannot store checkpoint; will retry")
+                tracing::warn!(trigger = %run.triggers[i].cfg.name, error = %e, "cannot store checkpoint; will retry")
             }
         }
     }
 }
+
+/// Checkpoint stores in flight at once during a flush.
+const STORE_CONCURRENCY: usize = 32;
 
 fn snapshot(t: &TriggerRuntime) -> Vec<Offset> {
     t.checkpoint
