@@ -794,6 +794,17 @@ mod kafka_backend {
         let got = read_all(b.as_ref(), StartAt::Earliest).await;
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].2.id(), "shared");
+        // A new trigger's start point is created once among processes: the first wins,
+        // and it never replaces progress.
+        a.init_checkpoint("new", &[(0, 100)]).await.unwrap();
+        b.init_checkpoint("new", &[(0, 160), (1, 7)]).await.unwrap();
+        assert_eq!(
+            b.load_checkpoint("new").await.unwrap(),
+            vec![Some(100), Some(7), None]
+        );
+        a.store_checkpoint("new", &[(0, 150)], false).await.unwrap();
+        b.init_checkpoint("new", &[(0, 170)]).await.unwrap();
+        assert_eq!(b.load_checkpoint("new").await.unwrap()[0], Some(150));
         // Two brokers whose names map to one topic are refused.
         let t2 = unique_template("collide");
         let log = KafkaLog::connect(options(bootstrap, &t2, 1)).await.unwrap();

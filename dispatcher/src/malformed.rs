@@ -186,6 +186,11 @@ pub async fn scan(
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(broker = %sink.events.broker(), partition, error = %e, "malformed-record scan failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(5));
                     continue 'outer;
                 }
             };

@@ -44,6 +44,8 @@ pub const PREFIX: &str = "ce_";
 const STRUCTURED_PREFIX: &str = "application/cloudevents";
 const STRUCTURED_JSON: &str = "application/cloudevents+json";
 const PARTITIONKEY: &str = "partitionkey";
+/// The most headers a record may have.
+pub const MAX_HEADERS: usize = 256;
 
 /// Why a Kafka record is not a CloudEvent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -178,7 +180,12 @@ pub fn decode<'a>(
         *slot = Some(text(name, v)?.unwrap_or(""));
         Ok(())
     };
-    for (name, v) in headers {
+    for (n, (name, v)) in headers.into_iter().enumerate() {
+        // Duplicates are found by scanning what came before: bound the work a record
+        // from outside can cause.
+        if n >= MAX_HEADERS {
+            return Err(header_err(name, format!("more than {MAX_HEADERS} headers")));
+        }
         if name.eq_ignore_ascii_case(CONTENT_TYPE) {
             single(&mut content_type, name, v)?;
             // In binary mode it is `datacontenttype`, in its place among the headers.

@@ -1,9 +1,14 @@
 //! Trigger checkpoints in one compacted topic, `triggerfish-checkpoints` by default
 //! (`--kafka-checkpoint-topic`), shared by every broker.
 //!
-//! One record per (log, trigger, partition): key `<events|deadletters>/<ns>/<broker>/
-//! <trigger>/<partition>`, value the next offset to process in decimal. Compaction
-//! keeps the latest per key, so the topic stays as small as the set of checkpoints.
+//! One record per (log, trigger, partition): key `<topic>/<trigger>/<partition>`, value
+//! the next offset to process in decimal. Compaction keeps the latest per key, so the
+//! topic stays as small as the set of checkpoints. A new trigger's starting point is
+//! an `init:<offset>` record, which counts only for a key that has no value yet when
+//! the tail reaches it: the first in topic order wins, whichever process wrote it, and
+//! an init never replaces progress. (Compaction could keep an init written after a
+//! store of the same key, which needs a load that missed an acknowledged store: not
+//! possible, since loads and inits wait for the tail to pass the topic's end.)
 //!
 //! Every process tails the topic from the start with one assigned consumer and keeps
 //! the latest value of each key. A store produces through the channel's idempotent
@@ -95,7 +100,10 @@ impl CheckpointTopic {
         let (low, high) = blocking(move || meta.fetch_watermarks(&topic, 0, t))
             .await
             .map_err(|e| self.err(format!("reading its end offset: {e}")))?;
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        // Reading a long topic from the start may take longer than one request: wait
+        // as long as the tail makes progress.
+        let mut deadline = tokio::time::Instant::now() + self.timeout;
+        let mut seen = self.view.applied.load(Ordering::Acquire);
         loop {
             let notified = self.view.progress.notified();
             let applied = self.view.applied.load(Ordering::Acquire);
@@ -103,9 +111,15 @@ impl CheckpointTopic {
             if high <= low || applied >= high {
                 return Ok(());
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            if applied > seen {
+                seen = applied;
+                deadline = tokio::time::Instant::now() + self.timeout;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err()
+                && self.view.applied.load(Ordering::Acquire) <= seen
+            {
                 return Err(self.err(format!(
-                    "not read up to offset {high} within {:?} (at {applied})",
+                    "not read up to offset {high} within {:?} (stuck at {applied})",
                     self.timeout
                 )));
             }
@@ -137,10 +151,50 @@ impl CheckpointTopic {
         trigger: &str,
         updates: &[(u32, Offset)],
     ) -> Result<(), ChannelError> {
+        self.produce(prefix, trigger, updates, false).await
+    }
+
+    /// Stores starting checkpoints where none exists, atomically among processes: an
+    /// init record counts only for a key without a value when the tail reaches it, so
+    /// the first one in the topic wins and an init never replaces progress. Returns
+    /// once the view shows the outcome.
+    pub async fn init(
+        &self,
+        prefix: &str,
+        trigger: &str,
+        initial: &[(u32, Offset)],
+    ) -> Result<(), ChannelError> {
+        self.catch_up().await?;
+        let missing: Vec<(u32, Offset)> = {
+            let values = lock(&self.view.values);
+            initial
+                .iter()
+                .copied()
+                .filter(|&(p, _)| !values.contains_key(&key(prefix, trigger, p)))
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.produce(prefix, trigger, &missing, true).await?;
+        self.catch_up().await
+    }
+
+    async fn produce(
+        &self,
+        prefix: &str,
+        trigger: &str,
+        updates: &[(u32, Offset)],
+        init: bool,
+    ) -> Result<(), ChannelError> {
         let mut pending = Vec::with_capacity(updates.len());
         for &(p, offset) in updates {
             let k = key(prefix, trigger, p);
-            let v = offset.to_string();
+            let v = if init {
+                format!("{INIT}{offset}")
+            } else {
+                offset.to_string()
+            };
             let record: FutureRecord<'_, str, str> = FutureRecord::to(&self.topic)
                 .partition(0)
                 .key(k.as_str())
@@ -153,9 +207,12 @@ impl CheckpointTopic {
         let reports = async {
             for (k, offset, f) in pending {
                 match f.await {
-                    Ok(Ok(_)) => {
+                    // A process reads its own stores at once; an init's outcome comes
+                    // from the tail (another process's may be first).
+                    Ok(Ok(_)) if !init => {
                         lock(&self.view.values).insert(k, offset);
                     }
+                    Ok(Ok(_)) => {}
                     Ok(Err((e, _))) => return Err(self.err(format!("storing {k}: {e}"))),
                     Err(_) => return Err(self.err("the producer was closed".to_owned())),
                 }
@@ -168,6 +225,9 @@ impl CheckpointTopic {
     }
 }
 
+/// Prefix of an init record's value.
+const INIT: &str = "init:";
+
 fn key(prefix: &str, trigger: &str, partition: u32) -> String {
     format!("{prefix}{trigger}/{partition}")
 }
@@ -177,13 +237,17 @@ async fn tail(consumer: StreamConsumer, view: Arc<View>, topic: String) {
     loop {
         match consumer.recv().await {
             Ok(msg) => {
-                let parsed = msg.key().and_then(|k| std::str::from_utf8(k).ok()).zip(
-                    msg.payload()
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .and_then(|v| v.trim().parse::<Offset>().ok()),
-                );
+                let k = msg.key().and_then(|k| std::str::from_utf8(k).ok());
+                let v = msg.payload().and_then(|v| std::str::from_utf8(v).ok());
+                let parsed = k.zip(v.and_then(|v| match v.trim().strip_prefix(INIT) {
+                    Some(o) => o.parse::<Offset>().ok().map(|o| (o, true)),
+                    None => v.trim().parse::<Offset>().ok().map(|o| (o, false)),
+                }));
                 match parsed {
-                    Some((k, v)) => {
+                    Some((k, (v, true))) => {
+                        lock(&view.values).entry(k.to_owned()).or_insert(v);
+                    }
+                    Some((k, (v, false))) => {
                         lock(&view.values).insert(k.to_owned(), v);
                     }
                     None => {

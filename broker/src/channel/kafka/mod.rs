@@ -126,7 +126,9 @@ impl KafkaLog {
             .apply_common(&opts.client_options)
             .create()
             .map_err(|e| fail("cannot create the admin client", &e))?;
+        // Metadata and offsets only: no group (its events would pile up unpolled).
         let meta: BaseConsumer = consumer_config(&opts)
+            .remove("group.id")
             .set("client.id", "triggerfish-metadata")
             .create()
             .map_err(|e| fail("cannot create the metadata client", &e))?;
@@ -192,6 +194,9 @@ impl KafkaLog {
                 broker: broker.clone(),
                 reason,
             })?;
+        // The dead-letter log is one partition even in a topic made with more: redrive
+        // and the backlog read partition 0 only.
+        let partitions = if dead_letters { 1 } else { partitions };
         let checkpoints = self.checkpoint_topic().await?;
         let b = Arc::new(KafkaBroker {
             id: broker.clone(),
@@ -266,14 +271,55 @@ impl KafkaLog {
         }
     }
 
+    /// Refuses a checkpoint topic that deletes old records: retention would remove an
+    /// idle trigger's checkpoint, and the trigger would restart at the end of the log.
+    async fn check_compacted(&self, topic: &str) -> Result<(), ChannelError> {
+        use rdkafka::admin::ResourceSpecifier;
+        let t = self.opts.request_timeout;
+        let spec = ResourceSpecifier::Topic(topic);
+        let described = tokio::time::timeout(
+            t,
+            self.admin
+                .describe_configs([&spec], &AdminOptions::new().request_timeout(Some(t))),
+        )
+        .await;
+        let policy = match described {
+            Ok(Ok(results)) => results.into_iter().find_map(|r| {
+                r.ok()?
+                    .entries
+                    .into_iter()
+                    .find(|e| e.name == "cleanup.policy")?
+                    .value
+            }),
+            // A cluster that does not describe configs: nothing to check against.
+            _ => None,
+        };
+        match policy {
+            Some(p) if !p.contains("compact") => Err(ChannelError::Other(format!(
+                "checkpoint topic {topic} has cleanup.policy={p}: retention would delete idle triggers' checkpoints; set cleanup.policy=compact on it (or choose another --kafka-checkpoint-topic)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// The checkpoint topic, created and tailed on first use.
     async fn checkpoint_topic(&self) -> Result<Arc<checkpoint::CheckpointTopic>, ChannelError> {
         self.checkpoints
             .get_or_try_init(|| async {
                 let topic = &self.opts.checkpoint_topic;
-                self.ensure_topic(topic, 1, &[("cleanup.policy", "compact")])
-                    .await
-                    .map_err(ChannelError::Other)?;
+                self.ensure_topic(
+                    topic,
+                    1,
+                    &[
+                        ("cleanup.policy", "compact"),
+                        // Roll and compact within hours, not the default week.
+                        ("segment.ms", "3600000"),
+                        ("min.cleanable.dirty.ratio", "0.1"),
+                    ],
+                )
+                .await
+                .map_err(ChannelError::Other)?;
+                self.check_compacted(topic).await?;
                 let c = checkpoint::CheckpointTopic::start(
                     &self.opts,
                     topic,
@@ -370,21 +416,23 @@ fn client_config(opts: &KafkaOptions) -> ClientConfig {
     c
 }
 
-/// A consumer that never joins a group or commits: readers and metadata.
+/// A consumer that never joins a group or commits: readers and the checkpoint tail.
+/// The user's options come first; the settings reading correctly depends on win.
 fn consumer_config(opts: &KafkaOptions) -> ClientConfig {
     let mut c = client_config(opts);
+    c.set("fetch.wait.max.ms", "100")
+        // Each reader buffers at most this much ahead (librdkafka's default is 64 MiB).
+        .set("queued.max.messages.kbytes", "4096");
+    c.apply_for(&opts.client_options, Role::Consumer);
     c.set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("isolation.level", "read_committed")
+        // An offset no longer retained: the earliest one (never skip to the end).
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "100")
-        // Each reader buffers at most this much ahead (librdkafka's default is 64 MiB).
-        .set("queued.max.messages.kbytes", "4096");
-    c.apply_for(&opts.client_options, Role::Consumer);
-    // librdkafka manages assignments through a group handle, so even an assigned
-    // consumer needs an id; readers never subscribe or commit with it.
-    c.set("group.id", "triggerfish.readers");
+        // librdkafka manages assignments through a group handle, so even an assigned
+        // consumer needs an id; readers never subscribe or commit with it.
+        .set("group.id", "triggerfish.readers");
     c
 }
 
@@ -723,6 +771,19 @@ impl BrokerLog for KafkaBroker {
         }
         self.checkpoints
             .store(&self.checkpoint_prefix, trigger, updates)
+            .await
+    }
+
+    async fn init_checkpoint(
+        &self,
+        trigger: &str,
+        initial: &[(u32, Offset)],
+    ) -> Result<(), ChannelError> {
+        for &(p, _) in initial {
+            self.check_partition(p)?;
+        }
+        self.checkpoints
+            .init(&self.checkpoint_prefix, trigger, initial)
             .await
     }
 

@@ -128,6 +128,20 @@ impl KafkaReader {
         Ok(())
     }
 
+    /// Where the consumer has read up to (past transaction markers), 0 if unknown.
+    fn consumer_position(&self) -> Offset {
+        let Some(c) = &self.consumer else { return 0 };
+        let Ok(tpl) = c.position() else { return 0 };
+        tpl.elements_for_topic(&self.topic)
+            .iter()
+            .find(|e| e.partition() == self.partition as i32)
+            .and_then(|e| match e.offset() {
+                KOffset::Offset(o) => Offset::try_from(o).ok(),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
+
     fn pop(&mut self, max: usize) -> Vec<Record> {
         let n = self.buffered.len().min(max.max(1));
         self.buffered.drain(..n).collect()
@@ -179,9 +193,22 @@ impl LogReader for KafkaReader {
                     self.drain_ready(max)?;
                 }
                 Ok(Err(e)) => return Err(self.error(&e)),
-                // Nothing came: the rest are control records (or the cluster is slow,
-                // and the caller will look again).
-                Err(_) => {}
+                Err(_) => {
+                    // Nothing came. Either every offset left below the end is a
+                    // transaction marker (never returned; the consumer's position has
+                    // moved past them), or the fetch is slow: then this is an error,
+                    // never an empty batch, which callers take for the end of the log.
+                    let fetched = self.consumer_position();
+                    if fetched > self.next {
+                        self.next = fetched;
+                    }
+                    if self.buffered.is_empty() && self.next < self.high_watermark().await? {
+                        return Err(self.error(&format!(
+                            "records from offset {} not fetched within {TRY_WAIT:?}",
+                            self.next
+                        )));
+                    }
+                }
             }
         }
         Ok(self.pop(max))
@@ -195,13 +222,37 @@ impl LogReader for KafkaReader {
 /// Decodes a consumed message; `None` for an offset that cannot be one (negative).
 fn decode(topic: &str, partition: u32, msg: &BorrowedMessage<'_>) -> Option<Record> {
     let offset = Offset::try_from(msg.offset()).ok()?;
-    let decoded = match msg.headers() {
+    // rdkafka's header iterator panics on a header name that is not UTF-8 (any
+    // producer can write one): that record is malformed, not a reason to stop the
+    // partition.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match msg.headers() {
         Some(h) => binding::decode(h.iter().map(|h| (h.key, h.value)), msg.payload()),
         None => binding::decode(std::iter::empty(), msg.payload()),
-    };
+    }))
+    .unwrap_or_else(|_| {
+        Err(binding::BindingError::Header {
+            header: "?".to_owned(),
+            reason: "a header name is not UTF-8".to_owned(),
+        })
+    });
     let event = decoded.map_err(|e| Malformed {
         reason: format!("topic {topic} partition {partition} offset {offset}: {e}"),
         data: msg.payload().map(bytes::Bytes::copy_from_slice),
     });
     Some(Record { offset, event })
+}
+
+impl Drop for KafkaReader {
+    /// Closing a librdkafka client blocks (it waits for its threads): not on an async
+    /// worker thread.
+    fn drop(&mut self) {
+        if let Some(c) = self.consumer.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn_blocking(move || drop(c));
+                }
+                Err(_) => drop(c),
+            }
+        }
+    }
 }

@@ -207,6 +207,11 @@ fn malformed_records_are_errors() {
     let mut v = ok.to_vec();
     v.push(("triggerfish-types", "m:integer"));
     assert!(foreign(&v, None).is_err());
+    // Too many headers (the duplicate checks are bounded).
+    let mut many = ok.to_vec();
+    let names: Vec<String> = (0..300).map(|i| format!("x-{i}")).collect();
+    many.extend(names.iter().map(|n| (n.as_str(), "v")));
+    assert!(foreign(&many, None).is_err());
     // Invalid attribute name.
     let mut v = ok.to_vec();
     v.push(("ce_Bad-Name", "x"));
