@@ -47,6 +47,36 @@ fn python(args: &[&str], stdin: Option<&Value>) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Kafka options on a topic of this test's own (returned with them) for `default/default`.
+fn kafka_options(
+    bootstrap: &str,
+    tag: &str,
+    partitions: u32,
+) -> (broker::channel::kafka::KafkaOptions, String) {
+    let template = format!("{}-{{namespace}}-{{name}}", unique(tag));
+    let topic = template
+        .replace("{namespace}", "default")
+        .replace("{name}", "default");
+    let mut kafka =
+        broker::channel::kafka::KafkaOptions::from_url(&format!("kafka://{bootstrap}")).unwrap();
+    kafka.topic_template = template;
+    kafka.partitions = partitions;
+    // tansu reads exact offsets only from one-record batches (docs/design/kafka.md).
+    kafka.add_option("batch.num.messages=1").unwrap();
+    (kafka, topic)
+}
+
+/// An in-process server on Kafka.
+async fn start_on_kafka(
+    yaml: &str,
+    dir: &std::path::Path,
+    kafka: &broker::channel::kafka::KafkaOptions,
+) -> triggerfish::app::Running {
+    let mut opts = common::server_options(yaml, dir);
+    opts.storage = triggerfish::app::Storage::Kafka(kafka.clone());
+    common::start_with(opts).await
+}
+
 fn header<'a>(record: &'a Value, name: &str) -> Option<&'a str> {
     record["headers"]
         .as_array()
@@ -75,18 +105,8 @@ async fn other_kafka_clients_read_what_the_ingress_accepted_and_write_what_trigg
         ("all", "", sub.url("/all")),
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = common::server_options(&yaml, dir.path());
-    let template = format!("{}-{{namespace}}-{{name}}", unique("interop"));
-    let topic = template
-        .replace("{namespace}", "default")
-        .replace("{name}", "default");
-    let mut kafka =
-        broker::channel::kafka::KafkaOptions::from_url(&format!("kafka://{bootstrap}")).unwrap();
-    kafka.topic_template = template;
-    kafka.partitions = 3;
-    kafka.add_option("batch.num.messages=1").unwrap();
-    opts.storage = triggerfish::app::Storage::Kafka(kafka.clone());
-    let server = common::start_with(opts).await;
+    let (kafka, topic) = kafka_options(&bootstrap, "interop", 3);
+    let server = start_on_kafka(&yaml, dir.path(), &kafka).await;
     let admin = server.admin_addr.unwrap();
 
     // 1. An event accepted by the ingress, as another consumer sees it.
@@ -217,9 +237,7 @@ async fn other_kafka_clients_read_what_the_ingress_accepted_and_write_what_trigg
         ])),
     );
     let garbage2 = produced[0].as_u64().unwrap();
-    let mut opts = common::server_options(&yaml, dir.path());
-    opts.storage = triggerfish::app::Storage::Kafka(kafka);
-    let server = common::start_with(opts).await;
+    let server = start_on_kafka(&yaml, dir.path(), &kafka).await;
     let admin = server.admin_addr.unwrap();
     sub.wait_until(
         "the event written while stopped delivered",
@@ -309,18 +327,8 @@ async fn replies_and_dead_letters_are_records_in_kafka() {
         ),
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = common::server_options(&yaml, dir.path());
-    let template = format!("{}-{{namespace}}-{{name}}", unique("replies"));
-    let topic = template
-        .replace("{namespace}", "default")
-        .replace("{name}", "default");
-    let mut kafka =
-        broker::channel::kafka::KafkaOptions::from_url(&format!("kafka://{bootstrap}")).unwrap();
-    kafka.topic_template = template;
-    kafka.partitions = 1;
-    kafka.add_option("batch.num.messages=1").unwrap();
-    opts.storage = triggerfish::app::Storage::Kafka(kafka);
-    let server = common::start_with(opts).await;
+    let (kafka, topic) = kafka_options(&bootstrap, "replies", 1);
+    let server = start_on_kafka(&yaml, dir.path(), &kafka).await;
     for (id, ty) in [("q-1", "com.example.ask"), ("d-1", "com.example.doomed")] {
         let (status, _, _) = post(
             server.addr,

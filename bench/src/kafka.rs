@@ -15,7 +15,6 @@
 //! after Triggerfish, to show drift. Topics get a unique name; they are not deleted
 //! (tansu's memory engine forgets them when it stops).
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +32,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::load::{stored_event, DATA_BYTES};
-use crate::proc::{ingress_rate, IngressRate};
+use crate::proc::{ingress_rate, ChannelLoad, IngressRate};
 
 /// Flags of `triggerfish-bench kafka`.
 #[derive(Debug, Args)]
@@ -46,30 +45,18 @@ pub struct KafkaArgs {
     /// batches); a real Kafka cluster needs nothing.
     #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
     pub kafka_options: Vec<String>,
-    /// Concurrent producers (connections / producing tasks).
-    #[arg(long, default_value_t = 64)]
-    pub conns: usize,
-    /// Seconds per measurement, after 1 s of warm-up.
-    #[arg(long, default_value_t = 5)]
-    pub secs: u64,
-    /// The `triggerfish` binary (default: next to this harness).
-    #[arg(long)]
-    pub server_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub load: ChannelLoad,
 }
 
 const WARMUP: Duration = Duration::from_secs(1);
 
 /// Runs the comparison and prints the figures.
 pub async fn run(a: KafkaArgs) -> anyhow::Result<()> {
-    let bin = match a.server_bin.clone() {
-        Some(b) => b,
-        None => std::env::current_exe()?
-            .parent()
-            .context("harness directory")?
-            .join("triggerfish"),
-    };
+    let bin = a.load.server_bin()?;
+    let conns = a.load.conns;
     let tag = format!("bench-{}", std::process::id());
-    let measure = Duration::from_secs(a.secs);
+    let measure = a.load.measure();
     let mut options = Vec::new();
     for kv in &a.kafka_options {
         let (k, v) = kv
@@ -104,7 +91,7 @@ pub async fn run(a: KafkaArgs) -> anyhow::Result<()> {
     let record = binding::encode(&stored_event("raw")?);
 
     eprintln!("raw rdkafka producer loop ...");
-    let raw1 = raw(&producer, &raw_topic, &record, a.conns, measure).await;
+    let raw1 = raw(&producer, &raw_topic, &record, conns, measure).await;
 
     eprintln!("triggerfish ingress on Kafka ({}) ...", bin.display());
     let dir = tempfile::tempdir()?;
@@ -138,15 +125,15 @@ pub async fn run(a: KafkaArgs) -> anyhow::Result<()> {
         accepted: tf,
         failed: tf_failed,
         cpu_us,
-    } = ingress_rate(&bin, &args, a.conns, WARMUP, measure).await?;
+    } = ingress_rate(&bin, &args, conns, WARMUP, measure).await?;
 
     eprintln!("raw rdkafka producer loop again ...");
-    let raw2 = raw(&producer, &raw_topic, &record, a.conns, measure).await;
+    let raw2 = raw(&producer, &raw_topic, &record, conns, measure).await;
 
     let raw_mid = (raw1 + raw2) / 2.0;
     println!(
         "Kafka at {}, {} producers, {DATA_BYTES} B binary-mode events, {} s windows, options {:?}:",
-        a.bootstrap, a.conns, a.secs, a.kafka_options
+        a.bootstrap, conns, a.load.secs, a.kafka_options
     );
     println!("  raw rdkafka produce + report (before)   {raw1:>9.0} ev/s");
     println!("  raw rdkafka produce + report (after)    {raw2:>9.0} ev/s");

@@ -13,7 +13,6 @@
 //! Each window is 1 s of warm-up then `secs` of counting; the raw run goes first and
 //! last, to show drift. Streams get a unique prefix and are deleted at the end.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +24,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::load::{stored_event, DATA_BYTES};
-use crate::proc::{ingress_rate, IngressRate};
+use crate::proc::{ingress_rate, ChannelLoad, IngressRate};
 
 /// Flags of `triggerfish-bench nats`.
 #[derive(Debug, Args)]
@@ -33,30 +32,18 @@ pub struct NatsArgs {
     /// The NATS server (e.g. from `scripts/dev-services env`).
     #[arg(long, env = "TRIGGERFISH_TEST_NATS_URL")]
     pub url: String,
-    /// Concurrent producers (connections / publishing tasks).
-    #[arg(long, default_value_t = 64)]
-    pub conns: usize,
-    /// Seconds per measurement, after 1 s of warm-up.
-    #[arg(long, default_value_t = 5)]
-    pub secs: u64,
-    /// The `triggerfish` binary (default: next to this harness).
-    #[arg(long)]
-    pub server_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub load: ChannelLoad,
 }
 
 const WARMUP: Duration = Duration::from_secs(1);
 
 /// Runs the comparison and prints the figures.
 pub async fn run(a: NatsArgs) -> anyhow::Result<()> {
-    let bin = match a.server_bin.clone() {
-        Some(b) => b,
-        None => std::env::current_exe()?
-            .parent()
-            .context("harness directory")?
-            .join("triggerfish"),
-    };
+    let bin = a.load.server_bin()?;
+    let conns = a.load.conns;
     let prefix = format!("bench-{}", std::process::id());
-    let measure = Duration::from_secs(a.secs);
+    let measure = a.load.measure();
     let client = async_nats::connect(a.url.trim_start_matches("nats://"))
         .await
         .with_context(|| format!("connecting to {}", a.url))?;
@@ -75,17 +62,9 @@ pub async fn run(a: NatsArgs) -> anyhow::Result<()> {
     let (headers, payload) = broker::channel::nats::encode(&event)?;
 
     eprintln!("raw JetStream publish ...");
-    let raw1 = raw(&js, &prefix, None, payload.clone(), a.conns, measure).await;
+    let raw1 = raw(&js, &prefix, None, payload.clone(), conns, measure).await;
     eprintln!("raw JetStream publish with the binding's headers ...");
-    let rawh = raw(
-        &js,
-        &prefix,
-        Some(headers),
-        payload.clone(),
-        a.conns,
-        measure,
-    )
-    .await;
+    let rawh = raw(&js, &prefix, Some(headers), payload.clone(), conns, measure).await;
 
     eprintln!("triggerfish ingress on JetStream ({}) ...", bin.display());
     let dir = tempfile::tempdir()?;
@@ -115,10 +94,10 @@ pub async fn run(a: NatsArgs) -> anyhow::Result<()> {
         accepted: tf,
         failed: tf_failed,
         cpu_us,
-    } = ingress_rate(&bin, &args, a.conns, WARMUP, measure).await?;
+    } = ingress_rate(&bin, &args, conns, WARMUP, measure).await?;
 
     eprintln!("raw JetStream publish again ...");
-    let raw2 = raw(&js, &prefix, None, payload, a.conns, measure).await;
+    let raw2 = raw(&js, &prefix, None, payload, conns, measure).await;
 
     for name in [
         raw_stream,
@@ -133,7 +112,7 @@ pub async fn run(a: NatsArgs) -> anyhow::Result<()> {
     let raw_mid = (raw1 + raw2) / 2.0;
     println!(
         "NATS JetStream, {} producers, {DATA_BYTES} B binary-mode events, {} s windows:",
-        a.conns, a.secs
+        conns, a.load.secs
     );
     println!("  raw publish + PubAck (before)          {raw1:>9.0} ev/s");
     println!("  raw publish + PubAck (after)           {raw2:>9.0} ev/s");

@@ -278,3 +278,35 @@ pub async fn ingress_rate(
         cpu_us,
     })
 }
+
+/// Flags shared by the channel comparisons (`nats`, `kafka`).
+#[derive(Debug, clap::Args)]
+pub struct ChannelLoad {
+    /// Concurrent producers (connections / producing tasks).
+    #[arg(long, default_value_t = 64)]
+    pub conns: usize,
+    /// Seconds per measurement, after 1 s of warm-up.
+    #[arg(long, default_value_t = 5)]
+    pub secs: u64,
+    /// The `triggerfish` binary (default: next to this harness).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+}
+
+impl ChannelLoad {
+    /// The `triggerfish` binary to start.
+    pub fn server_bin(&self) -> anyhow::Result<PathBuf> {
+        match &self.server_bin {
+            Some(b) => Ok(b.clone()),
+            None => Ok(std::env::current_exe()?
+                .parent()
+                .context("harness directory")?
+                .join("triggerfish")),
+        }
+    }
+
+    /// One measurement window.
+    pub fn measure(&self) -> Duration {
+        Duration::from_secs(self.secs)
+    }
+}
