@@ -381,21 +381,10 @@ async fn embedded_retention_by_size_moves_readers_to_the_earliest_event() {
 mod nats_backend {
     use super::*;
     use broker::channel::nats::{NatsLog, NatsOptions};
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    static SERIAL: AtomicU32 = AtomicU32::new(0);
 
     /// A prefix no other run or test uses on the same server.
     pub fn unique_prefix(tag: &str) -> String {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        format!(
-            "{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            SERIAL.fetch_add(1, Ordering::Relaxed)
-        )
+        crate::common::procs::unique(tag)
     }
 
     pub fn options(url: &str, prefix: &str, partitions: u32) -> NatsOptions {
@@ -609,20 +598,12 @@ mod kafka_backend {
     use broker::channel::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
     use broker::channel::kafka::rdkafka::ClientConfig;
     use broker::channel::kafka::{KafkaLog, KafkaOptions};
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    static SERIAL: AtomicU32 = AtomicU32::new(0);
 
     /// A topic template no other run or test uses on the same cluster.
     pub fn unique_template(tag: &str) -> String {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
         format!(
-            "{tag}-{}-{}-{nanos}-{{namespace}}-{{name}}",
-            std::process::id(),
-            SERIAL.fetch_add(1, Ordering::Relaxed)
+            "{}-{{namespace}}-{{name}}",
+            crate::common::procs::unique(tag)
         )
     }
 
