@@ -43,7 +43,6 @@ pub const CONTENT_TYPE: &str = "content-type";
 pub const PREFIX: &str = "ce_";
 const STRUCTURED_PREFIX: &str = "application/cloudevents";
 const STRUCTURED_JSON: &str = "application/cloudevents+json";
-const PARTITIONKEY: &str = "partitionkey";
 /// The most headers a record may have.
 pub const MAX_HEADERS: usize = 256;
 
@@ -100,46 +99,64 @@ impl Encoded {
     }
 }
 
-/// Encodes an event in binary content mode.
-pub fn encode(event: &Event) -> Encoded {
-    let mut headers = Vec::with_capacity(event.attributes().count() + 3);
+/// Calls `header(name, value)` for each header of the event's binary-mode record, in
+/// order, without allocating per attribute (the caller copies what it keeps).
+pub fn for_each_header(event: &Event, mut header: impl FnMut(&str, &str)) {
+    let mut name = String::with_capacity(32);
     let mut buf = String::new();
     let mut types = String::new();
-    let mut key = None;
     for (attr, v) in event.attributes() {
-        let value = v.canonical(&mut buf).to_owned();
+        let value = v.canonical(&mut buf);
         if attr == DATACONTENTTYPE
             && !starts_with_ignore_case(value.trim_start(), STRUCTURED_PREFIX)
         {
-            headers.push((CONTENT_TYPE.to_owned(), value));
+            header(CONTENT_TYPE, value);
             continue;
-        }
-        if attr == PARTITIONKEY {
-            key = Some(value.clone());
         }
         match v {
             AttrValue::String(_) => {}
             AttrValue::Integer(_) => push_type(&mut types, attr, "integer"),
             AttrValue::Boolean(_) => push_type(&mut types, attr, "boolean"),
         }
-        headers.push((format!("{PREFIX}{attr}"), value));
+        name.clear();
+        name.push_str(PREFIX);
+        name.push_str(attr);
+        header(&name, value);
     }
     if !types.is_empty() {
-        headers.push((TYPES_HEADER.to_owned(), types));
+        header(TYPES_HEADER, &types);
     }
-    let value = event.data().map(|data| {
+    if event.data().is_some() {
         let kind = match event.data_kind() {
             DataKind::Binary => "binary",
             DataKind::Json => "json",
             DataKind::Text => "text",
         };
-        headers.push((DATA_HEADER.to_owned(), kind.to_owned()));
-        data.clone()
-    });
+        header(DATA_HEADER, kind);
+    }
+}
+
+/// Bytes a record takes in a batch, roughly as the broker counts them against
+/// `message.max.bytes` (key, value, headers, plus the record overhead).
+pub fn record_size(key: Option<&str>, value: Option<&[u8]>, headers: usize) -> usize {
+    key.map_or(0, str::len) + value.map_or(0, <[u8]>::len) + headers + 70
+}
+
+/// What one header adds to [`record_size`].
+pub fn header_size(name: &str, value: &str) -> usize {
+    name.len() + value.len() + 10
+}
+
+/// Encodes an event in binary content mode, as owned values (for tools and tests;
+/// the channel writes [`for_each_header`] straight into the record).
+pub fn encode(event: &Event) -> Encoded {
+    let mut headers = Vec::with_capacity(event.attribute_count() + 2);
+    for_each_header(event, |k, v| headers.push((k.to_owned(), v.to_owned())));
+    let mut buf = String::new();
     Encoded {
-        key,
+        key: event.partition_key(&mut buf).map(str::to_owned),
         headers,
-        value,
+        value: event.data().cloned(),
     }
 }
 
@@ -326,4 +343,42 @@ fn decode_binary(
         }
     }
     Ok(event)
+}
+
+/// Kafka's default partitioner for keyed records (Java's `Utils.murmur2`, then
+/// `toPositive(h) % partitions`).
+pub fn murmur2_partition(key: &[u8], partitions: u32) -> u32 {
+    (murmur2(key) & 0x7fff_ffff) as u32 % partitions.max(1)
+}
+
+/// Kafka's 32-bit MurmurHash2 (seed `0x9747b28c`), as Java's `Utils.murmur2`.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = data.len();
+    let mut h: u32 = 0x9747_b28c ^ (len as u32);
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
 }

@@ -36,11 +36,13 @@
 
 pub mod binding;
 mod checkpoint;
+mod clients;
 mod config;
 pub mod lease;
 mod reader;
 #[cfg(test)]
 mod tests;
+mod topics;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -48,42 +50,29 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+pub use binding::{murmur2, murmur2_partition};
 pub use config::{
     check_topic_name, ConfigError, KafkaOptions, DEFAULT_CHECKPOINT_TOPIC, DEFAULT_TOPIC_TEMPLATE,
 };
 /// The client crate, for tools and tests that talk to the same cluster.
 pub use rdkafka;
 pub use reader::KafkaReader;
+pub use topics::{topic_name, DEAD_LETTERS_SUFFIX};
+
+use clients::{blocking, client_config, consumer_config, lock, max_message_bytes, Apply, Role};
+use topics::collision_key;
 
 use crate::channel::lease::PartitionLeases;
 use crate::channel::{BrokerLog, ChannelError, EventLog, LogReader, Offset, StartAt};
 use crate::config::BrokerId;
 use crate::event::Event;
-
-/// Suffix of a broker's dead-letter topic.
-pub const DEAD_LETTERS_SUFFIX: &str = "_deadletters";
-
-/// The events topic of a broker.
-pub fn topic_name(template: &str, broker: &BrokerId) -> Result<String, ChannelError> {
-    let name = template
-        .replace("{namespace}", &broker.namespace)
-        .replace("{name}", &broker.name);
-    check_topic_name(&name).map_err(|e| ChannelError::Other(format!("broker {broker}: {e}")))?;
-    Ok(name)
-}
-
-/// Kafka's rule for topics that collide in its metrics: `.` and `_` are the same.
-fn collision_key(topic: &str) -> String {
-    topic.replace('.', "_")
-}
 
 /// The Kafka channel: one producer, any number of brokers.
 pub struct KafkaLog {
@@ -212,340 +201,6 @@ impl KafkaLog {
         });
         Ok(lock(&self.brokers).entry(key).or_insert(b).clone())
     }
-
-    /// Creates the topic when missing (with `configs`); returns its partition count.
-    async fn ensure_topic(
-        &self,
-        topic: &str,
-        partitions: u32,
-        configs: &[(&str, &str)],
-    ) -> Result<u32, String> {
-        let t = self.opts.request_timeout;
-        let fail = |what: &str, e: &dyn std::fmt::Display| format!("topic {topic}: {what}: {e}");
-        if let Some(n) = self
-            .partition_count(topic)
-            .await
-            .map_err(|e| fail("reading its metadata", &e))?
-        {
-            if n != partitions && partitions != 1 {
-                tracing::info!(
-                    topic,
-                    partitions = n,
-                    "topic keeps the partition count it was created with"
-                );
-            }
-            return Ok(n);
-        }
-        let replication = TopicReplication::Fixed(self.opts.replication_factor);
-        let mut new = NewTopic::new(topic, partitions as i32, replication);
-        for (k, v) in configs {
-            new = new.set(k, v);
-        }
-        let admin_opts = AdminOptions::new()
-            .request_timeout(Some(t))
-            .operation_timeout(Some(t));
-        let results = tokio::time::timeout(t, self.admin.create_topics([&new], &admin_opts))
-            .await
-            .map_err(|_| fail("creating it", &"timed out"))?
-            .map_err(|e| fail("creating it", &e))?;
-        for r in results {
-            match r {
-                Ok(_) => {
-                    tracing::info!(topic, partitions, "Kafka topic created");
-                }
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => return Err(fail("creating it", &code)),
-            }
-        }
-        // Metadata may lag behind creation for a moment.
-        let deadline = tokio::time::Instant::now() + t;
-        loop {
-            match self.partition_count(topic).await {
-                Ok(Some(n)) => return Ok(n),
-                Ok(None) | Err(_) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Ok(None) => return Err(fail("created", &"but it does not appear in the metadata")),
-                Err(e) => return Err(fail("reading its metadata", &e)),
-            }
-        }
-    }
-
-    /// Refuses a checkpoint topic that deletes old records: retention would remove an
-    /// idle trigger's checkpoint, and the trigger would restart at the end of the log.
-    async fn check_compacted(&self, topic: &str) -> Result<(), ChannelError> {
-        use rdkafka::admin::ResourceSpecifier;
-        let t = self.opts.request_timeout;
-        let spec = ResourceSpecifier::Topic(topic);
-        let described = tokio::time::timeout(
-            t,
-            self.admin
-                .describe_configs([&spec], &AdminOptions::new().request_timeout(Some(t))),
-        )
-        .await;
-        let policy = match described {
-            Ok(Ok(results)) => results.into_iter().find_map(|r| {
-                r.ok()?
-                    .entries
-                    .into_iter()
-                    .find(|e| e.name == "cleanup.policy")?
-                    .value
-            }),
-            // A cluster that does not describe configs: nothing to check against.
-            _ => None,
-        };
-        match policy {
-            Some(p) if !p.contains("compact") => Err(ChannelError::Other(format!(
-                "checkpoint topic {topic} has cleanup.policy={p}: retention would delete idle triggers' checkpoints; set cleanup.policy=compact on it (or choose another --kafka-checkpoint-topic)"
-            ))),
-            _ => Ok(()),
-        }
-    }
-
-    /// The checkpoint topic, created and tailed on first use.
-    async fn checkpoint_topic(&self) -> Result<Arc<checkpoint::CheckpointTopic>, ChannelError> {
-        self.checkpoints
-            .get_or_try_init(|| async {
-                let topic = &self.opts.checkpoint_topic;
-                self.ensure_topic(
-                    topic,
-                    1,
-                    &[
-                        ("cleanup.policy", "compact"),
-                        // Roll and compact within hours, not the default week.
-                        ("segment.ms", "3600000"),
-                        ("min.cleanable.dirty.ratio", "0.1"),
-                    ],
-                )
-                .await
-                .map_err(ChannelError::Other)?;
-                self.check_compacted(topic).await?;
-                let c = checkpoint::CheckpointTopic::start(
-                    &self.opts,
-                    topic,
-                    self.producer.clone(),
-                    self.meta.clone(),
-                )
-                .map_err(|e| ChannelError::Other(format!("checkpoint topic {topic}: {e}")))?;
-                Ok(Arc::new(c))
-            })
-            .await
-            .cloned()
-    }
-
-    /// The partition count of a topic, `None` when it does not exist.
-    async fn partition_count(&self, topic: &str) -> Result<Option<u32>, KafkaError> {
-        let meta = self.meta.clone();
-        let t = self.opts.request_timeout;
-        let name = topic.to_owned();
-        blocking(move || {
-            let md = meta.fetch_metadata(Some(&name), t)?;
-            Ok(md
-                .topics()
-                .iter()
-                .find(|mt| mt.name() == name)
-                .and_then(|mt| match mt.error() {
-                    None if !mt.partitions().is_empty() => Some(mt.partitions().len() as u32),
-                    _ => None,
-                }))
-        })
-        .await
-    }
-}
-
-/// Kafka's default partitioner for keyed records (Java's `Utils.murmur2`, then
-/// `toPositive(h) % partitions`).
-pub fn murmur2_partition(key: &[u8], partitions: u32) -> u32 {
-    (murmur2(key) & 0x7fff_ffff) as u32 % partitions.max(1)
-}
-
-/// Kafka's 32-bit MurmurHash2 (seed `0x9747b28c`), as Java's `Utils.murmur2`.
-pub fn murmur2(data: &[u8]) -> i32 {
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let len = data.len();
-    let mut h: u32 = 0x9747_b28c ^ (len as u32);
-    let mut chunks = data.chunks_exact(4);
-    for c in &mut chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let tail = chunks.remainder();
-    if tail.len() >= 3 {
-        h ^= u32::from(tail[2]) << 16;
-    }
-    if tail.len() >= 2 {
-        h ^= u32::from(tail[1]) << 8;
-    }
-    if !tail.is_empty() {
-        h ^= u32::from(tail[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h as i32
-}
-
-/// Runs a blocking librdkafka call off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
-) -> Result<T, KafkaError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or(Err(KafkaError::Canceled))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Settings every client gets: the servers, then our defaults (the caller applies the
-/// user's options after its own defaults, so they win).
-fn client_config(opts: &KafkaOptions) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", opts.bootstrap_servers());
-    c.set(
-        "socket.timeout.ms",
-        opts.request_timeout.as_millis().max(10).to_string(),
-    );
-    c
-}
-
-/// A consumer that never joins a group or commits: readers and the checkpoint tail.
-/// The user's options come first; the settings reading correctly depends on win.
-fn consumer_config(opts: &KafkaOptions) -> ClientConfig {
-    let mut c = client_config(opts);
-    c.set("fetch.wait.max.ms", "100")
-        // Each reader buffers at most this much ahead (librdkafka's default is 64 MiB).
-        .set("queued.max.messages.kbytes", "4096");
-    c.apply_for(&opts.client_options, Role::Consumer);
-    c.set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set("isolation.level", "read_committed")
-        // An offset no longer retained: the earliest one (never skip to the end).
-        .set("auto.offset.reset", "earliest")
-        // librdkafka manages assignments through a group handle, so even an assigned
-        // consumer needs an id; readers never subscribe or commit with it.
-        .set("group.id", "triggerfish.readers");
-    c
-}
-
-/// Which kind of client an option is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Producer,
-    Consumer,
-}
-
-/// Settings only one kind of client understands (librdkafka warns about the others):
-/// each `--kafka-option` goes to the clients it is for, everything else to all.
-fn option_role(key: &str) -> Option<Role> {
-    const PRODUCER: &[&str] = &[
-        "acks",
-        "request.required.acks",
-        "enable.idempotence",
-        "batch.num.messages",
-        "batch.size",
-        "linger.ms",
-        "queue.buffering.max.ms",
-        "queue.buffering.max.messages",
-        "queue.buffering.max.kbytes",
-        "compression.codec",
-        "compression.type",
-        "compression.level",
-        "message.timeout.ms",
-        "delivery.timeout.ms",
-        "partitioner",
-        "retries",
-        "message.send.max.retries",
-        "sticky.partitioning.linger.ms",
-        "transactional.id",
-        "transaction.timeout.ms",
-        "enable.gapless.guarantee",
-        "request.timeout.ms",
-    ];
-    const CONSUMER: &[&str] = &[
-        "group.id",
-        "group.instance.id",
-        "group.protocol",
-        "group.protocol.type",
-        "session.timeout.ms",
-        "heartbeat.interval.ms",
-        "max.poll.interval.ms",
-        "partition.assignment.strategy",
-        "isolation.level",
-        "auto.offset.reset",
-        "enable.auto.commit",
-        "auto.commit.interval.ms",
-        "enable.auto.offset.store",
-        "enable.partition.eof",
-        "check.crcs",
-        "queued.min.messages",
-        "queued.max.messages.kbytes",
-        "fetch.wait.max.ms",
-        "fetch.queue.backoff.ms",
-        "fetch.message.max.bytes",
-        "max.partition.fetch.bytes",
-        "fetch.max.bytes",
-        "fetch.min.bytes",
-        "fetch.error.backoff.ms",
-    ];
-    if PRODUCER.contains(&key) {
-        Some(Role::Producer)
-    } else if CONSUMER.contains(&key) {
-        Some(Role::Consumer)
-    } else {
-        None
-    }
-}
-
-trait Apply {
-    fn apply_for(&mut self, options: &[(String, String)], role: Role) -> &mut Self;
-    fn apply_common(&mut self, options: &[(String, String)]) -> &mut Self;
-    fn apply_str(&mut self, options: &[(&str, &str)]) -> &mut Self;
-}
-
-impl Apply for ClientConfig {
-    /// The options for all clients and those for `role`.
-    fn apply_for(&mut self, options: &[(String, String)], role: Role) -> &mut Self {
-        for (k, v) in options {
-            if option_role(k).is_none_or(|r| r == role) {
-                self.set(k, v);
-            }
-        }
-        self
-    }
-    /// The options for all clients only (admin and metadata clients).
-    fn apply_common(&mut self, options: &[(String, String)]) -> &mut Self {
-        for (k, v) in options {
-            if option_role(k).is_none() {
-                self.set(k, v);
-            }
-        }
-        self
-    }
-    fn apply_str(&mut self, options: &[(&str, &str)]) -> &mut Self {
-        for (k, v) in options {
-            self.set(*k, *v);
-        }
-        self
-    }
-}
-
-/// The producer's `message.max.bytes` (librdkafka's default 1,000,000).
-fn max_message_bytes(opts: &KafkaOptions) -> usize {
-    opts.client_options
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "message.max.bytes")
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(1_000_000)
 }
 
 #[async_trait]
@@ -664,44 +319,52 @@ impl BrokerLog for KafkaBroker {
         if events.is_empty() {
             return Ok(());
         }
-        // Encode everything first: a batch with one oversized event stores nothing.
-        let mut records = Vec::with_capacity(events.len());
+        // Size everything first: a batch with one oversized event stores nothing.
+        let mut buf = String::new();
+        let mut sizes = Vec::with_capacity(events.len());
         for e in events {
-            let enc = binding::encode(e);
-            let size = enc.size();
+            let mut headers = 0;
+            binding::for_each_header(e, |k, v| headers += binding::header_size(k, v));
+            let value = e.data().map(|d| &d[..]);
+            let size = binding::record_size(e.partition_key(&mut buf), value, headers);
             if size > self.max_message_bytes {
                 return Err(ChannelError::TooLarge {
                     size,
                     limit: self.max_message_bytes,
                 });
             }
-            records.push((enc, size));
+            sizes.push(size);
         }
         let fallback = self.next_partition.fetch_add(1, Ordering::Relaxed);
-        let mut pending = Vec::with_capacity(records.len());
-        for (i, (enc, size)) in records.iter().enumerate() {
-            let mut headers = OwnedHeaders::new_with_capacity(enc.headers.len());
-            for (k, v) in &enc.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v.as_str()),
+        let mut pending = Vec::with_capacity(events.len());
+        for (e, &size) in events.iter().zip(&sizes) {
+            // librdkafka copies each header: written straight from the event.
+            let mut headers = Some(OwnedHeaders::new_with_capacity(e.attribute_count() + 2));
+            binding::for_each_header(e, |key, value| {
+                headers = headers.take().map(|h| {
+                    h.insert(Header {
+                        key,
+                        value: Some(value),
+                    })
                 });
+            });
+            let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.topic);
+            if let Some(h) = headers {
+                record = record.headers(h);
             }
-            let mut record: FutureRecord<'_, str, [u8]> =
-                FutureRecord::to(&self.topic).headers(headers);
-            if let Some(v) = &enc.value {
-                record = record.payload(v.as_ref());
+            if let Some(v) = e.data() {
+                record = record.payload(&v[..]);
             }
-            if let Some(k) = &enc.key {
-                record = record.key(k.as_str());
+            // The key is `partitionkey` (3.1's opt-in key mapper).
+            if let Some(k) = e.partition_key(&mut buf) {
+                record = record.key(k);
             }
-            let p = self.partition_of(&events[i], fallback);
-            record = record.partition(p as i32);
+            record = record.partition(self.partition_of(e, fallback) as i32);
             match self.producer.send_result(record) {
-                Ok(f) => pending.push((f, *size)),
+                Ok(f) => pending.push((f, size)),
                 // Records already enqueued may still be stored: the caller retries the
                 // whole batch, and consumers de-duplicate on source + id.
-                Err((e, _)) => return Err(self.send_error(&e, *size)),
+                Err((err, _)) => return Err(self.send_error(&err, size)),
             }
         }
         let reports = async {

@@ -1,5 +1,5 @@
 //! Unit tests of the Kafka binding and naming (no cluster needed; the backend itself is
-//! tested against a real Kafka-protocol broker by `tests/channel_conformance.rs` and
+//! tested against a real Kafka-protocol broker by `tests/channel_conformance/` and
 //! `tests/kafka_interop.rs`).
 
 #![allow(clippy::unwrap_used)]
