@@ -5,7 +5,7 @@
 //! (returning only once it is durable), read a partition from an offset with a
 //! [`LogReader`], and keep checkpoints per trigger and partition (so that dispatcher
 //! replicas owning different partitions never overwrite each other's). Every backend
-//! runs the same conformance suite (`tests/channel_conformance.rs`).
+//! runs the same conformance suite (`tests/channel_conformance/`).
 //!
 //! - [`embedded`]: the default, a local partitioned append-only log with group commit.
 //! - `nats` (cargo feature `nats`, on by default): NATS JetStream, shared by any number

@@ -1,5 +1,5 @@
 //! Unit tests of the NATS binding and naming (no server needed; the backend itself is
-//! tested against a real nats-server by `tests/channel_conformance.rs` and
+//! tested against a real nats-server by `tests/channel_conformance/` and
 //! `tests/nats_interop.rs`).
 
 #![allow(clippy::unwrap_used)]

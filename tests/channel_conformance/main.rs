@@ -1,0 +1,418 @@
+//! The channel conformance suite: behaviour every `EventLog` backend must show,
+//! written once and run for each backend: the embedded log, NATS JetStream (against a
+//! real nats-server) and Kafka (against a real Kafka-protocol broker, tansu), both
+//! started by `scripts/dev-services`.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../common/mod.rs"]
+mod common;
+mod kafka;
+mod nats;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::channel::embedded::{EmbeddedLog, EmbeddedOptions};
+use broker::channel::{BrokerLog, EventLog, StartAt};
+use broker::config::BrokerId;
+use broker::event::{AttrValue, DataKind, Event};
+use bytes::Bytes;
+
+/// A backend under test: makes a fresh, empty log (and can reopen the same one).
+trait Backend {
+    fn fresh(&mut self) -> Arc<dyn EventLog>;
+    fn reopen(&mut self) -> Arc<dyn EventLog>;
+}
+
+struct Embedded {
+    dir: tempfile::TempDir,
+    current: Option<Arc<dyn EventLog>>,
+    opts: EmbeddedOptions,
+}
+
+impl Embedded {
+    fn new(opts: EmbeddedOptions) -> Embedded {
+        Embedded {
+            dir: tempfile::tempdir().unwrap(),
+            current: None,
+            opts,
+        }
+    }
+}
+
+impl Backend for Embedded {
+    fn fresh(&mut self) -> Arc<dyn EventLog> {
+        self.current = None;
+        self.dir = tempfile::tempdir().unwrap();
+        self.reopen()
+    }
+    fn reopen(&mut self) -> Arc<dyn EventLog> {
+        // Drop the previous handle (and its directory lock) first.
+        self.current = None;
+        let log: Arc<dyn EventLog> =
+            Arc::new(EmbeddedLog::open(self.dir.path(), self.opts.clone()).unwrap());
+        self.current = Some(log.clone());
+        log
+    }
+}
+
+fn event(id: &str, key: Option<&str>) -> Event {
+    let mut e = Event::new();
+    e.set_str("specversion", "1.0");
+    e.set_str("id", id);
+    e.set_str("source", "/conformance");
+    e.set_str("type", "t");
+    e.set("n", AttrValue::Integer(42));
+    if let Some(k) = key {
+        e.set_str("partitionkey", k);
+    }
+    e.set_data(DataKind::Binary, Some(Bytes::from(format!("data-{id}"))));
+    e
+}
+
+fn broker() -> BrokerId {
+    BrokerId::new("default", "conformance")
+}
+
+async fn read_all(log: &dyn BrokerLog, start: StartAt) -> Vec<(u32, u64, Event)> {
+    let mut out = Vec::new();
+    for p in 0..log.partitions() {
+        let mut r = log.reader(p, start).await.unwrap();
+        loop {
+            let batch = r.try_batch(1000).await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            for rec in batch {
+                out.push((p, rec.offset, rec.event.unwrap()));
+            }
+        }
+    }
+    out
+}
+
+async fn appended_events_read_back_intact_in_order(b: &mut dyn Backend) {
+    let log = b.fresh().open(&broker()).await.unwrap();
+    let events: Vec<Event> = (0..100)
+        .map(|i| event(&format!("e{i}"), Some("same-key")))
+        .collect();
+    for chunk in events.chunks(7) {
+        log.append(chunk).await.unwrap();
+    }
+    let got = read_all(log.as_ref(), StartAt::Earliest).await;
+    assert_eq!(got.len(), 100);
+    // One key, one partition, append order, consecutive offsets.
+    let p = got[0].0;
+    for (i, (gp, offset, e)) in got.iter().enumerate() {
+        assert_eq!(*gp, p);
+        assert_eq!(*offset, got[0].1 + i as u64);
+        assert_eq!(e, &events[i], "event {i} intact");
+    }
+}
+
+async fn readers_wait_for_appends_and_survive_being_dropped(b: &mut dyn Backend) {
+    let log = b.fresh().open(&broker()).await.unwrap();
+    let p = 0;
+    let mut r = log.reader(p, StartAt::End).await.unwrap();
+    let start = r.position();
+    // A read that is dropped before anything arrives loses nothing.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), r.next_batch(10))
+            .await
+            .is_err()
+    );
+    // Events with a key hashing to partition 0 (found by trying).
+    let mut wanted = Vec::new();
+    for i in 0..2000 {
+        let e = event(&format!("w{i}"), Some(&format!("k{i}")));
+        if log.partition_of(&e, 0) == p {
+            wanted.push(e);
+        }
+        if wanted.len() == 300 {
+            break;
+        }
+    }
+    let writer = {
+        let log = log.clone();
+        let wanted = wanted.clone();
+        tokio::spawn(async move {
+            for e in wanted.chunks(10) {
+                log.append(e).await.unwrap();
+            }
+        })
+    };
+    // Read with futures that are often cancelled mid-read: every record exactly once.
+    let mut seen = Vec::new();
+    while seen.len() < wanted.len() {
+        if let Ok(batch) = tokio::time::timeout(Duration::from_micros(200), r.next_batch(7)).await {
+            for rec in batch.unwrap() {
+                seen.push(rec.offset);
+            }
+        }
+    }
+    writer.await.unwrap();
+    let expect: Vec<u64> = (start..start + wanted.len() as u64).collect();
+    assert_eq!(
+        seen, expect,
+        "each record once, in order, despite cancelled reads"
+    );
+    assert_eq!(r.position(), start + wanted.len() as u64);
+}
+
+async fn start_positions_and_end_offsets(b: &mut dyn Backend) {
+    let log = b.fresh().open(&broker()).await.unwrap();
+    let n = log.partitions();
+    assert!(n >= 1);
+    let events: Vec<Event> = (0..40)
+        .map(|i| event(&format!("s{i}"), Some(&format!("key{i}"))))
+        .collect();
+    log.append(&events).await.unwrap();
+    let mut total = 0;
+    for p in 0..n {
+        let end = log.end_offset(p).await.unwrap();
+        let r = log.reader(p, StartAt::End).await.unwrap();
+        assert_eq!(r.position(), end);
+        // `try_batch` returns what has arrived (never nothing while records exist):
+        // a remote log may hand over a partition's records in several batches.
+        let mut r = log.reader(p, StartAt::Offset(0)).await.unwrap();
+        let mut got = Vec::new();
+        while r.position() < end {
+            let batch = r.try_batch(1000).await.unwrap();
+            assert!(
+                !batch.is_empty(),
+                "partition {p}: nothing at {} of {end}",
+                r.position()
+            );
+            got.extend(batch);
+        }
+        assert_eq!(got.len() as u64, end, "partition {p}");
+        total += got.len();
+        if end > 1 {
+            let mut r = log.reader(p, StartAt::Offset(end - 1)).await.unwrap();
+            let last = r.try_batch(10).await.unwrap();
+            assert_eq!(last.len(), 1);
+            assert_eq!(last[0].offset, end - 1);
+        }
+    }
+    assert_eq!(total, 40);
+}
+
+async fn data_survives_reopen_and_checkpoints_persist(b: &mut dyn Backend) {
+    let log = b.fresh().open(&broker()).await.unwrap();
+    let events: Vec<Event> = (0..25).map(|i| event(&format!("r{i}"), None)).collect();
+    log.append(&events).await.unwrap();
+    let n = log.partitions();
+    assert_eq!(
+        log.load_checkpoint("t1").await.unwrap(),
+        vec![None; n as usize]
+    );
+    // Partitions are stored separately: a store leaves the others as they are.
+    let cp: Vec<(u32, u64)> = (0..n).map(|p| (p, u64::from(p) + 3)).collect();
+    let (first, rest) = cp.split_at(1);
+    log.store_checkpoint("t1", first, false).await.unwrap();
+    let mut want: Vec<Option<u64>> = vec![None; n as usize];
+    want[0] = Some(3);
+    assert_eq!(log.load_checkpoint("t1").await.unwrap(), want);
+    log.store_checkpoint("t1", rest, true).await.unwrap();
+    // A start point never overwrites a stored checkpoint; it fills in missing ones.
+    log.init_checkpoint("t1", &[(0, 99)]).await.unwrap();
+    log.init_checkpoint("t2", &[(0, 7)]).await.unwrap();
+    drop(log);
+    let log = b.reopen().open(&broker()).await.unwrap();
+    let want: Vec<Option<u64>> = cp.iter().map(|&(_, o)| Some(o)).collect();
+    assert_eq!(log.load_checkpoint("t1").await.unwrap(), want);
+    let mut t2 = vec![None; n as usize];
+    t2[0] = Some(7);
+    assert_eq!(log.load_checkpoint("t2").await.unwrap(), t2);
+    assert!(
+        log.store_checkpoint("t1", &[(n, 1)], false).await.is_err(),
+        "no such partition"
+    );
+    let got = read_all(log.as_ref(), StartAt::Earliest).await;
+    let ids: HashSet<String> = got.iter().map(|(_, _, e)| e.id().to_owned()).collect();
+    assert_eq!(ids.len(), 25);
+    for e in &events {
+        assert!(ids.contains(e.id()));
+    }
+    // Appends continue after the recovered end.
+    log.append(&[event("after", None)]).await.unwrap();
+    assert_eq!(read_all(log.as_ref(), StartAt::Earliest).await.len(), 26);
+}
+
+async fn brokers_are_isolated(b: &mut dyn Backend) {
+    let log = b.fresh();
+    let a = log.open(&BrokerId::new("ns1", "b")).await.unwrap();
+    let c = log.open(&BrokerId::new("ns2", "b")).await.unwrap();
+    a.append(&[event("only-in-a", None)]).await.unwrap();
+    assert_eq!(read_all(a.as_ref(), StartAt::Earliest).await.len(), 1);
+    assert!(read_all(c.as_ref(), StartAt::Earliest).await.is_empty());
+}
+
+/// An event over the max message size is refused as too large, and a batch with
+/// one stores nothing.
+async fn oversized_events_are_too_large(b: &mut dyn Backend) {
+    let log = b.fresh().open(&broker()).await.unwrap();
+    let mut big = event("big", None);
+    big.set_data(DataKind::Binary, Some(Bytes::from(vec![b'x'; 2 << 20])));
+    match log.append(&[event("small", None), big]).await {
+        Err(broker::channel::ChannelError::TooLarge { size, limit }) => {
+            assert!(size > limit && size > 2 << 20, "{size} vs {limit}");
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(read_all(log.as_ref(), StartAt::Earliest).await.is_empty());
+}
+
+/// The dead-letter log: one partition, dense offsets, no de-duplication (one event
+/// can be dead-lettered by several triggers), separate from the events and with
+/// its own checkpoints.
+async fn dead_letter_log_keeps_every_entry(b: &mut dyn Backend) {
+    let log = b.fresh();
+    let events = log.open(&broker()).await.unwrap();
+    let dl = log.open_dead_letters(&broker()).await.unwrap();
+    assert_eq!(dl.partitions(), 1);
+    let start = dl.end_offset(0).await.unwrap();
+    let mut a = event("failed", None);
+    a.set_str("triggerfishtrigger", "t1");
+    let mut b2 = a.clone();
+    b2.set_str("triggerfishtrigger", "t2");
+    dl.append(&[a.clone()]).await.unwrap();
+    dl.append(&[b2.clone()]).await.unwrap();
+    assert_eq!(dl.end_offset(0).await.unwrap(), start + 2);
+    let got = read_all(dl.as_ref(), StartAt::Offset(start)).await;
+    let offsets: Vec<u64> = got.iter().map(|(_, o, _)| *o).collect();
+    assert_eq!(offsets, [start, start + 1]);
+    assert_eq!(got[0].2, a);
+    assert_eq!(got[1].2, b2);
+    assert!(read_all(events.as_ref(), StartAt::Earliest)
+        .await
+        .is_empty());
+    dl.store_checkpoint("_redrive", &[(0, start + 1)], true)
+        .await
+        .unwrap();
+    assert!(events
+        .load_checkpoint("_redrive")
+        .await
+        .unwrap()
+        .iter()
+        .all(Option::is_none));
+    assert_eq!(
+        dl.load_checkpoint("_redrive").await.unwrap(),
+        vec![Some(start + 1)]
+    );
+}
+
+/// Another process (a second dispatcher, a restarted one) sees the same broker: same
+/// partition count, events and checkpoints, even with other settings (`second` asked
+/// for 8 partitions, `first` for 3). Processes storing different partitions do not
+/// overwrite each other, and a new trigger's start point is created once among them:
+/// the first wins, and it never replaces progress.
+async fn a_second_process_shares_the_broker(first: &dyn EventLog, second: &dyn EventLog) {
+    let a = first.open(&broker()).await.unwrap();
+    a.append(&[event("shared", None)]).await.unwrap();
+    a.store_checkpoint("t", &[(0, 1), (1, 2), (2, 3)], false)
+        .await
+        .unwrap();
+    let b = second.open(&broker()).await.unwrap();
+    assert_eq!(
+        b.partitions(),
+        3,
+        "an existing broker keeps its partition count"
+    );
+    assert_eq!(
+        b.load_checkpoint("t").await.unwrap(),
+        vec![Some(1), Some(2), Some(3)]
+    );
+    b.store_checkpoint("t", &[(2, 30)], false).await.unwrap();
+    a.store_checkpoint("t", &[(0, 10)], false).await.unwrap();
+    assert_eq!(
+        a.load_checkpoint("t").await.unwrap(),
+        vec![Some(10), Some(2), Some(30)]
+    );
+    let got = read_all(b.as_ref(), StartAt::Earliest).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].2.id(), "shared");
+    a.init_checkpoint("new", &[(0, 100)]).await.unwrap();
+    b.init_checkpoint("new", &[(0, 160), (1, 7)]).await.unwrap();
+    assert_eq!(
+        b.load_checkpoint("new").await.unwrap(),
+        vec![Some(100), Some(7), None]
+    );
+    a.store_checkpoint("new", &[(0, 150)], false).await.unwrap();
+    b.init_checkpoint("new", &[(0, 170)]).await.unwrap();
+    assert_eq!(b.load_checkpoint("new").await.unwrap()[0], Some(150));
+}
+
+async fn suite(b: &mut dyn Backend) {
+    appended_events_read_back_intact_in_order(b).await;
+    readers_wait_for_appends_and_survive_being_dropped(b).await;
+    start_positions_and_end_offsets(b).await;
+    data_survives_reopen_and_checkpoints_persist(b).await;
+    brokers_are_isolated(b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_default_options() {
+    suite(&mut Embedded::new(EmbeddedOptions::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_four_partitions() {
+    suite(&mut Embedded::new(EmbeddedOptions {
+        partitions: 4,
+        ..EmbeddedOptions::default()
+    }))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_one_partition_small_segments_no_fsync() {
+    // Tiny segments exercise rolling and reads across segment boundaries.
+    suite(&mut Embedded::new(EmbeddedOptions {
+        partitions: 1,
+        segment_bytes: 1024,
+        fsync: broker::channel::embedded::FsyncPolicy::Never,
+        ..EmbeddedOptions::default()
+    }))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_retention_by_size_moves_readers_to_the_earliest_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EmbeddedOptions {
+        partitions: 1,
+        segment_bytes: 2048,
+        retention_bytes: Some(8192),
+        ..EmbeddedOptions::default()
+    };
+    let log = EmbeddedLog::open(dir.path(), opts).unwrap();
+    let b = log.open(&broker()).await.unwrap();
+    for i in 0..200 {
+        b.append(&[event(&format!("big{i}"), None)]).await.unwrap();
+    }
+    assert_eq!(b.end_offset(0).await.unwrap(), 200);
+    let pdir = dir.path().join("brokers/default/conformance/p0");
+    let size: u64 = std::fs::read_dir(&pdir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    // The limit plus the active segment and one record of slack.
+    assert!(size <= 8192 + 2048 + 512, "retention kept {size} bytes");
+    // A reader asking for offset 0 starts at the earliest retained event and reads
+    // through to the end.
+    let mut r = b.reader(0, StartAt::Offset(0)).await.unwrap();
+    let mut offsets = Vec::new();
+    loop {
+        let batch = r.try_batch(1000).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        offsets.extend(batch.iter().map(|rec| rec.offset));
+    }
+    assert!(offsets[0] > 0, "offset 0 was removed by retention");
+    assert_eq!(*offsets.last().unwrap(), 199);
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1));
+}

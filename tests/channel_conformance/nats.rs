@@ -1,0 +1,191 @@
+//! The conformance suite on NATS JetStream (needs a nats-server with JetStream:
+//! `scripts/test` starts one, or `scripts/dev-services start` and `source
+//! .dev-services/env`).
+
+use super::*;
+use broker::channel::nats::{NatsLog, NatsOptions};
+
+/// A prefix no other run or test uses on the same server.
+pub fn unique_prefix(tag: &str) -> String {
+    crate::common::procs::unique(tag)
+}
+
+pub fn options(url: &str, prefix: &str, partitions: u32) -> NatsOptions {
+    let mut opts = NatsOptions::from_url(url).unwrap();
+    opts.prefix = prefix.to_owned();
+    opts.partitions = partitions;
+    // Keep file-store reservations small on the test server.
+    opts.limits.max_bytes = Some(64 << 20);
+    opts
+}
+
+/// Fresh logs get a new prefix (so new streams and checkpoint bucket); reopen
+/// connects again with the same prefix.
+pub struct Nats {
+    url: String,
+    partitions: u32,
+    prefix: String,
+}
+
+impl Nats {
+    pub fn new(url: String, partitions: u32) -> Nats {
+        Nats {
+            url,
+            partitions,
+            prefix: unique_prefix("cf"),
+        }
+    }
+
+    pub async fn connect(&self) -> NatsLog {
+        NatsLog::connect(options(&self.url, &self.prefix, self.partitions))
+            .await
+            .unwrap()
+    }
+}
+
+impl Backend for Nats {
+    fn fresh(&mut self) -> Arc<dyn EventLog> {
+        self.prefix = unique_prefix("cf");
+        self.reopen()
+    }
+    fn reopen(&mut self) -> Arc<dyn EventLog> {
+        let log = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(self.connect())
+        });
+        Arc::new(log)
+    }
+}
+
+/// Every record from a reader's position to the end, by `try_batch`.
+async fn drain(r: &mut dyn broker::channel::LogReader) -> Vec<broker::channel::Record> {
+    let mut out = Vec::new();
+    loop {
+        let batch = r.try_batch(1000).await.unwrap();
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(batch);
+    }
+}
+
+/// `start_positions_and_end_offsets` for sparse offsets: JetStream offsets are
+/// (stream sequences - 1) shared by all partitions, so a partition's offsets increase
+/// with gaps and `end_offset` is the stream's next sequence.
+pub async fn sparse_start_positions_and_end_offsets(b: &mut dyn Backend) {
+    let log = b.fresh().open(&broker()).await.unwrap();
+    let n = log.partitions();
+    assert!(n > 1, "run with several partitions");
+    let events: Vec<Event> = (0..40)
+        .map(|i| event(&format!("s{i}"), Some(&format!("key{i}"))))
+        .collect();
+    log.append(&events).await.unwrap();
+    let mut all = Vec::new();
+    for p in 0..n {
+        let end = log.end_offset(p).await.unwrap();
+        let mut at_end = log.reader(p, StartAt::End).await.unwrap();
+        assert_eq!(at_end.position(), end);
+        assert!(at_end.try_batch(10).await.unwrap().is_empty());
+        let mut r = log.reader(p, StartAt::Offset(0)).await.unwrap();
+        let got = drain(r.as_mut()).await;
+        for w in got.windows(2) {
+            assert!(w[0].offset < w[1].offset, "partition {p}: increasing");
+        }
+        for rec in &got {
+            assert!(rec.offset < end);
+            let e = rec.event.as_ref().unwrap();
+            assert_eq!(
+                broker::channel::partition_for(e, n, 0),
+                p,
+                "right partition"
+            );
+        }
+        if let Some(last) = got.last() {
+            assert_eq!(r.position(), last.offset + 1);
+            // Reading from a record's own offset starts with it.
+            let mut again = log.reader(p, StartAt::Offset(last.offset)).await.unwrap();
+            let one = drain(again.as_mut()).await;
+            assert_eq!(one.len(), 1);
+            assert_eq!(one[0].offset, last.offset);
+            // Starting in a gap yields the next record of the partition.
+            let mut gap = log
+                .reader(p, StartAt::Offset(got[0].offset + 1))
+                .await
+                .unwrap();
+            let next = drain(gap.as_mut()).await;
+            assert_eq!(next.len(), got.len() - 1);
+        }
+        all.extend(got.into_iter().map(|r| r.event.unwrap().id().to_owned()));
+    }
+    all.sort();
+    let mut want: Vec<String> = events.iter().map(|e| e.id().to_owned()).collect();
+    want.sort();
+    assert_eq!(all, want, "every event once");
+    // Appends after the end land at or after it.
+    let end = log.end_offset(0).await.unwrap();
+    let mut r = log.reader(0, StartAt::End).await.unwrap();
+    let e = (0..100)
+        .map(|i| event(&format!("late{i}"), Some(&format!("k{i}"))))
+        .find(|e| broker::channel::partition_for(e, n, 0) == 0)
+        .unwrap();
+    log.append(std::slice::from_ref(&e)).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), r.next_batch(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].offset >= end);
+    assert_eq!(got[0].event.as_ref().unwrap(), &e);
+}
+
+/// A producer's retry (same `source` + `id`) is stored once; a new id is not.
+pub async fn producer_retries_are_deduplicated(b: &mut dyn Backend) {
+    let log = b.fresh().open(&broker()).await.unwrap();
+    let e = event("dup", Some("k"));
+    log.append(std::slice::from_ref(&e)).await.unwrap();
+    let mut retry = e.clone();
+    retry.set_str("knativearrivaltime", "2030-01-01T00:00:00Z");
+    log.append(&[retry]).await.unwrap();
+    log.append(&[event("dup2", Some("k"))]).await.unwrap();
+    let got = read_all(log.as_ref(), StartAt::Earliest).await;
+    let ids: Vec<&str> = got.iter().map(|(_, _, e)| e.id()).collect();
+    assert_eq!(ids, ["dup", "dup2"]);
+    assert_eq!(got[0].2, e, "the first copy is kept");
+}
+
+/// Two connections with the same prefix, asking for 3 and 8 partitions.
+pub async fn two_processes(url: &str) -> (NatsLog, NatsLog) {
+    let prefix = unique_prefix("share");
+    let first = NatsLog::connect(options(url, &prefix, 3)).await.unwrap();
+    let second = NatsLog::connect(options(url, &prefix, 8)).await.unwrap();
+    (first, second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_jetstream() {
+    let Some(url) = common::nats_url() else {
+        return;
+    };
+    let mut b = Nats::new(url.clone(), 4);
+    // The shared cases, except the one that assumes dense offsets, which has a sparse
+    // counterpart.
+    appended_events_read_back_intact_in_order(&mut b).await;
+    readers_wait_for_appends_and_survive_being_dropped(&mut b).await;
+    sparse_start_positions_and_end_offsets(&mut b).await;
+    data_survives_reopen_and_checkpoints_persist(&mut b).await;
+    brokers_are_isolated(&mut b).await;
+    // JetStream specifics.
+    producer_retries_are_deduplicated(&mut b).await;
+    oversized_events_are_too_large(&mut b).await;
+    dead_letter_log_keeps_every_entry(&mut b).await;
+    let (first, second) = two_processes(&url).await;
+    a_second_process_shares_the_broker(&first, &second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_jetstream_one_partition() {
+    let Some(url) = common::nats_url() else {
+        return;
+    };
+    // With one partition offsets are dense: the whole shared suite applies.
+    suite(&mut Nats::new(url, 1)).await;
+}
