@@ -55,32 +55,32 @@ pub enum ReplyOutcome {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BrokerLabels {
-    broker: String,
+    broker: Arc<str>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RejectLabels {
-    broker: String,
+    broker: Arc<str>,
     reason: RejectReason,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TriggerLabels {
-    broker: String,
-    trigger: String,
+    broker: Arc<str>,
+    trigger: Arc<str>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReplyLabels {
-    broker: String,
-    trigger: String,
+    broker: Arc<str>,
+    trigger: Arc<str>,
     outcome: ReplyOutcome,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeliveryLabels {
-    broker: String,
-    trigger: String,
+    broker: Arc<str>,
+    trigger: Arc<str>,
     outcome: Outcome,
 }
 
@@ -105,7 +105,7 @@ pub struct IngressMetrics {
     /// Events accepted (202).
     pub accepted: Counter,
     rejected: Family<RejectLabels, Counter>,
-    broker: String,
+    broker: Arc<str>,
 }
 
 impl IngressMetrics {
@@ -241,34 +241,36 @@ impl Metrics {
             accepted: self
                 .accepted
                 .get_or_create(&BrokerLabels {
-                    broker: broker.to_owned(),
+                    broker: broker.into(),
                 })
                 .clone(),
             rejected: self.rejected.clone(),
-            broker: broker.to_owned(),
+            broker: broker.into(),
         }
     }
 
     /// Delivery metrics of one trigger.
     pub fn trigger(&self, broker: &str, trigger: &str) -> TriggerMetrics {
+        // One copy of each name, shared by the trigger's series.
+        let (broker, trigger): (Arc<str>, Arc<str>) = (broker.into(), trigger.into());
         let d = |outcome| {
             self.deliveries
                 .get_or_create(&DeliveryLabels {
-                    broker: broker.to_owned(),
-                    trigger: trigger.to_owned(),
+                    broker: broker.clone(),
+                    trigger: trigger.clone(),
                     outcome,
                 })
                 .clone()
         };
         let labels = TriggerLabels {
-            broker: broker.to_owned(),
-            trigger: trigger.to_owned(),
+            broker: broker.clone(),
+            trigger: trigger.clone(),
         };
         let r = |outcome| {
             self.replies
                 .get_or_create(&ReplyLabels {
-                    broker: broker.to_owned(),
-                    trigger: trigger.to_owned(),
+                    broker: broker.clone(),
+                    trigger: trigger.clone(),
                     outcome,
                 })
                 .clone()
@@ -282,7 +284,7 @@ impl Metrics {
             replies_stored: r(ReplyOutcome::stored),
             replies_dropped_ttl: r(ReplyOutcome::dropped_ttl),
             latency: self.latency.get_or_create(&labels).clone(),
-            dead_letter_entries: self.dead_letter_gauge(broker),
+            dead_letter_entries: self.dead_letter_gauge(&broker),
         }
     }
 
@@ -290,7 +292,7 @@ impl Metrics {
     pub fn dead_letter_gauge(&self, broker: &str) -> Gauge {
         self.dead_letter_entries
             .get_or_create(&BrokerLabels {
-                broker: broker.to_owned(),
+                broker: broker.into(),
             })
             .clone()
     }
@@ -299,7 +301,7 @@ impl Metrics {
     pub fn partitions_gauge(&self, broker: &str) -> Gauge {
         self.partitions
             .get_or_create(&BrokerLabels {
-                broker: broker.to_owned(),
+                broker: broker.into(),
             })
             .clone()
     }
@@ -308,7 +310,7 @@ impl Metrics {
     pub fn malformed_counter(&self, broker: &str) -> Counter {
         self.malformed
             .get_or_create(&BrokerLabels {
-                broker: broker.to_owned(),
+                broker: broker.into(),
             })
             .clone()
     }

@@ -11,15 +11,19 @@
 //!     checkpoints/<trigger>.json         next offset per partition (null: none yet)
 //! ```
 //!
-//! Each partition has one writer thread ([`writer`]) doing group commit, and any number
-//! of readers ([`reader`]). Why not an embedded database: the workload is append,
-//! sequential read, and whole-segment deletion for retention. A log of segment files
+//! Each partition has one writer thread ([`writer`]) doing pipelined group commit
+//! ([`commit`]), and any number of readers ([`reader`]). Why not an embedded database:
+//! the workload is append, sequential read, and whole-segment deletion for retention. A log of segment files
 //! does exactly that with one write and one `fdatasync` per group of appends and no
 //! compaction or write amplification, and lets readers follow the tail without polling.
 
+mod commit;
+mod file;
 mod reader;
 pub mod segment;
 mod writer;
+#[cfg(test)]
+mod writer_tests;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -96,6 +100,9 @@ pub struct EmbeddedOptions {
     pub queue_depth: usize,
     /// Largest encoded event accepted.
     pub max_event_bytes: usize,
+    /// Group syncs of one partition in flight at once (`always` policy, 1 to 4): with
+    /// more than one, the next group is written and synced while earlier syncs run.
+    pub syncs_in_flight: usize,
 }
 
 impl Default for EmbeddedOptions {
@@ -108,6 +115,7 @@ impl Default for EmbeddedOptions {
             retention_bytes: Some(4 << 30),
             queue_depth: 4096,
             max_event_bytes: 16 << 20,
+            syncs_in_flight: 1,
         }
     }
 }
@@ -248,12 +256,14 @@ impl EmbeddedBroker {
             segment_bytes: opts.segment_bytes,
             retention_age: opts.retention_age,
             retention_bytes: opts.retention_bytes,
+            syncs_in_flight: opts.syncs_in_flight,
         };
         let mut partitions = Vec::with_capacity(count as usize);
         for p in 0..count {
             let pdir = dir.join(format!("p{p}"));
             std::fs::create_dir_all(&pdir).map_err(io)?;
-            let (segments, file) = recover_partition(&pdir, id, p).map_err(io)?;
+            let open = file::disk();
+            let (segments, file) = recover_partition(&pdir, id, p, &open).map_err(io)?;
             let end = segments.last().map_or(0, |s| s.end);
             let (committed, _) = watch::channel(end);
             let shared = Arc::new(PartitionShared {
@@ -267,7 +277,7 @@ impl EmbeddedBroker {
             let thread_settings = settings.clone();
             std::thread::Builder::new()
                 .name(format!("tf-log-{}-{}-p{p}", id.namespace, id.name))
-                .spawn(move || writer::run(thread_shared, thread_settings, file, rx))
+                .spawn(move || writer::run(thread_shared, thread_settings, open, file, rx))
                 .map_err(io)?;
             partitions.push(Partition { tx, shared });
         }
@@ -306,7 +316,8 @@ fn recover_partition(
     dir: &Path,
     id: &BrokerId,
     p: u32,
-) -> std::io::Result<(Vec<segment::Segment>, File)> {
+    open: &file::Opener,
+) -> std::io::Result<(Vec<segment::Segment>, Arc<dyn file::SegmentFile>)> {
     let bases = segment::list(dir)?;
     let mut segments = Vec::with_capacity(bases.len().max(1));
     let last = bases.len().saturating_sub(1);
@@ -325,7 +336,7 @@ fn recover_partition(
     let active = segments
         .last()
         .ok_or_else(|| std::io::Error::other("no active segment"))?;
-    let file = segment::open_for_append(active)?;
+    let file = open(active)?;
     Ok((segments, file))
 }
 

@@ -7,12 +7,13 @@
 //! u32 payload length | u32 CRC-32 (IEEE) of the rest | u64 offset | i64 append time (ms) | payload
 //! ```
 //!
-//! (little-endian). On open, every segment is walked to rebuild the sparse index; the
-//! last one is also checksummed and truncated after its last intact record, which is
-//! where a crash in the middle of a write leaves garbage.
+//! (little-endian). The active segment may end in zeros: space the writer allocated
+//! ahead of its records. On open, every segment is walked to rebuild the sparse index;
+//! the last one is also checksummed and truncated after its last intact record, which
+//! is where a crash in the middle of a write leaves garbage (or the zeros).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// Bytes of framing before each payload.
@@ -152,8 +153,9 @@ pub fn list(dir: &Path) -> io::Result<Vec<u64>> {
 }
 
 /// Walks a segment, rebuilding its index. With `verify`, payloads are checksummed and
-/// the file is truncated after the last intact record (returns how many bytes were
-/// cut). Without it, only headers are read.
+/// the file is truncated after the last intact record (returns how many bytes of a
+/// torn write were cut; a tail of zeros, space the writer allocated ahead, is cut
+/// without counting). Without it, only headers are read.
 pub fn recover(dir: &Path, base: u64, verify: bool) -> io::Result<(Segment, u64)> {
     let mut seg = Segment::new(dir, base);
     let file = OpenOptions::new()
@@ -181,24 +183,44 @@ pub fn recover(dir: &Path, base: u64, verify: bool) -> io::Result<(Segment, u64)
         seg.note(h.offset, pos, total, h.ts_ms);
         pos += total;
     }
-    let cut = size - pos;
+    let mut cut = size - pos;
     if cut > 0 && verify {
+        // Zeros after the last record are space the writer allocated ahead, not a
+        // torn write.
+        if zeros_from(&file, pos)? {
+            cut = 0;
+        }
         file.set_len(pos)?;
         file.sync_all()?;
     }
     Ok((seg, cut))
 }
 
-/// Opens a segment for appending at its end.
-pub fn open_for_append(seg: &Segment) -> io::Result<File> {
-    let mut f = OpenOptions::new()
+/// Whether every byte from `pos` to the end of the file is zero.
+fn zeros_from(file: &File, pos: u64) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut at = pos;
+    loop {
+        let n = file.read_at(&mut buf, at)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+}
+
+/// Opens (creating) a segment for the writer, which writes at explicit positions.
+pub fn open_for_write(seg: &Segment) -> io::Result<File> {
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
-        .open(&seg.path)?;
-    f.seek(SeekFrom::Start(seg.bytes))?;
-    Ok(f)
+        .open(&seg.path)
 }
 
 /// Makes a directory entry change (new or removed file) durable.
@@ -232,6 +254,31 @@ mod tests {
         assert_eq!(seg.seek_hint(1100).0, 1064);
         let len = std::fs::metadata(&seg.path).expect("stat").len();
         assert_eq!(len, good);
+    }
+
+    #[test]
+    fn recover_cuts_a_zero_tail_without_calling_it_torn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut buf = Vec::new();
+        frame(&mut buf, 0, 1, b"first");
+        frame(&mut buf, 1, 1, b"second");
+        let good = buf.len() as u64;
+        buf.resize(buf.len() + 100_000, 0);
+        std::fs::write(segment_path(dir.path(), 0), &buf).expect("write");
+        let (seg, cut) = recover(dir.path(), 0, true).expect("recover");
+        assert_eq!((seg.end, seg.bytes, cut), (2, good, 0));
+        assert_eq!(std::fs::metadata(&seg.path).expect("stat").len(), good);
+
+        // A torn record inside the zeros is still a torn write.
+        buf.truncate(good as usize);
+        frame(&mut buf, 2, 1, b"torn record");
+        let torn = buf.len() - good as usize;
+        buf.truncate(buf.len() - 3);
+        buf.resize(buf.len() + 100_000, 0);
+        std::fs::write(segment_path(dir.path(), 0), &buf).expect("write");
+        let (seg, cut) = recover(dir.path(), 0, true).expect("recover");
+        assert_eq!((seg.end, seg.bytes), (2, good));
+        assert_eq!(cut, (torn - 3 + 100_000) as u64);
     }
 
     #[test]

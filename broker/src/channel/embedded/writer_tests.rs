@@ -1,0 +1,345 @@
+//! The writer against a segment file that fails or stalls on demand: nothing that was
+//! not synced is acknowledged, the file is cut back after a failure, offsets stay
+//! dense, and syncs overlap.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
+
+use super::file::{Opener, SegmentFile};
+use super::segment::{self, Segment};
+use super::writer::{self, AppendRequest, PartitionShared, WriterSettings};
+use super::FsyncPolicy;
+
+/// What the test file does; write and sync calls are numbered from 1.
+#[derive(Default)]
+struct Faults {
+    writes: AtomicUsize,
+    syncs: AtomicUsize,
+    /// Syncs running now, and the most at once.
+    syncing: AtomicUsize,
+    most_syncing: AtomicUsize,
+    /// This write writes half its bytes, then fails.
+    torn_write: AtomicUsize,
+    /// These syncs fail.
+    failing_syncs: Mutex<Vec<usize>>,
+    /// These syncs wait until the sender is dropped or sends.
+    held_syncs: Mutex<HashMap<usize, std::sync::mpsc::Receiver<()>>>,
+    /// `set_len` fails.
+    failing_set_len: AtomicBool,
+}
+
+struct FaultyFile {
+    file: File,
+    faults: Arc<Faults>,
+}
+
+impl SegmentFile for FaultyFile {
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        let n = self.faults.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.faults.torn_write.load(Ordering::SeqCst) == n {
+            SegmentFile::write_all_at(&self.file, &buf[..buf.len() / 2], pos)?;
+            return Err(io::Error::other("injected write failure"));
+        }
+        SegmentFile::write_all_at(&self.file, buf, pos)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        let n = self.faults.syncs.fetch_add(1, Ordering::SeqCst) + 1;
+        let now = self.faults.syncing.fetch_add(1, Ordering::SeqCst) + 1;
+        self.faults.most_syncing.fetch_max(now, Ordering::SeqCst);
+        let held = lock(&self.faults.held_syncs).remove(&n);
+        if let Some(rx) = held {
+            let _ = rx.recv();
+        }
+        let failing = lock(&self.faults.failing_syncs).contains(&n);
+        let result = if failing {
+            Err(io::Error::other("injected sync failure"))
+        } else {
+            self.file.sync_data()
+        };
+        self.faults.syncing.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        if self.faults.failing_set_len.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected set_len failure"));
+        }
+        self.file.set_len(len)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Harness {
+    tx: Option<SyncSender<AppendRequest>>,
+    shared: Arc<PartitionShared>,
+    faults: Arc<Faults>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    dir: tempfile::TempDir,
+}
+
+type Answer = oneshot::Receiver<Result<u64, String>>;
+
+impl Harness {
+    fn start(segment_bytes: u64) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let faults = Arc::new(Faults::default());
+        let f = faults.clone();
+        let open: Opener = Arc::new(move |seg: &Segment| {
+            let file = segment::open_for_write(seg)?;
+            let file: Arc<dyn SegmentFile> = Arc::new(FaultyFile {
+                file,
+                faults: f.clone(),
+            });
+            Ok(file)
+        });
+        let seg = Segment::new(dir.path(), 0);
+        let file = open(&seg).expect("open segment");
+        let (committed, _) = watch::channel(0);
+        let shared = Arc::new(PartitionShared {
+            dir: dir.path().to_path_buf(),
+            segments: RwLock::new(vec![seg]),
+            committed,
+            rollbacks: 0.into(),
+        });
+        let settings = WriterSettings {
+            fsync: FsyncPolicy::Always,
+            segment_bytes,
+            retention_age: None,
+            retention_bytes: None,
+            syncs_in_flight: 2,
+        };
+        let (tx, rx) = sync_channel(1024);
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("test-writer".into())
+            .spawn(move || writer::run(s, settings, open, file, rx))
+            .expect("spawn writer");
+        Harness {
+            tx: Some(tx),
+            shared,
+            faults,
+            thread: Some(thread),
+            dir,
+        }
+    }
+
+    fn send(&self, payloads: &[&str]) -> Answer {
+        let (reply, rx) = oneshot::channel();
+        let payloads = payloads
+            .iter()
+            .map(|p| Bytes::copy_from_slice(p.as_bytes()))
+            .collect();
+        self.tx
+            .as_ref()
+            .expect("writer running")
+            .send(AppendRequest { payloads, reply })
+            .expect("writer alive");
+        rx
+    }
+
+    fn append(&self, payloads: &[&str]) -> Result<u64, String> {
+        answer(self.send(payloads))
+    }
+
+    /// Holds sync number `n` until the returned sender sends or is dropped.
+    fn hold_sync(&self, n: usize) -> SyncSender<()> {
+        let (tx, rx) = sync_channel(1);
+        lock(&self.faults.held_syncs).insert(n, rx);
+        tx
+    }
+
+    fn wait_for_syncs(&self, n: usize) {
+        poll(|| self.faults.syncs.load(Ordering::SeqCst) >= n, "syncs");
+    }
+
+    fn committed(&self) -> u64 {
+        *self.shared.committed.borrow()
+    }
+
+    /// Stops the writer; returns the records on disk (offset, payload), segment by
+    /// segment, as recovery finds them.
+    fn stop(self) -> Vec<(u64, String)> {
+        let dir = self.shutdown();
+        on_disk(dir.path())
+    }
+
+    /// Stops the writer and waits for its thread.
+    fn shutdown(mut self) -> tempfile::TempDir {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            t.join().expect("writer thread");
+        }
+        self.dir
+    }
+}
+
+fn answer(rx: Answer) -> Result<u64, String> {
+    rx.blocking_recv().expect("writer answers")
+}
+
+fn poll(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn on_disk(dir: &Path) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let bases = segment::list(dir).expect("list");
+    for (i, base) in bases.iter().enumerate() {
+        let (seg, cut) = segment::recover(dir, *base, i + 1 == bases.len()).expect("recover");
+        assert_eq!(cut, 0, "no garbage after the last acknowledged record");
+        let bytes = std::fs::read(&seg.path).expect("read segment");
+        let mut pos = 0usize;
+        while pos < bytes.len() {
+            let h = segment::read_header(&mut &bytes[pos..])
+                .expect("header")
+                .expect("whole header");
+            let body = &bytes[pos + segment::HEADER..pos + segment::HEADER + h.len];
+            out.push((h.offset, String::from_utf8_lossy(body).into_owned()));
+            pos += segment::HEADER + h.len;
+        }
+    }
+    out
+}
+
+fn records(list: &[(u64, &str)]) -> Vec<(u64, String)> {
+    list.iter().map(|&(o, p)| (o, p.to_owned())).collect()
+}
+
+#[test]
+fn a_later_sync_acknowledges_groups_whose_own_sync_still_runs() {
+    let h = Harness::start(1 << 30);
+    let release = h.hold_sync(1);
+    let a = h.send(&["a"]);
+    h.wait_for_syncs(1);
+    // The first sync is stuck; the next group is written and synced beside it, and
+    // its sync covers both groups.
+    assert_eq!(h.append(&["b1", "b2"]), Ok(1));
+    assert_eq!(answer(a), Ok(0));
+    assert_eq!(h.committed(), 3);
+    assert_eq!(h.faults.most_syncing.load(Ordering::SeqCst), 2);
+    drop(release);
+    assert_eq!(h.append(&["c"]), Ok(3));
+    assert_eq!(
+        h.stop(),
+        records(&[(0, "a"), (1, "b1"), (2, "b2"), (3, "c")])
+    );
+}
+
+#[test]
+fn a_failed_sync_fails_every_unacknowledged_group_and_the_file_is_cut_back() {
+    let h = Harness::start(1 << 30);
+    assert_eq!(h.append(&["a"]), Ok(0));
+    // Sync 2 (group b) stalls; sync 3 (group c) fails while it does.
+    let release = h.hold_sync(2);
+    lock(&h.faults.failing_syncs).push(3);
+    let b = h.send(&["b"]);
+    h.wait_for_syncs(2);
+    let c = h.send(&["c"]);
+    assert!(answer(c).is_err_and(|e| e.contains("injected sync failure")));
+    // b's own sync has not returned, but b may sit on dropped pages: it fails too.
+    assert!(answer(b).is_err());
+    assert_eq!(h.committed(), 1);
+    // The writer waits for the stalled sync before cutting the file back; its success
+    // acknowledges nothing.
+    let d = h.send(&["d"]);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(h.committed(), 1, "nothing acknowledged while a sync is out");
+    drop(release);
+    assert_eq!(answer(d), Ok(1), "offsets stay dense after the cut");
+    assert_eq!(h.shared.rollbacks.load(Ordering::SeqCst), 1);
+    assert_eq!(h.committed(), 2);
+    assert_eq!(h.stop(), records(&[(0, "a"), (1, "d")]));
+}
+
+#[test]
+fn a_torn_write_fails_its_group_only() {
+    let h = Harness::start(1 << 30);
+    assert_eq!(h.append(&["a"]), Ok(0));
+    let next_write = h.faults.writes.load(Ordering::SeqCst) + 1;
+    h.faults.torn_write.store(next_write, Ordering::SeqCst);
+    assert!(h
+        .append(&["bbbbbbbbbbbbbbbbbbbbbbbb", "b2"])
+        .is_err_and(|e| e.contains("injected write failure")));
+    assert_eq!(h.append(&["c"]), Ok(1));
+    assert_eq!(h.committed(), 2);
+    assert_eq!(h.stop(), records(&[(0, "a"), (1, "c")]));
+}
+
+#[test]
+fn an_append_that_cannot_be_undone_stops_the_partition_until_restart() {
+    let h = Harness::start(1 << 30);
+    assert_eq!(h.append(&["a"]), Ok(0));
+    lock(&h.faults.failing_syncs).push(2);
+    h.faults.failing_set_len.store(true, Ordering::SeqCst);
+    assert!(h.append(&["b"]).is_err());
+    let refused = h.append(&["c"]);
+    assert!(refused.is_err_and(|e| e.contains("restart needed")));
+    assert_eq!(h.committed(), 1);
+    h.shutdown();
+}
+
+#[test]
+fn concurrent_producers_across_segment_rolls_get_dense_offsets() {
+    let h = Arc::new(Harness::start(1024));
+    let producers: Vec<_> = (0..4)
+        .map(|t| {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                for i in 0..100 {
+                    let p = format!("producer {t} event {i}");
+                    got.push((h.append(&[&p]).expect("append"), p));
+                }
+                got
+            })
+        })
+        .collect();
+    let mut acked: Vec<(u64, String)> = producers
+        .into_iter()
+        .flat_map(|p| p.join().expect("producer"))
+        .collect();
+    acked.sort();
+    let offsets: Vec<u64> = acked.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (0..400).collect::<Vec<_>>());
+    assert_eq!(h.committed(), 400);
+    let h = Arc::into_inner(h).expect("producers done");
+    assert!(segment::list(h.dir.path()).expect("list").len() > 5);
+    assert_eq!(h.stop(), acked);
+}
+
+#[test]
+fn the_active_segment_is_allocated_ahead_and_recovers_without_loss() {
+    let h = Harness::start(1 << 30);
+    for i in 0..10 {
+        assert_eq!(h.append(&[&format!("event {i}")]), Ok(i));
+    }
+    let path = segment::segment_path(h.dir.path(), 0);
+    let size = std::fs::metadata(&path).expect("stat").len();
+    assert!(size >= 512 << 10, "allocated ahead: {size} bytes");
+    // What a crash now would leave: the records, then zeros.
+    let crashed = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(&path, segment::segment_path(crashed.path(), 0)).expect("copy");
+    let (seg, cut) = segment::recover(crashed.path(), 0, true).expect("recover");
+    assert_eq!((seg.end, cut), (10, 0));
+    let expected: Vec<(u64, String)> = (0..10).map(|i| (i, format!("event {i}"))).collect();
+    assert_eq!(on_disk(crashed.path()), expected);
+    // A clean stop leaves only the records.
+    assert_eq!(h.stop(), expected);
+}
