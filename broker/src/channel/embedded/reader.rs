@@ -5,7 +5,8 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -21,8 +22,30 @@ use crate::event::codec;
 const READ_BUFFER: usize = 64 * 1024;
 const BATCH_BYTES: usize = 4 << 20;
 
+/// A segment file read from `pos`, never past `limit`: the active segment holds zeros
+/// (allocated ahead) and groups not yet synced after its committed bytes, and a
+/// read-ahead buffer must not keep either.
+struct Bounded {
+    file: File,
+    pos: u64,
+    limit: u64,
+}
+
+impl Read for Bounded {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let room = self.limit.saturating_sub(self.pos);
+        let n = (buf.len() as u64).min(room) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = self.file.read_at(&mut buf[..n], self.pos)?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
 struct Open {
-    file: BufReader<File>,
+    file: BufReader<Bounded>,
     /// Offset of the record at the file's current position.
     at: u64,
     /// End of this segment if it is sealed (known not to grow).
@@ -185,11 +208,17 @@ impl State {
         };
         let sealed_end = (seg.base != last_base).then_some(seg.end);
         let (hint_offset, pos) = seg.seek_hint(offset);
-        let mut file = File::open(&seg.path).map_err(|e| self.io(e))?;
-        file.seek(SeekFrom::Start(pos)).map_err(|e| self.io(e))?;
+        let file = File::open(&seg.path).map_err(|e| self.io(e))?;
         self.next = offset;
         self.open = Some(Open {
-            file: BufReader::with_capacity(READ_BUFFER, file),
+            file: BufReader::with_capacity(
+                READ_BUFFER,
+                Bounded {
+                    file,
+                    pos,
+                    limit: seg.bytes,
+                },
+            ),
             at: hint_offset,
             sealed_end,
             base: seg.base,
@@ -230,6 +259,12 @@ impl State {
         max: usize,
         end: u64,
     ) -> Result<(), ChannelError> {
+        if let Some(open) = self.open.as_mut().filter(|o| o.sealed_end.is_none()) {
+            // The segment was active when opened: read up to what is committed now.
+            if let Some(bytes) = self.shared.segment_bytes(open.base) {
+                open.file.get_mut().limit = bytes;
+            }
+        }
         let mut bytes = 0usize;
         let mut retried = false;
         while self.next < end && out.len() < max && bytes < BATCH_BYTES {
@@ -242,6 +277,7 @@ impl State {
             let Some(open) = self.open.as_mut() else {
                 break;
             };
+
             let header = segment::read_header(&mut open.file).map_err(|e| ChannelError::Io {
                 broker: self.broker.clone(),
                 source: e,

@@ -58,6 +58,12 @@ impl PartitionShared {
         segs.iter().find(|s| s.end > offset).cloned()
     }
 
+    /// The bytes of committed records in the segment starting at `base`.
+    pub fn segment_bytes(&self, base: u64) -> Option<u64> {
+        let segs = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        segs.iter().rev().find(|s| s.base == base).map(|s| s.bytes)
+    }
+
     /// The earliest retained offset.
     pub fn earliest(&self) -> u64 {
         let segs = self.segments.read().unwrap_or_else(|p| p.into_inner());
