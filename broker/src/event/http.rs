@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
-use super::{json, AttrValue, DataKind, Event, EventError, DATACONTENTTYPE};
+use super::{json, AttrValue, DataKind, Event, EventError, Str, DATACONTENTTYPE};
 
 /// Media type of a structured-mode JSON event.
 pub const STRUCTURED_JSON: &str = "application/cloudevents+json";
@@ -105,7 +105,7 @@ pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, EventErr
         let ct = ct
             .to_str()
             .map_err(|_| EventError::new(DATACONTENTTYPE, "Content-Type is not visible ASCII"))?;
-        event.set(DATACONTENTTYPE, AttrValue::String(ct.to_owned()));
+        event.set(DATACONTENTTYPE, AttrValue::String(ct.into()));
     }
     if !body.is_empty() {
         event.set_data(DataKind::Binary, Some(body));
@@ -115,7 +115,7 @@ pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, EventErr
 
 /// Undoes RFC 7230 double-quoting, then one round of percent-decoding; rejects
 /// invalid UTF-8 (HTTP binding 3.1.3.2).
-pub fn decode_header_value(raw: &[u8]) -> Result<String, String> {
+pub fn decode_header_value(raw: &[u8]) -> Result<Str, String> {
     let unquoted: std::borrow::Cow<'_, [u8]> =
         if raw.len() >= 2 && raw[0] == b'"' && raw[raw.len() - 1] == b'"' {
             let mut out = Vec::with_capacity(raw.len());
@@ -135,7 +135,9 @@ pub fn decode_header_value(raw: &[u8]) -> Result<String, String> {
             raw.into()
         };
     if !unquoted.contains(&b'%') {
-        return String::from_utf8(unquoted.into_owned())
+        // `into_owned` copies a borrowed value into an exactly sized buffer, which
+        // `Str` then takes without another allocation.
+        return Str::from_utf8(unquoted.into_owned().into())
             .map_err(|_| "header value is not valid UTF-8".to_owned());
     }
     let mut out = Vec::with_capacity(unquoted.len());
@@ -159,23 +161,28 @@ pub fn decode_header_value(raw: &[u8]) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| "percent-decoded header value is not valid UTF-8".to_owned())
+    String::from_utf8(out)
+        .map(|s| Str::from(s.into_boxed_str()))
+        .map_err(|_| "percent-decoded header value is not valid UTF-8".to_owned())
+}
+
+/// Whether a byte goes into a `ce-` header as it is: printable ASCII other than `"`
+/// and `%`.
+fn plain(b: u8) -> bool {
+    (0x21..=0x7E).contains(&b) && b != b'"' && b != b'%'
 }
 
 /// Percent-encodes a string for a `ce-` header: space, `"`, `%` and everything outside
 /// printable ASCII.
 pub fn encode_header_value(s: &str) -> HeaderValue {
-    let needs = s
-        .bytes()
-        .any(|b| !(0x21..=0x7E).contains(&b) || b == b'"' || b == b'%');
-    if !needs {
+    if s.bytes().all(plain) {
         if let Ok(v) = HeaderValue::from_str(s) {
             return v;
         }
     }
     let mut out = String::with_capacity(s.len() + 16);
     for b in s.bytes() {
-        if (0x21..=0x7E).contains(&b) && b != b'"' && b != b'%' {
+        if plain(b) {
             out.push(b as char);
         } else {
             out.push('%');
@@ -184,6 +191,18 @@ pub fn encode_header_value(s: &str) -> HeaderValue {
         }
     }
     HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// [`encode_header_value`] for a string attribute: a value that needs no escaping
+/// becomes a header value over the attribute's own buffer, without a copy.
+fn encode_str_header_value(s: &Str) -> HeaderValue {
+    if s.bytes().all(plain) {
+        // Checks the bytes again (visible ASCII), which cannot fail after `plain`.
+        if let Ok(v) = HeaderValue::from_maybe_shared(s.as_bytes().clone()) {
+            return v;
+        }
+    }
+    encode_header_value(s)
 }
 
 /// Encodes an event in binary mode: `ce-` headers (and `Content-Type`) into `headers`,
@@ -207,12 +226,25 @@ pub fn encode_binary(event: &Event, headers: &mut HeaderMap) -> Bytes {
                 }
             }
         };
-        headers.insert(header, encode_header_value(value.canonical(&mut buf)));
+        let value = match value {
+            AttrValue::String(s) => encode_str_header_value(s),
+            other => encode_header_value(other.canonical(&mut buf)),
+        };
+        headers.insert(header, value);
     }
-    if let Some(ct) = event.effective_content_type() {
-        if let Ok(v) = HeaderValue::from_str(ct) {
-            headers.insert(CONTENT_TYPE, v);
+    let content_type = match event.get(DATACONTENTTYPE) {
+        // Sent as it is (not percent-encoded), so only if it is visible ASCII, as
+        // `HeaderValue::from_str` requires (`from_maybe_shared` also takes obs-text).
+        Some(AttrValue::String(ct)) if ct.is_ascii() => {
+            HeaderValue::from_maybe_shared(ct.as_bytes().clone()).ok()
         }
+        Some(AttrValue::String(_)) => None,
+        _ => event
+            .effective_content_type()
+            .and_then(|ct| HeaderValue::from_str(ct).ok()),
+    };
+    if let Some(v) = content_type {
+        headers.insert(CONTENT_TYPE, v);
     }
     event.data().cloned().unwrap_or_default()
 }
