@@ -181,7 +181,7 @@ async fn attempt(
         Ok(t) => t,
         Err(e) => return transport_error(format!("cannot build request: {e}")),
     };
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert(header::CONTENT_LENGTH, content_length(body.len()));
     if let Some(host) = host {
         headers.insert(header::HOST, host);
     }
@@ -248,6 +248,27 @@ fn target(url: &Url) -> Result<(Uri, Option<HeaderValue>), http::uri::InvalidUri
     })
 }
 
+thread_local! {
+    /// The last `Content-Length` this thread sent: events of one source tend to have
+    /// one size, and formatting the header allocates.
+    static LAST_LENGTH: std::cell::RefCell<Option<(usize, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The `Content-Length` header for `len` bytes.
+fn content_length(len: usize) -> HeaderValue {
+    LAST_LENGTH.with(|cell| {
+        let mut last = cell.borrow_mut();
+        match last.as_ref() {
+            Some((n, v)) if *n == len => v.clone(),
+            _ => {
+                let v = HeaderValue::from(len);
+                *last = Some((len, v.clone()));
+                v
+            }
+        }
+    })
+}
+
 fn transport_message(e: &hyper_util::client::legacy::Error) -> String {
     use std::error::Error;
     let mut msg = e.to_string();
@@ -298,6 +319,13 @@ mod tests {
                     "{url}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn content_lengths() {
+        for len in [0, 1024, 1024, 7, 1 << 20] {
+            assert_eq!(content_length(len), len.to_string().as_str());
         }
     }
 

@@ -132,8 +132,7 @@ pub fn decode(record: &Bytes) -> Result<Event, CodecError> {
     for _ in 0..count {
         let nlen = c.u8()? as usize;
         let at = c.pos;
-        let name = std::str::from_utf8(c.take(nlen)?).map_err(|_| CodecError("name not UTF-8"))?;
-        let name = match known_name(name) {
+        let name = match known_name(c.take(nlen)?) {
             Some(known) => Str::from_static(known),
             None => Str::from_utf8(record.slice(at..at + nlen))
                 .map_err(|_| CodecError("name not UTF-8"))?,

@@ -2,6 +2,9 @@
 //! requests in binary, structured and batched mode, and encoding events in binary or
 //! structured mode for delivery.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
@@ -209,22 +212,12 @@ fn encode_str_header_value(s: &Str) -> HeaderValue {
 /// returning the body.
 pub fn encode_binary(event: &Event, headers: &mut HeaderMap) -> Bytes {
     let mut buf = String::new();
-    let mut name_buf = String::new();
     for (name, value) in event.attributes() {
         if name == DATACONTENTTYPE {
             continue;
         }
-        let header = match header_name(name) {
-            Some(h) => h,
-            None => {
-                name_buf.clear();
-                name_buf.push_str("ce-");
-                name_buf.push_str(name);
-                match HeaderName::from_bytes(name_buf.as_bytes()) {
-                    Ok(h) => h,
-                    Err(_) => continue, // names were validated; cannot happen for a stored event
-                }
-            }
+        let Some(header) = header_name(name).or_else(|| extension_header_name(name)) else {
+            continue; // names were validated; cannot happen for a stored event
         };
         let value = match value {
             AttrValue::String(s) => encode_str_header_value(s),
@@ -249,22 +242,65 @@ pub fn encode_binary(event: &Event, headers: &mut HeaderMap) -> Bytes {
     event.data().cloned().unwrap_or_default()
 }
 
-/// Header names of the attributes most events carry, without allocating.
+/// Header names of the attributes most events carry, built at compile time.
 fn header_name(attr: &str) -> Option<HeaderName> {
-    Some(HeaderName::from_static(match attr {
-        "specversion" => "ce-specversion",
-        "id" => "ce-id",
-        "source" => "ce-source",
-        "type" => "ce-type",
-        "subject" => "ce-subject",
-        "time" => "ce-time",
-        "dataschema" => "ce-dataschema",
-        "knativearrivaltime" => "ce-knativearrivaltime",
-        "knativebrokerttl" => "ce-knativebrokerttl",
-        "partitionkey" => "ce-partitionkey",
-        "traceparent" => "ce-traceparent",
+    const SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+    const ID: HeaderName = HeaderName::from_static("ce-id");
+    const SOURCE: HeaderName = HeaderName::from_static("ce-source");
+    const TYPE: HeaderName = HeaderName::from_static("ce-type");
+    const SUBJECT: HeaderName = HeaderName::from_static("ce-subject");
+    const TIME: HeaderName = HeaderName::from_static("ce-time");
+    const DATASCHEMA: HeaderName = HeaderName::from_static("ce-dataschema");
+    const ARRIVAL_TIME: HeaderName = HeaderName::from_static("ce-knativearrivaltime");
+    const BROKER_TTL: HeaderName = HeaderName::from_static("ce-knativebrokerttl");
+    const PARTITION_KEY: HeaderName = HeaderName::from_static("ce-partitionkey");
+    const TRACEPARENT: HeaderName = HeaderName::from_static("ce-traceparent");
+    Some(match attr {
+        "specversion" => SPECVERSION,
+        "id" => ID,
+        "source" => SOURCE,
+        "type" => TYPE,
+        "subject" => SUBJECT,
+        "time" => TIME,
+        "dataschema" => DATASCHEMA,
+        "knativearrivaltime" => ARRIVAL_TIME,
+        "knativebrokerttl" => BROKER_TTL,
+        "partitionkey" => PARTITION_KEY,
+        "traceparent" => TRACEPARENT,
         _ => return None,
-    }))
+    })
+}
+
+/// How many extension header names each thread keeps.
+const CACHED_EXTENSION_NAMES: usize = 32;
+
+thread_local! {
+    /// `ce-` header names of other attributes, by attribute name: the same extensions
+    /// come with event after event, and building a name allocates twice (about 1,000
+    /// instructions per extension and delivery, docs/benchmarks.md). Cloning a cached
+    /// name shares its buffer. Bounded; the oldest entry goes when it is full.
+    static EXTENSION_NAMES: RefCell<VecDeque<(Box<str>, HeaderName)>> =
+        const { RefCell::new(VecDeque::new()) };
+}
+
+/// The `ce-` header name of an attribute without a static one (`None` if the name
+/// cannot be a header name, which validated names always can).
+fn extension_header_name(attr: &str) -> Option<HeaderName> {
+    EXTENSION_NAMES.with(|cell| {
+        let mut names = cell.borrow_mut();
+        if let Some((_, header)) = names.iter().find(|(n, _)| **n == *attr) {
+            return Some(header.clone());
+        }
+        let mut full = String::with_capacity(3 + attr.len());
+        full.push_str("ce-");
+        full.push_str(attr);
+        let header = HeaderName::from_bytes(full.as_bytes()).ok()?;
+        if names.len() == CACHED_EXTENSION_NAMES {
+            names.pop_front();
+        }
+        names.push_back((attr.into(), header.clone()));
+        Some(header)
+    })
 }
 
 /// Encodes an event in structured JSON mode.
@@ -332,6 +368,26 @@ mod tests {
         );
         let again = decode(&out, body).expect("decodes");
         assert_eq!(&again[0], e);
+    }
+
+    /// Extension names come from the per-thread cache after the first event, and the
+    /// cache stays bounded when events carry ever new extensions.
+    #[test]
+    fn extension_header_names() {
+        for i in 0..(CACHED_EXTENSION_NAMES * 2) {
+            let mut e = Event::new();
+            e.set_str("myext", "1");
+            e.set_str(format!("ext{i}"), "2");
+            let mut out = HeaderMap::new();
+            encode_binary(&e, &mut out);
+            assert_eq!(out.get("ce-myext").map(|v| v.as_bytes()), Some(&b"1"[..]));
+            assert_eq!(
+                out.get(format!("ce-ext{i}")).map(|v| v.as_bytes()),
+                Some(&b"2"[..])
+            );
+        }
+        EXTENSION_NAMES.with(|c| assert_eq!(c.borrow().len(), CACHED_EXTENSION_NAMES));
+        assert_eq!(header_name("id"), Some(HeaderName::from_static("ce-id")));
     }
 
     #[test]

@@ -122,22 +122,23 @@ impl DataKind {
 /// names of a decoded record are slices of it, so decoding does not allocate names.
 type Name = Str;
 
-/// The static form of a well-known attribute name.
-pub(crate) fn known_name(name: &str) -> Option<&'static str> {
+/// The static form of a well-known attribute name, looked up by its bytes (a stored
+/// record's names need no UTF-8 check when they are well-known).
+pub(crate) fn known_name(name: &[u8]) -> Option<&'static str> {
     Some(match name {
-        SPECVERSION => SPECVERSION,
-        ID => ID,
-        SOURCE => SOURCE,
-        TYPE => TYPE,
-        DATACONTENTTYPE => DATACONTENTTYPE,
-        DATASCHEMA => DATASCHEMA,
-        SUBJECT => SUBJECT,
-        TIME => TIME,
-        ARRIVAL_TIME => ARRIVAL_TIME,
-        BROKER_TTL => BROKER_TTL,
-        PARTITION_KEY => PARTITION_KEY,
-        "traceparent" => "traceparent",
-        "tracestate" => "tracestate",
+        b"specversion" => SPECVERSION,
+        b"id" => ID,
+        b"source" => SOURCE,
+        b"type" => TYPE,
+        b"datacontenttype" => DATACONTENTTYPE,
+        b"dataschema" => DATASCHEMA,
+        b"subject" => SUBJECT,
+        b"time" => TIME,
+        b"knativearrivaltime" => ARRIVAL_TIME,
+        b"knativebrokerttl" => BROKER_TTL,
+        b"partitionkey" => PARTITION_KEY,
+        b"traceparent" => "traceparent",
+        b"tracestate" => "tracestate",
         _ => return None,
     })
 }
@@ -198,7 +199,7 @@ impl Event {
             slot.1 = value;
             return;
         }
-        let name = match known_name(name.as_ref()) {
+        let name = match known_name(name.as_ref().as_bytes()) {
             Some(known) => Str::from_static(known),
             None => name.into(),
         };
@@ -220,7 +221,7 @@ impl Event {
         if self.attrs.iter().any(|(n, _)| n == name) {
             return Err(value);
         }
-        let name = match known_name(name) {
+        let name = match known_name(name.as_bytes()) {
             Some(known) => Str::from_static(known),
             None => Str::from(name),
         };
@@ -322,6 +323,15 @@ mod tests {
         assert_eq!(e.id(), "2");
         assert_eq!(e.remove("id"), Some(AttrValue::String("2".into())));
         assert_eq!(e.get("id"), None);
+    }
+
+    #[test]
+    fn well_known_names_are_static() {
+        for name in [SPECVERSION, ID, SOURCE, TYPE, DATACONTENTTYPE, ARRIVAL_TIME] {
+            assert_eq!(known_name(name.as_bytes()), Some(name));
+        }
+        assert_eq!(known_name(b"myext"), None);
+        assert_eq!(known_name(b"ID"), None, "names are lower-case");
     }
 
     #[test]
