@@ -5,10 +5,10 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
-use super::{json, AttrValue, DataKind, Event, EventError, Str, DATACONTENTTYPE};
+use super::{json, known_name, AttrValue, DataKind, Event, EventError, Str, DATACONTENTTYPE};
 
 /// Media type of a structured-mode JSON event.
 pub const STRUCTURED_JSON: &str = "application/cloudevents+json";
@@ -79,10 +79,20 @@ pub fn decode_as(mode: Mode, headers: &HeaderMap, body: Bytes) -> Result<Vec<Eve
     }
 }
 
-/// Decodes a binary-mode message.
+/// Decodes a binary-mode message. The attribute values (and names other than the
+/// well-known ones) are decoded into one buffer and share it.
 pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, EventError> {
     let mut event = Event::new();
     let mut saw_specversion = false;
+    // Unquoting and percent-decoding never lengthen a value, so this is enough room
+    // for every name and value: one allocation instead of one per attribute.
+    let room = headers
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("ce-"))
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum::<usize>()
+        + headers.get(CONTENT_TYPE).map_or(0, HeaderValue::len);
+    let mut buf = BytesMut::with_capacity(room);
     for (name, value) in headers {
         let Some(attr) = name.as_str().strip_prefix("ce-") else {
             continue;
@@ -92,9 +102,21 @@ pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, EventErr
             continue;
         }
         saw_specversion |= attr == "specversion";
-        let decoded = decode_header_value(value.as_bytes())
+        let decoded = decode_header_value_in(value.as_bytes(), &mut buf)
             .map_err(|reason| EventError::new(attr, reason))?;
-        if event.add_new(attr, AttrValue::String(decoded)).is_err() {
+        let attr_name = match known_name(attr.as_bytes()) {
+            Some(known) => Str::from_static(known),
+            None => {
+                buf.extend_from_slice(attr.as_bytes());
+                // Header names are ASCII.
+                Str::from_utf8(buf.split().freeze())
+                    .map_err(|_| EventError::new(attr, "name is not ASCII"))?
+            }
+        };
+        if event
+            .add_new(attr_name, AttrValue::String(decoded))
+            .is_err()
+        {
             return Err(EventError::new(attr, "header given more than once"));
         }
     }
@@ -105,10 +127,11 @@ pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, EventErr
         ));
     }
     if let Some(ct) = headers.get(CONTENT_TYPE) {
-        let ct = ct
-            .to_str()
-            .map_err(|_| EventError::new(DATACONTENTTYPE, "Content-Type is not visible ASCII"))?;
-        event.set(DATACONTENTTYPE, AttrValue::String(ct.into()));
+        let not_ascii = || EventError::new(DATACONTENTTYPE, "Content-Type is not visible ASCII");
+        ct.to_str().map_err(|_| not_ascii())?;
+        buf.extend_from_slice(ct.as_bytes());
+        let ct = Str::from_utf8(buf.split().freeze()).map_err(|_| not_ascii())?;
+        event.set(DATACONTENTTYPE, AttrValue::String(ct));
     }
     if !body.is_empty() {
         event.set_data(DataKind::Binary, Some(body));
@@ -119,6 +142,33 @@ pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, EventErr
 /// Undoes RFC 7230 double-quoting, then one round of percent-decoding; rejects
 /// invalid UTF-8 (HTTP binding 3.1.3.2).
 pub fn decode_header_value(raw: &[u8]) -> Result<Str, String> {
+    let mut out = BytesMut::with_capacity(raw.len());
+    let percent = decode_header_value_into(raw, &mut out)?;
+    utf8_value(out.freeze(), percent)
+}
+
+/// [`decode_header_value`] into the spare room of `buf` (allocating only if there is
+/// too little), returning a slice of it.
+fn decode_header_value_in(raw: &[u8], buf: &mut BytesMut) -> Result<Str, String> {
+    let percent = decode_header_value_into(raw, buf);
+    let value = buf.split().freeze();
+    utf8_value(value, percent?)
+}
+
+/// The decoded value as a string, or the binding's error for invalid UTF-8.
+fn utf8_value(value: Bytes, percent_decoded: bool) -> Result<Str, String> {
+    Str::from_utf8(value).map_err(|_| {
+        if percent_decoded {
+            "percent-decoded header value is not valid UTF-8".to_owned()
+        } else {
+            "header value is not valid UTF-8".to_owned()
+        }
+    })
+}
+
+/// Appends the unquoted, percent-decoded bytes of a header value to `out`; says
+/// whether percent-decoding changed anything. UTF-8 is the caller's check.
+fn decode_header_value_into(raw: &[u8], out: &mut BytesMut) -> Result<bool, String> {
     let unquoted: std::borrow::Cow<'_, [u8]> =
         if raw.len() >= 2 && raw[0] == b'"' && raw[raw.len() - 1] == b'"' {
             let mut out = Vec::with_capacity(raw.len());
@@ -138,12 +188,9 @@ pub fn decode_header_value(raw: &[u8]) -> Result<Str, String> {
             raw.into()
         };
     if !unquoted.contains(&b'%') {
-        // `into_owned` copies a borrowed value into an exactly sized buffer, which
-        // `Str` then takes without another allocation.
-        return Str::from_utf8(unquoted.into_owned().into())
-            .map_err(|_| "header value is not valid UTF-8".to_owned());
+        out.extend_from_slice(&unquoted);
+        return Ok(false);
     }
-    let mut out = Vec::with_capacity(unquoted.len());
     let mut i = 0;
     while i < unquoted.len() {
         let b = unquoted[i];
@@ -154,19 +201,17 @@ pub fn decode_header_value(raw: &[u8]) -> Result<Str, String> {
                 unquoted.get(i + 2).and_then(|&c| hex(c)),
             ) {
                 (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
+                    out.put_u8((h * 16 + l) as u8);
                     i += 3;
                 }
                 _ => return Err("invalid percent-encoding".into()),
             }
         } else {
-            out.push(b);
+            out.put_u8(b);
             i += 1;
         }
     }
-    String::from_utf8(out)
-        .map(|s| Str::from(s.into_boxed_str()))
-        .map_err(|_| "percent-decoded header value is not valid UTF-8".to_owned())
+    Ok(true)
 }
 
 /// Whether a byte goes into a `ce-` header as it is: printable ASCII other than `"`
@@ -388,6 +433,45 @@ mod tests {
         }
         EXTENSION_NAMES.with(|c| assert_eq!(c.borrow().len(), CACHED_EXTENSION_NAMES));
         assert_eq!(header_name("id"), Some(HeaderName::from_static("ce-id")));
+    }
+
+    /// Binary-mode values are decoded into one buffer (one allocation per event, not
+    /// per attribute), and each is still checked: invalid UTF-8, raw or
+    /// percent-encoded, is an error naming the attribute.
+    #[test]
+    fn binary_values_share_one_buffer_and_are_checked() {
+        let h = headers(&[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "\"quoted \\\"id\\\"\""),
+            ("ce-myext", "a%20b"),
+            ("content-type", "text/plain"),
+        ]);
+        let e = decode_binary(&h, Bytes::new()).expect("decodes");
+        assert_eq!(e.id(), "quoted \"id\"");
+        assert_eq!(e.get_str("myext"), Some("a b"));
+        // In header order: the id, myext's value, its name, then the content type.
+        let span = |name: &str| {
+            let Some(AttrValue::String(s)) = e.get(name) else {
+                panic!("{name} is a string")
+            };
+            s.as_bytes().as_ptr_range()
+        };
+        let (id, myext, ct) = (span("id"), span("myext"), span("datacontenttype"));
+        assert_eq!(id.end, myext.start, "values are slices of one buffer");
+        assert_eq!(myext.end.wrapping_add("myext".len()), ct.start);
+
+        let mut bad = HeaderMap::new();
+        bad.insert("ce-specversion", HeaderValue::from_static("1.0"));
+        bad.insert(
+            "ce-id",
+            HeaderValue::from_bytes(b"\xff").expect("obs-text is a header value"),
+        );
+        let err = decode_binary(&bad, Bytes::new()).expect_err("not UTF-8");
+        assert_eq!(err.attribute, "id");
+        assert!(err.to_string().contains("not valid UTF-8"), "{err}");
+        bad.insert("ce-id", HeaderValue::from_static("%FF"));
+        let err = decode_binary(&bad, Bytes::new()).expect_err("not UTF-8");
+        assert!(err.to_string().contains("percent-decoded"), "{err}");
     }
 
     #[test]

@@ -217,14 +217,10 @@ impl Event {
 
     /// Adds an attribute that must not be present yet: one scan instead of a lookup
     /// followed by [`Event::set`]. Gives the value back when the name is taken.
-    pub(crate) fn add_new(&mut self, name: &str, value: AttrValue) -> Result<(), AttrValue> {
-        if self.attrs.iter().any(|(n, _)| n == name) {
+    pub(crate) fn add_new(&mut self, name: Str, value: AttrValue) -> Result<(), AttrValue> {
+        if self.attrs.iter().any(|(n, _)| *n == name) {
             return Err(value);
         }
-        let name = match known_name(name.as_bytes()) {
-            Some(known) => Str::from_static(known),
-            None => Str::from(name),
-        };
         self.attrs.push((name, value));
         Ok(())
     }
