@@ -282,7 +282,7 @@ async fn redrive(
                 );
                 again.set(
                     ERROR_TRIGGER,
-                    broker::event::AttrValue::String(trigger_name),
+                    broker::event::AttrValue::String(trigger_name.into()),
                 );
                 dl.append(std::slice::from_ref(&again))
                     .await

@@ -37,7 +37,7 @@ fn build(args: &SendArgs) -> anyhow::Result<Event> {
         let (k, v) = ext
             .split_once('=')
             .with_context(|| format!("--extension '{ext}' must be NAME=VALUE"))?;
-        e.set(k, AttrValue::String(v.to_owned()));
+        e.set(k, AttrValue::String(v.into()));
     }
     if let Some(data) = &args.data {
         let bytes = match data.strip_prefix('@') {

@@ -74,9 +74,13 @@ pub fn wrapper(events: &dyn BrokerLog, partition: u32, offset: Offset, m: &Malfo
         .collect();
     e.set(
         ERROR_DATA,
-        AttrValue::String(base64::engine::general_purpose::STANDARD.encode(reason.as_bytes())),
+        AttrValue::String(
+            base64::engine::general_purpose::STANDARD
+                .encode(reason.as_bytes())
+                .into(),
+        ),
     );
-    e.set(MALFORMED_REASON, AttrValue::String(reason));
+    e.set(MALFORMED_REASON, AttrValue::String(reason.into()));
     e.set_data(DataKind::Binary, Some(m.data.clone().unwrap_or_default()));
     e
 }

@@ -81,7 +81,7 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) {
             "dead-letter sink failed too; storing in the broker's dead-letter log");
     }
     let mut entry = dead;
-    entry.set(ERROR_TRIGGER, AttrValue::String(cfg.name.clone()));
+    entry.set(ERROR_TRIGGER, AttrValue::String(cfg.name.as_str().into()));
     store_dead_letter(sinks, &cfg.delivery, &entry, &cfg.name).await;
     rt.metrics.dead_letter_log.inc();
     rt.metrics.dead_letter_entries.inc();
@@ -91,9 +91,9 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) {
 /// `knativeerror*` extensions.
 pub fn dead_letter_event(event: &Event, dest: &str, last: &Attempt) -> Event {
     let mut dead = event.clone();
-    dead.set(ERROR_DEST, AttrValue::String(dest.to_owned()));
+    dead.set(ERROR_DEST, AttrValue::String(dest.into()));
     match last.status {
-        Some(s) => dead.set(ERROR_CODE, AttrValue::String(s.as_u16().to_string())),
+        Some(s) => dead.set(ERROR_CODE, AttrValue::String(s.as_u16().to_string().into())),
         None => {
             dead.remove(ERROR_CODE);
         }
@@ -103,7 +103,7 @@ pub fn dead_letter_event(event: &Event, dest: &str, last: &Attempt) -> Event {
         dead.remove(ERROR_DATA);
     } else {
         let b64 = base64::engine::general_purpose::STANDARD.encode(body);
-        dead.set(ERROR_DATA, AttrValue::String(b64));
+        dead.set(ERROR_DATA, AttrValue::String(b64.into()));
     }
     dead
 }
@@ -158,7 +158,7 @@ async fn store_reply(
     reply.set(event::BROKER_TTL, AttrValue::Integer(ttl));
     reply.set(
         event::ARRIVAL_TIME,
-        AttrValue::String(jiff::Timestamp::now().to_string()),
+        AttrValue::String(jiff::Timestamp::now().to_string().into()),
     );
     rt.sinks
         .events

@@ -293,12 +293,13 @@ async fn accept(
             IngressError::Invalid(err)
         })?;
     }
-    let arrival = jiff::Timestamp::now().to_string();
+    // One string for the whole batch: its clones share the buffer.
+    let arrival = AttrValue::String(jiff::Timestamp::now().to_string().into());
     if let Some((last, rest)) = events.split_last_mut() {
         for e in rest {
-            e.set(event::ARRIVAL_TIME, AttrValue::String(arrival.clone()));
+            e.set(event::ARRIVAL_TIME, arrival.clone());
         }
-        last.set(event::ARRIVAL_TIME, AttrValue::String(arrival));
+        last.set(event::ARRIVAL_TIME, arrival);
     }
     append(state, entry, &events).await?;
     Ok(events.len())

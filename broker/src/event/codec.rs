@@ -7,11 +7,13 @@
 //! u8 has data | u32 data length | data
 //! ```
 //! All integers are little-endian. Decoding never panics on malformed input, and the
-//! data of a decoded event shares the record's buffer instead of copying it.
+//! data and the string values (and names other than the well-known ones) of a decoded
+//! event share the record's buffer instead of copying it: each is checked for UTF-8
+//! once, here.
 
 use bytes::{BufMut, Bytes};
 
-use super::{AttrValue, DataKind, Event};
+use super::{known_name, AttrValue, DataKind, Event, Str};
 
 const VERSION: u8 = 1;
 
@@ -129,21 +131,26 @@ pub fn decode(record: &Bytes) -> Result<Event, CodecError> {
     let mut event = Event::new();
     for _ in 0..count {
         let nlen = c.u8()? as usize;
-        let name = std::str::from_utf8(c.take(nlen)?).map_err(|_| CodecError("name not UTF-8"))?;
+        let at = c.pos;
+        let name = match known_name(c.take(nlen)?) {
+            Some(known) => Str::from_static(known),
+            None => Str::from_utf8(record.slice(at..at + nlen))
+                .map_err(|_| CodecError("name not UTF-8"))?,
+        };
         let tag = c.u8()?;
         let vlen = c.u32()? as usize;
+        let at = c.pos;
         let v = c.take(vlen)?;
         let value = match (tag, vlen) {
             (0, _) => AttrValue::String(
-                std::str::from_utf8(v)
-                    .map_err(|_| CodecError("value not UTF-8"))?
-                    .to_owned(),
+                Str::from_utf8(record.slice(at..at + vlen))
+                    .map_err(|_| CodecError("value not UTF-8"))?,
             ),
             (1, 4) => AttrValue::Integer(i32::from_le_bytes([v[0], v[1], v[2], v[3]])),
             (2, 1) => AttrValue::Boolean(v[0] != 0),
             _ => return Err(CodecError("bad attribute tag")),
         };
-        event.set(name, value);
+        event.set_named(name, value);
     }
     let has = c.u8()?;
     let dlen = c.u32()? as usize;
@@ -183,5 +190,43 @@ mod tests {
             assert!(decode(&bytes.slice(..n)).is_err(), "prefix {n}");
         }
         assert!(decode(&Bytes::from_static(&[1, 0, 255, 255, 1])).is_err());
+    }
+
+    /// A record whose string value (or extension name) is not UTF-8 is an error, not an
+    /// event with a mangled value: the check that `Str` relies on happens here.
+    #[test]
+    fn invalid_utf8_values_and_names_are_errors() {
+        let mut e = Event::new();
+        e.set_str("myext", "ab");
+        let good = to_bytes(&e).to_vec();
+        // version, kind, count (u16), name length, "myext", tag, length (u32), "ab", ...
+        let value_at = 4 + 1 + 5 + 1 + 4;
+        assert_eq!(&good[value_at..value_at + 2], b"ab");
+        let mut bad = good.clone();
+        bad[value_at] = 0xff;
+        assert_eq!(
+            decode(&Bytes::from(bad)),
+            Err(CodecError("value not UTF-8"))
+        );
+        let mut bad = good.clone();
+        bad[4 + 1] = 0xC0;
+        assert_eq!(decode(&Bytes::from(bad)), Err(CodecError("name not UTF-8")));
+    }
+
+    /// Decoded strings are slices of the record, not copies.
+    #[test]
+    fn values_share_the_record() {
+        let mut e = Event::new();
+        e.set_str("id", "abc");
+        e.set_str("myext", "xyz");
+        let bytes = to_bytes(&e);
+        let d = decode(&bytes).expect("decodes");
+        let range = bytes.as_ptr_range();
+        for (_, v) in d.attributes() {
+            let AttrValue::String(s) = v else {
+                panic!("string expected")
+            };
+            assert!(range.contains(&s.as_bytes().as_ptr()), "{s} was copied");
+        }
     }
 }

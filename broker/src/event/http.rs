@@ -2,10 +2,13 @@
 //! requests in binary, structured and batched mode, and encoding events in binary or
 //! structured mode for delivery.
 
-use bytes::Bytes;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
-use super::{json, AttrValue, DataKind, Event, EventError, DATACONTENTTYPE};
+use super::{json, known_name, AttrValue, DataKind, Event, EventError, Str, DATACONTENTTYPE};
 
 /// Media type of a structured-mode JSON event.
 pub const STRUCTURED_JSON: &str = "application/cloudevents+json";
@@ -76,10 +79,20 @@ pub fn decode_as(mode: Mode, headers: &HeaderMap, body: Bytes) -> Result<Vec<Eve
     }
 }
 
-/// Decodes a binary-mode message.
+/// Decodes a binary-mode message. The attribute values (and names other than the
+/// well-known ones) are decoded into one buffer and share it.
 pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, EventError> {
     let mut event = Event::new();
     let mut saw_specversion = false;
+    // Unquoting and percent-decoding never lengthen a value, so this is enough room
+    // for every name and value: one allocation instead of one per attribute.
+    let room = headers
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("ce-"))
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum::<usize>()
+        + headers.get(CONTENT_TYPE).map_or(0, HeaderValue::len);
+    let mut buf = BytesMut::with_capacity(room);
     for (name, value) in headers {
         let Some(attr) = name.as_str().strip_prefix("ce-") else {
             continue;
@@ -89,9 +102,21 @@ pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, EventErr
             continue;
         }
         saw_specversion |= attr == "specversion";
-        let decoded = decode_header_value(value.as_bytes())
+        let decoded = decode_header_value_in(value.as_bytes(), &mut buf)
             .map_err(|reason| EventError::new(attr, reason))?;
-        if event.add_new(attr, AttrValue::String(decoded)).is_err() {
+        let attr_name = match known_name(attr.as_bytes()) {
+            Some(known) => Str::from_static(known),
+            None => {
+                buf.extend_from_slice(attr.as_bytes());
+                // Header names are ASCII.
+                Str::from_utf8(buf.split().freeze())
+                    .map_err(|_| EventError::new(attr, "name is not ASCII"))?
+            }
+        };
+        if event
+            .add_new(attr_name, AttrValue::String(decoded))
+            .is_err()
+        {
             return Err(EventError::new(attr, "header given more than once"));
         }
     }
@@ -102,10 +127,11 @@ pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, EventErr
         ));
     }
     if let Some(ct) = headers.get(CONTENT_TYPE) {
-        let ct = ct
-            .to_str()
-            .map_err(|_| EventError::new(DATACONTENTTYPE, "Content-Type is not visible ASCII"))?;
-        event.set(DATACONTENTTYPE, AttrValue::String(ct.to_owned()));
+        let not_ascii = || EventError::new(DATACONTENTTYPE, "Content-Type is not visible ASCII");
+        ct.to_str().map_err(|_| not_ascii())?;
+        buf.extend_from_slice(ct.as_bytes());
+        let ct = Str::from_utf8(buf.split().freeze()).map_err(|_| not_ascii())?;
+        event.set(DATACONTENTTYPE, AttrValue::String(ct));
     }
     if !body.is_empty() {
         event.set_data(DataKind::Binary, Some(body));
@@ -115,7 +141,34 @@ pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, EventErr
 
 /// Undoes RFC 7230 double-quoting, then one round of percent-decoding; rejects
 /// invalid UTF-8 (HTTP binding 3.1.3.2).
-pub fn decode_header_value(raw: &[u8]) -> Result<String, String> {
+pub fn decode_header_value(raw: &[u8]) -> Result<Str, String> {
+    let mut out = BytesMut::with_capacity(raw.len());
+    let percent = decode_header_value_into(raw, &mut out)?;
+    utf8_value(out.freeze(), percent)
+}
+
+/// [`decode_header_value`] into the spare room of `buf` (allocating only if there is
+/// too little), returning a slice of it.
+fn decode_header_value_in(raw: &[u8], buf: &mut BytesMut) -> Result<Str, String> {
+    let percent = decode_header_value_into(raw, buf);
+    let value = buf.split().freeze();
+    utf8_value(value, percent?)
+}
+
+/// The decoded value as a string, or the binding's error for invalid UTF-8.
+fn utf8_value(value: Bytes, percent_decoded: bool) -> Result<Str, String> {
+    Str::from_utf8(value).map_err(|_| {
+        if percent_decoded {
+            "percent-decoded header value is not valid UTF-8".to_owned()
+        } else {
+            "header value is not valid UTF-8".to_owned()
+        }
+    })
+}
+
+/// Appends the unquoted, percent-decoded bytes of a header value to `out`; says
+/// whether percent-decoding changed anything. UTF-8 is the caller's check.
+fn decode_header_value_into(raw: &[u8], out: &mut BytesMut) -> Result<bool, String> {
     let unquoted: std::borrow::Cow<'_, [u8]> =
         if raw.len() >= 2 && raw[0] == b'"' && raw[raw.len() - 1] == b'"' {
             let mut out = Vec::with_capacity(raw.len());
@@ -135,10 +188,9 @@ pub fn decode_header_value(raw: &[u8]) -> Result<String, String> {
             raw.into()
         };
     if !unquoted.contains(&b'%') {
-        return String::from_utf8(unquoted.into_owned())
-            .map_err(|_| "header value is not valid UTF-8".to_owned());
+        out.extend_from_slice(&unquoted);
+        return Ok(false);
     }
-    let mut out = Vec::with_capacity(unquoted.len());
     let mut i = 0;
     while i < unquoted.len() {
         let b = unquoted[i];
@@ -149,33 +201,42 @@ pub fn decode_header_value(raw: &[u8]) -> Result<String, String> {
                 unquoted.get(i + 2).and_then(|&c| hex(c)),
             ) {
                 (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
+                    out.put_u8((h * 16 + l) as u8);
                     i += 3;
                 }
                 _ => return Err("invalid percent-encoding".into()),
             }
         } else {
-            out.push(b);
+            out.put_u8(b);
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| "percent-decoded header value is not valid UTF-8".to_owned())
+    Ok(true)
+}
+
+/// Whether a byte goes into a `ce-` header as it is: printable ASCII other than `"`
+/// and `%`.
+fn plain(b: u8) -> bool {
+    (0x21..=0x7E).contains(&b) && b != b'"' && b != b'%'
+}
+
+/// Whether a whole value goes into a `ce-` header as it is. Checks every byte without
+/// stopping early, which lets the compiler check several bytes per instruction.
+fn all_plain(s: &str) -> bool {
+    s.bytes().fold(true, |ok, b| ok & plain(b))
 }
 
 /// Percent-encodes a string for a `ce-` header: space, `"`, `%` and everything outside
 /// printable ASCII.
 pub fn encode_header_value(s: &str) -> HeaderValue {
-    let needs = s
-        .bytes()
-        .any(|b| !(0x21..=0x7E).contains(&b) || b == b'"' || b == b'%');
-    if !needs {
+    if all_plain(s) {
         if let Ok(v) = HeaderValue::from_str(s) {
             return v;
         }
     }
     let mut out = String::with_capacity(s.len() + 16);
     for b in s.bytes() {
-        if (0x21..=0x7E).contains(&b) && b != b'"' && b != b'%' {
+        if plain(b) {
             out.push(b as char);
         } else {
             out.push('%');
@@ -186,53 +247,111 @@ pub fn encode_header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// [`encode_header_value`] for a string attribute: a value that needs no escaping
+/// becomes a header value over the attribute's own buffer, without a copy.
+fn encode_str_header_value(s: &Str) -> HeaderValue {
+    if all_plain(s) {
+        // Checks the bytes again (visible ASCII), which cannot fail after `plain`.
+        if let Ok(v) = HeaderValue::from_maybe_shared(s.as_bytes().clone()) {
+            return v;
+        }
+    }
+    encode_header_value(s)
+}
+
 /// Encodes an event in binary mode: `ce-` headers (and `Content-Type`) into `headers`,
 /// returning the body.
 pub fn encode_binary(event: &Event, headers: &mut HeaderMap) -> Bytes {
     let mut buf = String::new();
-    let mut name_buf = String::new();
     for (name, value) in event.attributes() {
         if name == DATACONTENTTYPE {
             continue;
         }
-        let header = match header_name(name) {
-            Some(h) => h,
-            None => {
-                name_buf.clear();
-                name_buf.push_str("ce-");
-                name_buf.push_str(name);
-                match HeaderName::from_bytes(name_buf.as_bytes()) {
-                    Ok(h) => h,
-                    Err(_) => continue, // names were validated; cannot happen for a stored event
-                }
-            }
+        let Some(header) = header_name(name).or_else(|| extension_header_name(name)) else {
+            continue; // names were validated; cannot happen for a stored event
         };
-        headers.insert(header, encode_header_value(value.canonical(&mut buf)));
+        let value = match value {
+            AttrValue::String(s) => encode_str_header_value(s),
+            other => encode_header_value(other.canonical(&mut buf)),
+        };
+        headers.insert(header, value);
     }
-    if let Some(ct) = event.effective_content_type() {
-        if let Ok(v) = HeaderValue::from_str(ct) {
-            headers.insert(CONTENT_TYPE, v);
+    let content_type = match event.get(DATACONTENTTYPE) {
+        // Sent as it is (not percent-encoded), so only if it is visible ASCII, as
+        // `HeaderValue::from_str` requires (`from_maybe_shared` also takes obs-text).
+        Some(AttrValue::String(ct)) if ct.is_ascii() => {
+            HeaderValue::from_maybe_shared(ct.as_bytes().clone()).ok()
         }
+        Some(AttrValue::String(_)) => None,
+        _ => event
+            .effective_content_type()
+            .and_then(|ct| HeaderValue::from_str(ct).ok()),
+    };
+    if let Some(v) = content_type {
+        headers.insert(CONTENT_TYPE, v);
     }
     event.data().cloned().unwrap_or_default()
 }
 
-/// Header names of the attributes most events carry, without allocating.
+/// Header names of the attributes most events carry, built at compile time.
 fn header_name(attr: &str) -> Option<HeaderName> {
-    Some(HeaderName::from_static(match attr {
-        "specversion" => "ce-specversion",
-        "id" => "ce-id",
-        "source" => "ce-source",
-        "type" => "ce-type",
-        "subject" => "ce-subject",
-        "time" => "ce-time",
-        "dataschema" => "ce-dataschema",
-        "knativearrivaltime" => "ce-knativearrivaltime",
-        "knativebrokerttl" => "ce-knativebrokerttl",
-        "partitionkey" => "ce-partitionkey",
-        "traceparent" => "ce-traceparent",
+    const SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+    const ID: HeaderName = HeaderName::from_static("ce-id");
+    const SOURCE: HeaderName = HeaderName::from_static("ce-source");
+    const TYPE: HeaderName = HeaderName::from_static("ce-type");
+    const SUBJECT: HeaderName = HeaderName::from_static("ce-subject");
+    const TIME: HeaderName = HeaderName::from_static("ce-time");
+    const DATASCHEMA: HeaderName = HeaderName::from_static("ce-dataschema");
+    const ARRIVAL_TIME: HeaderName = HeaderName::from_static("ce-knativearrivaltime");
+    const BROKER_TTL: HeaderName = HeaderName::from_static("ce-knativebrokerttl");
+    const PARTITION_KEY: HeaderName = HeaderName::from_static("ce-partitionkey");
+    const TRACEPARENT: HeaderName = HeaderName::from_static("ce-traceparent");
+    Some(match attr {
+        "specversion" => SPECVERSION,
+        "id" => ID,
+        "source" => SOURCE,
+        "type" => TYPE,
+        "subject" => SUBJECT,
+        "time" => TIME,
+        "dataschema" => DATASCHEMA,
+        "knativearrivaltime" => ARRIVAL_TIME,
+        "knativebrokerttl" => BROKER_TTL,
+        "partitionkey" => PARTITION_KEY,
+        "traceparent" => TRACEPARENT,
         _ => return None,
-    }))
+    })
+}
+
+/// How many extension header names each thread keeps.
+const CACHED_EXTENSION_NAMES: usize = 32;
+
+thread_local! {
+    /// `ce-` header names of other attributes, by attribute name: the same extensions
+    /// come with event after event, and building a name allocates twice (about 1,000
+    /// instructions per extension and delivery, docs/benchmarks.md). Cloning a cached
+    /// name shares its buffer. Bounded; the oldest entry goes when it is full.
+    static EXTENSION_NAMES: RefCell<VecDeque<(Box<str>, HeaderName)>> =
+        const { RefCell::new(VecDeque::new()) };
+}
+
+/// The `ce-` header name of an attribute without a static one (`None` if the name
+/// cannot be a header name, which validated names always can).
+fn extension_header_name(attr: &str) -> Option<HeaderName> {
+    EXTENSION_NAMES.with(|cell| {
+        let mut names = cell.borrow_mut();
+        if let Some((_, header)) = names.iter().find(|(n, _)| **n == *attr) {
+            return Some(header.clone());
+        }
+        let mut full = String::with_capacity(3 + attr.len());
+        full.push_str("ce-");
+        full.push_str(attr);
+        let header = HeaderName::from_bytes(full.as_bytes()).ok()?;
+        if names.len() == CACHED_EXTENSION_NAMES {
+            names.pop_front();
+        }
+        names.push_back((attr.into(), header.clone()));
+        Some(header)
+    })
 }
 
 /// Encodes an event in structured JSON mode.
@@ -300,6 +419,65 @@ mod tests {
         );
         let again = decode(&out, body).expect("decodes");
         assert_eq!(&again[0], e);
+    }
+
+    /// Extension names come from the per-thread cache after the first event, and the
+    /// cache stays bounded when events carry ever new extensions.
+    #[test]
+    fn extension_header_names() {
+        for i in 0..(CACHED_EXTENSION_NAMES * 2) {
+            let mut e = Event::new();
+            e.set_str("myext", "1");
+            e.set_str(format!("ext{i}"), "2");
+            let mut out = HeaderMap::new();
+            encode_binary(&e, &mut out);
+            assert_eq!(out.get("ce-myext").map(|v| v.as_bytes()), Some(&b"1"[..]));
+            assert_eq!(
+                out.get(format!("ce-ext{i}")).map(|v| v.as_bytes()),
+                Some(&b"2"[..])
+            );
+        }
+        EXTENSION_NAMES.with(|c| assert_eq!(c.borrow().len(), CACHED_EXTENSION_NAMES));
+        assert_eq!(header_name("id"), Some(HeaderName::from_static("ce-id")));
+    }
+
+    /// Binary-mode values are decoded into one buffer (one allocation per event, not
+    /// per attribute), and each is still checked: invalid UTF-8, raw or
+    /// percent-encoded, is an error naming the attribute.
+    #[test]
+    fn binary_values_share_one_buffer_and_are_checked() {
+        let h = headers(&[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "\"quoted \\\"id\\\"\""),
+            ("ce-myext", "a%20b"),
+            ("content-type", "text/plain"),
+        ]);
+        let e = decode_binary(&h, Bytes::new()).expect("decodes");
+        assert_eq!(e.id(), "quoted \"id\"");
+        assert_eq!(e.get_str("myext"), Some("a b"));
+        // In header order: the id, myext's value, its name, then the content type.
+        let span = |name: &str| {
+            let Some(AttrValue::String(s)) = e.get(name) else {
+                panic!("{name} is a string")
+            };
+            s.as_bytes().as_ptr_range()
+        };
+        let (id, myext, ct) = (span("id"), span("myext"), span("datacontenttype"));
+        assert_eq!(id.end, myext.start, "values are slices of one buffer");
+        assert_eq!(myext.end.wrapping_add("myext".len()), ct.start);
+
+        let mut bad = HeaderMap::new();
+        bad.insert("ce-specversion", HeaderValue::from_static("1.0"));
+        bad.insert(
+            "ce-id",
+            HeaderValue::from_bytes(b"\xff").expect("obs-text is a header value"),
+        );
+        let err = decode_binary(&bad, Bytes::new()).expect_err("not UTF-8");
+        assert_eq!(err.attribute, "id");
+        assert!(err.to_string().contains("not valid UTF-8"), "{err}");
+        bad.insert("ce-id", HeaderValue::from_static("%FF"));
+        let err = decode_binary(&bad, Bytes::new()).expect_err("not UTF-8");
+        assert!(err.to_string().contains("percent-decoded"), "{err}");
     }
 
     #[test]

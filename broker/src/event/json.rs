@@ -58,7 +58,7 @@ fn from_members(members: BTreeMap<String, &RawValue>) -> Result<Event, EventErro
             .map_err(|e| EventError::new(&name, format!("invalid JSON value: {e}")))?;
         let value = match value {
             serde_json::Value::Null => continue,
-            serde_json::Value::String(s) => AttrValue::String(s),
+            serde_json::Value::String(s) => AttrValue::String(s.into()),
             serde_json::Value::Bool(b) => AttrValue::Boolean(b),
             serde_json::Value::Number(n) => {
                 let i = n

@@ -13,12 +13,12 @@
 pub mod codec;
 pub mod http;
 pub mod json;
+mod text;
 pub mod validate;
-
-use std::borrow::Cow;
 
 use bytes::Bytes;
 
+pub use text::Str;
 pub use validate::{validate, EventError};
 
 /// Attribute names with a fixed type in the CloudEvents 1.0 spec.
@@ -49,8 +49,9 @@ pub const PARTITION_KEY: &str = "partitionkey";
 /// that structured output round-trips.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttrValue {
-    /// String, URI, URI-reference and Timestamp values, in canonical string form.
-    String(String),
+    /// String, URI, URI-reference and Timestamp values, in canonical string form
+    /// (shared with the stored record when the event was read from a channel).
+    String(Str),
     /// CloudEvents Integer (32-bit signed).
     Integer(i32),
     /// CloudEvents Boolean.
@@ -61,7 +62,7 @@ impl AttrValue {
     /// The value as a string when it is one (no allocation).
     pub fn as_str(&self) -> Option<&str> {
         match self {
-            AttrValue::String(s) => Some(s),
+            AttrValue::String(s) => Some(s.as_str()),
             _ => None,
         }
     }
@@ -71,7 +72,7 @@ impl AttrValue {
     pub fn canonical<'a>(&'a self, buf: &'a mut String) -> &'a str {
         use std::fmt::Write;
         match self {
-            AttrValue::String(s) => s,
+            AttrValue::String(s) => s.as_str(),
             AttrValue::Integer(i) => {
                 buf.clear();
                 let _ = write!(buf, "{i}");
@@ -117,26 +118,27 @@ impl DataKind {
     }
 }
 
-/// An attribute name: the names most events carry are static strings, so decoding an
-/// event does not allocate a name per attribute.
-type Name = Cow<'static, str>;
+/// An attribute name: the names most events carry are static strings, and other
+/// names of a decoded record are slices of it, so decoding does not allocate names.
+type Name = Str;
 
-/// The static form of a well-known attribute name.
-fn known_name(name: &str) -> Option<&'static str> {
+/// The static form of a well-known attribute name, looked up by its bytes (a stored
+/// record's names need no UTF-8 check when they are well-known).
+pub(crate) fn known_name(name: &[u8]) -> Option<&'static str> {
     Some(match name {
-        SPECVERSION => SPECVERSION,
-        ID => ID,
-        SOURCE => SOURCE,
-        TYPE => TYPE,
-        DATACONTENTTYPE => DATACONTENTTYPE,
-        DATASCHEMA => DATASCHEMA,
-        SUBJECT => SUBJECT,
-        TIME => TIME,
-        ARRIVAL_TIME => ARRIVAL_TIME,
-        BROKER_TTL => BROKER_TTL,
-        PARTITION_KEY => PARTITION_KEY,
-        "traceparent" => "traceparent",
-        "tracestate" => "tracestate",
+        b"specversion" => SPECVERSION,
+        b"id" => ID,
+        b"source" => SOURCE,
+        b"type" => TYPE,
+        b"datacontenttype" => DATACONTENTTYPE,
+        b"dataschema" => DATASCHEMA,
+        b"subject" => SUBJECT,
+        b"time" => TIME,
+        b"knativearrivaltime" => ARRIVAL_TIME,
+        b"knativebrokerttl" => BROKER_TTL,
+        b"partitionkey" => PARTITION_KEY,
+        b"traceparent" => "traceparent",
+        b"tracestate" => "tracestate",
         _ => return None,
     })
 }
@@ -192,34 +194,39 @@ impl Event {
     }
 
     /// Sets an attribute, replacing an existing one of the same name.
-    pub fn set<N: AsRef<str> + Into<String>>(&mut self, name: N, value: AttrValue) {
+    pub fn set<N: AsRef<str> + Into<Str>>(&mut self, name: N, value: AttrValue) {
         if let Some(slot) = self.attrs.iter_mut().find(|(n, _)| n == name.as_ref()) {
             slot.1 = value;
             return;
         }
-        let name: Name = match known_name(name.as_ref()) {
-            Some(known) => Cow::Borrowed(known),
-            None => Cow::Owned(name.into()),
+        let name = match known_name(name.as_ref().as_bytes()) {
+            Some(known) => Str::from_static(known),
+            None => name.into(),
         };
         self.attrs.push((name, value));
     }
 
+    /// Sets an attribute whose name is already a [`Str`] (a slice of a decoded record,
+    /// or static for the well-known names).
+    pub(crate) fn set_named(&mut self, name: Str, value: AttrValue) {
+        match self.attrs.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.attrs.push((name, value)),
+        }
+    }
+
     /// Adds an attribute that must not be present yet: one scan instead of a lookup
     /// followed by [`Event::set`]. Gives the value back when the name is taken.
-    pub(crate) fn add_new(&mut self, name: &str, value: AttrValue) -> Result<(), AttrValue> {
-        if self.attrs.iter().any(|(n, _)| n == name) {
+    pub(crate) fn add_new(&mut self, name: Str, value: AttrValue) -> Result<(), AttrValue> {
+        if self.attrs.iter().any(|(n, _)| *n == name) {
             return Err(value);
         }
-        let name: Name = match known_name(name) {
-            Some(known) => Cow::Borrowed(known),
-            None => Cow::Owned(name.to_owned()),
-        };
         self.attrs.push((name, value));
         Ok(())
     }
 
     /// Sets a string attribute.
-    pub fn set_str<N: AsRef<str> + Into<String>>(&mut self, name: N, value: impl Into<String>) {
+    pub fn set_str<N: AsRef<str> + Into<Str>>(&mut self, name: N, value: impl Into<Str>) {
         self.set(name, AttrValue::String(value.into()));
     }
 
@@ -231,7 +238,7 @@ impl Event {
 
     /// All attributes in insertion order.
     pub fn attributes(&self) -> impl Iterator<Item = (&str, &AttrValue)> {
-        self.attrs.iter().map(|(n, v)| (n.as_ref(), v))
+        self.attrs.iter().map(|(n, v)| (n.as_str(), v))
     }
 
     /// Number of attributes.
@@ -312,6 +319,15 @@ mod tests {
         assert_eq!(e.id(), "2");
         assert_eq!(e.remove("id"), Some(AttrValue::String("2".into())));
         assert_eq!(e.get("id"), None);
+    }
+
+    #[test]
+    fn well_known_names_are_static() {
+        for name in [SPECVERSION, ID, SOURCE, TYPE, DATACONTENTTYPE, ARRIVAL_TIME] {
+            assert_eq!(known_name(name.as_bytes()), Some(name));
+        }
+        assert_eq!(known_name(b"myext"), None);
+        assert_eq!(known_name(b"ID"), None, "names are lower-case");
     }
 
     #[test]

@@ -167,7 +167,7 @@ mod tests {
     fn event() -> impl Strategy<Value = Event> {
         (
             prop::option::of(prop_oneof![
-                prop::sample::select(&TYPES[..]).prop_map(|t| AttrValue::String(t.to_owned())),
+                prop::sample::select(&TYPES[..]).prop_map(|t| AttrValue::String((*t).into())),
                 Just(AttrValue::Integer(1)),
             ]),
             prop::option::of(prop::sample::select(&SOURCES[..])),

@@ -288,7 +288,7 @@ fn decode_binary(
     );
     for (attr, raw) in ordered {
         let v = match typed.remove(attr.as_str()) {
-            None | Some("string") => AttrValue::String((*raw).to_owned()),
+            None | Some("string") => AttrValue::String((*raw).into()),
             Some("integer") => AttrValue::Integer(raw.trim().parse().map_err(|_| {
                 header_err(
                     &format!("{PREFIX}{attr}"),

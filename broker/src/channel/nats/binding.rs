@@ -30,8 +30,8 @@ use bytes::Bytes;
 
 use crate::event::http::decode_header_value;
 use crate::event::{
-    self, json, AttrValue, DataKind, Event, EventError, DATACONTENTTYPE, ID, SOURCE, SPECVERSION,
-    TYPE,
+    self, json, AttrValue, DataKind, Event, EventError, Str, DATACONTENTTYPE, ID, SOURCE,
+    SPECVERSION, TYPE,
 };
 
 /// Header carrying attribute order and non-string types.
@@ -232,7 +232,7 @@ fn decode_binary(
     payload: Bytes,
 ) -> Result<Event, BindingError> {
     // Attribute name -> decoded value, from the ce- headers.
-    let mut attrs: BTreeMap<String, String> = BTreeMap::new();
+    let mut attrs: BTreeMap<String, Str> = BTreeMap::new();
     for (k, values) in headers.iter() {
         let k: &str = k.as_ref();
         if k.len() <= 3 || !k.as_bytes()[..3].eq_ignore_ascii_case(b"ce-") {
@@ -304,7 +304,7 @@ fn decode_binary(
     // Other producers may carry the content type in Content-Type only.
     if listed.is_none() && event.get(DATACONTENTTYPE).is_none() {
         if let Some(ct) = content_type {
-            event.set(DATACONTENTTYPE, AttrValue::String(ct.trim().to_owned()));
+            event.set(DATACONTENTTYPE, AttrValue::String(ct.trim().into()));
         }
     }
     match single(headers, DATA_HEADER)? {
