@@ -213,6 +213,9 @@ impl EventLog for EmbeddedLog {
     }
 }
 
+/// A writer's answer to one append: the offset of its first event, or why it failed.
+type Answer = oneshot::Receiver<Result<u64, String>>;
+
 struct Partition {
     tx: SyncSender<AppendRequest>,
     shared: Arc<PartitionShared>,
@@ -305,6 +308,52 @@ impl EmbeddedBroker {
         }
     }
 
+    /// An event as stored, within the size limit.
+    fn encode(&self, e: &Event) -> Result<Bytes, ChannelError> {
+        let payload = codec::to_bytes(e);
+        if payload.len() > self.max_event_bytes {
+            return Err(ChannelError::TooLarge {
+                size: payload.len(),
+                limit: self.max_event_bytes,
+            });
+        }
+        Ok(payload)
+    }
+
+    /// Queues an append for partition `p`'s writer.
+    fn send(&self, p: u32, payloads: Vec<Bytes>) -> Result<Answer, ChannelError> {
+        let (reply, rx) = oneshot::channel();
+        match self.partitions[p as usize]
+            .tx
+            .try_send(AppendRequest { payloads, reply })
+        {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(ChannelError::Full {
+                broker: self.id.clone(),
+            }),
+            Err(TrySendError::Disconnected(_)) => Err(self.writer_stopped()),
+        }
+    }
+
+    /// Waits for a writer's answer: the append is durable, or it failed.
+    async fn wait(&self, rx: Answer) -> Result<(), ChannelError> {
+        match rx.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(reason)) => Err(ChannelError::Unavailable {
+                broker: self.id.clone(),
+                reason,
+            }),
+            Err(_) => Err(self.writer_stopped()),
+        }
+    }
+
+    fn writer_stopped(&self) -> ChannelError {
+        ChannelError::Unavailable {
+            broker: self.id.clone(),
+            reason: "partition writer stopped".into(),
+        }
+    }
+
     fn partition(&self, p: u32) -> Result<&Partition, ChannelError> {
         self.partitions
             .get(p as usize)
@@ -351,66 +400,36 @@ impl BrokerLog for EmbeddedBroker {
     }
 
     async fn append(&self, events: &[Event]) -> Result<(), ChannelError> {
-        if events.is_empty() {
+        let Some(first) = events.first() else {
             return Ok(());
-        }
+        };
         let n = self.partitions.len() as u32;
         // Events without a partition key: one partition per request, round-robin, so a
         // batch lands in one partition and is written in one group.
         let fallback = self
             .next_partition
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p0 = partition_for(first, n, fallback);
+        if n == 1 || events.iter().all(|e| partition_for(e, n, fallback) == p0) {
+            // The usual case: one request to one partition's writer.
+            let mut payloads = Vec::with_capacity(events.len());
+            for e in events {
+                payloads.push(self.encode(e)?);
+            }
+            return self.wait(self.send(p0, payloads)?).await;
+        }
         let mut per_partition: Vec<Vec<Bytes>> = vec![Vec::new(); n as usize];
         for e in events {
-            let payload = codec::to_bytes(e);
-            if payload.len() > self.max_event_bytes {
-                return Err(ChannelError::TooLarge {
-                    size: payload.len(),
-                    limit: self.max_event_bytes,
-                });
-            }
-            per_partition[partition_for(e, n, fallback) as usize].push(payload);
+            per_partition[partition_for(e, n, fallback) as usize].push(self.encode(e)?);
         }
-        let mut waits = Vec::with_capacity(1);
+        let mut waits = Vec::with_capacity(per_partition.len());
         for (p, payloads) in per_partition.into_iter().enumerate() {
-            if payloads.is_empty() {
-                continue;
-            }
-            let (reply, rx) = oneshot::channel();
-            match self.partitions[p]
-                .tx
-                .try_send(AppendRequest { payloads, reply })
-            {
-                Ok(()) => waits.push(rx),
-                Err(TrySendError::Full(_)) => {
-                    return Err(ChannelError::Full {
-                        broker: self.id.clone(),
-                    })
-                }
-                Err(TrySendError::Disconnected(_)) => {
-                    return Err(ChannelError::Unavailable {
-                        broker: self.id.clone(),
-                        reason: "partition writer stopped".into(),
-                    })
-                }
+            if !payloads.is_empty() {
+                waits.push(self.send(p as u32, payloads)?);
             }
         }
         for rx in waits {
-            match rx.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(reason)) => {
-                    return Err(ChannelError::Unavailable {
-                        broker: self.id.clone(),
-                        reason,
-                    })
-                }
-                Err(_) => {
-                    return Err(ChannelError::Unavailable {
-                        broker: self.id.clone(),
-                        reason: "partition writer stopped".into(),
-                    })
-                }
-            }
+            self.wait(rx).await?;
         }
         Ok(())
     }
