@@ -12,15 +12,16 @@ use broker::event::{http as binding, Event};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use url::{Position, Url};
 
+use crate::connector::Connector;
+
 /// The shared HTTP client (connection pooling per subscriber host), for `http` and
 /// `https` subscribers; TLS trusts the system's root certificates.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpClient = Client<Connector, Full<Bytes>>;
 
 /// `Prefer: reply` goes with every delivery (a `const`: parsing a header name from a
 /// `&str` costs about 550 instructions per request).
@@ -61,7 +62,7 @@ pub fn client() -> HttpClient {
         .pool_idle_timeout(std::time::Duration::from_secs(30))
         // At least partitions × per-partition concurrency, or connections churn.
         .pool_max_idle_per_host(4096)
-        .build(connector)
+        .build(Connector::new(connector))
 }
 
 /// What one attempt produced.

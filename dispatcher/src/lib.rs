@@ -10,6 +10,7 @@
 //! - [`settle`]: what happens to one event: delivered, reply stored, dead-lettered
 //!   to the sink or to the broker's own dead-letter log.
 //! - [`deliver`]: the HTTP POST with the trigger's retry policy.
+//! - [`connector`]: the HTTP(S) connector of the delivery client.
 //! - [`malformed`]: stored records that are not CloudEvents go to the dead-letter log
 //!   once per partition, never to a trigger.
 //!
@@ -21,6 +22,7 @@
 //! of the partitions it owns ([`coordinator`]), so dispatcher replicas sharing a
 //! broker never overwrite each other's.
 
+pub mod connector;
 pub mod coordinator;
 pub mod deliver;
 pub mod fanout;
