@@ -38,6 +38,9 @@ WARM=${WARM:-$((N / 10))}
 start() {
 	local name=$1
 	shift
+	# Empty the output first: a restarted server's file still holds the old address
+	# until the background process opens it.
+	: >"$work/$name.out"
 	"$@" >"$work/$name.out" 2>"$work/$name.err" &
 	pid=$!
 	pids+=("$pid")

@@ -132,8 +132,9 @@ async fn produce(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_delivery_loses_no_accepted_event() {
     let sub = Subscriber::start().await;
-    // A subscriber slow enough that deliveries are in flight when the kill lands.
-    sub.set_delay(Duration::from_millis(5));
+    // A subscriber slow enough that deliveries are in flight when the kill lands
+    // (100 in flight at 20 ms each: at most 5,000 deliveries/s).
+    sub.set_delay(Duration::from_millis(20));
     let dir = tempfile::Builder::new()
         .prefix("tf-crash")
         .tempdir()
@@ -156,10 +157,12 @@ async fn sigkill_mid_delivery_loses_no_accepted_event() {
     // Kill mid-run: producers are still sending and deliveries are in flight.
     let delivered_at_kill = std::sync::Mutex::new(0);
     let first = produce(addr, 0..EVENTS, Some(EVENTS / 2), || {
+        // Counted just before the kill: requests the subscriber is still sleeping on
+        // complete after it, and must not count as delivered before it.
+        *delivered_at_kill.lock().unwrap() = sub.received().len();
         let mut c = child.lock().unwrap();
         c.kill().unwrap(); // SIGKILL
         c.wait().unwrap();
-        *delivered_at_kill.lock().unwrap() = sub.received().len();
     })
     .await;
     let delivered_before_kill = *delivered_at_kill.lock().unwrap();
