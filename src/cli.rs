@@ -259,12 +259,6 @@ pub struct ServeArgs {
     /// When appends are synced: always (group commit), interval:<duration>, or never.
     #[arg(long, env = "TRIGGERFISH_FSYNC", default_value = "always")]
     pub fsync: FsyncPolicy,
-    /// Group syncs of one embedded partition in flight at once under `--fsync always`
-    /// (1-4): above 1 the next group is written and synced while earlier syncs run,
-    /// which pays on disks that overlap flushes.
-    #[arg(long, env = "TRIGGERFISH_SYNCS_IN_FLIGHT", default_value_t = 1,
-          value_parser = clap::value_parser!(u8).range(1..=4))]
-    pub syncs_in_flight: u8,
     /// Delete log segments whose newest event is older than this (ISO 8601, e.g. P7D).
     #[arg(long, env = "TRIGGERFISH_RETENTION_AGE", default_value = "P7D")]
     pub retention_age: String,

@@ -98,7 +98,6 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
             options: EmbeddedOptions {
                 partitions: args.partitions.unwrap_or(1),
                 fsync: args.fsync,
-                syncs_in_flight: args.syncs_in_flight.into(),
                 retention_age: (!retention_age.is_zero()).then_some(retention_age),
                 retention_bytes: (args.retention_bytes > 0).then_some(args.retention_bytes),
                 ..EmbeddedOptions::default()

@@ -11,13 +11,12 @@
 //!     checkpoints/<trigger>.json         next offset per partition (null: none yet)
 //! ```
 //!
-//! Each partition has one writer thread ([`writer`]) doing pipelined group commit
-//! ([`commit`]), and any number of readers ([`reader`]). Why not an embedded database:
+//! Each partition has one writer thread ([`writer`]) doing group commit, and any number
+//! of readers ([`reader`]). Why not an embedded database:
 //! the workload is append, sequential read, and whole-segment deletion for retention. A log of segment files
 //! does exactly that with one write and one `fdatasync` per group of appends and no
 //! compaction or write amplification, and lets readers follow the tail without polling.
 
-mod commit;
 mod file;
 mod reader;
 pub mod segment;
@@ -100,9 +99,6 @@ pub struct EmbeddedOptions {
     pub queue_depth: usize,
     /// Largest encoded event accepted.
     pub max_event_bytes: usize,
-    /// Group syncs of one partition in flight at once (`always` policy, 1 to 4): with
-    /// more than one, the next group is written and synced while earlier syncs run.
-    pub syncs_in_flight: usize,
 }
 
 impl Default for EmbeddedOptions {
@@ -115,7 +111,6 @@ impl Default for EmbeddedOptions {
             retention_bytes: Some(4 << 30),
             queue_depth: 4096,
             max_event_bytes: 16 << 20,
-            syncs_in_flight: 1,
         }
     }
 }
@@ -259,7 +254,6 @@ impl EmbeddedBroker {
             segment_bytes: opts.segment_bytes,
             retention_age: opts.retention_age,
             retention_bytes: opts.retention_bytes,
-            syncs_in_flight: opts.syncs_in_flight,
         };
         let mut partitions = Vec::with_capacity(count as usize);
         for p in 0..count {

@@ -30,7 +30,8 @@ pub struct Segment {
     pub base: u64,
     /// Offset after its last record.
     pub end: u64,
-    /// Its size in bytes.
+    /// Bytes of its records (the active segment's file also holds zeros after them:
+    /// space allocated ahead).
     pub bytes: u64,
     /// Append time of its newest record (ms since the epoch).
     pub max_ts_ms: i64,
@@ -167,6 +168,9 @@ pub fn recover(dir: &Path, base: u64, verify: bool) -> io::Result<(Segment, u64)
     let mut pos = 0u64;
     let mut payload = Vec::new();
     while let Some(h) = read_header(&mut r)? {
+        if h.len == 0 && h.crc == 0 && h.offset == 0 && h.ts_ms == 0 {
+            break; // zeros: space allocated ahead, never a record
+        }
         let total = (HEADER + h.len) as u64;
         if h.offset != seg.end || h.len > MAX_PAYLOAD || pos + total > size {
             break;

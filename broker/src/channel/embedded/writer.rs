@@ -1,19 +1,23 @@
 //! The writer of one partition: a dedicated thread that owns the active segment.
 //!
 //! Appends arrive over a bounded queue. The thread takes everything queued (up to a
-//! byte budget) and writes it as one group with one positional `write`. Under the
-//! `always` fsync policy the group's `fdatasync` runs on a sync thread of the
-//! partition's [`Pipeline`] while the writer goes on with the next group (pipelined
-//! group commit: concurrent producers share a sync, and syncs overlap); the pipeline
-//! acknowledges groups in order once a sync covers them. Under the other policies a
-//! group is acknowledged when written.
+//! byte budget), writes it as one group with one positional `write`, makes it durable
+//! with one `fdatasync` (group commit: concurrent producers share the sync), then
+//! publishes the new end offset to readers and answers every producer.
 //!
-//! Failures: a failed write fails its group and the file is cut back to where the group
-//! began; a failed sync fails every group not yet acknowledged and the file is cut
-//! back to the end of the last acknowledged one, once every sync in flight has
-//! returned. Either way readers are told (`rollbacks`) to drop bytes they may have
-//! read ahead, nothing is acknowledged that is not on disk, and offsets stay dense. If
+//! The active segment is extended with zeros ahead of its records ([`PREALLOCATE`]),
+//! so a group's sync has no file size to write; sealed segments are cut to their
+//! records and recovery treats a zero tail as free space.
+//!
+//! A failed write or sync fails the whole group and the file is cut back to where the
+//! group began (readers are told through `rollbacks` to drop bytes they may have read
+//! ahead), so nothing is acknowledged that is not on disk and offsets stay dense. If
 //! the file cannot be cut back, the partition refuses appends until restart.
+//!
+//! Syncs are not overlapped: with several `fdatasync`s of one open file in flight, a
+//! write-back error is reported to only one of them, and another could acknowledge
+//! the lost pages (and on this machine's disk overlapping did not pay;
+//! docs/benchmarks.md).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +28,6 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
-use super::commit::{Admit, Pipeline};
 use super::file::{Opener, SegmentFile};
 use super::segment::{self, Segment};
 use super::FsyncPolicy;
@@ -82,8 +85,6 @@ pub struct WriterSettings {
     pub retention_age: Option<Duration>,
     /// Delete the oldest sealed segments while the partition is larger than this.
     pub retention_bytes: Option<u64>,
-    /// Syncs in flight at once (`always` policy), at least 1.
-    pub syncs_in_flight: usize,
 }
 
 const BATCH_BYTES: usize = 8 << 20;
@@ -103,13 +104,18 @@ struct Writer {
     settings: WriterSettings,
     open: Opener,
     file: Arc<dyn SegmentFile>,
-    pipe: Arc<Pipeline>,
     /// Offset of the next record and the byte position it goes to.
     next: u64,
     pos: u64,
     /// The active segment's size: records up to `pos`, zeros after.
     allocated: u64,
+    /// A zero-fill failed (say, the disk is full): none for this segment.
+    no_preallocation: bool,
     buf: Vec<u8>,
+    /// (offset, position, framed length) of each record of the group being written.
+    notes: Vec<(u64, u64, u64)>,
+    /// Who to answer, with the offset of their first event.
+    replies: Vec<(oneshot::Sender<Result<u64, String>>, u64)>,
     /// Written but not synced (policies other than `always`).
     dirty: bool,
     /// A failed append could not be undone: refuse everything.
@@ -129,20 +135,18 @@ pub fn run(
         let segs = shared.segments.read().unwrap_or_else(|p| p.into_inner());
         segs.last().map_or((0, 0), |s| (s.end, s.bytes))
     };
-    let name = std::thread::current()
-        .name()
-        .map_or_else(|| "tf-log-sync".to_owned(), |n| format!("{n}-sync"));
-    let pipe = Pipeline::new(shared.clone(), next, pos, name);
     let mut w = Writer {
         shared,
         settings,
         open,
         file,
-        pipe,
         next,
         pos,
         allocated: pos,
+        no_preallocation: false,
         buf: Vec::new(),
+        notes: Vec::new(),
+        replies: Vec::new(),
         dirty: false,
         poisoned: false,
     };
@@ -158,11 +162,6 @@ pub fn run(
             Ok(first) => batch.push(first),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
-        }
-        if !batch.is_empty() {
-            // Wait for room in the pipeline before taking the rest of the queue, so the
-            // group holds everything that arrived meanwhile.
-            w.admit();
         }
         let mut bytes: usize = batch
             .iter()
@@ -195,10 +194,6 @@ pub fn run(
             last_retention = Instant::now();
         }
     }
-    if let Some((offset, pos)) = w.pipe.quiesce() {
-        w.roll_back(offset, pos);
-    }
-    w.pipe.close();
     if w.allocated > w.pos && !w.poisoned {
         // Leave the file holding its records only (recovery would also cut the zeros).
         if w.file.set_len(w.pos).is_ok() {
@@ -218,62 +213,67 @@ fn now_ms() -> i64 {
 
 impl Writer {
     fn write_batch(&mut self, batch: &mut Vec<AppendRequest>) {
-        let always = matches!(self.settings.fsync, FsyncPolicy::Always);
-        self.admit();
         if self.poisoned {
             for req in batch.drain(..) {
                 let _ = req.reply.send(Err(POISONED.into()));
             }
             return;
         }
-        let mut group = self.pipe.group();
-        group.ts_ms = now_ms();
+        let ts = now_ms();
         self.buf.clear();
+        self.notes.clear();
         let mut offset = self.next;
         for req in batch.drain(..) {
-            group.replies.push((req.reply, offset));
+            self.replies.push((req.reply, offset));
             for p in &req.payloads {
                 let pos = self.pos + self.buf.len() as u64;
-                segment::frame(&mut self.buf, offset, group.ts_ms, p);
-                group
-                    .notes
+                segment::frame(&mut self.buf, offset, ts, p);
+                self.notes
                     .push((offset, pos, (segment::HEADER + p.len()) as u64));
                 offset += 1;
             }
         }
-        if let Err(e) = self
-            .file
-            .write_all_at(&self.buf, self.pos)
-            .and_then(|()| self.preallocate(self.pos + self.buf.len() as u64))
-        {
-            tracing::error!(dir = %self.shared.dir.display(), error = %e, "append failed; rolling back the batch");
-            let msg = e.to_string();
-            for (tx, _) in group.replies.drain(..) {
-                let _ = tx.send(Err(msg.clone()));
+        let end = self.pos + self.buf.len() as u64;
+        let always = matches!(self.settings.fsync, FsyncPolicy::Always);
+        let result = self.file.write_all_at(&self.buf, self.pos).and_then(|()| {
+            // The zeros go out in the same sync as the records.
+            self.preallocate(end);
+            if always {
+                self.file.sync_data()
+            } else {
+                Ok(())
             }
-            // Undo a partial write once the syncs of earlier groups are back (a failed
-            // one means cutting further back).
-            match self.pipe.quiesce() {
-                Some((offset, pos)) => self.roll_back(offset, pos),
-                None => self.cut_back(self.next, self.pos),
+        });
+        if let Err(e) = result {
+            tracing::error!(dir = %self.shared.dir.display(), error = %e, "append failed; rolling back the group");
+            // Cut back first: a producer retrying at once finds the file clean.
+            self.cut_back();
+            let msg = e.to_string();
+            for (tx, _) in self.replies.drain(..) {
+                let _ = tx.send(Err(msg.clone()));
             }
             return;
         }
-        self.pos += self.buf.len() as u64;
+        self.dirty = !always;
+        self.pos = end;
         self.next = offset;
-        group.end = self.next;
-        group.end_pos = self.pos;
-        if always {
-            self.pipe.submit(group, &self.file);
-        } else {
-            self.dirty = true;
-            self.pipe.acknowledge_now(group);
+        {
+            let mut segs = self
+                .shared
+                .segments
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(active) = segs.last_mut() {
+                for &(o, pos, len) in &self.notes {
+                    active.note(o, pos, len, ts);
+                }
+            }
+        }
+        self.shared.committed.send_replace(self.next);
+        for (tx, first) in self.replies.drain(..) {
+            let _ = tx.send(Ok(first));
         }
         if self.pos >= self.settings.segment_bytes {
-            if let Some((offset, pos)) = self.pipe.quiesce() {
-                self.roll_back(offset, pos);
-                return;
-            }
             match self.roll_segment() {
                 // A new segment is when the size limit can first be exceeded.
                 Ok(()) => apply_retention(&self.shared, &self.settings),
@@ -284,10 +284,15 @@ impl Writer {
         }
     }
 
-    /// Extends the file with zeros past `end` when the records reach its size.
-    fn preallocate(&mut self, end: u64) -> std::io::Result<()> {
-        if end <= self.allocated || matches!(self.settings.fsync, FsyncPolicy::Never) {
-            return Ok(());
+    /// Extends the file with zeros past `end` when the records reach its size. A
+    /// failure (a full disk, say) only turns preallocation off for this segment: the
+    /// records themselves were written.
+    fn preallocate(&mut self, end: u64) {
+        if end <= self.allocated
+            || self.no_preallocation
+            || matches!(self.settings.fsync, FsyncPolicy::Never)
+        {
+            return;
         }
         // Never past the segment size: the segment rolls there.
         let target = (end + PREALLOCATE / 2)
@@ -297,41 +302,28 @@ impl Writer {
         let mut at = end.max(self.allocated);
         while at < target {
             let n = (target - at).min(ZEROS.len() as u64);
-            self.file.write_all_at(&ZEROS[..n as usize], at)?;
+            if let Err(e) = self.file.write_all_at(&ZEROS[..n as usize], at) {
+                tracing::warn!(dir = %self.shared.dir.display(), error = %e,
+                    "cannot allocate segment space ahead; appending without it");
+                self.no_preallocation = true;
+                self.allocated = end;
+                return;
+            }
             at += n;
         }
         self.allocated = target;
-        Ok(())
     }
 
-    /// Waits for room in the pipeline, cutting the file back first if a sync failed.
-    fn admit(&mut self) {
-        if !self.poisoned {
-            if let Admit::RollBack(offset, pos) =
-                self.pipe.admit(self.settings.syncs_in_flight.max(1))
-            {
-                self.roll_back(offset, pos);
-            }
-        }
-    }
-
-    /// After a failed sync, with nothing in flight: cuts the file back to the end of
-    /// the last acknowledged group and lets the pipeline run again.
-    fn roll_back(&mut self, offset: u64, pos: u64) {
-        self.cut_back(offset, pos);
-        self.pipe.recovered();
-    }
-
-    /// Cuts the active segment back to `pos` (where record `offset` goes next).
-    fn cut_back(&mut self, offset: u64, pos: u64) {
-        let undone = self.file.set_len(pos).and_then(|()| self.file.sync_data());
+    /// Cuts the active segment back to the end of the last acknowledged group, where
+    /// the failed group began.
+    fn cut_back(&mut self) {
+        let undone = self
+            .file
+            .set_len(self.pos)
+            .and_then(|()| self.file.sync_data());
         self.shared.rollbacks.fetch_add(1, Ordering::SeqCst);
         match undone {
-            Ok(()) => {
-                self.next = offset;
-                self.pos = pos;
-                self.allocated = pos;
-            }
+            Ok(()) => self.allocated = self.pos,
             Err(e) => {
                 tracing::error!(dir = %self.shared.dir.display(), error = %e,
                     "cannot undo a failed append; this partition refuses appends until restart");
@@ -340,7 +332,7 @@ impl Writer {
         }
     }
 
-    /// Seals the active segment (everything in it acknowledged) and starts the next.
+    /// Seals the active segment and starts the next.
     fn roll_segment(&mut self) -> std::io::Result<()> {
         if self.allocated > self.pos {
             self.file.set_len(self.pos)?;
@@ -359,8 +351,8 @@ impl Writer {
         self.file = new_file;
         self.pos = 0;
         self.allocated = 0;
+        self.no_preallocation = false;
         self.dirty = false;
-        self.pipe.new_segment(self.next);
         let mut segs = self
             .shared
             .segments

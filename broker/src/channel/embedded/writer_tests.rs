@@ -35,6 +35,8 @@ struct Faults {
     held_syncs: Mutex<HashMap<usize, std::sync::mpsc::Receiver<()>>>,
     /// `set_len` fails.
     failing_set_len: AtomicBool,
+    /// Writes of zeros only (space allocated ahead) fail.
+    failing_zero_writes: AtomicBool,
 }
 
 struct FaultyFile {
@@ -44,6 +46,9 @@ struct FaultyFile {
 
 impl SegmentFile for FaultyFile {
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        if self.faults.failing_zero_writes.load(Ordering::SeqCst) && buf.iter().all(|&b| b == 0) {
+            return Err(io::Error::other("injected zero-fill failure"));
+        }
         let n = self.faults.writes.fetch_add(1, Ordering::SeqCst) + 1;
         if self.faults.torn_write.load(Ordering::SeqCst) == n {
             SegmentFile::write_all_at(&self.file, &buf[..buf.len() / 2], pos)?;
@@ -119,7 +124,6 @@ impl Harness {
             segment_bytes,
             retention_age: None,
             retention_bytes: None,
-            syncs_in_flight: 2,
         };
         let (tx, rx) = sync_channel(1024);
         let s = shared.clone();
@@ -176,6 +180,20 @@ impl Harness {
         on_disk(dir.path())
     }
 
+    /// The records recovery would find if the machine crashed now (the active
+    /// segment copied as it is, zeros allocated ahead included).
+    fn crash_copy(&self) -> Vec<(u64, String)> {
+        let copy = tempfile::tempdir().expect("tempdir");
+        for base in segment::list(self.dir.path()).expect("list") {
+            std::fs::copy(
+                segment::segment_path(self.dir.path(), base),
+                segment::segment_path(copy.path(), base),
+            )
+            .expect("copy segment");
+        }
+        on_disk(copy.path())
+    }
+
     /// Stops the writer and waits for its thread.
     fn shutdown(mut self) -> tempfile::TempDir {
         drop(self.tx.take());
@@ -223,49 +241,42 @@ fn records(list: &[(u64, &str)]) -> Vec<(u64, String)> {
 }
 
 #[test]
-fn a_later_sync_acknowledges_groups_whose_own_sync_still_runs() {
+fn an_append_is_acknowledged_only_after_its_sync_returns() {
     let h = Harness::start(1 << 30);
     let release = h.hold_sync(1);
-    let a = h.send(&["a"]);
+    let mut a = h.send(&["a"]);
     h.wait_for_syncs(1);
-    // The first sync is stuck; the next group is written and synced beside it, and
-    // its sync covers both groups.
-    assert_eq!(h.append(&["b1", "b2"]), Ok(1));
-    assert_eq!(answer(a), Ok(0));
-    assert_eq!(h.committed(), 3);
-    assert_eq!(h.faults.most_syncing.load(Ordering::SeqCst), 2);
-    drop(release);
-    assert_eq!(h.append(&["c"]), Ok(3));
-    assert_eq!(
-        h.stop(),
-        records(&[(0, "a"), (1, "b1"), (2, "b2"), (3, "c")])
+    let mut b = h.send(&["b"]);
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(a.try_recv().is_err(), "no answer while the sync runs");
+    assert!(
+        b.try_recv().is_err(),
+        "the next group waits for the running sync"
     );
+    assert_eq!(h.committed(), 0, "readers see nothing unsynced");
+    drop(release);
+    assert_eq!(answer(a), Ok(0));
+    assert_eq!(answer(b), Ok(1));
+    assert_eq!(h.committed(), 2);
+    assert_eq!(h.faults.most_syncing.load(Ordering::SeqCst), 1);
+    assert_eq!(h.stop(), records(&[(0, "a"), (1, "b")]));
 }
 
 #[test]
-fn a_failed_sync_fails_every_unacknowledged_group_and_the_file_is_cut_back() {
+fn a_failed_sync_fails_its_group_and_the_file_is_cut_back() {
     let h = Harness::start(1 << 30);
     assert_eq!(h.append(&["a"]), Ok(0));
-    // Sync 2 (group b) stalls; sync 3 (group c) fails while it does.
-    let release = h.hold_sync(2);
-    lock(&h.faults.failing_syncs).push(3);
-    let b = h.send(&["b"]);
-    h.wait_for_syncs(2);
-    let c = h.send(&["c"]);
-    assert!(answer(c).is_err_and(|e| e.contains("injected sync failure")));
-    // b's own sync has not returned, but b may sit on dropped pages: it fails too.
-    assert!(answer(b).is_err());
+    lock(&h.faults.failing_syncs).push(2);
+    assert!(h
+        .append(&["b1", "b2"])
+        .is_err_and(|e| e.contains("injected sync failure")));
     assert_eq!(h.committed(), 1);
-    // The writer waits for the stalled sync before cutting the file back; its success
-    // acknowledges nothing.
-    let d = h.send(&["d"]);
-    std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(h.committed(), 1, "nothing acknowledged while a sync is out");
-    drop(release);
-    assert_eq!(answer(d), Ok(1), "offsets stay dense after the cut");
     assert_eq!(h.shared.rollbacks.load(Ordering::SeqCst), 1);
+    // What a crash now would leave: the acknowledged record only.
+    assert_eq!(h.crash_copy(), records(&[(0, "a")]));
+    assert_eq!(h.append(&["c"]), Ok(1), "offsets stay dense after the cut");
     assert_eq!(h.committed(), 2);
-    assert_eq!(h.stop(), records(&[(0, "a"), (1, "d")]));
+    assert_eq!(h.stop(), records(&[(0, "a"), (1, "c")]));
 }
 
 #[test]
@@ -277,9 +288,27 @@ fn a_torn_write_fails_its_group_only() {
     assert!(h
         .append(&["bbbbbbbbbbbbbbbbbbbbbbbb", "b2"])
         .is_err_and(|e| e.contains("injected write failure")));
+    assert_eq!(h.crash_copy(), records(&[(0, "a")]));
     assert_eq!(h.append(&["c"]), Ok(1));
     assert_eq!(h.committed(), 2);
     assert_eq!(h.stop(), records(&[(0, "a"), (1, "c")]));
+}
+
+#[test]
+fn a_failed_zero_fill_does_not_fail_the_append() {
+    let h = Harness::start(1 << 30);
+    h.faults.failing_zero_writes.store(true, Ordering::SeqCst);
+    assert_eq!(h.append(&["a"]), Ok(0));
+    assert_eq!(h.append(&["b"]), Ok(1));
+    let size = std::fs::metadata(segment::segment_path(h.dir.path(), 0))
+        .expect("stat")
+        .len();
+    assert_eq!(
+        size,
+        2 * (segment::HEADER as u64 + 1),
+        "records only, no zeros"
+    );
+    assert_eq!(h.stop(), records(&[(0, "a"), (1, "b")]));
 }
 
 #[test]
