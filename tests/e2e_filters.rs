@@ -163,3 +163,66 @@ async fn each_dialect_receives_exactly_its_events() {
     server.shutdown();
     server.wait().await.unwrap();
 }
+
+/// A trigger that matched nothing has its checkpoint stored only every
+/// `skips_stored_every` (losing such a move costs a re-scan, not a redelivery), one
+/// that delivered at every flush, and a clean shutdown stores both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_moved_only_past_unmatched_events_are_stored_less_often() {
+    let sub = Subscriber::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = broker_with_triggers(&[
+        (
+            "hits",
+            "  filter: {attributes: {type: hit}}\n",
+            sub.url("/hits"),
+        ),
+        (
+            "misses",
+            "  filter: {attributes: {type: never}}\n",
+            sub.url("/misses"),
+        ),
+    ]);
+    let mut opts = server_options(&yaml, dir.path());
+    opts.dispatcher.skips_stored_every = Duration::from_secs(3600);
+    let server = start_with(opts).await;
+    for i in 0..20 {
+        let id = format!("e{i}");
+        let (status, _, _) = post(
+            server.addr,
+            "/default/default",
+            &binary_headers(&id, "hit"),
+            b"{}".to_vec(),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    sub.wait_until("20 deliveries", Duration::from_secs(10), |r| r.len() >= 20)
+        .await;
+    let stored = |trigger: &str| -> Option<u64> {
+        let path = dir.path().join(format!(
+            "brokers/default/default/checkpoints/{trigger}.json"
+        ));
+        let text = std::fs::read(path).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        v["offsets"][0].as_u64()
+    };
+    eventually(
+        "the delivering trigger's checkpoint stored at 20",
+        Duration::from_secs(10),
+        || async { stored("hits") == Some(20) },
+    )
+    .await;
+    // Several flushes later, the trigger that only skipped still has its start point
+    // on disk, although its lane has moved past all 20 events.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(stored("misses"), Some(0));
+    server.shutdown();
+    server.wait().await.unwrap();
+    assert_eq!(stored("hits"), Some(20));
+    assert_eq!(
+        stored("misses"),
+        Some(20),
+        "a clean stop stores every checkpoint"
+    );
+}

@@ -52,6 +52,10 @@ pub struct BrokerRun {
     pub drain: Duration,
     /// Per trigger, the checkpoint last stored.
     pub stored: tokio::sync::Mutex<Vec<Vec<broker::channel::Offset>>>,
+    /// Per trigger, when its checkpoints were last stored.
+    pub stored_at: std::sync::Mutex<Vec<std::time::Instant>>,
+    /// See [`crate::DispatcherOptions::skips_stored_every`].
+    pub skips_stored_every: Duration,
     /// Where malformed records go.
     pub malformed: Arc<crate::malformed::Sink>,
     /// How many partitions this process dispatches now.

@@ -15,7 +15,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +78,10 @@ pub struct TriggerRuntime {
     pub metrics: TriggerMetrics,
     /// Per partition, the checkpoint the lane last reached.
     pub checkpoint: Box<[AtomicU64]>,
+    /// Per partition, whether a delivery finished since the checkpoint was last
+    /// stored (a checkpoint moved only past events that did not match is stored less
+    /// often: losing it costs a re-scan, not a redelivery).
+    pub delivered: Box<[AtomicBool]>,
     /// Where its replies and dead letters go.
     pub sinks: Arc<BrokerSinks>,
 }
@@ -112,6 +116,7 @@ pub async fn run_lane(
     let mut in_flight: FuturesUnordered<InFlight<'_>> = FuturesUnordered::new();
     let mut keys = KeyQueues::default();
     let slot = &rt.checkpoint[partition as usize];
+    let delivered = &rt.delivered[partition as usize];
     let publish = |t: &DoneTracker| slot.store(t.checkpoint(), Ordering::Release);
     loop {
         tokio::select! {
@@ -120,6 +125,7 @@ pub async fn run_lane(
             Some((offset, key)) = in_flight.next(), if !in_flight.is_empty() => {
                 tracker.done(offset);
                 publish(&tracker);
+                delivered.store(true, Ordering::Release);
                 if let Some(key) = key {
                     // Ordered: the next event of this key may go now.
                     let next = keys.waiting.get_mut(&key).and_then(VecDeque::pop_front);
@@ -168,6 +174,7 @@ pub async fn run_lane(
             Some((offset, _)) = in_flight.next() => {
                 tracker.done(offset);
                 publish(&tracker);
+                delivered.store(true, Ordering::Release);
             }
             () = &mut deadline => {
                 tracing::warn!(trigger = %rt.cfg.name, partition, in_flight = in_flight.len(),

@@ -18,7 +18,9 @@
 //! [`Dispatcher::wait`] returns after shutdown once lanes drained and the final
 //! checkpoints are written. Checkpoints are flushed every [`CHECKPOINT_EVERY`]; a
 //! crash loses at most that much checkpoint progress, which means redelivery, never
-//! loss. They are stored per trigger and partition, and a process writes only those
+//! loss. A checkpoint that moved only past events its trigger did not match is
+//! stored every [`DispatcherOptions::skips_stored_every`] instead (a crash then costs
+//! a re-scan of events that are filtered out again). They are stored per trigger and partition, and a process writes only those
 //! of the partitions it owns ([`coordinator`]), so dispatcher replicas sharing a
 //! broker never overwrite each other's.
 
@@ -60,6 +62,9 @@ pub struct DispatcherOptions {
     pub max_ttl: i32,
     /// This process's name among dispatcher replicas (for partition leases).
     pub owner: String,
+    /// How often a trigger's checkpoint that moved only past events it did not match
+    /// is stored (one that moved past deliveries is stored every flush).
+    pub skips_stored_every: Duration,
 }
 
 impl Default for DispatcherOptions {
@@ -69,6 +74,7 @@ impl Default for DispatcherOptions {
             drain_timeout: Duration::from_secs(30),
             max_ttl: settle::DEFAULT_MAX_TTL,
             owner: default_owner(),
+            skips_stored_every: Duration::from_secs(5),
         }
     }
 }
@@ -148,6 +154,7 @@ pub async fn start(
             &lanes.iter().map(|l| &l.filter).collect::<Vec<_>>(),
         ));
         let stored = triggers.iter().map(|t| snapshot(t)).collect();
+        let stored_at = vec![std::time::Instant::now(); triggers.len()];
         let malformed = Arc::new(malformed::Sink {
             events: logs.events.clone(),
             dead_letters: logs.dead_letters.clone(),
@@ -168,7 +175,9 @@ pub async fn start(
             client: client.clone(),
             lane_queue: opts.lane_queue,
             drain: opts.drain_timeout,
+            skips_stored_every: opts.skips_stored_every,
             stored: tokio::sync::Mutex::new(stored),
+            stored_at: std::sync::Mutex::new(stored_at),
         });
         let mut coordinator =
             Coordinator::new(run.clone(), log.leases(&opts.owner), shutdown.clone());
@@ -268,6 +277,7 @@ async fn start_points(
             cfg: t.clone(),
             metrics: metrics.trigger(&broker_name, &t.name),
             checkpoint: start.iter().map(|&o| AtomicU64::new(o)).collect(),
+            delivered: start.iter().map(|_| AtomicBool::new(false)).collect(),
             sinks: sinks.clone(),
         };
         out.push(Arc::new(rt));
@@ -307,31 +317,59 @@ pub(crate) async fn flush_now(run: &BrokerRun, durable: bool, stopped: &[u32]) {
     // Every trigger's changed checkpoints, stored concurrently (a shared channel
     // takes a network round trip per store; a thousand triggers in sequence would
     // make each flush take seconds).
+    // A checkpoint that moved only past events the trigger did not match is stored
+    // every `skips_stored_every` (5 s): with a thousand triggers of which few match, storing
+    // each one every flush was thousands of file writes a second, and losing such a
+    // move costs only a re-scan of events that are filtered out again.
+    let now = std::time::Instant::now();
+    let stale: Vec<bool> = {
+        let at = run.stored_at.lock().unwrap_or_else(|p| p.into_inner());
+        at.iter()
+            .map(|t| now.duration_since(*t) >= run.skips_stored_every)
+            .collect()
+    };
     let mut pending = Vec::new();
     for (i, (t, prev)) in run.triggers.iter().zip(stored.iter()).enumerate() {
+        let delivered = mine.iter().any(|&p| {
+            t.delivered
+                .get(p)
+                .is_some_and(|d| d.swap(false, Ordering::AcqRel))
+        });
+        let due = durable || delivered || stale.get(i).copied().unwrap_or(true);
         let updates: Vec<(u32, Offset)> = mine
             .iter()
             .filter_map(|&p| {
-                let now = t.checkpoint.get(p)?.load(Ordering::Acquire);
-                (durable || prev.get(p) != Some(&now)).then_some((p as u32, now))
+                let reached = t.checkpoint.get(p)?.load(Ordering::Acquire);
+                (durable || (due && prev.get(p) != Some(&reached))).then_some((p as u32, reached))
             })
             .collect();
         if !updates.is_empty() {
-            pending.push((i, updates));
+            pending.push((i, updates, delivered));
+        } else if delivered {
+            // Nothing to store after all: keep the mark for the next flush.
+            for &p in &mine {
+                if let Some(d) = t.delivered.get(p) {
+                    d.store(true, Ordering::Release);
+                }
+            }
         }
     }
     let results: Vec<_> = futures_util::stream::iter(pending)
-        .map(|(i, updates)| async move {
+        .map(|(i, updates, delivered)| async move {
             let name = &run.triggers[i].cfg.name;
             let r = run.log.store_checkpoint(name, &updates, durable).await;
-            (i, updates, r)
+            (i, updates, delivered, r)
         })
         .buffer_unordered(STORE_CONCURRENCY)
         .collect()
         .await;
-    for (i, updates, result) in results {
+    let mut at = run.stored_at.lock().unwrap_or_else(|p| p.into_inner());
+    for (i, updates, delivered, result) in results {
         match result {
             Ok(()) => {
+                if let Some(t) = at.get_mut(i) {
+                    *t = now;
+                }
                 if let Some(prev) = stored.get_mut(i) {
                     for (p, o) in updates {
                         if let Some(slot) = prev.get_mut(p as usize) {
@@ -341,6 +379,13 @@ pub(crate) async fn flush_now(run: &BrokerRun, durable: bool, stopped: &[u32]) {
                 }
             }
             Err(e) => {
+                if delivered {
+                    for (p, _) in &updates {
+                        if let Some(d) = run.triggers[i].delivered.get(*p as usize) {
+                            d.store(true, Ordering::Release);
+                        }
+                    }
+                }
                 tracing::warn!(trigger = %run.triggers[i].cfg.name, error = %e, "cannot store checkpoint; will retry")
             }
         }
