@@ -2,9 +2,8 @@
 //! that tests can make writes and syncs fail (or stall) where they choose and check
 //! that nothing unsynced is acknowledged.
 //!
-//! The writer writes at explicit positions (it knows where each group goes before the
-//! previous group's sync has returned) and may sync from several threads at once, so
-//! every method takes `&self`.
+//! The writer writes at explicit positions (the records, then zeros allocated ahead
+//! of them), so nothing depends on a file cursor, and every method takes `&self`.
 
 use std::fs::File;
 use std::io;

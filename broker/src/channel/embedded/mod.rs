@@ -12,8 +12,8 @@
 //! ```
 //!
 //! Each partition has one writer thread ([`writer`]) doing group commit, and any number
-//! of readers ([`reader`]). Why not an embedded database:
-//! the workload is append, sequential read, and whole-segment deletion for retention. A log of segment files
+//! of readers ([`reader`]). Why not an embedded database: the workload is append,
+//! sequential read, and whole-segment deletion for retention. A log of segment files
 //! does exactly that with one write and one `fdatasync` per group of appends and no
 //! compaction or write amplification, and lets readers follow the tail without polling.
 
@@ -267,7 +267,6 @@ impl EmbeddedBroker {
                 dir: pdir,
                 segments: RwLock::new(segments),
                 committed,
-                rollbacks: std::sync::atomic::AtomicU64::new(0),
             });
             let (tx, rx) = sync_channel(opts.queue_depth.max(1));
             let thread_shared = shared.clone();

@@ -71,8 +71,6 @@ struct State {
     partition: u32,
     /// Records read but not yet returned (kept when a read future is dropped).
     buffered: VecDeque<Record>,
-    /// The writer's rollback count when the open file was read last.
-    rollbacks: u64,
 }
 
 /// A reader of one embedded partition. Reads happen on the blocking pool into a
@@ -101,7 +99,6 @@ impl EmbeddedReader {
                 broker,
                 partition,
                 buffered: VecDeque::new(),
-                rollbacks: 0,
             })),
             committed,
             next,
@@ -291,17 +288,6 @@ impl State {
     /// Reads up to `max` records below `end` into `buffered` (keeping what was read
     /// before an error).
     fn fill(&mut self, max: usize, end: u64) -> Result<(), ChannelError> {
-        // `end` was read before this: if an append was undone since the file was last
-        // read, the read-ahead buffer may hold its bytes (at offsets a later append
-        // reuses), so read from disk again.
-        let rollbacks = self
-            .shared
-            .rollbacks
-            .load(std::sync::atomic::Ordering::SeqCst);
-        if rollbacks != self.rollbacks {
-            self.rollbacks = rollbacks;
-            self.open = None;
-        }
         let mut out = Vec::new();
         let result = self.read_into(&mut out, max, end);
         self.buffered.extend(out);
@@ -350,7 +336,9 @@ impl State {
             };
             if h.len > segment::MAX_PAYLOAD || h.offset != open.at {
                 if !retried {
-                    // Buffered bytes from before a rolled-back write: re-read from disk.
+                    // Not the record expected here: read it from disk once more before
+                    // calling the log corrupt (the chunk holds committed bytes only, so
+                    // this is damage, not a race with the writer).
                     retried = true;
                     self.open = None;
                     continue;

@@ -10,8 +10,8 @@
 //! records and recovery treats a zero tail as free space.
 //!
 //! A failed write or sync fails the whole group and the file is cut back to where the
-//! group began (readers are told through `rollbacks` to drop bytes they may have read
-//! ahead), so nothing is acknowledged that is not on disk and offsets stay dense. If
+//! group began (readers never read past committed records, so none has seen it), so
+//! nothing is acknowledged that is not on disk and offsets stay dense. If
 //! the file cannot be cut back, the partition refuses appends until restart.
 //!
 //! Syncs are not overlapped: with several `fdatasync`s of one open file in flight, a
@@ -20,7 +20,6 @@
 //! docs/benchmarks.md).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -46,11 +45,10 @@ pub struct PartitionShared {
     pub dir: PathBuf,
     /// Segments, oldest first; the last is the active one.
     pub segments: RwLock<Vec<Segment>>,
-    /// The offset after the last durable record; readers wait on it.
+    /// The offset after the last durable record; readers wait on it. Readers never
+    /// read past the committed records' bytes ([`PartitionShared::segment_bytes`]), so
+    /// an append that is cut back was never in a reader's buffer.
     pub committed: watch::Sender<u64>,
-    /// Count of rolled-back appends: a reader that sees it change drops its read-ahead
-    /// buffer, which may hold bytes of an append that was undone.
-    pub rollbacks: AtomicU64,
 }
 
 impl PartitionShared {
@@ -321,7 +319,6 @@ impl Writer {
             .file
             .set_len(self.pos)
             .and_then(|()| self.file.sync_data());
-        self.shared.rollbacks.fetch_add(1, Ordering::SeqCst);
         match undone {
             Ok(()) => self.allocated = self.pos,
             Err(e) => {
