@@ -330,10 +330,14 @@ pub(crate) async fn flush_now(run: &BrokerRun, durable: bool, stopped: &[u32]) {
     };
     let mut pending = Vec::new();
     for (i, (t, prev)) in run.triggers.iter().zip(stored.iter()).enumerate() {
-        let delivered = mine.iter().any(|&p| {
-            t.delivered
+        // Every owned partition's mark is taken (no short cut), so none is left set
+        // for a store that is about to happen anyway.
+        let delivered = mine.iter().fold(false, |any, &p| {
+            let this = t
+                .delivered
                 .get(p)
-                .is_some_and(|d| d.swap(false, Ordering::AcqRel))
+                .is_some_and(|d| d.swap(false, Ordering::AcqRel));
+            any | this
         });
         let due = durable || delivered || stale.get(i).copied().unwrap_or(true);
         let updates: Vec<(u32, Offset)> = mine
