@@ -226,15 +226,21 @@ pub async fn start_with(opts: ServerOptions) -> Running {
     app::start(opts, CancellationToken::new()).await.unwrap()
 }
 
-/// Reads one metric sample (exact series text before the value) from `/metrics`.
-pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
+/// The Prometheus text a server exports at `/metrics`.
+pub async fn metrics_text(addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    text.lines()
+        .unwrap()
+}
+
+/// Reads one metric sample (exact series text before the value) from `/metrics`.
+pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    metrics_text(addr)
+        .await
+        .lines()
         .find_map(|l| {
             l.strip_prefix(series)
                 .and_then(|rest| rest.trim().parse().ok())

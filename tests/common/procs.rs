@@ -117,13 +117,9 @@ impl Proc {
 
     /// Deliveries this process made (all triggers), from its `/metrics`.
     pub async fn delivered(&self) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.addr))
+        super::metrics_text(self.addr)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
+            .lines()
             .filter(|l| {
                 l.starts_with("triggerfish_dispatcher_deliveries_total")
                     && l.contains("outcome=\"delivered\"")
