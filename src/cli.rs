@@ -268,6 +268,20 @@ pub struct ServeArgs {
     /// Largest request body the ingress accepts, in bytes.
     #[arg(long, env = "TRIGGERFISH_MAX_BODY_BYTES", default_value_t = ingress::DEFAULT_MAX_BODY)]
     pub max_body_bytes: usize,
+    /// Most context attributes an event may carry, `knativearrivaltime` included
+    /// (more: 431 in binary mode, 413 otherwise). The default keeps a binary-mode
+    /// delivery, dead-letter extensions included, under the 100 header fields that
+    /// hyper and Apache accept.
+    #[arg(long, env = "TRIGGERFISH_MAX_ATTRIBUTES", default_value_t = broker::event::limits::DEFAULT_MAX_ATTRIBUTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(5..=200))]
+    pub max_attributes: usize,
+    /// Longest attribute name, in bytes.
+    #[arg(long, env = "TRIGGERFISH_MAX_ATTRIBUTE_NAME_BYTES", default_value_t = broker::event::limits::DEFAULT_MAX_NAME_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(20..=1024))]
+    pub max_attribute_name_bytes: usize,
+    /// Most bytes of attributes per event: names plus values as binary-mode headers
+    /// carry them (percent-encoded). The default fits nginx's 8 KiB header lines and
+    /// Node.js's 16 KiB header block.
+    #[arg(long, env = "TRIGGERFISH_MAX_ATTRIBUTE_BYTES", default_value_t = broker::event::limits::DEFAULT_MAX_ATTRIBUTE_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(256..=(1 << 20)))]
+    pub max_attribute_bytes: usize,
     /// How long shutdown waits for deliveries in flight (seconds).
     #[arg(long, env = "TRIGGERFISH_DRAIN_SECONDS", default_value_t = 30)]
     pub drain_seconds: u64,

@@ -126,6 +126,11 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
         ingress: ingress::IngressOptions {
             max_body_bytes: args.max_body_bytes,
             append_timeout,
+            limits: broker::event::EventLimits {
+                max_attributes: args.max_attributes,
+                max_name_bytes: args.max_attribute_name_bytes,
+                max_attribute_bytes: args.max_attribute_bytes,
+            },
         },
         dispatcher: dispatcher_opts,
     };

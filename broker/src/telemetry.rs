@@ -28,6 +28,12 @@ pub enum RejectReason {
     unsupported_media_type,
     /// The channel could not take it (503).
     unavailable,
+    /// More attributes than `--max-attributes` (431 in binary mode, else 413).
+    too_many_attributes,
+    /// An attribute name longer than `--max-attribute-name-bytes` (431 / 413).
+    attribute_name_too_long,
+    /// Attributes larger than `--max-attribute-bytes` altogether (431 / 413).
+    attributes_too_large,
 }
 
 /// What finally happened to one delivery.
@@ -41,6 +47,27 @@ pub enum Outcome {
     /// Delivery failed for good and no sink took it; it is in the broker's own
     /// dead-letter log.
     dead_letter_log,
+}
+
+/// Something that went wrong with one event or lane, other than a failed delivery.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum LaneFailure {
+    /// Settling an event panicked; the event went to the dead-letter log.
+    panic,
+    /// The event cannot be sent over HTTP at all (its attributes exceed what a
+    /// request can carry); it went to the dead-letter log without an attempt.
+    undeliverable,
+    /// A lane task ended while its partition was still dispatched, and was restarted
+    /// from its checkpoint.
+    restart,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    broker: Arc<str>,
+    trigger: Arc<str>,
+    kind: LaneFailure,
 }
 
 /// What happened to a reply event.
@@ -96,6 +123,7 @@ pub struct Metrics {
     latency: Family<TriggerLabels, Histogram>,
     dead_letter_entries: Family<BrokerLabels, Gauge>,
     malformed: Family<BrokerLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
     partitions: Family<BrokerLabels, Gauge>,
 }
 
@@ -141,6 +169,12 @@ pub struct TriggerMetrics {
     pub dead_letter_entries: Gauge,
     /// Seconds from the first attempt to the final outcome.
     pub latency: Histogram,
+    /// Deliveries that panicked (the event was dead-lettered).
+    pub panics: Counter,
+    /// Events that could not be sent over HTTP at all (dead-lettered).
+    pub undeliverable: Counter,
+    /// Lane tasks restarted after ending unexpectedly.
+    pub lane_restarts: Counter,
 }
 
 impl Default for Metrics {
@@ -161,6 +195,7 @@ impl Metrics {
         let replies = Family::<ReplyLabels, Counter>::default();
         let dead_letter_entries = Family::<BrokerLabels, Gauge>::default();
         let malformed = Family::<BrokerLabels, Counter>::default();
+        let failures = Family::<FailureLabels, Counter>::default();
         let partitions = Family::<BrokerLabels, Gauge>::default();
         let latency = Family::<TriggerLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(0.0005, 2.0, 18))) as fn() -> Histogram,
@@ -211,6 +246,11 @@ impl Metrics {
             malformed.clone(),
         );
         registry.register(
+            "dispatcher_lane_failures",
+            "Events whose delivery panicked or could not be sent over HTTP (both dead-lettered), and lane restarts",
+            failures.clone(),
+        );
+        registry.register(
             "dispatcher_delivery_duration_seconds",
             "Time from the first attempt to the final outcome",
             latency.clone(),
@@ -226,6 +266,7 @@ impl Metrics {
             latency,
             dead_letter_entries,
             malformed,
+            failures,
             partitions,
         }
     }
@@ -275,7 +316,19 @@ impl Metrics {
                 })
                 .clone()
         };
+        let f = |kind| {
+            self.failures
+                .get_or_create(&FailureLabels {
+                    broker: broker.clone(),
+                    trigger: trigger.clone(),
+                    kind,
+                })
+                .clone()
+        };
         TriggerMetrics {
+            panics: f(LaneFailure::panic),
+            undeliverable: f(LaneFailure::undeliverable),
+            lane_restarts: f(LaneFailure::restart),
             delivered: d(Outcome::delivered),
             dead_lettered: d(Outcome::dead_lettered),
             dead_letter_log: d(Outcome::dead_letter_log),

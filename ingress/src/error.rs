@@ -1,7 +1,7 @@
 //! Every way a request can fail, each mapped to exactly one HTTP status.
 
 use axum::response::{IntoResponse, Response};
-use broker::event::EventError;
+use broker::event::{EventError, LimitError};
 use http::{header, HeaderValue, StatusCode};
 
 /// Seconds a producer is asked to wait after a 503.
@@ -39,6 +39,15 @@ pub enum IngressError {
         /// Why.
         reason: String,
     },
+    /// An event exceeds an attribute limit: 431 when its attributes came as header
+    /// fields (binary mode), else 413.
+    #[error("{error}")]
+    Limit {
+        /// Which limit, with the value.
+        error: LimitError,
+        /// Whether the attributes were header fields.
+        headers: bool,
+    },
     /// Reading the request body failed (400).
     #[error("cannot read request body: {0}")]
     Body(String),
@@ -54,6 +63,10 @@ impl IngressError {
             IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngressError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::Limit { headers: true, .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            IngressError::Limit { headers: false, .. } => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -67,6 +80,7 @@ impl IngressError {
             IngressError::TooLarge { .. } => "body too large",
             IngressError::UnsupportedMediaType(_) => "unsupported media type",
             IngressError::Unavailable { .. } => "unavailable",
+            IngressError::Limit { .. } => "attribute limit exceeded",
         }
     }
 }

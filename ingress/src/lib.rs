@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use broker::channel::{BrokerLog, ChannelError};
-use broker::event::{self, http as binding, AttrValue, Event};
+use broker::event::{self, http as binding, AttrValue, Event, EventLimits};
 use broker::telemetry::{IngressMetrics, Metrics, RejectReason};
 use bytes::Bytes;
 use http::{header, HeaderValue};
@@ -48,6 +48,8 @@ pub struct IngressOptions {
     pub max_body_bytes: usize,
     /// How long an append may take before the producer gets 503.
     pub append_timeout: Duration,
+    /// Limits on each event's attributes, checked before anything is stored.
+    pub limits: EventLimits,
 }
 
 impl Default for IngressOptions {
@@ -55,6 +57,7 @@ impl Default for IngressOptions {
         IngressOptions {
             max_body_bytes: DEFAULT_MAX_BODY,
             append_timeout: Duration::from_secs(10),
+            limits: EventLimits::default(),
         }
     }
 }
@@ -216,6 +219,7 @@ async fn broker_endpoint(State(state): State<Arc<IngressState>>, req: Request<Bo
                 IngressError::Invalid(_) | IngressError::Body(_) => RejectReason::invalid,
                 IngressError::TooLarge { .. } => RejectReason::too_large,
                 IngressError::UnsupportedMediaType(_) => RejectReason::unsupported_media_type,
+                IngressError::Limit { error, .. } => error.reason(),
                 _ => RejectReason::unavailable,
             };
             entry.metrics.reject(reason, 1);
@@ -300,6 +304,17 @@ async fn accept(
             e.set(event::ARRIVAL_TIME, arrival.clone());
         }
         last.set(event::ARRIVAL_TIME, arrival);
+    }
+    // The limits hold for the events as stored, `knativearrivaltime` included.
+    for e in &events {
+        state
+            .opts
+            .limits
+            .check(e)
+            .map_err(|error| IngressError::Limit {
+                error,
+                headers: mode == binding::Mode::Binary,
+            })?;
     }
     append(state, entry, &events).await?;
     Ok(events.len())

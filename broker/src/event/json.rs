@@ -76,7 +76,8 @@ fn from_members(members: BTreeMap<String, &RawValue>) -> Result<Event, EventErro
                 ))
             }
         };
-        event.set(name, value);
+        // The names are the distinct keys of `members`.
+        event.push_distinct(name, value);
     }
     match (data, data_b64) {
         (Some(_), Some(_)) => {

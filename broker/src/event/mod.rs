@@ -9,15 +9,19 @@
 //! - [`http`]: the HTTP protocol binding (binary, structured and batched modes).
 //! - [`json`]: the JSON event format, single and batch.
 //! - [`codec`]: the compact binary record format the channels store.
+//! - [`limits`]: how many attributes, how long their names and how large they may
+//!   be altogether, so that every channel stores and every delivery sends an event.
 
 pub mod codec;
 pub mod http;
 pub mod json;
+pub mod limits;
 mod text;
 pub mod validate;
 
 use bytes::Bytes;
 
+pub use limits::{EventLimits, LimitError};
 pub use text::Str;
 pub use validate::{validate, EventError};
 
@@ -206,6 +210,16 @@ impl Event {
         self.attrs.push((name, value));
     }
 
+    /// Appends an attribute the caller knows is not present yet (names from a map of
+    /// distinct keys): no scan, so decoding n attributes stays linear in n.
+    pub(crate) fn push_distinct(&mut self, name: String, value: AttrValue) {
+        let name = match known_name(name.as_bytes()) {
+            Some(known) => Str::from_static(known),
+            None => name.into(),
+        };
+        self.attrs.push((name, value));
+    }
+
     /// Sets an attribute whose name is already a [`Str`] (a slice of a decoded record,
     /// or static for the well-known names).
     pub(crate) fn set_named(&mut self, name: Str, value: AttrValue) {
@@ -213,6 +227,30 @@ impl Event {
             Some(slot) => slot.1 = value,
             None => self.attrs.push((name, value)),
         }
+    }
+
+    /// Appends an attribute without looking for its name; [`Event::dedup_names`]
+    /// must follow.
+    pub(crate) fn push_named(&mut self, name: Str, value: AttrValue) {
+        self.attrs.push((name, value));
+    }
+
+    /// Collapses repeated names as [`Event::set_named`] would have (the last value
+    /// wins, at the first one's place), in one pass with a hash map.
+    pub(crate) fn dedup_names(&mut self) {
+        let mut seen: std::collections::HashMap<Str, usize> =
+            std::collections::HashMap::with_capacity(self.attrs.len());
+        let mut out: Vec<(Name, AttrValue)> = Vec::with_capacity(self.attrs.len());
+        for (name, value) in self.attrs.drain(..) {
+            match seen.get(&name) {
+                Some(&i) => out[i].1 = value,
+                None => {
+                    seen.insert(name.clone(), out.len());
+                    out.push((name, value));
+                }
+            }
+        }
+        self.attrs = out;
     }
 
     /// Adds an attribute that must not be present yet: one scan instead of a lookup
