@@ -194,18 +194,14 @@ impl Coordinator {
         };
         tasks.spawn(fanout::shared_reader(ctx.clone(), join_rx));
         for (i, rt) in run.triggers.iter().enumerate() {
-            let (tx, rx) = mpsc::channel(run.lane_queue.max(1));
-            let from = rt.checkpoint[p as usize].load(Ordering::Acquire);
-            tasks.spawn(fanout::catch_up(ctx.clone(), i, from, tx));
-            tasks.spawn(lane::run_lane(
-                rt.clone(),
-                p,
-                from,
-                rx,
-                run.client.clone(),
-                token.clone(),
-                run.drain,
-            ));
+            let spec = lane::LaneSpec {
+                ctx: ctx.clone(),
+                lane: i,
+                queue: run.lane_queue,
+                client: run.client.clone(),
+                drain: run.drain,
+            };
+            tasks.spawn(lane::supervise(rt.clone(), p, spec));
         }
         run.owned[p as usize].store(true, Ordering::Release);
         tracing::info!(broker = %run.id, partition = p, triggers = run.triggers.len(), "dispatching partition");

@@ -31,6 +31,14 @@ const PREFER: header::HeaderName = header::HeaderName::from_static("prefer");
 /// replies); larger bodies are dropped with their connection.
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
+/// The most attributes an event may have to be sent at all. The ingress admits far
+/// fewer (`--max-attributes`); more can only come from a log written by another
+/// producer (a shared Kafka topic or NATS stream). Up to this many are tried and the
+/// subscriber decides; beyond it no HTTP server accepts the request, and building it
+/// would exceed what a `HeaderMap` can hold (a panic in `http`), so such an event is
+/// dead-lettered without an attempt.
+pub const MAX_SENDABLE_ATTRIBUTES: usize = 1024;
+
 /// Builds the client used for every delivery.
 pub fn client() -> HttpClient {
     let mut http = HttpConnector::new();
@@ -116,6 +124,17 @@ where
     Fut: std::future::Future<Output = Result<(), String>>,
 {
     let started = Instant::now();
+    if event.attribute_count() > MAX_SENDABLE_ATTRIBUTES {
+        return Delivery {
+            delivered: false,
+            attempts: 0,
+            last: transport_error(format!(
+                "not sent: the event has {} attributes, more than the {MAX_SENDABLE_ATTRIBUTES} an HTTP request can carry as headers",
+                event.attribute_count()
+            )),
+            elapsed: started.elapsed(),
+        };
+    }
     // The headers move into the first request; a retry encodes them again, which is
     // cheaper than copying them for every delivery that succeeds at once.
     let encode = |headers: &mut HeaderMap| {

@@ -19,6 +19,7 @@
 //! also send [`Item::Skip`] watermarks so a lane's checkpoint moves past events that
 //! did not match its filter.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use broker::channel::{BrokerLog, LogReader, Offset, Record, StartAt};
 use broker::config::BrokerId;
 use broker::event::Event;
 use broker::filter::{Filter, FilterIndex};
+use futures_util::FutureExt;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -102,8 +104,28 @@ impl Partition {
     }
 }
 
-/// Runs the shared reader of a partition until shutdown.
+/// Runs the shared reader of a partition until shutdown. Should it panic, it is
+/// logged at ERROR and started again at the end of the log: the lanes it fed lose
+/// their queue's sender, so their supervisors ([`crate::lane::supervise`]) restart
+/// them from their checkpoints, and they catch up and rejoin; nothing is skipped.
 pub async fn shared_reader(ctx: Partition, mut joins: mpsc::Receiver<Join>) {
+    loop {
+        let ran = AssertUnwindSafe(read_shared(&ctx, &mut joins))
+            .catch_unwind()
+            .await;
+        let Err(panic) = ran else { return };
+        tracing::error!(broker = %ctx.broker(), partition = ctx.partition,
+            panic = crate::settle::panic_message(&*panic),
+            "shared reader panicked; restarting it (lanes catch up from their checkpoints)");
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
+    let ctx = ctx.clone();
     let Some(mut reader) = open_reader(&ctx, StartAt::End, "shared").await else {
         return; // shutdown
     };

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,12 +25,13 @@ use broker::config::{DeliveryOrder, TriggerConfig};
 use broker::event::Event;
 use broker::telemetry::TriggerMetrics;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::deliver::HttpClient;
-use crate::fanout::Item;
-use crate::settle::{settle, BrokerSinks};
+use crate::fanout::{Item, Partition};
+use crate::settle::{after_panic, panic_message, settle, BrokerSinks};
 
 /// Tracks which offsets are done and yields the checkpoint: the lowest offset not yet
 /// done (everything below it is delivered or did not match).
@@ -98,6 +100,67 @@ struct KeyQueues {
 fn key_of(event: &Event) -> Box<str> {
     let mut buf = String::new();
     event.partition_key(&mut buf).unwrap_or("").into()
+}
+
+/// What a lane needs besides its trigger: see [`supervise`].
+pub struct LaneSpec {
+    /// The partition's readers (the lane's catch-up reader is spawned there).
+    pub ctx: Partition,
+    /// The lane's index among the broker's triggers.
+    pub lane: usize,
+    /// Its queue length.
+    pub queue: usize,
+    /// The delivery client.
+    pub client: HttpClient,
+    /// How long a stopping lane waits for deliveries in flight.
+    pub drain: Duration,
+}
+
+/// Runs one lane (and feeds it from a catch-up reader at its checkpoint) until the
+/// partition stops. A lane that ends for any other reason (a panic outside a
+/// delivery, its readers gone) is logged at ERROR, counted
+/// (`triggerfish_dispatcher_lane_failures{kind="restart"}`) and started again from
+/// its checkpoint, after a backoff of 100 ms doubling to 5 s: events it had in
+/// flight are delivered again, none is skipped.
+pub async fn supervise(rt: Arc<TriggerRuntime>, partition: u32, spec: LaneSpec) {
+    let token = spec.ctx.shutdown.clone();
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let from = rt.checkpoint[partition as usize].load(Ordering::Acquire);
+        let (tx, rx) = mpsc::channel(spec.queue.max(1));
+        spec.ctx.tasks.spawn(crate::fanout::catch_up(
+            spec.ctx.clone(),
+            spec.lane,
+            from,
+            tx,
+        ));
+        let ended = AssertUnwindSafe(run_lane(
+            rt.clone(),
+            partition,
+            from,
+            rx,
+            spec.client.clone(),
+            token.clone(),
+            spec.drain,
+        ))
+        .catch_unwind()
+        .await;
+        if token.is_cancelled() {
+            return;
+        }
+        let why = match ended {
+            Ok(()) => "its event queue closed".to_owned(),
+            Err(panic) => format!("it panicked: {}", panic_message(&*panic)),
+        };
+        rt.metrics.lane_restarts.inc();
+        tracing::error!(broker = %rt.cfg.broker, trigger = %rt.cfg.name, partition, checkpoint = from,
+            "lane ended while its partition is dispatched ({why}); restarting it from its checkpoint");
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Runs one lane until shutdown, then waits up to `drain` for deliveries in flight.
@@ -198,7 +261,14 @@ fn settle_one<'a>(
     key: Option<Box<str>>,
 ) -> InFlight<'a> {
     Box::pin(async move {
-        settle(rt, client, &event).await;
+        // A panic while encoding or delivering this event must not end the lane (and
+        // with it the trigger): the event goes to the dead-letter log instead.
+        let settled = AssertUnwindSafe(settle(rt, client, &event))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = settled {
+            after_panic(rt, &event, &panic_message(&*panic)).await;
+        }
         (offset, key)
     })
 }

@@ -65,6 +65,9 @@ pub struct DispatcherOptions {
     /// How often a trigger's checkpoint that moved only past events it did not match
     /// is stored (one that moved past deliveries is stored every flush).
     pub skips_stored_every: Duration,
+    /// Test-only fault injection ([`settle::FaultHook`]); `None` in production.
+    #[doc(hidden)]
+    pub fault: Option<settle::FaultHook>,
 }
 
 impl Default for DispatcherOptions {
@@ -75,6 +78,7 @@ impl Default for DispatcherOptions {
             max_ttl: settle::DEFAULT_MAX_TTL,
             owner: default_owner(),
             skips_stored_every: Duration::from_secs(5),
+            fault: None,
         }
     }
 }
@@ -135,6 +139,7 @@ pub async fn start(
             dead_letters: logs.dead_letters.clone(),
             max_ttl: opts.max_ttl,
             shutdown: shutdown.clone(),
+            fault: opts.fault.clone(),
         });
         metrics
             .dead_letter_gauge(&broker.id.to_string())
@@ -361,7 +366,13 @@ pub(crate) async fn flush_now(run: &BrokerRun, durable: bool, stopped: &[u32]) {
     let results: Vec<_> = futures_util::stream::iter(pending)
         .map(|(i, updates, delivered)| async move {
             let name = &run.triggers[i].cfg.name;
-            let r = run.log.store_checkpoint(name, &updates, durable).await;
+            // A checkpoint that moved past deliveries is synced (with the embedded
+            // log's `--fsync always`, on a par with the events it covers); one that
+            // moved only past filtered-out events is not: losing it costs a re-scan.
+            let r = run
+                .log
+                .store_checkpoint(name, &updates, durable || delivered)
+                .await;
             (i, updates, delivered, r)
         })
         .buffer_unordered(STORE_CONCURRENCY)

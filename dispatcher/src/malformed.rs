@@ -18,14 +18,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use broker::channel::{BrokerLog, Malformed, Offset, StartAt};
-use broker::event::{AttrValue, DataKind, Event};
+use broker::event::{DataKind, Event};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
-
-use crate::settle::ERROR_DATA;
 
 /// The checkpoint name of a partition's malformed-record progress (`_` never occurs in
 /// Kubernetes names, so no trigger can have it).
@@ -33,7 +30,7 @@ pub const MALFORMED_CURSOR: &str = "_malformed";
 /// The `type` of a dead-letter entry that wraps a malformed record.
 pub const MALFORMED_TYPE: &str = "dev.triggerfish.malformed";
 /// Extension naming why the record is malformed.
-pub const MALFORMED_REASON: &str = "triggerfishreason";
+pub const MALFORMED_REASON: &str = crate::settle::REASON;
 
 /// Where malformed records go, for one broker.
 pub struct Sink {
@@ -65,22 +62,8 @@ pub fn wrapper(events: &dyn BrokerLog, partition: u32, offset: Offset, m: &Malfo
     );
     e.set_str("type", MALFORMED_TYPE);
     e.set_str("datacontenttype", "application/octet-stream");
-    // Attribute values must be printable: control characters in a reason (from a
-    // foreign header) are replaced.
-    let reason: String = m
-        .reason
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    e.set(
-        ERROR_DATA,
-        AttrValue::String(
-            base64::engine::general_purpose::STANDARD
-                .encode(reason.as_bytes())
-                .into(),
-        ),
-    );
-    e.set(MALFORMED_REASON, AttrValue::String(reason.into()));
+    // A reason from a foreign header may hold control characters: replaced.
+    crate::settle::set_reason(&mut e, &m.reason);
     e.set_data(DataKind::Binary, Some(m.data.clone().unwrap_or_default()));
     e
 }

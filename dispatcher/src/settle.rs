@@ -9,6 +9,7 @@
 //! Step 3 retries until it succeeds or shutdown abandons it (the event is then not
 //! done, so it is delivered again after a restart): nothing is dropped silently.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use base64::Engine;
 use broker::channel::BrokerLog;
 use broker::delivery::DeliverySpec;
 use broker::event::{self, http as binding, AttrValue, Event};
+use futures_util::FutureExt;
 use http::header::CONTENT_TYPE;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +37,17 @@ pub const ERROR_DATA_MAX: usize = 1024;
 /// The default reply TTL (Knative's `MAX_TTL`).
 pub const DEFAULT_MAX_TTL: i32 = 255;
 
+/// A test-only fault: called with each event just before its delivery. A hook that
+/// panics stands for a bug in encoding or delivery (`tests/e2e_poison.rs`).
+#[derive(Clone)]
+pub struct FaultHook(pub Arc<dyn Fn(&Event) + Send + Sync>);
+
+impl std::fmt::Debug for FaultHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FaultHook")
+    }
+}
+
 /// Where a broker's replies and dead letters go.
 pub struct BrokerSinks {
     /// The broker's event log (replies are appended here).
@@ -45,12 +58,17 @@ pub struct BrokerSinks {
     pub max_ttl: i32,
     /// Abandons the dead-letter log retry loop.
     pub shutdown: CancellationToken,
+    /// See [`FaultHook`]; `None` outside tests.
+    pub fault: Option<FaultHook>,
 }
 
 /// Delivers and settles one event; returns when it is done.
 pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) {
     let cfg = &rt.cfg;
     let sinks = &rt.sinks;
+    if let Some(fault) = &sinks.fault {
+        (fault.0)(event);
+    }
     let d = deliver_with(client, &cfg.subscriber, &cfg.delivery, event, |attempt| {
         store_reply(rt, event, reply_event(attempt))
     })
@@ -63,6 +81,9 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) {
     if d.delivered {
         rt.metrics.delivered.inc();
         return;
+    }
+    if d.attempts == 0 {
+        rt.metrics.undeliverable.inc();
     }
     let dead = dead_letter_event(event, cfg.subscriber.as_str(), &d.last);
     tracing::warn!(
@@ -85,6 +106,104 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) {
     store_dead_letter(sinks, &cfg.delivery, &entry, &cfg.name).await;
     rt.metrics.dead_letter_log.inc();
     rt.metrics.dead_letter_entries.inc();
+}
+
+/// After settling `event` panicked: logs it, counts it, and stores the event in the
+/// broker's dead-letter log with the panic message as its reason, so that the lane
+/// goes on with the next event. Should building or storing that entry panic too (the
+/// event itself is what breaks the code), a minimal entry with the event's `id`,
+/// `source` and `type` is stored instead.
+pub async fn after_panic(rt: &TriggerRuntime, event: &Event, message: &str) {
+    let cfg = &rt.cfg;
+    rt.metrics.panics.inc();
+    tracing::error!(broker = %cfg.broker, trigger = %cfg.name, event_id = event.id(), panic = message,
+        "delivering an event panicked; it goes to the broker's dead-letter log and the trigger goes on");
+    let reason = printable(&format!("panic while delivering: {message}"), 512);
+    let build = || {
+        let mut e = event.clone();
+        e.set(
+            ERROR_DEST,
+            AttrValue::String(cfg.subscriber.as_str().into()),
+        );
+        e.remove(ERROR_CODE);
+        e.set(ERROR_TRIGGER, AttrValue::String(cfg.name.as_str().into()));
+        set_reason(&mut e, &reason);
+        e
+    };
+    let entry = std::panic::catch_unwind(AssertUnwindSafe(build))
+        .unwrap_or_else(|_| minimal_entry(event, cfg.name.as_str(), &reason));
+    let stored = AssertUnwindSafe(store_dead_letter(
+        &rt.sinks,
+        &cfg.delivery,
+        &entry,
+        &cfg.name,
+    ))
+    .catch_unwind()
+    .await;
+    if stored.is_err() {
+        let entry = minimal_entry(event, cfg.name.as_str(), &reason);
+        store_dead_letter(&rt.sinks, &cfg.delivery, &entry, &cfg.name).await;
+    }
+    rt.metrics.dead_letter_log.inc();
+    rt.metrics.dead_letter_entries.inc();
+}
+
+/// The reason extension on dead-letter entries that did not come from a failed
+/// delivery (a panic, a malformed record).
+pub const REASON: &str = "triggerfishreason";
+
+/// Sets the reason of a dead-letter entry that did not come from a failed delivery:
+/// in [`REASON`], and base64 in `knativeerrordata` as for failed deliveries. Control
+/// characters are replaced (attribute values must be printable).
+pub fn set_reason(e: &mut Event, reason: &str) {
+    let reason = printable(reason, usize::MAX);
+    e.set(
+        ERROR_DATA,
+        AttrValue::String(
+            base64::engine::general_purpose::STANDARD
+                .encode(reason.as_bytes())
+                .into(),
+        ),
+    );
+    e.set(REASON, AttrValue::String(reason.into()));
+}
+
+/// A dead-letter entry that keeps only the event's identity: for an event that the
+/// code cannot even copy or encode.
+fn minimal_entry(event: &Event, trigger: &str, reason: &str) -> Event {
+    let mut e = Event::new();
+    e.set_str("specversion", "1.0");
+    for name in [event::ID, event::SOURCE, event::TYPE] {
+        let v = event.get_str(name).unwrap_or("unknown");
+        e.set_str(name, printable(v, 1024));
+    }
+    e.set_str(ERROR_TRIGGER, trigger);
+    e.set_str(REASON, format!("{reason} (attributes and data not kept)"));
+    e
+}
+
+/// `s` cut to at most `max` bytes with control characters replaced by spaces (an
+/// attribute value must be printable).
+fn printable(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end]
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The text of a caught panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
 }
 
 /// The event as it goes to a dead-letter sink: the original plus the three
@@ -129,13 +248,16 @@ async fn store_dead_letter(sinks: &BrokerSinks, spec: &DeliverySpec, entry: &Eve
     }
 }
 
-/// Reads the TTL of an event (`knativebrokerttl`), `max` when absent or unreadable.
+/// Reads the TTL of an event (`knativebrokerttl`): `max` when absent or unreadable,
+/// and never more than `max` (`--max-ttl`), so a producer cannot set a reply loop
+/// going for 2^31 hops.
 pub fn ttl_of(event: &Event, max: i32) -> i32 {
-    match event.get(event::BROKER_TTL) {
+    let ttl = match event.get(event::BROKER_TTL) {
         Some(AttrValue::Integer(i)) => *i,
         Some(AttrValue::String(s)) => s.trim().parse().unwrap_or(max),
         _ => max,
-    }
+    };
+    ttl.min(max)
 }
 
 /// If a 200 response carries a valid CloudEvent, stores it in the broker with the TTL
@@ -148,7 +270,7 @@ async fn store_reply(
     let Some(mut reply) = reply else {
         return Ok(());
     };
-    let ttl = ttl_of(original, rt.sinks.max_ttl) - 1;
+    let ttl = ttl_of(original, rt.sinks.max_ttl).saturating_sub(1);
     if ttl <= 0 {
         rt.metrics.replies_dropped_ttl.inc();
         tracing::warn!(broker = %rt.cfg.broker, trigger = %rt.cfg.name, event_id = original.id(), reply_id = reply.id(),
@@ -309,5 +431,17 @@ mod tests {
         assert_eq!(ttl_of(&e, 255), 3);
         e.set_str(event::BROKER_TTL, "junk");
         assert_eq!(ttl_of(&e, 255), 255);
+        // A producer's TTL above the maximum is capped; extremes do not overflow.
+        e.set(event::BROKER_TTL, AttrValue::Integer(i32::MAX));
+        assert_eq!(ttl_of(&e, 255), 255);
+        e.set_str(event::BROKER_TTL, "2147483647");
+        assert_eq!(ttl_of(&e, 10), 10);
+        e.set(event::BROKER_TTL, AttrValue::Integer(i32::MIN));
+        assert_eq!(ttl_of(&e, 255), i32::MIN);
+        assert_eq!(
+            ttl_of(&e, 255).saturating_sub(1),
+            i32::MIN,
+            "no wrap to i32::MAX"
+        );
     }
 }
