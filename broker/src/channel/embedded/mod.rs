@@ -178,8 +178,10 @@ impl EmbeddedLog {
         if dead_letters {
             dir = dir.join("dead-letters");
             opts.partitions = 1;
-            // Dead letters wait for an operator: keep them by age only.
+            // Dead letters wait for an operator: kept until redriven, never expired
+            // (ARCHITECTURE.md, contract 6; `triggerfish dlq` bounds them).
             opts.retention_bytes = None;
+            opts.retention_age = None;
         }
         let b = Arc::new(EmbeddedBroker::open(dir, broker, &opts)?);
         brokers.insert(key, b.clone());
@@ -223,6 +225,8 @@ pub struct EmbeddedBroker {
     partitions: Vec<Partition>,
     next_partition: std::sync::atomic::AtomicU32,
     max_event_bytes: usize,
+    /// The sync policy: checkpoints asked to be durable are synced unless `never`.
+    fsync: FsyncPolicy,
     /// Checkpoints by trigger as last loaded or stored; the lock serialises the
     /// read-merge-write of each trigger's file.
     checkpoints: tokio::sync::Mutex<HashMap<String, Vec<Option<Offset>>>>,
@@ -286,6 +290,7 @@ impl EmbeddedBroker {
             partitions,
             next_partition: std::sync::atomic::AtomicU32::new(0),
             max_event_bytes: opts.max_event_bytes,
+            fsync: opts.fsync,
             checkpoints: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -474,6 +479,9 @@ impl BrokerLog for EmbeddedBroker {
         })
         .map_err(|e| ChannelError::Other(e.to_string()))?;
         let dir = self.dir.join("checkpoints");
+        // With `--fsync never` nothing is synced, checkpoints neither (recovery clamps
+        // a checkpoint that got to disk ahead of the log, see `read_checkpoint`).
+        let durable = durable && self.fsync != FsyncPolicy::Never;
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             use std::io::Write;
             let mut f = File::create(&tmp)?;
@@ -511,6 +519,26 @@ impl EmbeddedBroker {
             .ok_or_else(|| ChannelError::Other(format!("checkpoint of trigger {trigger} vanished")))
     }
 
+    /// A checkpoint can only be ahead of the log's end after a power loss with
+    /// `--fsync interval` or `never`: the checkpoint file reached the disk, the log's
+    /// tail did not. Left as it is, offsets between the two would be given to new
+    /// events and skipped for this trigger; clamped, they are delivered. Logged at
+    /// ERROR: the events between were acknowledged and are gone.
+    fn clamped(&self, trigger: &str, mut offsets: Vec<Option<Offset>>) -> Vec<Option<Offset>> {
+        for (p, slot) in offsets.iter_mut().enumerate() {
+            let Some(part) = self.partitions.get(p) else {
+                continue;
+            };
+            let end = *part.shared.committed.borrow();
+            if let Some(o) = slot.filter(|&o| o > end) {
+                tracing::error!(broker = %self.id, trigger, partition = p, checkpoint = o, log_end = end,
+                    "checkpoint is past the end of the recovered log (events acknowledged before a power loss were not on disk); moved back to the log end");
+                *slot = Some(end);
+            }
+        }
+        offsets
+    }
+
     fn read_checkpoint(&self, trigger: &str) -> Result<Vec<Option<Offset>>, ChannelError> {
         let n = self.partitions.len();
         let path = self.checkpoint_path(trigger);
@@ -520,7 +548,7 @@ impl EmbeddedBroker {
             Err(e) => return Err(self.io(e)),
         };
         match serde_json::from_slice::<CheckpointFile>(&text) {
-            Ok(c) if c.offsets.len() == n => Ok(c.offsets),
+            Ok(c) if c.offsets.len() == n => Ok(self.clamped(trigger, c.offsets)),
             _ => {
                 // Never guess forward: replaying from the start duplicates, skipping loses.
                 tracing::error!(broker = %self.id, trigger, path = %path.display(),

@@ -95,6 +95,8 @@ const PREALLOCATE: u64 = 1 << 20;
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 const RETENTION_EVERY: Duration = Duration::from_secs(10);
 const POISONED: &str = "the partition's writer could not undo a failed append; restart needed";
+/// Why appends are refused after a failed periodic sync.
+const SYNC_LOST: &str = "a periodic fsync of the partition failed, so acknowledged events may not be on disk; the partition refuses appends until restart (recovery keeps what the disk holds)";
 
 /// The writer thread's state.
 struct Writer {
@@ -117,7 +119,7 @@ struct Writer {
     /// Written but not synced (policies other than `always`).
     dirty: bool,
     /// A failed append could not be undone: refuse everything.
-    poisoned: bool,
+    poisoned: Option<&'static str>,
 }
 
 /// Runs the writer until every sender is gone. `file` is the active segment (the last
@@ -146,7 +148,7 @@ pub fn run(
         notes: Vec::new(),
         replies: Vec::new(),
         dirty: false,
-        poisoned: false,
+        poisoned: None,
     };
     let mut batch: Vec<AppendRequest> = Vec::with_capacity(256);
     let mut last_sync = Instant::now();
@@ -180,8 +182,15 @@ pub fn run(
         }
         if let FsyncPolicy::Interval(d) = w.settings.fsync {
             if w.dirty && last_sync.elapsed() >= d {
+                // Linux reports a write-back error once: a later sync would succeed
+                // over pages that never reached the disk. What was acknowledged
+                // since the last good sync may be lost, so, as after a group sync
+                // that cannot be undone, nothing more is accepted until a restart
+                // recovers the partition from what the disk really holds.
                 if let Err(e) = w.file.sync_data() {
-                    tracing::error!(dir = %w.shared.dir.display(), error = %e, "periodic fsync failed");
+                    tracing::error!(dir = %w.shared.dir.display(), error = %e,
+                        "periodic fsync failed; the partition refuses appends until restart");
+                    w.poisoned = Some(SYNC_LOST);
                 }
                 w.dirty = false;
                 last_sync = Instant::now();
@@ -192,7 +201,7 @@ pub fn run(
             last_retention = Instant::now();
         }
     }
-    if w.allocated > w.pos && !w.poisoned {
+    if w.allocated > w.pos && w.poisoned.is_none() {
         // Leave the file holding its records only (recovery would also cut the zeros).
         if w.file.set_len(w.pos).is_ok() {
             w.dirty = true;
@@ -211,9 +220,9 @@ fn now_ms() -> i64 {
 
 impl Writer {
     fn write_batch(&mut self, batch: &mut Vec<AppendRequest>) {
-        if self.poisoned {
+        if let Some(why) = self.poisoned {
             for req in batch.drain(..) {
-                let _ = req.reply.send(Err(POISONED.into()));
+                let _ = req.reply.send(Err(why.into()));
             }
             return;
         }
@@ -324,7 +333,7 @@ impl Writer {
             Err(e) => {
                 tracing::error!(dir = %self.shared.dir.display(), error = %e,
                     "cannot undo a failed append; this partition refuses appends until restart");
-                self.poisoned = true;
+                self.poisoned = Some(POISONED);
             }
         }
     }

@@ -99,6 +99,10 @@ type Answer = oneshot::Receiver<Result<u64, String>>;
 
 impl Harness {
     fn start(segment_bytes: u64) -> Harness {
+        Harness::start_with(segment_bytes, FsyncPolicy::Always)
+    }
+
+    fn start_with(segment_bytes: u64, fsync: FsyncPolicy) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let faults = Arc::new(Faults::default());
         let f = faults.clone();
@@ -119,7 +123,7 @@ impl Harness {
             committed,
         });
         let settings = WriterSettings {
-            fsync: FsyncPolicy::Always,
+            fsync,
             segment_bytes,
             retention_age: None,
             retention_bytes: None,
@@ -318,6 +322,30 @@ fn an_append_that_cannot_be_undone_stops_the_partition_until_restart() {
     assert!(h.append(&["b"]).is_err());
     let refused = h.append(&["c"]);
     assert!(refused.is_err_and(|e| e.contains("restart needed")));
+    assert_eq!(h.committed(), 1);
+    h.shutdown();
+}
+
+/// With `--fsync interval`, events are acknowledged before they are synced; when the
+/// periodic sync fails they may be lost, and a later sync would report success over
+/// them. The partition stops taking appends instead of acknowledging more on top.
+#[test]
+fn a_failed_periodic_sync_stops_the_partition_until_restart() {
+    let h = Harness::start_with(1 << 30, FsyncPolicy::Interval(Duration::from_millis(5)));
+    lock(&h.faults.failing_syncs).push(1);
+    assert_eq!(
+        h.append(&["a"]),
+        Ok(0),
+        "acknowledged before the periodic sync"
+    );
+    h.wait_for_syncs(1);
+    let refused = h.append(&["b"]);
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("periodic fsync") && e.contains("until restart")),
+        "{refused:?}"
+    );
     assert_eq!(h.committed(), 1);
     h.shutdown();
 }
