@@ -106,9 +106,17 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
         StorageArg::Nats(url) => Storage::Nats(nats_options(url, &args)?),
         StorageArg::Kafka(url) => Storage::Kafka(kafka_options(url, &args)?),
     };
+    let limits = broker::event::EventLimits {
+        max_attributes: args.max_attributes,
+        max_name_bytes: args.max_attribute_name_bytes,
+        max_attribute_bytes: args.max_attribute_bytes,
+    };
     let mut dispatcher_opts = dispatcher::DispatcherOptions {
         drain_timeout: Duration::from_secs(args.drain_seconds),
         max_ttl: args.max_ttl,
+        // Replies are events from outside too: the ingress's limits hold for them.
+        reply_limits: limits,
+        max_reply_bytes: args.max_body_bytes,
         ..Default::default()
     };
     if let Some(name) = &args.dispatcher_name {
@@ -126,11 +134,7 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
         ingress: ingress::IngressOptions {
             max_body_bytes: args.max_body_bytes,
             append_timeout,
-            limits: broker::event::EventLimits {
-                max_attributes: args.max_attributes,
-                max_name_bytes: args.max_attribute_name_bytes,
-                max_attribute_bytes: args.max_attribute_bytes,
-            },
+            limits,
         },
         dispatcher: dispatcher_opts,
     };

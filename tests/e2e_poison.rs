@@ -334,3 +334,206 @@ async fn a_checkpoint_ahead_of_the_log_end_is_clamped_at_startup() {
     let stored = std::fs::read_to_string(&file).unwrap();
     assert_eq!(stored, r#"{"offsets":[5]}"#);
 }
+
+/// Binary-mode reply headers (a 200 that claims to carry a CloudEvent).
+fn reply_headers(id: &str) -> axum::http::HeaderMap {
+    let mut h = axum::http::HeaderMap::new();
+    for (k, v) in [
+        ("ce-specversion", "1.0"),
+        ("ce-id", id),
+        ("ce-source", "/replier"),
+        ("ce-type", "reply"),
+    ] {
+        h.insert(k, v.parse().unwrap());
+    }
+    h
+}
+
+/// The dead-letter log's pending entries, as the admin API lists them.
+async fn dead_letters(admin: std::net::SocketAddr) -> Vec<serde_json::Value> {
+    let listed: serde_json::Value =
+        reqwest::get(format!("http://{admin}/admin/dlq/default/default"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    listed["entries"].as_array().unwrap().clone()
+}
+
+/// Replies over the body limit, too large for the channel, or invalid: the original
+/// is delivered once (never POSTed again to get a storable reply), and the event goes
+/// to the dead-letter log with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_that_cannot_be_stored_are_dead_lettered_and_the_original_is_delivered_once() {
+    let sub = Subscriber::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = broker_with_triggers(&[(
+        "replier",
+        "  filter: {attributes: {type: ask}}\n",
+        sub.url("/replier"),
+    )]);
+    let mut opts = server_options(&yaml, dir.path());
+    // Replies are read up to 64 KiB; the channel stores events up to 16 KiB.
+    opts.dispatcher.max_reply_bytes = 64 << 10;
+    if let triggerfish::app::Storage::Embedded { options, .. } = &mut opts.storage {
+        options.max_event_bytes = 16 << 10;
+    }
+    let server = start_with(opts).await;
+    sub.respond_with(|r, _| {
+        let id = r.header("ce-id").unwrap_or("").to_owned();
+        let status = axum::http::StatusCode::OK;
+        match id.as_str() {
+            // Over the reply body limit.
+            "too-long" => (status, reply_headers("r1"), vec![b'x'; 100 << 10]),
+            // Under the body limit, over what the channel stores.
+            "too-large" => (status, reply_headers("r2"), vec![b'x'; 32 << 10]),
+            // Claims to be a CloudEvent, has no id.
+            _ => {
+                let mut h = reply_headers("r3");
+                h.remove("ce-id");
+                (status, h, b"x".to_vec())
+            }
+        }
+    });
+    for id in ["too-long", "too-large", "invalid"] {
+        let (status, _, _) = post(
+            server.addr,
+            "/default/default",
+            &binary_headers(id, "ask"),
+            "q",
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    let admin = server.admin_addr.unwrap();
+    eventually("three dead letters", WAIT, || async {
+        metric(server.addr, DLQ).await == 3.0
+    })
+    .await;
+    let mut entries = dead_letters(admin).await;
+    entries.sort_by_key(|e| e["id"].as_str().unwrap().to_owned());
+    let ids: Vec<&str> = entries.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["invalid", "too-large", "too-long"]);
+    for e in &entries {
+        assert_eq!(e["errorcode"], "200", "{e}");
+        assert_eq!(e["trigger"], "replier", "{e}");
+    }
+    let reason = |offset: &serde_json::Value| {
+        let offset = offset.as_u64().unwrap();
+        async move {
+            reqwest::get(format!("http://{admin}/admin/dlq/default/default/{offset}"))
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()["triggerfishreason"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let r = reason(&entries[0]["offset"]).await;
+    assert!(r.contains("not a valid CloudEvent"), "{r}");
+    let r = reason(&entries[1]["offset"]).await;
+    assert!(
+        r.contains("can never be stored") && r.contains("channel limit"),
+        "{r}"
+    );
+    let r = reason(&entries[2]["offset"]).await;
+    assert!(r.contains("exceeds the limit of 65536 bytes"), "{r}");
+    // Each original was POSTed once: no retry to get another reply.
+    assert_eq!(sub.received_on("/replier").len(), 3);
+    assert_eq!(
+        metric(server.addr, r#"triggerfish_dispatcher_replies_total{broker="default/default",trigger="replier",outcome="dead_lettered"}"#).await,
+        3.0
+    );
+    assert_eq!(
+        metric(server.addr, r#"triggerfish_dispatcher_deliveries_total{broker="default/default",trigger="replier",outcome="delivered"}"#).await,
+        3.0
+    );
+    server.shutdown();
+    server.wait().await.unwrap();
+}
+
+/// A subscriber that answers every request with a binary-mode reply whose body is cut
+/// short: `Content-Length: 100` and 5 bytes, then the connection closes.
+async fn cut_short_subscriber() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                // Read the whole request (headers, then Content-Length bytes).
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = conn.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let resp =
+                    "HTTP/1.1 200 OK\r\nce-specversion: 1.0\r\nce-id: r\r\nce-source: /r\r\n\
+                            ce-type: reply\r\ncontent-length: 100\r\n\r\nshort";
+                let _ = conn.write_all(resp.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    (addr, requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_cut_short_is_dead_lettered_not_stored_without_its_data() {
+    let (addr, requests) = cut_short_subscriber().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = broker_with_triggers(&[("cut", "", format!("http://{addr}/cut"))]);
+    let server = start_server(&yaml, dir.path()).await;
+    let (status, _, _) = post(
+        server.addr,
+        "/default/default",
+        &binary_headers("q1", "ask"),
+        "q",
+    )
+    .await;
+    assert_eq!(status, 202);
+    eventually("the dead letter", WAIT, || async {
+        metric(server.addr, DLQ).await == 1.0
+    })
+    .await;
+    let entries = dead_letters(server.admin_addr.unwrap()).await;
+    assert_eq!(entries[0]["id"], "q1");
+    assert_eq!(entries[0]["errorcode"], "200");
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "POSTed once"
+    );
+    // Nothing was stored as a reply: the broker holds only the original.
+    assert_eq!(
+        metric(server.addr, r#"triggerfish_dispatcher_replies_total{broker="default/default",trigger="cut",outcome="stored"}"#).await,
+        0.0
+    );
+    server.shutdown();
+    server.wait().await.unwrap();
+}

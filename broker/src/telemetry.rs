@@ -78,6 +78,9 @@ pub enum ReplyOutcome {
     stored,
     /// Dropped: its `knativebrokerttl` ran out (a reply loop).
     dropped_ttl,
+    /// Unreadable, invalid, over a limit or too large for the channel: the event
+    /// went to the broker's dead-letter log with the reason.
+    dead_lettered,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -165,6 +168,8 @@ pub struct TriggerMetrics {
     pub replies_stored: Counter,
     /// Replies dropped because their TTL ran out.
     pub replies_dropped_ttl: Counter,
+    /// Replies that could not be stored; the event went to the dead-letter log.
+    pub replies_dead_lettered: Counter,
     /// Entries waiting in the broker's dead-letter log.
     pub dead_letter_entries: Gauge,
     /// Seconds from the first attempt to the final outcome.
@@ -336,6 +341,7 @@ impl Metrics {
             retries: self.retries.get_or_create(&labels).clone(),
             replies_stored: r(ReplyOutcome::stored),
             replies_dropped_ttl: r(ReplyOutcome::dropped_ttl),
+            replies_dead_lettered: r(ReplyOutcome::dead_lettered),
             latency: self.latency.get_or_create(&labels).clone(),
             dead_letter_entries: self.dead_letter_gauge(&broker),
         }

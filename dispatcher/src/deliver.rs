@@ -27,8 +27,10 @@ pub type HttpClient = Client<Connector, Full<Bytes>>;
 /// `&str` costs about 550 instructions per request).
 const PREFER: header::HeaderName = header::HeaderName::from_static("prefer");
 
-/// Response bodies are read up to this many bytes (enough for error data and
-/// replies); larger bodies are dropped with their connection.
+/// Response bodies are read up to this many bytes by default (the ingress's default
+/// body limit, so a reply may be as large as an event a producer may send); a larger
+/// body is dropped with its connection and reported in [`Attempt::body_error`].
+/// Trigger deliveries use `--max-body-bytes` ([`deliver_with`]).
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 /// The most attributes an event may have to be sent at all. The ingress admits far
@@ -84,6 +86,9 @@ pub struct Attempt {
     pub body: Bytes,
     /// Transport error text, when there was no response.
     pub error: Option<String>,
+    /// Why the response body could not be read in full (over the limit, or the
+    /// connection ended early); `body` is then empty.
+    pub body_error: Option<String>,
 }
 
 /// The final result of delivering one event.
@@ -106,17 +111,21 @@ pub async fn deliver(
     spec: &DeliverySpec,
     event: &Event,
 ) -> Delivery {
-    deliver_with(client, url, spec, event, |_| async { Ok(()) }).await
+    deliver_with(client, url, spec, event, MAX_RESPONSE_BYTES, |_| async {
+        Ok(())
+    })
+    .await
 }
 
-/// Like [`deliver`], but a 2xx counts only once `on_success` accepted the response
-/// (used to store replies): an `Err` from it is a failed attempt, retried like a
-/// transport error.
+/// Like [`deliver`], reading response bodies up to `max_response` bytes, and a 2xx
+/// counts only once `on_success` accepted the response (used to store replies): an
+/// `Err` from it is a failed attempt, retried like a transport error.
 pub async fn deliver_with<F, Fut>(
     client: &HttpClient,
     url: &Url,
     spec: &DeliverySpec,
     event: &Event,
+    max_response: usize,
     mut on_success: F,
 ) -> Delivery
 where
@@ -157,7 +166,7 @@ where
             encode(&mut headers);
         }
         let sent = std::mem::take(&mut headers);
-        let mut attempt = attempt(client, url, spec, sent, body.clone()).await;
+        let mut attempt = attempt(client, url, spec, sent, body.clone(), max_response).await;
         n += 1;
         let mut decision = classify(attempt.status, &attempt.headers, SystemTime::now());
         if decision == RetryDecision::Success {
@@ -200,6 +209,7 @@ async fn attempt(
     spec: &DeliverySpec,
     mut headers: HeaderMap,
     body: Bytes,
+    max_response: usize,
 ) -> Attempt {
     let (uri, host) = match target(url) {
         Ok(t) => t,
@@ -219,18 +229,28 @@ async fn attempt(
             .await
             .map_err(|e| transport_message(&e))?;
         let (parts, body) = resp.into_parts();
-        let body = match http_body_util::Limited::new(body, MAX_RESPONSE_BYTES)
+        let (body, body_error) = match http_body_util::Limited::new(body, max_response)
             .collect()
             .await
         {
-            Ok(c) => c.to_bytes(),
-            Err(_) => Bytes::new(),
+            Ok(c) => (c.to_bytes(), None),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => (
+                Bytes::new(),
+                Some(format!(
+                    "the response body exceeds the limit of {max_response} bytes (--max-body-bytes)"
+                )),
+            ),
+            Err(e) => (
+                Bytes::new(),
+                Some(format!("the response body could not be read in full: {e}")),
+            ),
         };
         Ok::<_, String>(Attempt {
             status: Some(parts.status),
             headers: parts.headers,
             body,
             error: None,
+            body_error,
         })
     };
     match tokio::time::timeout(spec.timeout, exchange).await {
@@ -311,6 +331,7 @@ fn transport_error(error: String) -> Attempt {
         headers: HeaderMap::new(),
         body: Bytes::new(),
         error: Some(error),
+        body_error: None,
     }
 }
 

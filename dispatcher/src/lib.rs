@@ -65,6 +65,10 @@ pub struct DispatcherOptions {
     /// How often a trigger's checkpoint that moved only past events it did not match
     /// is stored (one that moved past deliveries is stored every flush).
     pub skips_stored_every: Duration,
+    /// Limits replies are held to (the ingress's `--max-attribute*`).
+    pub reply_limits: broker::event::EventLimits,
+    /// The largest reply body read (the ingress's `--max-body-bytes`).
+    pub max_reply_bytes: usize,
     /// Test-only fault injection ([`settle::FaultHook`]); `None` in production.
     #[doc(hidden)]
     pub fault: Option<settle::FaultHook>,
@@ -79,6 +83,8 @@ impl Default for DispatcherOptions {
             owner: default_owner(),
             skips_stored_every: Duration::from_secs(5),
             fault: None,
+            reply_limits: Default::default(),
+            max_reply_bytes: deliver::MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -140,6 +146,8 @@ pub async fn start(
             max_ttl: opts.max_ttl,
             shutdown: shutdown.clone(),
             fault: opts.fault.clone(),
+            limits: opts.reply_limits,
+            max_reply_bytes: opts.max_reply_bytes,
         });
         metrics
             .dead_letter_gauge(&broker.id.to_string())

@@ -14,9 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use broker::channel::BrokerLog;
-use broker::delivery::DeliverySpec;
-use broker::event::{self, http as binding, AttrValue, Event};
+use broker::channel::{BrokerLog, ChannelError};
+use broker::event::{self, http as binding, AttrValue, Event, EventLimits};
 use futures_util::FutureExt;
 use http::header::CONTENT_TYPE;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +59,10 @@ pub struct BrokerSinks {
     pub shutdown: CancellationToken,
     /// See [`FaultHook`]; `None` outside tests.
     pub fault: Option<FaultHook>,
+    /// Replies are held to the ingress's attribute limits.
+    pub limits: EventLimits,
+    /// The largest reply body read (the ingress's `--max-body-bytes`).
+    pub max_reply_bytes: usize,
 }
 
 /// Delivers and settles one event; returns when it is done.
@@ -69,9 +72,25 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) {
     if let Some(fault) = &sinks.fault {
         (fault.0)(event);
     }
-    let d = deliver_with(client, &cfg.subscriber, &cfg.delivery, event, |attempt| {
-        store_reply(rt, event, reply_event(attempt))
-    })
+    let d = deliver_with(
+        client,
+        &cfg.subscriber,
+        &cfg.delivery,
+        event,
+        sinks.max_reply_bytes,
+        |attempt| {
+            // Decided now: the future must not borrow the attempt.
+            let reply = reply_event(attempt);
+            let response = Attempt {
+                status: attempt.status,
+                headers: http::HeaderMap::new(),
+                body: attempt.body.clone(),
+                error: None,
+                body_error: None,
+            };
+            handle_reply(rt, event, reply, response)
+        },
+    )
     .await;
     rt.metrics.attempts.inc_by(u64::from(d.attempts));
     rt.metrics
@@ -103,7 +122,7 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) {
     }
     let mut entry = dead;
     entry.set(ERROR_TRIGGER, AttrValue::String(cfg.name.as_str().into()));
-    store_dead_letter(sinks, &cfg.delivery, &entry, &cfg.name).await;
+    store_dead_letter(sinks, &entry, &cfg.name).await;
     rt.metrics.dead_letter_log.inc();
     rt.metrics.dead_letter_entries.inc();
 }
@@ -132,17 +151,12 @@ pub async fn after_panic(rt: &TriggerRuntime, event: &Event, message: &str) {
     };
     let entry = std::panic::catch_unwind(AssertUnwindSafe(build))
         .unwrap_or_else(|_| minimal_entry(event, cfg.name.as_str(), &reason));
-    let stored = AssertUnwindSafe(store_dead_letter(
-        &rt.sinks,
-        &cfg.delivery,
-        &entry,
-        &cfg.name,
-    ))
-    .catch_unwind()
-    .await;
+    let stored = AssertUnwindSafe(store_dead_letter(&rt.sinks, &entry, &cfg.name))
+        .catch_unwind()
+        .await;
     if stored.is_err() {
         let entry = minimal_entry(event, cfg.name.as_str(), &reason);
-        store_dead_letter(&rt.sinks, &cfg.delivery, &entry, &cfg.name).await;
+        store_dead_letter(&rt.sinks, &entry, &cfg.name).await;
     }
     rt.metrics.dead_letter_log.inc();
     rt.metrics.dead_letter_entries.inc();
@@ -227,24 +241,34 @@ pub fn dead_letter_event(event: &Event, dest: &str, last: &Attempt) -> Event {
     dead
 }
 
-async fn store_dead_letter(sinks: &BrokerSinks, spec: &DeliverySpec, entry: &Event, trigger: &str) {
-    let mut wait = spec.backoff_delay.max(Duration::from_millis(50));
-    loop {
-        match sinks.dead_letters.append(std::slice::from_ref(entry)).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::error!(broker = %sinks.events.broker(), trigger, event_id = entry.id(), error = %e,
-                    "cannot store a dead letter; retrying (the trigger's checkpoint waits for it)");
-            }
-        }
-        tokio::select! {
-            () = sinks.shutdown.cancelled() => {
-                // Not done: redelivered after restart.
-                std::future::pending::<()>().await;
-            }
-            () = tokio::time::sleep(wait) => {}
-        }
-        wait = (wait * 2).min(Duration::from_secs(5));
+/// Stores a dead letter in the broker's dead-letter log, retrying until it is stored
+/// ([`append_until_stored`]).
+async fn store_dead_letter(sinks: &BrokerSinks, entry: &Event, trigger: &str) {
+    if let Err(e) = append_until_stored(
+        sinks,
+        sinks.dead_letters.as_ref(),
+        entry,
+        trigger,
+        "dead letter",
+    )
+    .await
+    {
+        // Larger than the dead-letter log accepts: keep the entry's identity and reason.
+        tracing::error!(broker = %sinks.events.broker(), trigger, event_id = entry.id(), error = %e,
+            "dead letter too large for the dead-letter log; storing it without its attributes and data");
+        let reason = entry
+            .get_str(REASON)
+            .unwrap_or("delivery failed")
+            .to_owned();
+        let small = minimal_entry(entry, trigger, &printable(&format!("{reason}; {e}"), 1024));
+        let _ = append_until_stored(
+            sinks,
+            sinks.dead_letters.as_ref(),
+            &small,
+            trigger,
+            "dead letter",
+        )
+        .await;
     }
 }
 
@@ -260,15 +284,38 @@ pub fn ttl_of(event: &Event, max: i32) -> i32 {
     ttl.min(max)
 }
 
-/// If a 200 response carries a valid CloudEvent, stores it in the broker with the TTL
-/// decremented, or drops it when the TTL is used up. Other responses are ignored.
-async fn store_reply(
+/// What a 200 response holds.
+#[derive(Debug)]
+pub enum Reply {
+    /// No CloudEvent (or not a 200): nothing to store.
+    None,
+    /// A valid CloudEvent.
+    Event(Box<Event>),
+    /// It claims to be a CloudEvent (a `ce-specversion` header or a CloudEvents
+    /// content type) but cannot become one: why.
+    Bad(String),
+}
+
+/// Handles the response to a delivery that succeeded: a reply in it is stored (with
+/// the TTL decremented, or dropped when the TTL is used up); one that cannot be read
+/// in full, is invalid, exceeds the attribute limits or can never be stored goes to
+/// the broker's dead-letter log with the reason. Never asks for the delivery to be
+/// repeated: the subscriber got the event, and a transient failure to store the reply
+/// retries the store (see [`append_until_stored`]).
+async fn handle_reply(
     rt: &TriggerRuntime,
     original: &Event,
-    reply: Option<Event>,
+    reply: Reply,
+    response: Attempt,
 ) -> Result<(), String> {
-    let Some(mut reply) = reply else {
-        return Ok(());
+    let attempt = &response;
+    let mut reply = match reply {
+        Reply::None => return Ok(()),
+        Reply::Bad(reason) => {
+            dead_letter_reply(rt, original, attempt, &reason).await;
+            return Ok(());
+        }
+        Reply::Event(e) => *e,
     };
     let ttl = ttl_of(original, rt.sinks.max_ttl).saturating_sub(1);
     if ttl <= 0 {
@@ -282,19 +329,86 @@ async fn store_reply(
         event::ARRIVAL_TIME,
         AttrValue::String(jiff::Timestamp::now().to_string().into()),
     );
-    rt.sinks
-        .events
-        .append(std::slice::from_ref(&reply))
-        .await
-        .map_err(|e| format!("the reply could not be stored: {e}"))?;
-    rt.metrics.replies_stored.inc();
+    if let Err(e) = rt.sinks.limits.check(&reply) {
+        dead_letter_reply(
+            rt,
+            original,
+            attempt,
+            &format!("the reply exceeds a limit: {e}"),
+        )
+        .await;
+        return Ok(());
+    }
+    let log = rt.sinks.events.as_ref();
+    match append_until_stored(&rt.sinks, log, &reply, &rt.cfg.name, "reply").await {
+        Ok(()) => {
+            rt.metrics.replies_stored.inc();
+        }
+        Err(e) => {
+            dead_letter_reply(
+                rt,
+                original,
+                attempt,
+                &format!("the reply can never be stored: {e}"),
+            )
+            .await;
+        }
+    }
     Ok(())
 }
 
-/// The CloudEvent in a 200 response, if it holds a valid one (binary or structured).
-pub fn reply_event(attempt: &Attempt) -> Option<Event> {
+/// Stores a reply that cannot go to the broker: the original event (which the
+/// subscriber did receive) goes to the broker's dead-letter log with
+/// `knativeerrorcode` 200, the start of the reply's body in `knativeerrordata`, and
+/// the reason in `triggerfishreason`. Redriving it to the subscriber asks for the
+/// reply again.
+async fn dead_letter_reply(rt: &TriggerRuntime, original: &Event, attempt: &Attempt, reason: &str) {
+    let cfg = &rt.cfg;
+    tracing::error!(broker = %cfg.broker, trigger = %cfg.name, event_id = original.id(), reason,
+        "reply cannot be stored; the event goes to the broker's dead-letter log with the reason");
+    let mut entry = dead_letter_event(original, cfg.subscriber.as_str(), attempt);
+    entry.set(ERROR_TRIGGER, AttrValue::String(cfg.name.as_str().into()));
+    entry.set(REASON, AttrValue::String(printable(reason, 1024).into()));
+    store_dead_letter(&rt.sinks, &entry, &cfg.name).await;
+    rt.metrics.replies_dead_lettered.inc();
+    rt.metrics.dead_letter_entries.inc();
+}
+
+/// Appends `event` to `log`, retrying transient failures (full, unavailable, I/O)
+/// with a backoff of 50 ms doubling to 5 s until it is stored, so that nothing is
+/// dropped while the channel recovers. Returns the error when the event can never be
+/// stored (larger than the channel accepts). Should shutdown begin meanwhile, it
+/// never returns: the event is not done and is delivered again after a restart.
+async fn append_until_stored(
+    sinks: &BrokerSinks,
+    log: &dyn BrokerLog,
+    event: &Event,
+    trigger: &str,
+    what: &str,
+) -> Result<(), ChannelError> {
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match log.append(std::slice::from_ref(event)).await {
+            Ok(()) => return Ok(()),
+            Err(e @ ChannelError::TooLarge { .. }) => return Err(e),
+            Err(e) => {
+                tracing::error!(broker = %log.broker(), trigger, event_id = event.id(), error = %e,
+                    "cannot store a {what}; retrying (the trigger's checkpoint waits for it)");
+            }
+        }
+        tokio::select! {
+            () = sinks.shutdown.cancelled() => std::future::pending::<()>().await,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// What a 200 response holds: a CloudEvent, nothing, or something that claims to be a
+/// CloudEvent and is not (binary or structured mode).
+pub fn reply_event(attempt: &Attempt) -> Reply {
     if attempt.status.map(|s| s.as_u16()) != Some(200) {
-        return None;
+        return Reply::None;
     }
     let has_ce = attempt.headers.contains_key("ce-specversion")
         || attempt
@@ -309,29 +423,27 @@ pub fn reply_event(attempt: &Attempt) -> Option<Event> {
         if !attempt.body.is_empty() {
             tracing::debug!("200 response body is not a CloudEvent; ignored");
         }
-        return None;
+        return Reply::None;
+    }
+    if let Some(e) = &attempt.body_error {
+        return Reply::Bad(format!("the reply could not be read: {e}"));
     }
     let mut events = match binding::decode(&attempt.headers, attempt.body.clone()) {
         Ok(e) => e,
-        Err(e) => {
-            tracing::debug!(error = %e, "reply is not a valid CloudEvent; ignored");
-            return None;
-        }
+        Err(e) => return Reply::Bad(format!("the reply is not a valid CloudEvent: {e}")),
     };
     if events.len() != 1 {
-        tracing::debug!(
-            count = events.len(),
-            "batched replies are not supported; ignored"
-        );
-        return None;
+        return Reply::Bad(format!(
+            "the reply is a batch of {} events; a reply must be one event",
+            events.len()
+        ));
     }
-    let reply = events.pop()?;
+    let Some(reply) = events.pop() else {
+        return Reply::None;
+    };
     match event::validate(&reply) {
-        Ok(()) => Some(reply),
-        Err(e) => {
-            tracing::debug!(error = %e, "reply is not a valid CloudEvent; ignored");
-            None
-        }
+        Ok(()) => Reply::Event(Box::new(reply)),
+        Err(e) => Reply::Bad(format!("the reply is not a valid CloudEvent: {e}")),
     }
 }
 
@@ -356,6 +468,7 @@ mod tests {
             headers: h,
             body: Bytes::from_static(body),
             error: None,
+            body_error: None,
         }
     }
 
@@ -387,6 +500,14 @@ mod tests {
         assert_eq!(d.id(), "1");
     }
 
+    fn reply_id(r: Reply) -> Result<String, String> {
+        match r {
+            Reply::Event(e) => Ok(e.id().to_owned()),
+            Reply::Bad(why) => Err(why),
+            Reply::None => Err("none".into()),
+        }
+    }
+
     #[test]
     fn replies_are_valid_cloudevents_in_200_only() {
         let binary = [
@@ -396,29 +517,53 @@ mod tests {
             ("ce-type", "reply"),
         ];
         assert_eq!(
-            reply_event(&attempt(Some(200), &binary, b"x")).map(|e| e.id().to_owned()),
-            Some("r".into())
+            reply_id(reply_event(&attempt(Some(200), &binary, b"x"))),
+            Ok("r".into())
         );
-        assert!(reply_event(&attempt(Some(202), &binary, b"x")).is_none());
-        assert!(reply_event(&attempt(
+        assert!(matches!(
+            reply_event(&attempt(Some(202), &binary, b"x")),
+            Reply::None
+        ));
+        assert!(matches!(
+            reply_event(&attempt(
+                Some(200),
+                &[("content-type", "application/json")],
+                b"{}"
+            )),
+            Reply::None
+        ));
+        let no_id = reply_id(reply_event(&attempt(
             Some(200),
-            &[("content-type", "application/json")],
-            b"{}"
-        ))
-        .is_none());
+            &[("ce-specversion", "1.0")],
+            b"",
+        )));
         assert!(
-            reply_event(&attempt(Some(200), &[("ce-specversion", "1.0")], b"")).is_none(),
-            "invalid: no id"
+            no_id
+                .as_ref()
+                .is_err_and(|e| e.contains("not a valid CloudEvent")),
+            "{no_id:?}"
         );
         let structured = attempt(
             Some(200),
             &[("content-type", "application/cloudevents+json")],
             br#"{"specversion":"1.0","id":"s","source":"/r","type":"reply"}"#,
         );
-        assert_eq!(
-            reply_event(&structured).map(|e| e.id().to_owned()),
-            Some("s".into())
+        assert_eq!(reply_id(reply_event(&structured)), Ok("s".into()));
+        // A reply whose body could not be read in full is not stored without it.
+        let mut cut = attempt(Some(200), &binary, b"");
+        cut.body_error = Some("the connection closed early".into());
+        let cut = reply_id(reply_event(&cut));
+        assert!(
+            cut.as_ref().is_err_and(|e| e.contains("could not be read")),
+            "{cut:?}"
         );
+        // A batch is not a reply.
+        let batch = attempt(
+            Some(200),
+            &[("content-type", "application/cloudevents-batch+json")],
+            br#"[{"specversion":"1.0","id":"s","source":"/r","type":"reply"},{"specversion":"1.0","id":"t","source":"/r","type":"reply"}]"#,
+        );
+        assert!(reply_id(reply_event(&batch)).is_err_and(|e| e.contains("batch of 2")));
     }
 
     #[test]
