@@ -24,7 +24,7 @@ use broker::channel::{BrokerLog, StartAt};
 use broker::config::{BrokerId, Config};
 use broker::event::{json, Event};
 use broker::telemetry::Metrics;
-use dispatcher::settle::{ERROR_CODE, ERROR_DATA, ERROR_DEST, ERROR_TRIGGER};
+use dispatcher::settle::{ERROR_CODE, ERROR_DATA, ERROR_DEST, ERROR_TRIGGER, REASON};
 use dispatcher::{BrokerLogs, REDRIVE_CURSOR};
 use serde::Deserialize;
 use serde_json::json;
@@ -239,19 +239,19 @@ async fn redrive(
         for (_, entry) in entries {
             let trigger_name = entry.get_str(ERROR_TRIGGER).unwrap_or("").to_owned();
             if q.trigger.as_ref().is_some_and(|t| *t != trigger_name) {
-                dl.append(std::slice::from_ref(&entry))
+                dl.append_own(std::slice::from_ref(&entry))
                     .await
                     .map_err(internal)?;
                 skipped += 1;
                 continue;
             }
             let mut event = entry.clone();
-            for ext in [ERROR_DEST, ERROR_CODE, ERROR_DATA, ERROR_TRIGGER] {
+            for ext in [ERROR_DEST, ERROR_CODE, ERROR_DATA, ERROR_TRIGGER, REASON] {
                 event.remove(ext);
             }
             if to_broker {
                 logs.events
-                    .append(std::slice::from_ref(&event))
+                    .append_own(std::slice::from_ref(&event))
                     .await
                     .map_err(internal)?;
                 redriven += 1;
@@ -259,7 +259,7 @@ async fn redrive(
             }
             let Some(trigger) = broker_cfg.triggers.iter().find(|t| t.name == trigger_name) else {
                 tracing::warn!(trigger = %trigger_name, event_id = event.id(), "dead letter of a trigger no longer configured; kept");
-                dl.append(std::slice::from_ref(&entry))
+                dl.append_own(std::slice::from_ref(&entry))
                     .await
                     .map_err(internal)?;
                 failed += 1;
@@ -284,7 +284,7 @@ async fn redrive(
                     ERROR_TRIGGER,
                     broker::event::AttrValue::String(trigger_name.into()),
                 );
-                dl.append(std::slice::from_ref(&again))
+                dl.append_own(std::slice::from_ref(&again))
                     .await
                     .map_err(internal)?;
                 failed += 1;

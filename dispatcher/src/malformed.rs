@@ -84,7 +84,11 @@ impl Sink {
         let entry = wrapper(self.events.as_ref(), partition, offset, m);
         let mut wait = Duration::from_millis(100);
         loop {
-            match self.dead_letters.append(std::slice::from_ref(&entry)).await {
+            match self
+                .dead_letters
+                .append_own(std::slice::from_ref(&entry))
+                .await
+            {
                 Ok(()) => {
                     self.backlog.inc();
                     return true;

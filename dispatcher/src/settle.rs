@@ -388,7 +388,7 @@ async fn append_until_stored(
 ) -> Result<(), ChannelError> {
     let mut wait = Duration::from_millis(50);
     loop {
-        match log.append(std::slice::from_ref(event)).await {
+        match log.append_own(std::slice::from_ref(event)).await {
             Ok(()) => return Ok(()),
             Err(e @ ChannelError::TooLarge { .. }) => return Err(e),
             Err(e) => {

@@ -152,6 +152,37 @@ pub async fn producer_retries_are_deduplicated(b: &mut dyn Backend) {
     assert_eq!(got[0].2, e, "the first copy is kept");
 }
 
+/// The dead-letter stream is created without age or size limits (the events stream
+/// keeps `--nats-max-age`/`--nats-max-bytes`): dead letters wait for a redrive.
+pub async fn dead_letters_never_expire(b: &mut Nats) {
+    let log = b.fresh();
+    log.open(&broker()).await.unwrap();
+    log.open_dead_letters(&broker()).await.unwrap();
+    let client = broker::channel::nats::async_nats::connect(b.url.trim_start_matches("nats://"))
+        .await
+        .unwrap();
+    let js = broker::channel::nats::async_nats::jetstream::new(client);
+    let config = |dead: bool| {
+        let js = js.clone();
+        let prefix = b.prefix.clone();
+        async move {
+            let (name, _) = broker::channel::nats::stream_names(&prefix, &broker(), dead).unwrap();
+            js.get_stream(name)
+                .await
+                .unwrap()
+                .cached_info()
+                .config
+                .clone()
+        }
+    };
+    let dead = config(true).await;
+    assert_eq!(dead.max_age, Duration::ZERO, "no age limit");
+    assert_eq!(dead.max_bytes, -1, "no size limit");
+    let events = config(false).await;
+    assert!(events.max_age > Duration::ZERO, "{:?}", events.max_age);
+    assert!(events.max_bytes > 0);
+}
+
 /// Two connections with the same prefix, asking for 3 and 8 partitions.
 pub async fn two_processes(url: &str) -> (NatsLog, NatsLog) {
     let prefix = unique_prefix("share");
@@ -175,6 +206,8 @@ async fn nats_jetstream() {
     brokers_are_isolated(&mut b).await;
     // JetStream specifics.
     producer_retries_are_deduplicated(&mut b).await;
+    own_appends_are_never_deduplicated(&mut b).await;
+    dead_letters_never_expire(&mut b).await;
     oversized_events_are_too_large(&mut b).await;
     dead_letter_log_keeps_every_entry(&mut b).await;
     let (first, second) = two_processes(&url).await;

@@ -163,6 +163,16 @@ pub trait BrokerLog: Send + Sync + 'static {
     /// consumers de-duplicate on `source` + `id`).
     async fn append(&self, events: &[Event]) -> Result<(), ChannelError>;
 
+    /// Appends events that Triggerfish itself produces (replies, redrives,
+    /// dead-letter and malformed-record entries) like [`BrokerLog::append`], but never
+    /// subject to a channel's de-duplication of producer retries (NATS JetStream's
+    /// `Nats-Msg-Id` window): such an event may rightly carry the `source` and `id` of
+    /// one stored a moment ago (a transformer's reply, a redriven event), and would be
+    /// acknowledged and never stored.
+    async fn append_own(&self, events: &[Event]) -> Result<(), ChannelError> {
+        self.append(events).await
+    }
+
     /// The offset the next event appended to `partition` will get.
     async fn end_offset(&self, partition: u32) -> Result<Offset, ChannelError>;
 

@@ -176,8 +176,16 @@ impl KafkaLog {
         } else {
             self.opts.partitions
         };
+        // Dead letters wait for an operator: the topic is created without time or
+        // size retention (an existing one keeps what it has; the README says how to
+        // check it).
+        let configs: &[(&str, &str)] = if dead_letters {
+            &[("retention.ms", "-1"), ("retention.bytes", "-1")]
+        } else {
+            &[]
+        };
         let partitions = self
-            .ensure_topic(&topic, wanted, &[])
+            .ensure_topic(&topic, wanted, configs)
             .await
             .map_err(|reason| ChannelError::Unavailable {
                 broker: broker.clone(),

@@ -306,8 +306,12 @@ impl NatsLog {
             discard: DiscardPolicy::Old,
             storage: StorageType::File,
             num_replicas: limits.replicas,
-            max_age: limits.max_age.unwrap_or(Duration::ZERO),
-            // Dead letters wait for an operator: kept by age only.
+            // Dead letters wait for an operator: kept until redriven, never expired
+            // by age or size (ARCHITECTURE.md, contract 6).
+            max_age: match limits.max_age {
+                Some(age) if !dead_letters => age,
+                _ => Duration::ZERO,
+            },
             max_bytes: match limits.max_bytes {
                 Some(b) if !dead_letters => i64::try_from(b).unwrap_or(i64::MAX),
                 _ => -1,
@@ -502,19 +506,9 @@ impl NatsBroker {
             self.max_message_bytes
         }
     }
-}
-
-#[async_trait]
-impl BrokerLog for NatsBroker {
-    fn broker(&self) -> &BrokerId {
-        &self.id
-    }
-
-    fn partitions(&self) -> u32 {
-        self.subjects.len() as u32
-    }
-
-    async fn append(&self, events: &[Event]) -> Result<(), ChannelError> {
+    /// Publishes `events`, with `Nats-Msg-Id` (JetStream de-duplication of producer
+    /// retries) when `dedup`.
+    async fn publish(&self, events: &[Event], dedup: bool) -> Result<(), ChannelError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -529,7 +523,7 @@ impl BrokerLog for NatsBroker {
         for e in events {
             let (mut headers, payload) = binding::encode(e)
                 .map_err(|err| ChannelError::Other(format!("event {}: {err}", e.id())))?;
-            if self.dedup {
+            if dedup {
                 headers.insert(binding::MSG_ID_HEADER, binding::msg_id(e).as_str());
             }
             let size = binding::wire_size(&headers, &payload);
@@ -554,7 +548,13 @@ impl BrokerLog for NatsBroker {
                 acks.push((ack, size));
             }
             for (ack, size) in acks {
-                ack.await.map_err(|e| self.publish_error(e, size))?;
+                let ack = ack.await.map_err(|e| self.publish_error(e, size))?;
+                if ack.duplicate {
+                    // A producer's retry of an event stored moments ago (same source
+                    // and id within the duplicate window): stored once, as meant.
+                    tracing::debug!(stream = %self.stream, sequence = ack.sequence,
+                        "append de-duplicated by JetStream (a producer retry)");
+                }
             }
             Ok(())
         };
@@ -566,6 +566,25 @@ impl BrokerLog for NatsBroker {
                     self.stream, self.timeout
                 ))
             })?
+    }
+}
+
+#[async_trait]
+impl BrokerLog for NatsBroker {
+    fn broker(&self) -> &BrokerId {
+        &self.id
+    }
+
+    fn partitions(&self) -> u32 {
+        self.subjects.len() as u32
+    }
+
+    async fn append(&self, events: &[Event]) -> Result<(), ChannelError> {
+        self.publish(events, self.dedup).await
+    }
+
+    async fn append_own(&self, events: &[Event]) -> Result<(), ChannelError> {
+        self.publish(events, false).await
     }
 
     async fn end_offset(&self, partition: u32) -> Result<Offset, ChannelError> {
