@@ -370,6 +370,13 @@ fn recover_partition(
     let last = bases.len().saturating_sub(1);
     for (i, base) in bases.iter().enumerate() {
         let (seg, cut) = segment::recover(dir, *base, i == last)?;
+        // A sealed segment is walked by its headers; one whose walk stops before the
+        // next segment begins is damaged. Its unreadable records are reported (and
+        // dead-lettered once) when read, and reading goes on at the next segment.
+        if let Some(next) = bases.get(i + 1).filter(|&&n| seg.end < n) {
+            tracing::error!(broker = %id, partition = p, segment = %seg.path.display(), from = seg.end, to = next,
+                "sealed segment is damaged: its records from this offset on cannot be read");
+        }
         if cut > 0 {
             tracing::warn!(broker = %id, partition = p, segment = %seg.path.display(), bytes = cut,
                 "truncated an incomplete write at the end of the log (never acknowledged)");

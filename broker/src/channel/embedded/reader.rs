@@ -234,19 +234,36 @@ impl State {
         }
     }
 
-    fn open_at(&mut self, offset: u64) -> Result<(), ChannelError> {
+    /// Opens the segment holding `offset` (or the next one). Returns a malformed
+    /// record when `offset` falls in a hole between segments: records that recovery
+    /// could not walk in a damaged sealed segment.
+    fn open_at(&mut self, offset: u64) -> Result<Option<Record>, ChannelError> {
+        self.open_exact(offset, None)
+    }
+
+    /// Like [`State::open_at`], at a known file position of `offset` when given.
+    fn open_exact(&mut self, offset: u64, at: Option<u64>) -> Result<Option<Record>, ChannelError> {
         let Some(seg) = self.shared.locate(offset) else {
             self.open = None;
-            return Ok(());
+            return Ok(None);
         };
+        let mut hole = None;
         let offset = if seg.base > offset {
-            tracing::warn!(
-                broker = %self.broker,
-                partition = self.partition,
-                wanted = offset,
-                earliest = seg.base,
-                "events before the earliest retained offset were removed by retention; skipping ahead"
-            );
+            if offset >= self.shared.earliest() {
+                hole = Some(self.unreadable(
+                    offset,
+                    seg.base,
+                    "the segment before holds no readable records from here (damaged on disk)",
+                ));
+            } else {
+                tracing::warn!(
+                    broker = %self.broker,
+                    partition = self.partition,
+                    wanted = offset,
+                    earliest = seg.base,
+                    "events before the earliest retained offset were removed by retention; skipping ahead"
+                );
+            }
             seg.base
         } else {
             offset
@@ -260,7 +277,10 @@ impl State {
             segs.last().map_or(0, |s| s.base)
         };
         let sealed_end = (seg.base != last_base).then_some(seg.end);
-        let (hint_offset, pos) = seg.seek_hint(offset);
+        let (hint_offset, pos) = match at {
+            Some(pos) => (offset, pos),
+            None => seg.seek_hint(offset),
+        };
         let file = File::open(&seg.path).map_err(|e| self.io(e))?;
         let file = Bounded {
             file,
@@ -275,6 +295,70 @@ impl State {
             sealed_end,
             base: seg.base,
         });
+        Ok(hole)
+    }
+
+    /// A malformed record standing for the unreadable offsets `from..to`, logged at
+    /// ERROR; the dispatcher stores it once in the dead-letter log.
+    fn unreadable(&self, from: u64, to: u64, why: &str) -> Record {
+        let reason = format!(
+            "broker {} partition {}: records {from}..{} are unreadable: {why}",
+            self.broker,
+            self.partition,
+            to.saturating_sub(1)
+        );
+        tracing::error!(broker = %self.broker, partition = self.partition, from, to, "{reason}; reading goes on after them");
+        Record {
+            offset: from,
+            event: Err(Malformed { reason, data: None }),
+        }
+    }
+
+    /// Where reading can resume after damage at `offset` in the segment starting at
+    /// `base`: the next index entry of that segment (a record known to start there),
+    /// else the start of the next segment, else the end of the committed records
+    /// (the active segment). Returns the offset and, within the same segment, its
+    /// file position.
+    fn resync_after(&self, base: u64, offset: u64) -> (u64, Option<u64>) {
+        let segs = self
+            .shared
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(i) = segs.iter().position(|s| s.base == base) else {
+            return (offset + 1, None);
+        };
+        let seg = &segs[i];
+        if let Some(&(o, pos)) = seg.index.iter().find(|&&(o, _)| o > offset) {
+            return (o, Some(pos));
+        }
+        match segs.get(i + 1) {
+            Some(next) => (next.base, None),
+            None => (seg.end.max(offset + 1), Some(seg.bytes)),
+        }
+    }
+
+    /// Reports `from..` up to the resync point as unreadable and reopens there.
+    fn skip_damage(
+        &mut self,
+        out: &mut Vec<Record>,
+        from: u64,
+        base: u64,
+        why: &str,
+    ) -> Result<(), ChannelError> {
+        let (to, pos) = self.resync_after(base, from);
+        out.push(self.unreadable(from, to, why));
+        match pos {
+            // The same segment, at a position a record is known to start at (for
+            // the active segment, where the writer appends next).
+            Some(pos) => {
+                if let Some(hole) = self.open_exact(to, Some(pos))? {
+                    out.push(hole);
+                }
+            }
+            None => self.open = None,
+        }
+        self.next = to;
         Ok(())
     }
 
@@ -310,7 +394,9 @@ impl State {
         let mut retried = false;
         while self.next < end && out.len() < max && bytes < BATCH_BYTES {
             if self.reopen_needed() {
-                self.open_at(self.next)?;
+                if let Some(hole) = self.open_at(self.next)? {
+                    out.push(hole);
+                }
                 if self.open.is_none() {
                     break;
                 }
@@ -323,6 +409,14 @@ impl State {
                 source: e,
             })?;
             let Some(h) = header else {
+                if open.sealed_end.is_some_and(|e| self.next < e) {
+                    // A sealed segment's file ends before its records do: cut short
+                    // on disk.
+                    let why = format!("segment file ends before record {}", open.at);
+                    let (from, base) = (open.at.max(self.next), open.base);
+                    self.skip_damage(out, from, base, &why)?;
+                    continue;
+                }
                 // End of this file: the segment was sealed after we opened it.
                 let base = open.base;
                 let segs_next = self.shared.locate(self.next);
@@ -343,15 +437,34 @@ impl State {
                     self.open = None;
                     continue;
                 }
-                return Err(ChannelError::Other(format!(
-                    "broker {} partition {}: corrupt record header at offset {} (found offset {})",
-                    self.broker, self.partition, open.at, h.offset
-                )));
+                // Damage: report the records up to the next place a record is known to
+                // start, and go on from there (contract 4: corrupt bytes on disk never
+                // stop a partition).
+                let why = format!(
+                    "corrupt record header at offset {} (found offset {}, length {})",
+                    open.at, h.offset, h.len
+                );
+                let (from, base) = (open.at.max(self.next), open.base);
+                self.skip_damage(out, from, base, &why)?;
+                retried = false;
+                continue;
             }
-            let payload = open.payload(h.len).map_err(|e| ChannelError::Io {
-                broker: self.broker.clone(),
-                source: e,
-            })?;
+            let payload = match open.payload(h.len) {
+                Ok(p) => p,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    // A length pointing past the committed bytes: damage too.
+                    let why = format!("record at offset {} cut short: {e}", open.at);
+                    let (from, base) = (open.at.max(self.next), open.base);
+                    self.skip_damage(out, from, base, &why)?;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(ChannelError::Io {
+                        broker: self.broker.clone(),
+                        source: e,
+                    })
+                }
+            };
             open.at += 1;
             if h.offset < self.next {
                 continue; // scanning forward from an index entry
@@ -473,6 +586,103 @@ mod tests {
                 assert_eq!(&g.event.expect("decodes"), e, "event {i}, batches of {max}");
             }
         }
+    }
+
+    /// The segment files of partition 0, oldest first.
+    fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+        let pdir = dir.join("brokers/default/reader/p0");
+        let mut files: Vec<_> = std::fs::read_dir(&pdir)
+            .expect("partition dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Overwrites the length field of the `n`-th record of a segment file with a
+    /// value no record can have.
+    fn damage_header(file: &Path, n: usize) {
+        let mut bytes = std::fs::read(file).expect("read segment");
+        let mut pos = 0;
+        for _ in 0..n {
+            let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes"));
+            pos += super::segment::HEADER + len as usize;
+        }
+        bytes[pos..pos + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(file, &bytes).expect("write segment");
+    }
+
+    /// Checks a read over a damaged header at offset 10 of the first segment: the
+    /// records before it intact, one malformed record standing for the unreadable
+    /// range, then the rest to the end (reading never stops).
+    fn check_damaged_read(got: &[Record], events: &[Event]) {
+        let bad: Vec<&Record> = got.iter().filter(|r| r.event.is_err()).collect();
+        assert_eq!(bad.len(), 1, "one malformed record for the range");
+        assert_eq!(bad[0].offset, 10);
+        let reason = &bad[0].event.as_ref().expect_err("malformed").reason;
+        assert!(
+            reason.contains("records 10..") && reason.contains("unreadable"),
+            "{reason}"
+        );
+        let good: Vec<&Record> = got.iter().filter(|r| r.event.is_ok()).collect();
+        let first_after = good
+            .iter()
+            .position(|r| r.offset > 10)
+            .expect("records after it");
+        assert_eq!(first_after, 10, "0..9 before it");
+        let resumed = good[first_after].offset;
+        assert!(resumed > 10 && resumed < events.len() as u64, "{resumed}");
+        for r in &good {
+            let e = r.event.as_ref().expect("decodes");
+            assert_eq!(e, &events[r.offset as usize]);
+        }
+        assert_eq!(good.last().map(|r| r.offset), Some(events.len() as u64 - 1));
+        assert_eq!(good.len() as u64, 10 + (events.len() as u64 - resumed));
+    }
+
+    /// A record header damaged in a sealed segment while the log is open: the reader
+    /// reports the range it cannot read once and goes on at the next place a record is
+    /// known to start (it used to fail every read of the partition, forever).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_header_is_one_malformed_range_and_reading_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let events: Vec<Event> = (0..200).map(|i| event(i, 2000)).collect();
+        let (_log, b) = log_with(dir.path(), 64 << 10, &events).await;
+        let files = segment_files(dir.path());
+        assert!(files.len() >= 3, "{files:?}");
+        damage_header(&files[0], 10);
+        for max in [1, 256] {
+            check_damaged_read(&read_all(b.as_ref(), max).await, &events);
+        }
+        // Appends go on and are read.
+        b.append(&[event(200, 10)]).await.expect("append");
+        let got = read_all(b.as_ref(), 256).await;
+        assert_eq!(got.last().map(|r| r.offset), Some(200));
+    }
+
+    /// The same damage found by recovery at startup (sealed segments are walked by
+    /// their headers): the hole up to the next segment is one malformed record.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_sealed_segment_found_at_startup_is_skipped_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let events: Vec<Event> = (0..200).map(|i| event(i, 2000)).collect();
+        {
+            let (_log, _b) = log_with(dir.path(), 64 << 10, &events).await;
+        }
+        damage_header(&segment_files(dir.path())[0], 10);
+        let opts = EmbeddedOptions {
+            partitions: 1,
+            fsync: FsyncPolicy::Never,
+            segment_bytes: 64 << 10,
+            ..EmbeddedOptions::default()
+        };
+        let log = EmbeddedLog::open(dir.path(), opts).expect("reopen");
+        let b = log
+            .open(&BrokerId::new("default", "reader"))
+            .await
+            .expect("broker");
+        check_damaged_read(&read_all(b.as_ref(), 64).await, &events);
     }
 
     /// A payload damaged on disk fails its CRC check and comes back as `Malformed`
