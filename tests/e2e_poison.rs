@@ -537,3 +537,91 @@ async fn a_reply_cut_short_is_dead_lettered_not_stored_without_its_data() {
     server.shutdown();
     server.wait().await.unwrap();
 }
+
+/// A corrupt byte in a sealed segment (a record header's length, found by recovery
+/// at startup): the unreadable records are one malformed entry in the dead-letter
+/// log, and every readable event around them is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_sealed_segment_is_dead_lettered_once_and_the_rest_delivered() {
+    let sub = Subscriber::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = broker_with_triggers(&[("all", "", sub.url("/all"))]);
+    let small = EmbeddedOptions {
+        segment_bytes: 16 << 10,
+        ..EmbeddedOptions::default()
+    };
+    let options = |dir: &Path| {
+        let mut opts = server_options(&yaml, dir);
+        opts.storage = triggerfish::app::Storage::Embedded {
+            data_dir: dir.to_path_buf(),
+            options: small.clone(),
+        };
+        opts
+    };
+    let server = start_with(options(dir.path())).await;
+    server.shutdown();
+    server.wait().await.unwrap();
+    {
+        let log = EmbeddedLog::open(dir.path(), small.clone()).unwrap();
+        let broker = log
+            .open(&BrokerId::new("default", "default"))
+            .await
+            .unwrap();
+        for i in 0..60 {
+            let mut e = event(&format!("s{i}"), "ordinary");
+            e.set_data(
+                broker::event::DataKind::Binary,
+                Some(vec![b'x'; 1000].into()),
+            );
+            broker.append(&[e]).await.unwrap();
+        }
+    }
+    // The length field of the 5th record of the first (sealed) segment.
+    let pdir = dir.path().join("brokers/default/default/p0");
+    let mut files: Vec<_> = std::fs::read_dir(&pdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let mut pos = 0;
+    for _ in 0..5 {
+        pos += 24 + u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+    }
+    bytes[pos + 3] = 0x7f;
+    std::fs::write(&files[0], &bytes).unwrap();
+
+    let server = start_with(options(dir.path())).await;
+    eventually("the damaged range in the dead-letter log", WAIT, || async {
+        metric(server.addr, DLQ).await == 1.0
+    })
+    .await;
+    let entries = dead_letters(server.admin_addr.unwrap()).await;
+    assert_eq!(entries[0]["type"], "dev.triggerfish.malformed");
+    assert_eq!(entries[0]["id"], "0-5");
+    // The reason names the range: the rest of the first segment.
+    let reason = base64::engine::general_purpose::STANDARD
+        .decode(entries[0]["errordata"].as_str().unwrap())
+        .unwrap();
+    let reason = String::from_utf8(reason).unwrap();
+    let last: usize = reason
+        .split("records 5..")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no range in {reason:?}"));
+    assert!(last > 5 && last < 59, "{reason}");
+    let expected: Vec<String> = (0..60)
+        .filter(|i| !(5..=last).contains(i))
+        .map(|i| format!("s{i}"))
+        .collect();
+    sub.wait_until("every readable event", WAIT, |r| r.len() == expected.len())
+        .await;
+    let mut got = ids(&sub, "/all");
+    got.sort_by_key(|id| id[1..].parse::<usize>().unwrap());
+    assert_eq!(got, expected);
+    server.shutdown();
+    server.wait().await.unwrap();
+}
