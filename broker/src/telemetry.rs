@@ -118,6 +118,7 @@ struct DeliveryLabels {
 pub struct Metrics {
     registry: Registry,
     accepted: Family<BrokerLabels, Counter>,
+    deduplicated: Family<BrokerLabels, Counter>,
     rejected: Family<RejectLabels, Counter>,
     deliveries: Family<DeliveryLabels, Counter>,
     attempts: Family<TriggerLabels, Counter>,
@@ -135,6 +136,9 @@ pub struct Metrics {
 pub struct IngressMetrics {
     /// Events accepted (202).
     pub accepted: Counter,
+    /// Accepted events the channel recognised as a producer's retry of one it had
+    /// stored moments before, and stored once (NATS JetStream's duplicate window).
+    pub deduplicated: Counter,
     rejected: Family<RejectLabels, Counter>,
     broker: Arc<str>,
 }
@@ -193,6 +197,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("triggerfish");
         let accepted = Family::<BrokerLabels, Counter>::default();
+        let deduplicated = Family::<BrokerLabels, Counter>::default();
         let rejected = Family::<RejectLabels, Counter>::default();
         let deliveries = Family::<DeliveryLabels, Counter>::default();
         let attempts = Family::<TriggerLabels, Counter>::default();
@@ -209,6 +214,11 @@ impl Metrics {
             "ingress_events_accepted",
             "Events stored durably and answered 202",
             accepted.clone(),
+        );
+        registry.register(
+            "ingress_events_deduplicated",
+            "Accepted events stored once as a producer's retry of an event stored moments before (NATS duplicate window)",
+            deduplicated.clone(),
         );
         registry.register(
             "ingress_events_rejected",
@@ -263,6 +273,7 @@ impl Metrics {
         Metrics {
             registry,
             accepted,
+            deduplicated,
             rejected,
             deliveries,
             attempts,
@@ -286,6 +297,12 @@ impl Metrics {
         IngressMetrics {
             accepted: self
                 .accepted
+                .get_or_create(&BrokerLabels {
+                    broker: broker.into(),
+                })
+                .clone(),
+            deduplicated: self
+                .deduplicated
                 .get_or_create(&BrokerLabels {
                     broker: broker.into(),
                 })

@@ -212,6 +212,10 @@ async fn broker_endpoint(State(state): State<Arc<IngressState>>, req: Request<Bo
     match accept(&state, entry, req).await {
         Ok(n) => {
             entry.metrics.accepted.inc_by(n as u64);
+            let deduplicated = entry.log.take_deduplicated();
+            if deduplicated > 0 {
+                entry.metrics.deduplicated.inc_by(deduplicated);
+            }
             StatusCode::ACCEPTED.into_response()
         }
         Err(e) => {

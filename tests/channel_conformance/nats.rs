@@ -144,7 +144,14 @@ pub async fn producer_retries_are_deduplicated(b: &mut dyn Backend) {
     log.append(std::slice::from_ref(&e)).await.unwrap();
     let mut retry = e.clone();
     retry.set_str("knativearrivaltime", "2030-01-01T00:00:00Z");
+    assert_eq!(log.take_deduplicated(), 0);
     log.append(&[retry]).await.unwrap();
+    assert_eq!(
+        log.take_deduplicated(),
+        1,
+        "the retry is counted as a duplicate"
+    );
+    assert_eq!(log.take_deduplicated(), 0, "once");
     log.append(&[event("dup2", Some("k"))]).await.unwrap();
     let got = read_all(log.as_ref(), StartAt::Earliest).await;
     let ids: Vec<&str> = got.iter().map(|(_, _, e)| e.id()).collect();

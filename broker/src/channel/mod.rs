@@ -173,6 +173,13 @@ pub trait BrokerLog: Send + Sync + 'static {
         self.append(events).await
     }
 
+    /// How many producer appends the channel stored once as a retry of an event
+    /// stored moments before (NATS JetStream's `Nats-Msg-Id` window) since the last
+    /// call; the ingress adds them to `triggerfish_ingress_events_deduplicated`.
+    fn take_deduplicated(&self) -> u64 {
+        0
+    }
+
     /// The offset the next event appended to `partition` will get.
     async fn end_offset(&self, partition: u32) -> Result<Offset, ChannelError>;
 

@@ -52,7 +52,7 @@ mod reader;
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -254,6 +254,7 @@ impl NatsLog {
             dedup: !dead_letters,
             max_message_bytes: limits.max_message_bytes as usize,
             next_partition: AtomicU32::new(0),
+            deduplicated: AtomicU64::new(0),
             timeout: self.opts.request_timeout,
             leases: self.leases.clone(),
             lease_ttl: self.opts.lease_ttl,
@@ -442,6 +443,8 @@ pub struct NatsBroker {
     dedup: bool,
     max_message_bytes: usize,
     next_partition: AtomicU32,
+    /// Producer appends JetStream acknowledged as duplicates, not yet taken.
+    deduplicated: AtomicU64,
     timeout: Duration,
     leases: kv::Store,
     lease_ttl: Duration,
@@ -554,6 +557,7 @@ impl NatsBroker {
                     // and id within the duplicate window): stored once, as meant.
                     tracing::debug!(stream = %self.stream, sequence = ack.sequence,
                         "append de-duplicated by JetStream (a producer retry)");
+                    self.deduplicated.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Ok(())
@@ -585,6 +589,10 @@ impl BrokerLog for NatsBroker {
 
     async fn append_own(&self, events: &[Event]) -> Result<(), ChannelError> {
         self.publish(events, false).await
+    }
+
+    fn take_deduplicated(&self) -> u64 {
+        self.deduplicated.swap(0, Ordering::Relaxed)
     }
 
     async fn end_offset(&self, partition: u32) -> Result<Offset, ChannelError> {
