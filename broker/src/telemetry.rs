@@ -172,18 +172,52 @@ pub struct TriggerMetrics {
     pub replies_stored: Counter,
     /// Replies dropped because their TTL ran out.
     pub replies_dropped_ttl: Counter,
-    /// Replies that could not be stored; the event went to the dead-letter log.
-    pub replies_dead_lettered: Counter,
+
     /// Entries waiting in the broker's dead-letter log.
     pub dead_letter_entries: Gauge,
     /// Seconds from the first attempt to the final outcome.
     pub latency: Histogram,
-    /// Deliveries that panicked (the event was dead-lettered).
-    pub panics: Counter,
-    /// Events that could not be sent over HTTP at all (dead-lettered).
-    pub undeliverable: Counter,
-    /// Lane tasks restarted after ending unexpectedly.
-    pub lane_restarts: Counter,
+    /// Rare outcomes, whose series are created when first counted: a thousand
+    /// idle triggers would otherwise hold four more series each (about 1.3 MiB of
+    /// the 20 MiB idle budget, R9).
+    rare: RareSeries,
+}
+
+/// Families and labels of a trigger's rarely counted series.
+#[derive(Clone)]
+struct RareSeries {
+    failures: Family<FailureLabels, Counter>,
+    replies: Family<ReplyLabels, Counter>,
+    broker: Arc<str>,
+    trigger: Arc<str>,
+}
+
+impl TriggerMetrics {
+    /// Counts a lane failure: a panic or an undeliverable event (both dead-lettered),
+    /// or a lane restart.
+    pub fn lane_failure(&self, kind: LaneFailure) {
+        let r = &self.rare;
+        r.failures
+            .get_or_create(&FailureLabels {
+                broker: r.broker.clone(),
+                trigger: r.trigger.clone(),
+                kind,
+            })
+            .inc();
+    }
+
+    /// Counts a reply that could not be stored (the event went to the dead-letter
+    /// log).
+    pub fn reply_dead_lettered(&self) {
+        let r = &self.rare;
+        r.replies
+            .get_or_create(&ReplyLabels {
+                broker: r.broker.clone(),
+                trigger: r.trigger.clone(),
+                outcome: ReplyOutcome::dead_lettered,
+            })
+            .inc();
+    }
 }
 
 impl Default for Metrics {
@@ -338,19 +372,13 @@ impl Metrics {
                 })
                 .clone()
         };
-        let f = |kind| {
-            self.failures
-                .get_or_create(&FailureLabels {
-                    broker: broker.clone(),
-                    trigger: trigger.clone(),
-                    kind,
-                })
-                .clone()
-        };
         TriggerMetrics {
-            panics: f(LaneFailure::panic),
-            undeliverable: f(LaneFailure::undeliverable),
-            lane_restarts: f(LaneFailure::restart),
+            rare: RareSeries {
+                failures: self.failures.clone(),
+                replies: self.replies.clone(),
+                broker: broker.clone(),
+                trigger: trigger.clone(),
+            },
             delivered: d(Outcome::delivered),
             dead_lettered: d(Outcome::dead_lettered),
             dead_letter_log: d(Outcome::dead_letter_log),
@@ -358,7 +386,6 @@ impl Metrics {
             retries: self.retries.get_or_create(&labels).clone(),
             replies_stored: r(ReplyOutcome::stored),
             replies_dropped_ttl: r(ReplyOutcome::dropped_ttl),
-            replies_dead_lettered: r(ReplyOutcome::dead_lettered),
             latency: self.latency.get_or_create(&labels).clone(),
             dead_letter_entries: self.dead_letter_gauge(&broker),
         }

@@ -23,6 +23,7 @@ use std::time::Duration;
 use broker::channel::Offset;
 use broker::config::{DeliveryOrder, TriggerConfig};
 use broker::event::Event;
+use broker::telemetry::LaneFailure;
 use broker::telemetry::TriggerMetrics;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
@@ -152,7 +153,7 @@ pub async fn supervise(rt: Arc<TriggerRuntime>, partition: u32, spec: LaneSpec) 
             Ok(()) => "its event queue closed".to_owned(),
             Err(panic) => format!("it panicked: {}", panic_message(&*panic)),
         };
-        rt.metrics.lane_restarts.inc();
+        rt.metrics.lane_failure(LaneFailure::restart);
         tracing::error!(broker = %rt.cfg.broker, trigger = %rt.cfg.name, partition, checkpoint = from,
             "lane ended while its partition is dispatched ({why}); restarting it from its checkpoint");
         tokio::select! {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use base64::Engine;
 use broker::channel::{BrokerLog, ChannelError};
 use broker::event::{self, http as binding, AttrValue, Event, EventLimits};
+use broker::telemetry::LaneFailure;
 use futures_util::FutureExt;
 use http::header::CONTENT_TYPE;
 use tokio_util::sync::CancellationToken;
@@ -102,7 +103,7 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) {
         return;
     }
     if d.attempts == 0 {
-        rt.metrics.undeliverable.inc();
+        rt.metrics.lane_failure(LaneFailure::undeliverable);
     }
     let dead = dead_letter_event(event, cfg.subscriber.as_str(), &d.last);
     tracing::warn!(
@@ -134,7 +135,7 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) {
 /// `source` and `type` is stored instead.
 pub async fn after_panic(rt: &TriggerRuntime, event: &Event, message: &str) {
     let cfg = &rt.cfg;
-    rt.metrics.panics.inc();
+    rt.metrics.lane_failure(LaneFailure::panic);
     tracing::error!(broker = %cfg.broker, trigger = %cfg.name, event_id = event.id(), panic = message,
         "delivering an event panicked; it goes to the broker's dead-letter log and the trigger goes on");
     let reason = printable(&format!("panic while delivering: {message}"), 512);
@@ -370,7 +371,7 @@ async fn dead_letter_reply(rt: &TriggerRuntime, original: &Event, attempt: &Atte
     entry.set(ERROR_TRIGGER, AttrValue::String(cfg.name.as_str().into()));
     entry.set(REASON, AttrValue::String(printable(reason, 1024).into()));
     store_dead_letter(&rt.sinks, &entry, &cfg.name).await;
-    rt.metrics.replies_dead_lettered.inc();
+    rt.metrics.reply_dead_lettered();
     rt.metrics.dead_letter_entries.inc();
 }
 
