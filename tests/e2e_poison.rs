@@ -42,6 +42,12 @@ fn structured_with_extensions(id: &str, n: usize) -> String {
     body
 }
 
+/// Sends a minimal binary-mode event and checks that it is accepted.
+async fn accept(addr: std::net::SocketAddr, id: &str, ty: &str) {
+    let (status, _, body) = post(addr, "/default/default", &binary_headers(id, ty), "x").await;
+    assert_eq!(status, 202, "{body}");
+}
+
 const STRUCTURED: (&str, &str) = ("content-type", "application/cloudevents+json");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,14 +202,7 @@ async fn an_event_too_wide_to_send_is_dead_lettered_and_the_trigger_goes_on() {
 /// that the dead-letter log still holds exactly one entry.
 async fn delivers_after_restart(yaml: &str, dir: &Path, sub: &Subscriber, id: &str) {
     let server = start_server(yaml, dir).await;
-    let (status, _, _) = post(
-        server.addr,
-        "/default/default",
-        &binary_headers(id, "ordinary"),
-        "x",
-    )
-    .await;
-    assert_eq!(status, 202);
+    accept(server.addr, id, "ordinary").await;
     sub.wait_until("the event sent after the restart", WAIT, |r| {
         r.iter().any(|r| r.header("ce-id") == Some(id))
     })
@@ -225,19 +224,9 @@ async fn a_panic_while_delivering_dead_letters_the_event_and_the_lane_goes_on() 
         }
     })));
     let server = start_with(opts).await;
-    let send = |id: &'static str, ty: &'static str| async move {
-        let (status, _, body) = post(
-            server.addr,
-            "/default/default",
-            &binary_headers(id, ty),
-            "x",
-        )
-        .await;
-        assert_eq!(status, 202, "{body}");
-    };
-    send("boom-1", "boom").await;
+    accept(server.addr, "boom-1", "boom").await;
     for id in ["a1", "a2", "a3", "a4", "a5"] {
-        send(id, "ordinary").await;
+        accept(server.addr, id, "ordinary").await;
     }
     sub.wait_until("the five events after the panicking one", WAIT, |r| {
         r.iter()
@@ -293,14 +282,7 @@ async fn a_checkpoint_ahead_of_the_log_end_is_clamped_at_startup() {
     let yaml = broker_with_triggers(&[("all", "", sub.url("/all"))]);
     let server = start_server(&yaml, dir.path()).await;
     for id in ["c1", "c2", "c3"] {
-        let (status, _, _) = post(
-            server.addr,
-            "/default/default",
-            &binary_headers(id, "ordinary"),
-            "x",
-        )
-        .await;
-        assert_eq!(status, 202);
+        accept(server.addr, id, "ordinary").await;
     }
     sub.wait_until("three events", WAIT, |r| r.len() == 3).await;
     server.shutdown();
@@ -317,14 +299,7 @@ async fn a_checkpoint_ahead_of_the_log_end_is_clamped_at_startup() {
 
     let server = start_server(&yaml, dir.path()).await;
     for id in ["d1", "d2"] {
-        let (status, _, _) = post(
-            server.addr,
-            "/default/default",
-            &binary_headers(id, "ordinary"),
-            "x",
-        )
-        .await;
-        assert_eq!(status, 202);
+        accept(server.addr, id, "ordinary").await;
     }
     sub.wait_until("both events after the restart", WAIT, |r| r.len() == 5)
         .await;
@@ -400,14 +375,7 @@ async fn replies_that_cannot_be_stored_are_dead_lettered_and_the_original_is_del
         }
     });
     for id in ["too-long", "too-large", "invalid"] {
-        let (status, _, _) = post(
-            server.addr,
-            "/default/default",
-            &binary_headers(id, "ask"),
-            "q",
-        )
-        .await;
-        assert_eq!(status, 202);
+        accept(server.addr, id, "ask").await;
     }
     let admin = server.admin_addr.unwrap();
     eventually("three dead letters", WAIT, || async {
@@ -512,14 +480,7 @@ async fn a_reply_cut_short_is_dead_lettered_not_stored_without_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = broker_with_triggers(&[("cut", "", format!("http://{addr}/cut"))]);
     let server = start_server(&yaml, dir.path()).await;
-    let (status, _, _) = post(
-        server.addr,
-        "/default/default",
-        &binary_headers("q1", "ask"),
-        "q",
-    )
-    .await;
-    assert_eq!(status, 202);
+    accept(server.addr, "q1", "ask").await;
     eventually("the dead letter", WAIT, || async {
         metric(server.addr, DLQ).await == 1.0
     })

@@ -19,6 +19,8 @@
 
 mod file;
 mod reader;
+#[cfg(test)]
+mod reader_tests;
 pub mod segment;
 mod writer;
 #[cfg(test)]
