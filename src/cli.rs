@@ -259,12 +259,22 @@ pub struct ServeArgs {
     /// When appends are synced: always (group commit), interval:<duration>, or never.
     #[arg(long, env = "TRIGGERFISH_FSYNC", default_value = "always")]
     pub fsync: FsyncPolicy,
-    /// Delete log segments whose newest event is older than this (ISO 8601, e.g. P7D).
+    /// Delete log segments whose newest event is older than this (ISO 8601, e.g.
+    /// P7D; 0 for no age limit), once every trigger has received them.
     #[arg(long, env = "TRIGGERFISH_RETENTION_AGE", default_value = "P7D")]
     pub retention_age: String,
-    /// Delete the oldest log segments while a partition is larger than this many bytes.
+    /// Delete the oldest log segments while a partition is larger than this many bytes
+    /// (0 for no limit), once every trigger has received them. A partition at the
+    /// limit whose oldest segment a trigger has not received refuses new events with
+    /// 503 and Retry-After until it has (it may exceed the limit by one segment).
     #[arg(long, env = "TRIGGERFISH_RETENTION_BYTES", default_value_t = 4 << 30)]
     pub retention_bytes: u64,
+    /// Delete by --retention-age and --retention-bytes even events a trigger has not
+    /// received (Kafka-like: producers never wait, slow triggers lose events). Every
+    /// event skipped is logged at ERROR and counted in
+    /// triggerfish_dispatcher_events_skipped_total.
+    #[arg(long, env = "TRIGGERFISH_RETENTION_DELETE_UNDELIVERED")]
+    pub retention_delete_undelivered: bool,
     /// Largest request body the ingress accepts, in bytes.
     #[arg(long, env = "TRIGGERFISH_MAX_BODY_BYTES", default_value_t = ingress::DEFAULT_MAX_BODY)]
     pub max_body_bytes: usize,

@@ -100,6 +100,7 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
                 fsync: args.fsync,
                 retention_age: (!retention_age.is_zero()).then_some(retention_age),
                 retention_bytes: (args.retention_bytes > 0).then_some(args.retention_bytes),
+                delete_undelivered: args.retention_delete_undelivered,
                 ..EmbeddedOptions::default()
             },
         },

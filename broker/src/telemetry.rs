@@ -34,6 +34,9 @@ pub enum RejectReason {
     attribute_name_too_long,
     /// Attributes larger than `--max-attribute-bytes` altogether (431 / 413).
     attributes_too_large,
+    /// The partition is at `--retention-bytes` and a trigger has not yet received
+    /// its oldest events (503; see `ingress_retention_blocked`).
+    retention_full,
 }
 
 /// What finally happened to one delivery.
@@ -120,6 +123,8 @@ pub struct Metrics {
     accepted: Family<BrokerLabels, Counter>,
     deduplicated: Family<BrokerLabels, Counter>,
     rejected: Family<RejectLabels, Counter>,
+    retention_blocked: Family<TriggerLabels, Counter>,
+    skipped: Family<TriggerLabels, Counter>,
     deliveries: Family<DeliveryLabels, Counter>,
     attempts: Family<TriggerLabels, Counter>,
     retries: Family<TriggerLabels, Counter>,
@@ -140,10 +145,22 @@ pub struct IngressMetrics {
     /// stored moments before, and stored once (NATS JetStream's duplicate window).
     pub deduplicated: Counter,
     rejected: Family<RejectLabels, Counter>,
+    retention_blocked: Family<TriggerLabels, Counter>,
     broker: Arc<str>,
 }
 
 impl IngressMetrics {
+    /// Counts `n` events refused because `trigger` holds its partition at the
+    /// retention limit.
+    pub fn retention_blocked(&self, trigger: &str, n: u64) {
+        self.retention_blocked
+            .get_or_create(&TriggerLabels {
+                broker: self.broker.clone(),
+                trigger: trigger.into(),
+            })
+            .inc_by(n);
+    }
+
     /// Counts `n` rejected events.
     pub fn reject(&self, reason: RejectReason, n: u64) {
         self.rejected
@@ -187,6 +204,7 @@ pub struct TriggerMetrics {
 #[derive(Clone)]
 struct RareSeries {
     failures: Family<FailureLabels, Counter>,
+    skipped: Family<TriggerLabels, Counter>,
     replies: Family<ReplyLabels, Counter>,
     broker: Arc<str>,
     trigger: Arc<str>,
@@ -204,6 +222,17 @@ impl TriggerMetrics {
                 kind,
             })
             .inc();
+    }
+
+    /// Counts offsets this trigger never read: retention deleted them first.
+    pub fn skipped(&self, n: u64) {
+        let r = &self.rare;
+        r.skipped
+            .get_or_create(&TriggerLabels {
+                broker: r.broker.clone(),
+                trigger: r.trigger.clone(),
+            })
+            .inc_by(n);
     }
 
     /// Counts a reply that could not be stored (the event went to the dead-letter
@@ -233,6 +262,8 @@ impl Metrics {
         let accepted = Family::<BrokerLabels, Counter>::default();
         let deduplicated = Family::<BrokerLabels, Counter>::default();
         let rejected = Family::<RejectLabels, Counter>::default();
+        let retention_blocked = Family::<TriggerLabels, Counter>::default();
+        let skipped = Family::<TriggerLabels, Counter>::default();
         let deliveries = Family::<DeliveryLabels, Counter>::default();
         let attempts = Family::<TriggerLabels, Counter>::default();
         let retries = Family::<TriggerLabels, Counter>::default();
@@ -258,6 +289,16 @@ impl Metrics {
             "ingress_events_rejected",
             "Events refused by the ingress, by reason",
             rejected.clone(),
+        );
+        registry.register(
+            "ingress_retention_blocked",
+            "Events refused (503) because their partition is at --retention-bytes and this trigger has not received its oldest events",
+            retention_blocked.clone(),
+        );
+        registry.register(
+            "dispatcher_events_skipped",
+            "Offsets a trigger never read because retention had deleted them (--retention-delete-undelivered, or the NATS/Kafka engine's own retention)",
+            skipped.clone(),
         );
         registry.register(
             "dispatcher_deliveries",
@@ -309,6 +350,8 @@ impl Metrics {
             accepted,
             deduplicated,
             rejected,
+            retention_blocked,
+            skipped,
             deliveries,
             attempts,
             retries,
@@ -342,6 +385,7 @@ impl Metrics {
                 })
                 .clone(),
             rejected: self.rejected.clone(),
+            retention_blocked: self.retention_blocked.clone(),
             broker: broker.into(),
         }
     }
@@ -375,6 +419,7 @@ impl Metrics {
         TriggerMetrics {
             rare: RareSeries {
                 failures: self.failures.clone(),
+                skipped: self.skipped.clone(),
                 replies: self.replies.clone(),
                 broker: broker.clone(),
                 trigger: trigger.clone(),

@@ -47,8 +47,9 @@ pub enum Item {
 
 /// Events read per batch.
 const BATCH: usize = 256;
-/// How often the shared reader stores its malformed-record cursor.
-const CURSOR_EVERY: Duration = Duration::from_secs(5);
+/// How often the shared reader stores its malformed-record cursor (it holds back
+/// retention like a trigger's checkpoint, so not much less often than those).
+const CURSOR_EVERY: Duration = Duration::from_secs(1);
 /// How often an idle lane's watermark is refreshed by the shared reader.
 const SKIP_EVERY: Duration = Duration::from_millis(200);
 /// The most events a rejoin may back-fill; beyond that the lane keeps catching up.
@@ -69,6 +70,8 @@ pub struct LaneInfo {
     pub filter: Filter,
     /// Trigger name, for logs.
     pub trigger: Arc<str>,
+    /// Its metrics (events skipped because retention deleted them).
+    pub metrics: broker::telemetry::TriggerMetrics,
 }
 
 struct Attached {
@@ -166,6 +169,16 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
             Some(join) = joins.recv() => {
                 handle_join(&ctx, reader.position(), &mut attached, join).await;
             }
+            // Idle: the cursor passes what was read, so that it never holds back
+            // retention (which deletes only what every cursor passed) while the
+            // log waits for new events.
+            () = tokio::time::sleep_until(cursor_stored + CURSOR_EVERY),
+                if reader.position() > cursor && scanned.load(Ordering::Acquire) => {
+                let pos = reader.position();
+                ctx.malformed.advance(ctx.partition, pos).await;
+                cursor = pos;
+                cursor_stored = tokio::time::Instant::now();
+            }
             // Idle: bring watermarks up to date so checkpoints pass filtered-out events.
             () = tokio::time::sleep_until(last_skip + SKIP_EVERY), if stale => {
                 last_skip = tokio::time::Instant::now();
@@ -180,6 +193,8 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
                         continue;
                     }
                 };
+                let lanes = attached.iter().enumerate().filter(|(_, a)| a.is_some()).map(|(i, _)| i);
+                report_skipped(&ctx, reader.as_mut(), lanes, "shared");
                 let mut handled_malformed = false;
                 for record in batch {
                     if let Err(m) = &record.event {
@@ -309,6 +324,7 @@ async fn backfill(
             break;
         }
         read += batch.len() as u64;
+        report_skipped(ctx, reader.as_mut(), [lane], "back-fill");
         for r in batch {
             if r.offset >= head {
                 break;
@@ -355,6 +371,7 @@ pub async fn catch_up(ctx: Partition, lane: usize, from: Offset, mut tx: mpsc::S
     };
     let info = ctx.lanes[lane].clone();
     loop {
+        report_skipped(&ctx, reader.as_mut(), [lane], "catch-up");
         let batch = tokio::select! {
             () = ctx.shutdown.cancelled() => return,
             b = reader.try_batch(BATCH) => b,
@@ -408,6 +425,33 @@ pub async fn catch_up(ctx: Partition, lane: usize, from: Offset, mut tx: mpsc::S
         if !send(&ctx, &tx, Item::Skip(reader.position())).await {
             return;
         }
+    }
+}
+
+/// Counts and logs, for each of `lanes`, the offsets `reader` passed over because
+/// retention had deleted them: never a silent move up (README, "What happens to an
+/// accepted event").
+fn report_skipped(
+    ctx: &Partition,
+    reader: &mut dyn LogReader,
+    lanes: impl IntoIterator<Item = usize>,
+    what: &str,
+) {
+    let Some(s) = reader.take_skipped() else {
+        return;
+    };
+    let mut any = false;
+    for i in lanes {
+        any = true;
+        let lane = &ctx.lanes[i];
+        lane.metrics.skipped(s.count);
+        tracing::error!(broker = %ctx.broker(), partition = ctx.partition, trigger = %lane.trigger,
+            from = s.from, to = s.to, skipped = s.count, reader = what,
+            "events were deleted by retention before this trigger received them");
+    }
+    if !any {
+        tracing::error!(broker = %ctx.broker(), partition = ctx.partition, from = s.from, to = s.to,
+            skipped = s.count, reader = what, "events were deleted by retention before they were read");
     }
 }
 

@@ -153,6 +153,12 @@ pub async fn start(
             .dead_letter_gauge(&broker.id.to_string())
             .set(dead_letter_backlog(logs.dead_letters.as_ref()).await? as i64);
         let triggers = start_points(broker, log.as_ref(), metrics, &sinks).await?;
+        // Retention keeps what a trigger (or the malformed-record scan) has not passed.
+        let mut holders: Vec<String> = triggers.iter().map(|t| t.cfg.name.clone()).collect();
+        if !holders.is_empty() {
+            holders.push(malformed::MALFORMED_CURSOR.to_owned());
+        }
+        log.retain_for(&holders).await?;
         if triggers.is_empty() {
             continue;
         }
@@ -161,6 +167,7 @@ pub async fn start(
             .map(|rt| LaneInfo {
                 filter: rt.cfg.filter.clone(),
                 trigger: Arc::from(rt.cfg.name.as_str()),
+                metrics: rt.metrics.clone(),
             })
             .collect();
         let index = Arc::new(broker::filter::FilterIndex::build(

@@ -185,6 +185,10 @@ pub async fn scan(
                     continue 'outer;
                 }
             };
+            if let Some(s) = reader.take_skipped() {
+                tracing::error!(broker = %sink.events.broker(), partition, from = s.from, to = s.to, skipped = s.count,
+                    "retention deleted records before the malformed-record scan read them");
+            }
             for r in batch {
                 if r.offset >= to {
                     break;

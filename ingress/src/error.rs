@@ -39,6 +39,15 @@ pub enum IngressError {
         /// Why.
         reason: String,
     },
+    /// The partition is at `--retention-bytes` with events a trigger has not yet
+    /// received (503, backpressure: retention keeps undelivered events).
+    #[error("broker {broker} is at its retention limit: {reason}")]
+    RetentionFull {
+        /// The broker.
+        broker: String,
+        /// The channel's account, naming the trigger and the limit.
+        reason: String,
+    },
     /// An event exceeds an attribute limit: 431 when its attributes came as header
     /// fields (binary mode), else 413.
     #[error("{error}")]
@@ -62,7 +71,9 @@ impl IngressError {
             IngressError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            IngressError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::Unavailable { .. } | IngressError::RetentionFull { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             IngressError::Limit { headers: true, .. } => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
@@ -80,6 +91,7 @@ impl IngressError {
             IngressError::TooLarge { .. } => "body too large",
             IngressError::UnsupportedMediaType(_) => "unsupported media type",
             IngressError::Unavailable { .. } => "unavailable",
+            IngressError::RetentionFull { .. } => "retention limit reached",
             IngressError::Limit { .. } => "attribute limit exceeded",
         }
     }
@@ -95,7 +107,7 @@ impl IntoResponse for IngressError {
             IngressError::MethodNotAllowed(_) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
             }
-            IngressError::Unavailable { .. } => {
+            IngressError::Unavailable { .. } | IngressError::RetentionFull { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             _ => {}

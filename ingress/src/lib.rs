@@ -224,10 +224,11 @@ async fn broker_endpoint(State(state): State<Arc<IngressState>>, req: Request<Bo
                 IngressError::TooLarge { .. } => RejectReason::too_large,
                 IngressError::UnsupportedMediaType(_) => RejectReason::unsupported_media_type,
                 IngressError::Limit { error, .. } => error.reason(),
+                IngressError::RetentionFull { .. } => RejectReason::retention_full,
                 _ => RejectReason::unavailable,
             };
             entry.metrics.reject(reason, 1);
-            if let IngressError::Unavailable { .. } = e {
+            if let IngressError::Unavailable { .. } | IngressError::RetentionFull { .. } = e {
                 tracing::warn!(broker = %entry.name, error = %e, "append failed; answered 503");
             } else {
                 tracing::debug!(broker = %entry.name, error = %e, "rejected request");
@@ -338,6 +339,17 @@ async fn append(
         Ok(Err(ChannelError::TooLarge { .. })) => Err(IngressError::TooLarge {
             limit: state.opts.max_body_bytes,
         }),
+        Ok(Err(e @ ChannelError::RetentionFull { .. })) => {
+            if let ChannelError::RetentionFull { trigger, .. } = &e {
+                entry
+                    .metrics
+                    .retention_blocked(trigger, events.len() as u64);
+            }
+            Err(IngressError::RetentionFull {
+                broker: entry.name.clone(),
+                reason: e.to_string(),
+            })
+        }
         Ok(Err(e)) => Err(unavailable(e.to_string())),
         Err(_) => Err(unavailable(format!(
             "the channel did not confirm the append within {:?}",

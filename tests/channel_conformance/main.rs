@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker::channel::embedded::{EmbeddedLog, EmbeddedOptions};
-use broker::channel::{BrokerLog, EventLog, StartAt};
+use broker::channel::{BrokerLog, ChannelError, EventLog, StartAt};
 use broker::config::BrokerId;
 use broker::event::{AttrValue, DataKind, Event};
 use bytes::Bytes;
@@ -403,17 +403,63 @@ async fn embedded_one_partition_small_segments_no_fsync() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_retention_by_size_moves_readers_to_the_earliest_event() {
-    let dir = tempfile::tempdir().unwrap();
+/// A reader from offset 0 of a log whose retention removed its start: it begins at
+/// the earliest event and reports the offsets it passed over, never moving up
+/// silently. `dense`: offsets are consecutive (so the report is exact).
+pub async fn a_reader_behind_the_log_start_reports_what_it_skipped(
+    log: &dyn BrokerLog,
+    dense: bool,
+) {
+    let mut r = log.reader(0, StartAt::Offset(0)).await.unwrap();
+    let mut offsets = Vec::new();
+    let mut skipped = None;
+    loop {
+        let batch = r.try_batch(1000).await.unwrap();
+        if let Some(s) = r.take_skipped() {
+            skipped = Some(broker::channel::Skipped::add(skipped, s));
+        }
+        if batch.is_empty() {
+            break;
+        }
+        offsets.extend(batch.iter().map(|rec| rec.offset));
+    }
+    let first = offsets[0];
+    assert!(first > 0, "offset 0 was removed by retention");
+    let s = skipped.expect("the reader reports what it skipped");
+    assert_eq!(s.from, 0);
+    assert!(
+        s.to <= first && s.count == s.to - s.from,
+        "{s:?}, first read {first}"
+    );
+    if dense {
+        assert_eq!(s.to, first, "exactly the offsets not read");
+        assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1));
+    }
+    // Read in full from here on: nothing more is reported.
+    let mut again = log.reader(0, StartAt::Offset(first)).await.unwrap();
+    let _ = again.try_batch(1000).await.unwrap();
+    assert_eq!(again.take_skipped(), None);
+}
+
+/// An embedded log of 2 KiB segments kept to 8 KiB per partition.
+async fn small_segments(dir: &std::path::Path) -> (EmbeddedLog, Arc<dyn BrokerLog>) {
     let opts = EmbeddedOptions {
         partitions: 1,
         segment_bytes: 2048,
         retention_bytes: Some(8192),
         ..EmbeddedOptions::default()
     };
-    let log = EmbeddedLog::open(dir.path(), opts).unwrap();
+    let log = EmbeddedLog::open(dir, opts).unwrap();
     let b = log.open(&broker()).await.unwrap();
+    (log, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_retention_by_size_moves_readers_to_the_earliest_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, b) = small_segments(dir.path()).await;
+    // No triggers: nothing holds retention back.
+    b.retain_for(&[]).await.unwrap();
     for i in 0..200 {
         b.append(&[event(&format!("big{i}"), None)]).await.unwrap();
     }
@@ -425,18 +471,38 @@ async fn embedded_retention_by_size_moves_readers_to_the_earliest_event() {
         .sum();
     // The limit plus the active segment and one record of slack.
     assert!(size <= 8192 + 2048 + 512, "retention kept {size} bytes");
-    // A reader asking for offset 0 starts at the earliest retained event and reads
-    // through to the end.
-    let mut r = b.reader(0, StartAt::Offset(0)).await.unwrap();
-    let mut offsets = Vec::new();
-    loop {
-        let batch = r.try_batch(1000).await.unwrap();
-        if batch.is_empty() {
-            break;
+    a_reader_behind_the_log_start_reports_what_it_skipped(b.as_ref(), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_retention_keeps_what_a_trigger_has_not_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, b) = small_segments(dir.path()).await;
+    b.init_checkpoint("t", &[(0, 0)]).await.unwrap();
+    b.retain_for(&["t".to_owned()]).await.unwrap();
+    let mut stored = 0u64;
+    let refusal = loop {
+        match b.append(&[event(&format!("big{stored}"), None)]).await {
+            Ok(()) => stored += 1,
+            Err(e) => break e,
         }
-        offsets.extend(batch.iter().map(|rec| rec.offset));
-    }
-    assert!(offsets[0] > 0, "offset 0 was removed by retention");
-    assert_eq!(*offsets.last().unwrap(), 199);
-    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1));
+        assert!(stored < 1000, "never held");
+    };
+    assert!(
+        matches!(&refusal, ChannelError::RetentionFull { trigger, checkpoint: 0, limit: 8192, .. } if trigger == "t"),
+        "{refusal}"
+    );
+    // Everything stored is still there for the trigger.
+    let all = read_all(b.as_ref(), StartAt::Offset(0)).await;
+    assert_eq!(all.len() as u64, stored);
+    assert_eq!(all[0].1, 0);
+    // Own appends (replies) are let through.
+    b.append_own(&[event("reply", None)]).await.unwrap();
+    // The trigger passes everything: the oldest segments go and producers are taken.
+    let end = b.end_offset(0).await.unwrap();
+    b.store_checkpoint("t", &[(0, end)], false).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    b.append(&[event("after", None)]).await.unwrap();
+    let r = b.reader(0, StartAt::Earliest).await.unwrap();
+    assert!(r.position() > 0, "delivered segments deleted");
 }

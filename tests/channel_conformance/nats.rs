@@ -222,6 +222,21 @@ async fn nats_jetstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_reader_behind_the_stream_start_reports_what_it_skipped() {
+    let Some(url) = common::nats_url() else {
+        return;
+    };
+    let mut opts = options(&url, &unique_prefix("skip"), 1);
+    opts.limits.max_bytes = Some(16 << 10);
+    let log = NatsLog::connect(opts).await.unwrap();
+    let b = log.open(&broker()).await.unwrap();
+    for i in 0..200 {
+        b.append(&[event(&format!("big{i}"), None)]).await.unwrap();
+    }
+    a_reader_behind_the_log_start_reports_what_it_skipped(b.as_ref(), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_jetstream_one_partition() {
     let Some(url) = common::nats_url() else {
         return;

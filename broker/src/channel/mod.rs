@@ -87,6 +87,22 @@ pub enum ChannelError {
         /// The broker.
         broker: BrokerId,
     },
+    /// The partition reached its size limit (`--retention-bytes`) and its oldest
+    /// events are not yet delivered to `trigger`: retention keeps them, so new events
+    /// wait (backpressure; the ingress answers 503 with `Retry-After`).
+    #[error("partition {partition} of broker {broker} is at --retention-bytes={limit}: trigger {trigger} has not yet received its events from offset {checkpoint} on; retry later")]
+    RetentionFull {
+        /// The broker.
+        broker: BrokerId,
+        /// The partition.
+        partition: u32,
+        /// The trigger (or internal cursor) whose checkpoint holds the oldest segment.
+        trigger: String,
+        /// That checkpoint.
+        checkpoint: Offset,
+        /// The limit.
+        limit: u64,
+    },
     /// The channel is shutting down or its writer stopped.
     #[error("channel for broker {broker} is not available: {reason}")]
     Unavailable {
@@ -180,6 +196,19 @@ pub trait BrokerLog: Send + Sync + 'static {
         0
     }
 
+    /// Names the checkpoints (triggers' and the dispatcher's own cursors) that hold
+    /// back a retention this log applies itself: from now on it deletes an event
+    /// only once every one of them has passed it, and refuses producer appends with
+    /// [`ChannelError::RetentionFull`] when its size limit is reached before they do.
+    /// The dispatcher calls it when it starts (and on every config change). Before
+    /// any call the embedded log deletes nothing that may be undelivered. Logs whose
+    /// engine owns retention (NATS, Kafka) ignore it; there a trigger that falls
+    /// behind the log start is reported by [`LogReader::take_skipped`].
+    async fn retain_for(&self, checkpoints: &[String]) -> Result<(), ChannelError> {
+        let _ = checkpoints;
+        Ok(())
+    }
+
     /// The offset the next event appended to `partition` will get.
     async fn end_offset(&self, partition: u32) -> Result<Offset, ChannelError>;
 
@@ -241,6 +270,113 @@ pub trait LogReader: Send + 'static {
 
     /// The offset of the next record this reader will return.
     fn position(&self) -> Offset;
+
+    /// Offsets this reader passed over because the log no longer held them when it
+    /// got there (deleted by retention before they were read), since the last call.
+    /// Never silent: the dispatcher counts them for the trigger it reads for
+    /// (`triggerfish_dispatcher_events_skipped_total`) and logs them at ERROR.
+    ///
+    /// On the embedded log and Kafka every offset is one record of this partition;
+    /// on NATS offsets are stream sequences shared by all partitions, so the range is
+    /// an upper bound of this partition's records.
+    fn take_skipped(&mut self) -> Option<Skipped> {
+        None
+    }
+}
+
+/// Offsets a reader passed over because retention had deleted them: one range, or
+/// several reported together (then `from`..`to` spans them and `count` is their sum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    /// First offset not read.
+    pub from: Offset,
+    /// The offset reading went on at (after the last range).
+    pub to: Offset,
+    /// Offsets passed over.
+    pub count: u64,
+}
+
+impl Skipped {
+    /// The range `[from, to)`.
+    pub fn range(from: Offset, to: Offset) -> Skipped {
+        Skipped {
+            from,
+            to,
+            count: to.saturating_sub(from),
+        }
+    }
+
+    /// Adds a later range to what was collected so far.
+    pub fn add(acc: Option<Skipped>, more: Skipped) -> Skipped {
+        match acc {
+            Some(a) => Skipped {
+                from: a.from.min(more.from),
+                to: a.to.max(more.to),
+                count: a.count + more.count,
+            },
+            None => more,
+        }
+    }
+}
+
+/// Jumps a reader of a remote log saw in its offsets, kept until checked against
+/// the log's start: a jump starting below the start is what retention deleted
+/// before the reader got there; any other is a normal hole (another partition's
+/// sequence on NATS, a transaction marker on Kafka). The check costs the caller a
+/// request, so it runs at most every `every` (or when many jumps wait).
+#[cfg(any(feature = "nats", feature = "kafka"))]
+pub(crate) struct Gaps {
+    pending: Vec<(Offset, Offset)>,
+    checked: Option<std::time::Instant>,
+    every: std::time::Duration,
+    skipped: Option<Skipped>,
+}
+
+#[cfg(any(feature = "nats", feature = "kafka"))]
+impl Gaps {
+    /// Most jumps kept before a check is due regardless of `every`.
+    const MAX_PENDING: usize = 256;
+
+    pub(crate) fn new(every: std::time::Duration) -> Gaps {
+        Gaps {
+            pending: Vec::new(),
+            checked: None,
+            every,
+            skipped: None,
+        }
+    }
+
+    /// The reader expected offset `from` and got `to` next.
+    pub(crate) fn saw(&mut self, from: Offset, to: Offset) {
+        if to > from {
+            self.pending.push((from, to));
+        }
+    }
+
+    /// Whether the caller should fetch the log start and call [`Gaps::resolve`].
+    pub(crate) fn due(&self) -> bool {
+        !self.pending.is_empty()
+            && (self.pending.len() >= Self::MAX_PENDING
+                || self.checked.is_none_or(|t| t.elapsed() >= self.every))
+    }
+
+    /// Every jump seen so far against `earliest`, the first offset the log holds now
+    /// (it only grows, so a jump starting at or above it was never retention's).
+    pub(crate) fn resolve(&mut self, earliest: Offset) {
+        for (from, to) in self.pending.drain(..) {
+            if from < earliest {
+                self.skipped = Some(Skipped::add(
+                    self.skipped,
+                    Skipped::range(from, to.min(earliest)),
+                ));
+            }
+        }
+        self.checked = Some(std::time::Instant::now());
+    }
+
+    pub(crate) fn take(&mut self) -> Option<Skipped> {
+        self.skipped.take()
+    }
 }
 
 /// Picks a partition for an event: by `partitionkey` hash when present (so one key
@@ -270,6 +406,36 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(any(feature = "nats", feature = "kafka"))]
+    fn gaps_below_the_log_start_are_skips() {
+        let mut g = Gaps::new(std::time::Duration::from_secs(3600));
+        assert!(!g.due());
+        g.saw(5, 5); // no jump
+        assert!(!g.due());
+        g.saw(10, 40); // retention: the log now starts at 30
+        g.saw(45, 46); // another partition's offset, above the start
+        assert!(g.due(), "first check is due at once");
+        g.resolve(30);
+        assert_eq!(
+            g.take(),
+            Some(Skipped {
+                from: 10,
+                to: 30,
+                count: 20
+            })
+        );
+        assert_eq!(g.take(), None);
+        g.saw(50, 60);
+        assert!(!g.due(), "checked a moment ago");
+        for i in 0..Gaps::MAX_PENDING as u64 {
+            g.saw(100 + 2 * i, 101 + 2 * i);
+        }
+        assert!(g.due(), "too many waiting");
+        g.resolve(55);
+        assert_eq!(g.take().map(|s| (s.from, s.to, s.count)), Some((50, 55, 5)));
+    }
 
     #[test]
     fn partition_by_key_is_stable() {

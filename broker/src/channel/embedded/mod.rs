@@ -17,6 +17,7 @@
 //! does exactly that with one write and one `fdatasync` per group of appends and no
 //! compaction or write amplification, and lets readers follow the tail without polling.
 
+mod checkpoints;
 mod file;
 mod reader;
 #[cfg(test)]
@@ -37,11 +38,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
-use super::{partition_for, BrokerLog, ChannelError, EventLog, LogReader, Offset, StartAt};
+use super::{
+    partition_for, BrokerLog, ChannelError, EventLog, LogReader, Offset, Skipped, StartAt,
+};
 use crate::config::BrokerId;
 use crate::event::{codec, Event};
+use checkpoints::Checkpoints;
 pub use reader::EmbeddedReader;
-use writer::{AppendRequest, PartitionShared, WriterSettings};
+use writer::{AppendError, AppendRequest, PartitionShared, WriterSettings};
 
 /// When appends are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,8 +99,12 @@ pub struct EmbeddedOptions {
     pub segment_bytes: u64,
     /// Retention by age of a segment's newest event.
     pub retention_age: Option<Duration>,
-    /// Retention by partition size.
+    /// Retention by partition size. When a partition reaches it and its oldest
+    /// segment is not yet delivered to every trigger, producers get 503 (unless
+    /// `delete_undelivered`).
     pub retention_bytes: Option<u64>,
+    /// Delete by age and size even what triggers have not received (Kafka-like).
+    pub delete_undelivered: bool,
     /// Appends queued per partition before producers get "full" (HTTP 503).
     pub queue_depth: usize,
     /// Largest encoded event accepted.
@@ -111,6 +119,7 @@ impl Default for EmbeddedOptions {
             segment_bytes: 128 << 20,
             retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
             retention_bytes: Some(4 << 30),
+            delete_undelivered: false,
             queue_depth: 4096,
             max_event_bytes: 16 << 20,
         }
@@ -213,7 +222,7 @@ impl EventLog for EmbeddedLog {
 }
 
 /// A writer's answer to one append: the offset of its first event, or why it failed.
-type Answer = oneshot::Receiver<Result<u64, String>>;
+type Answer = oneshot::Receiver<Result<u64, AppendError>>;
 
 struct Partition {
     tx: SyncSender<AppendRequest>,
@@ -227,11 +236,15 @@ pub struct EmbeddedBroker {
     partitions: Vec<Partition>,
     next_partition: std::sync::atomic::AtomicU32,
     max_event_bytes: usize,
+    /// The size limit of a partition (for the error naming it).
+    retention_bytes: Option<u64>,
     /// The sync policy: checkpoints asked to be durable are synced unless `never`.
     fsync: FsyncPolicy,
-    /// Checkpoints by trigger as last loaded or stored; the lock serialises the
-    /// read-merge-write of each trigger's file.
-    checkpoints: tokio::sync::Mutex<HashMap<String, Vec<Option<Offset>>>>,
+    /// Checkpoints as last loaded or stored, and which hold retention back (shared
+    /// with the partition writers).
+    checkpoints: Arc<Checkpoints>,
+    /// Serialises the read-merge-write of checkpoint files.
+    store_lock: tokio::sync::Mutex<()>,
 }
 
 impl EmbeddedBroker {
@@ -255,7 +268,11 @@ impl EmbeddedBroker {
         } else if count != opts.partitions {
             tracing::info!(broker = %id, partitions = count, "broker keeps the partition count it was created with");
         }
+        let holds = Arc::new(Checkpoints::default());
         let settings = WriterSettings {
+            partition: 0,
+            holds: holds.clone(),
+            delete_undelivered: opts.delete_undelivered,
             fsync: opts.fsync,
             segment_bytes: opts.segment_bytes,
             retention_age: opts.retention_age,
@@ -276,7 +293,10 @@ impl EmbeddedBroker {
             });
             let (tx, rx) = sync_channel(opts.queue_depth.max(1));
             let thread_shared = shared.clone();
-            let thread_settings = settings.clone();
+            let thread_settings = WriterSettings {
+                partition: p as usize,
+                ..settings.clone()
+            };
             std::thread::Builder::new()
                 .name(format!("tf-log-{}-{}-p{p}", id.namespace, id.name))
                 .spawn(move || writer::run(thread_shared, thread_settings, open, file, rx))
@@ -292,8 +312,10 @@ impl EmbeddedBroker {
             partitions,
             next_partition: std::sync::atomic::AtomicU32::new(0),
             max_event_bytes: opts.max_event_bytes,
+            retention_bytes: opts.retention_bytes,
             fsync: opts.fsync,
-            checkpoints: tokio::sync::Mutex::new(HashMap::new()),
+            checkpoints: holds,
+            store_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -321,12 +343,13 @@ impl EmbeddedBroker {
     }
 
     /// Queues an append for partition `p`'s writer.
-    fn send(&self, p: u32, payloads: Vec<Bytes>) -> Result<Answer, ChannelError> {
+    fn send(&self, p: u32, payloads: Vec<Bytes>, own: bool) -> Result<Answer, ChannelError> {
         let (reply, rx) = oneshot::channel();
-        match self.partitions[p as usize]
-            .tx
-            .try_send(AppendRequest { payloads, reply })
-        {
+        match self.partitions[p as usize].tx.try_send(AppendRequest {
+            payloads,
+            own,
+            reply,
+        }) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(ChannelError::Full {
                 broker: self.id.clone(),
@@ -336,12 +359,19 @@ impl EmbeddedBroker {
     }
 
     /// Waits for a writer's answer: the append is durable, or it failed.
-    async fn wait(&self, rx: Answer) -> Result<(), ChannelError> {
+    async fn wait(&self, p: u32, rx: Answer) -> Result<(), ChannelError> {
         match rx.await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(reason)) => Err(ChannelError::Unavailable {
+            Ok(Err(AppendError::Failed(reason))) => Err(ChannelError::Unavailable {
                 broker: self.id.clone(),
                 reason,
+            }),
+            Ok(Err(AppendError::Held(floor))) => Err(ChannelError::RetentionFull {
+                broker: self.id.clone(),
+                partition: p,
+                trigger: floor.holder,
+                checkpoint: floor.offset,
+                limit: self.retention_bytes.unwrap_or(0),
             }),
             Err(_) => Err(self.writer_stopped()),
         }
@@ -396,17 +426,10 @@ fn recover_partition(
     Ok((segments, file))
 }
 
-#[async_trait]
-impl BrokerLog for EmbeddedBroker {
-    fn broker(&self) -> &BrokerId {
-        &self.id
-    }
-
-    fn partitions(&self) -> u32 {
-        self.partitions.len() as u32
-    }
-
-    async fn append(&self, events: &[Event]) -> Result<(), ChannelError> {
+impl EmbeddedBroker {
+    /// Appends producer events, or Triggerfish's own (`own`, let through when a
+    /// partition is held at its size limit).
+    async fn append_to(&self, events: &[Event], own: bool) -> Result<(), ChannelError> {
         let Some(first) = events.first() else {
             return Ok(());
         };
@@ -423,7 +446,7 @@ impl BrokerLog for EmbeddedBroker {
             for e in events {
                 payloads.push(self.encode(e)?);
             }
-            return self.wait(self.send(p0, payloads)?).await;
+            return self.wait(p0, self.send(p0, payloads, own)?).await;
         }
         let mut per_partition: Vec<Vec<Bytes>> = vec![Vec::new(); n as usize];
         for e in events {
@@ -432,12 +455,43 @@ impl BrokerLog for EmbeddedBroker {
         let mut waits = Vec::with_capacity(per_partition.len());
         for (p, payloads) in per_partition.into_iter().enumerate() {
             if !payloads.is_empty() {
-                waits.push(self.send(p as u32, payloads)?);
+                waits.push((p as u32, self.send(p as u32, payloads, own)?));
             }
         }
-        for rx in waits {
-            self.wait(rx).await?;
+        for (p, rx) in waits {
+            self.wait(p, rx).await?;
         }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BrokerLog for EmbeddedBroker {
+    fn broker(&self) -> &BrokerId {
+        &self.id
+    }
+
+    fn partitions(&self) -> u32 {
+        self.partitions.len() as u32
+    }
+
+    async fn append(&self, events: &[Event]) -> Result<(), ChannelError> {
+        self.append_to(events, false).await
+    }
+
+    async fn append_own(&self, events: &[Event]) -> Result<(), ChannelError> {
+        self.append_to(events, true).await
+    }
+
+    async fn retain_for(&self, checkpoints: &[String]) -> Result<(), ChannelError> {
+        {
+            let _serialised = self.store_lock.lock().await;
+            for name in checkpoints {
+                self.cached_checkpoint(name)?;
+            }
+        }
+        self.checkpoints.set_live(checkpoints.to_vec());
+        tracing::debug!(broker = %self.id, checkpoints = checkpoints.len(), "retention keeps what these checkpoints have not passed");
         Ok(())
     }
 
@@ -451,22 +505,26 @@ impl BrokerLog for EmbeddedBroker {
         start: StartAt,
     ) -> Result<Box<dyn LogReader>, ChannelError> {
         let p = self.partition(partition)?;
-        let next = match start {
-            StartAt::Offset(o) => o.max(p.shared.earliest()),
-            StartAt::Earliest => p.shared.earliest(),
-            StartAt::End => *p.shared.committed.borrow(),
+        let earliest = p.shared.earliest();
+        let (next, skipped) = match start {
+            // Never moved up silently: the reader reports what retention removed.
+            StartAt::Offset(o) if o < earliest => (earliest, Some(Skipped::range(o, earliest))),
+            StartAt::Offset(o) => (o, None),
+            StartAt::Earliest => (earliest, None),
+            StartAt::End => (*p.shared.committed.borrow(), None),
         };
         Ok(Box::new(EmbeddedReader::new(
             p.shared.clone(),
             self.id.clone(),
             partition,
             next,
+            skipped,
         )))
     }
 
     async fn load_checkpoint(&self, trigger: &str) -> Result<Vec<Option<Offset>>, ChannelError> {
-        let mut cache = self.checkpoints.lock().await;
-        self.cached_checkpoint(&mut cache, trigger).cloned()
+        let _serialised = self.store_lock.lock().await;
+        self.cached_checkpoint(trigger)
     }
 
     async fn store_checkpoint(
@@ -475,8 +533,8 @@ impl BrokerLog for EmbeddedBroker {
         updates: &[(u32, Offset)],
         durable: bool,
     ) -> Result<(), ChannelError> {
-        let mut cache = self.checkpoints.lock().await;
-        let mut offsets = self.cached_checkpoint(&mut cache, trigger)?.clone();
+        let _serialised = self.store_lock.lock().await;
+        let mut offsets = self.cached_checkpoint(trigger)?;
         for &(p, o) in updates {
             self.partition(p)?;
             offsets[p as usize] = Some(o);
@@ -507,25 +565,22 @@ impl BrokerLog for EmbeddedBroker {
         .await
         .map_err(|e| ChannelError::Other(format!("checkpoint task failed: {e}")))?;
         written.map_err(|e| self.io(e))?;
-        cache.insert(trigger.to_owned(), offsets);
+        // Only now may retention act on it: the file holds it.
+        self.checkpoints.set(trigger, offsets);
         Ok(())
     }
 }
 
 impl EmbeddedBroker {
-    /// A trigger's checkpoints, read from its file on first use.
-    fn cached_checkpoint<'a>(
-        &self,
-        cache: &'a mut HashMap<String, Vec<Option<Offset>>>,
-        trigger: &str,
-    ) -> Result<&'a Vec<Option<Offset>>, ChannelError> {
-        if !cache.contains_key(trigger) {
-            let offsets = self.read_checkpoint(trigger)?;
-            cache.insert(trigger.to_owned(), offsets);
+    /// A trigger's checkpoints, read from its file on first use. Callers hold
+    /// `store_lock`.
+    fn cached_checkpoint(&self, trigger: &str) -> Result<Vec<Option<Offset>>, ChannelError> {
+        if let Some(offsets) = self.checkpoints.get(trigger) {
+            return Ok(offsets);
         }
-        cache
-            .get(trigger)
-            .ok_or_else(|| ChannelError::Other(format!("checkpoint of trigger {trigger} vanished")))
+        let offsets = self.read_checkpoint(trigger)?;
+        self.checkpoints.set(trigger, offsets.clone());
+        Ok(offsets)
     }
 
     /// A checkpoint can only be ahead of the log's end after a power loss with

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use super::segment;
 use super::writer::PartitionShared;
-use crate::channel::{ChannelError, LogReader, Malformed, Offset, Record};
+use crate::channel::{ChannelError, LogReader, Malformed, Offset, Record, Skipped};
 use crate::config::BrokerId;
 use crate::event::codec;
 
@@ -71,6 +71,8 @@ struct State {
     partition: u32,
     /// Records read but not yet returned (kept when a read future is dropped).
     buffered: VecDeque<Record>,
+    /// Offsets passed over because retention had removed them, not yet reported.
+    skipped: Option<Skipped>,
 }
 
 /// A reader of one embedded partition. Reads happen on the blocking pool into a
@@ -89,6 +91,7 @@ impl EmbeddedReader {
         broker: BrokerId,
         partition: u32,
         next: u64,
+        skipped: Option<Skipped>,
     ) -> EmbeddedReader {
         let committed = shared.committed.subscribe();
         EmbeddedReader {
@@ -99,6 +102,7 @@ impl EmbeddedReader {
                 broker,
                 partition,
                 buffered: VecDeque::new(),
+                skipped,
             })),
             committed,
             next,
@@ -176,6 +180,14 @@ impl LogReader for EmbeddedReader {
 
     fn position(&self) -> Offset {
         self.next
+    }
+
+    fn take_skipped(&mut self) -> Option<Skipped> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .skipped
+            .take()
     }
 }
 
@@ -256,13 +268,8 @@ impl State {
                     "the segment before holds no readable records from here (damaged on disk)",
                 ));
             } else {
-                tracing::warn!(
-                    broker = %self.broker,
-                    partition = self.partition,
-                    wanted = offset,
-                    earliest = seg.base,
-                    "events before the earliest retained offset were removed by retention; skipping ahead"
-                );
+                // Reported to the dispatcher, which counts and logs it per trigger.
+                self.skipped = Some(Skipped::add(self.skipped, Skipped::range(offset, seg.base)));
             }
             seg.base
         } else {

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
+use super::checkpoints::{Checkpoints, Floor};
 use super::file::{Opener, SegmentFile};
 use super::segment::{self, Segment};
 use super::FsyncPolicy;
@@ -35,8 +36,35 @@ use super::FsyncPolicy;
 pub struct AppendRequest {
     /// Encoded events.
     pub payloads: Vec<Bytes>,
+    /// Triggerfish's own append (a reply, a redrive): let through when the partition
+    /// is held at its size limit, so a trigger storing a reply can never wait on
+    /// its own checkpoint.
+    pub own: bool,
     /// Receives the offset of the first event, or the error.
-    pub reply: oneshot::Sender<Result<u64, String>>,
+    pub reply: oneshot::Sender<Result<u64, AppendError>>,
+}
+
+/// Why an append was not stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendError {
+    /// Writing or syncing failed (the group was undone), or the partition is poisoned.
+    Failed(String),
+    /// The partition is at `--retention-bytes` and its oldest segment is not yet
+    /// passed by a live trigger: retry once it is delivered.
+    Held(Floor),
+}
+
+impl std::fmt::Display for AppendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppendError::Failed(why) => f.write_str(why),
+            AppendError::Held(floor) => write!(
+                f,
+                "the partition is at its retention limit and {} has not passed offset {}",
+                floor.holder, floor.offset
+            ),
+        }
+    }
 }
 
 /// State shared between the writer and the readers of a partition.
@@ -73,8 +101,16 @@ impl PartitionShared {
 }
 
 /// Settings of one writer.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WriterSettings {
+    /// This partition's number (its index in the checkpoints).
+    pub partition: usize,
+    /// The broker's checkpoints: retention deletes only what every live one passed.
+    pub holds: Arc<Checkpoints>,
+    /// Delete by the limits even what live triggers have not passed (Kafka-like;
+    /// `--retention-delete-undelivered`). Every such deletion is logged at ERROR per
+    /// trigger, and the readers report the offsets they pass over.
+    pub delete_undelivered: bool,
     /// Sync policy.
     pub fsync: FsyncPolicy,
     /// Roll to a new segment past this size.
@@ -94,6 +130,11 @@ const BATCH_BYTES: usize = 8 << 20;
 const PREALLOCATE: u64 = 1 << 20;
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 const RETENTION_EVERY: Duration = Duration::from_secs(10);
+/// While held at the size limit, how often an append re-checks whether the holder
+/// has moved on (each check reads every live checkpoint).
+const HELD_RECHECK: Duration = Duration::from_millis(100);
+/// While held, how often the ERROR naming the holder is repeated.
+const HELD_LOG_EVERY: Duration = Duration::from_secs(30);
 const POISONED: &str = "the partition's writer could not undo a failed append; restart needed";
 /// Why appends are refused after a failed periodic sync.
 const SYNC_LOST: &str = "a periodic fsync of the partition failed, so acknowledged events may not be on disk; the partition refuses appends until restart (recovery keeps what the disk holds)";
@@ -115,11 +156,14 @@ struct Writer {
     /// (offset, position, framed length) of each record of the group being written.
     notes: Vec<(u64, u64, u64)>,
     /// Who to answer, with the offset of their first event.
-    replies: Vec<(oneshot::Sender<Result<u64, String>>, u64)>,
+    replies: Vec<(oneshot::Sender<Result<u64, AppendError>>, u64)>,
     /// Written but not synced (policies other than `always`).
     dirty: bool,
     /// A failed append could not be undone: refuse everything.
     poisoned: Option<&'static str>,
+    /// At the size limit with the oldest segment undelivered: producer appends are
+    /// refused until the holder passes it. With when it was last checked and logged.
+    held: Option<(Floor, Instant, Instant)>,
 }
 
 /// Runs the writer until every sender is gone. `file` is the active segment (the last
@@ -149,6 +193,7 @@ pub fn run(
         replies: Vec::new(),
         dirty: false,
         poisoned: None,
+        held: None,
     };
     let mut batch: Vec<AppendRequest> = Vec::with_capacity(256);
     let mut last_sync = Instant::now();
@@ -197,7 +242,7 @@ pub fn run(
             }
         }
         if last_retention.elapsed() >= RETENTION_EVERY {
-            apply_retention(&w.shared, &w.settings);
+            w.retain();
             last_retention = Instant::now();
         }
     }
@@ -219,12 +264,59 @@ fn now_ms() -> i64 {
 }
 
 impl Writer {
+    /// Applies retention and enters or leaves the held state.
+    fn retain(&mut self) {
+        let held = apply_retention(&self.shared, &self.settings);
+        let now = Instant::now();
+        match (held, self.held.take()) {
+            (Some(floor), None) => {
+                tracing::error!(dir = %self.shared.dir.display(), holder = %floor.holder, checkpoint = floor.offset,
+                    limit = self.settings.retention_bytes.unwrap_or(0),
+                    "partition is at --retention-bytes and its oldest segment is not yet delivered: appends are refused (503) until the holder passes it");
+                self.held = Some((floor, now, now));
+            }
+            (Some(floor), Some((_, _, logged))) => {
+                let logged = if now.duration_since(logged) >= HELD_LOG_EVERY {
+                    tracing::error!(dir = %self.shared.dir.display(), holder = %floor.holder, checkpoint = floor.offset,
+                        "partition still at --retention-bytes; appends refused until the holder passes its oldest segment");
+                    now
+                } else {
+                    logged
+                };
+                self.held = Some((floor, now, logged));
+            }
+            (None, Some((floor, ..))) => {
+                tracing::info!(dir = %self.shared.dir.display(), holder = %floor.holder,
+                    "partition is below --retention-bytes again; appends accepted");
+            }
+            (None, None) => {}
+        }
+    }
+
     fn write_batch(&mut self, batch: &mut Vec<AppendRequest>) {
         if let Some(why) = self.poisoned {
             for req in batch.drain(..) {
-                let _ = req.reply.send(Err(why.into()));
+                let _ = req.reply.send(Err(AppendError::Failed(why.into())));
             }
             return;
+        }
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|(_, checked, _)| checked.elapsed() >= HELD_RECHECK)
+        {
+            self.retain();
+        }
+        if let Some((floor, ..)) = &self.held {
+            // Producers wait; Triggerfish's own appends go on (see `AppendRequest::own`).
+            let (own, refused): (Vec<_>, Vec<_>) = batch.drain(..).partition(|r| r.own);
+            for req in refused {
+                let _ = req.reply.send(Err(AppendError::Held(floor.clone())));
+            }
+            *batch = own;
+            if batch.is_empty() {
+                return;
+            }
         }
         let ts = now_ms();
         self.buf.clear();
@@ -257,7 +349,7 @@ impl Writer {
             self.cut_back();
             let msg = e.to_string();
             for (tx, _) in self.replies.drain(..) {
-                let _ = tx.send(Err(msg.clone()));
+                let _ = tx.send(Err(AppendError::Failed(msg.clone())));
             }
             return;
         }
@@ -283,7 +375,7 @@ impl Writer {
         if self.pos >= self.settings.segment_bytes {
             match self.roll_segment() {
                 // A new segment is when the size limit can first be exceeded.
-                Ok(()) => apply_retention(&self.shared, &self.settings),
+                Ok(()) => self.retain(),
                 Err(e) => {
                     tracing::error!(dir = %self.shared.dir.display(), error = %e, "cannot start a new segment; continuing in the current one")
                 }
@@ -369,12 +461,24 @@ impl Writer {
     }
 }
 
-/// Deletes sealed segments past the age or size limit. Readers holding a deleted
+/// Deletes sealed segments past the age or size limit that every live checkpoint
+/// has passed (all of them with `delete_undelivered`). Readers holding a deleted
 /// file keep reading it (the inode lives until closed); readers that need an offset
-/// no longer retained skip to the earliest one, with a warning.
-pub fn apply_retention(shared: &PartitionShared, settings: &WriterSettings) {
+/// no longer retained skip to the earliest one and report what they skipped
+/// ([`crate::channel::LogReader::take_skipped`]).
+///
+/// Returns the floor that keeps the partition over `retention_bytes`, if one does:
+/// the writer then refuses producer appends. The active segment is never deleted,
+/// so a partition can exceed the limit by up to one segment.
+pub fn apply_retention(shared: &PartitionShared, settings: &WriterSettings) -> Option<Floor> {
+    if settings.retention_age.is_none() && settings.retention_bytes.is_none() {
+        return None;
+    }
     let now = now_ms();
+    // Read before the segments are locked (never both locks at once).
+    let floor = settings.holds.floor(settings.partition);
     let mut doomed = Vec::new();
+    let mut held = None;
     {
         let mut segs = shared.segments.write().unwrap_or_else(|p| p.into_inner());
         let mut total: u64 = segs.iter().map(|s| s.bytes).sum();
@@ -387,11 +491,24 @@ pub fn apply_retention(shared: &PartitionShared, settings: &WriterSettings) {
             if !(too_old || too_big) {
                 break;
             }
+            let undelivered = floor.as_ref().filter(|f| f.offset < oldest.end);
+            if let (Some(f), false) = (undelivered, settings.delete_undelivered) {
+                if too_big {
+                    held = Some(f.clone());
+                }
+                break;
+            }
             total -= oldest.bytes;
             doomed.push(segs.remove(0));
         }
     }
     for seg in doomed {
+        if settings.delete_undelivered {
+            for (holder, at) in settings.holds.behind(settings.partition, seg.end) {
+                tracing::error!(segment = %seg.path.display(), trigger = %holder, from = at.max(seg.base), to = seg.end,
+                    "retention (--retention-delete-undelivered) deleted events this trigger has not received");
+            }
+        }
         tracing::info!(
             segment = %seg.path.display(),
             first_offset = seg.base,
@@ -402,4 +519,5 @@ pub fn apply_retention(shared: &PartitionShared, settings: &WriterSettings) {
             tracing::warn!(segment = %seg.path.display(), error = %e, "cannot remove segment");
         }
     }
+    held
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
+use super::checkpoints::{Checkpoints, NO_DISPATCHER};
 use super::file::{Opener, SegmentFile};
 use super::segment::{self, Segment};
 use super::writer::{self, AppendRequest, PartitionShared, WriterSettings};
@@ -95,7 +96,7 @@ struct Harness {
     dir: tempfile::TempDir,
 }
 
-type Answer = oneshot::Receiver<Result<u64, String>>;
+type Answer = oneshot::Receiver<Result<u64, writer::AppendError>>;
 
 impl Harness {
     fn start(segment_bytes: u64) -> Harness {
@@ -103,6 +104,30 @@ impl Harness {
     }
 
     fn start_with(segment_bytes: u64, fsync: FsyncPolicy) -> Harness {
+        Harness::start_full(segment_bytes, fsync, None, Default::default())
+    }
+
+    /// A writer deleting past `retention_bytes` what `holds` allows.
+    fn retaining(
+        segment_bytes: u64,
+        retention_bytes: u64,
+        delete_undelivered: bool,
+        holds: Arc<Checkpoints>,
+    ) -> Harness {
+        Harness::start_full(
+            segment_bytes,
+            FsyncPolicy::Always,
+            Some((retention_bytes, delete_undelivered)),
+            holds,
+        )
+    }
+
+    fn start_full(
+        segment_bytes: u64,
+        fsync: FsyncPolicy,
+        retention: Option<(u64, bool)>,
+        holds: Arc<Checkpoints>,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let faults = Arc::new(Faults::default());
         let f = faults.clone();
@@ -123,10 +148,13 @@ impl Harness {
             committed,
         });
         let settings = WriterSettings {
+            partition: 0,
+            holds,
+            delete_undelivered: retention.is_some_and(|(_, d)| d),
             fsync,
             segment_bytes,
             retention_age: None,
-            retention_bytes: None,
+            retention_bytes: retention.map(|(b, _)| b),
         };
         let (tx, rx) = sync_channel(1024);
         let s = shared.clone();
@@ -144,6 +172,15 @@ impl Harness {
     }
 
     fn send(&self, payloads: &[&str]) -> Answer {
+        self.send_as(payloads, false)
+    }
+
+    /// Triggerfish's own append (a reply, a redrive).
+    fn append_own(&self, payloads: &[&str]) -> Result<u64, String> {
+        answer(self.send_as(payloads, true))
+    }
+
+    fn send_as(&self, payloads: &[&str], own: bool) -> Answer {
         let (reply, rx) = oneshot::channel();
         let payloads = payloads
             .iter()
@@ -152,7 +189,11 @@ impl Harness {
         self.tx
             .as_ref()
             .expect("writer running")
-            .send(AppendRequest { payloads, reply })
+            .send(AppendRequest {
+                payloads,
+                own,
+                reply,
+            })
             .expect("writer alive");
         rx
     }
@@ -208,7 +249,9 @@ impl Harness {
 }
 
 fn answer(rx: Answer) -> Result<u64, String> {
-    rx.blocking_recv().expect("writer answers")
+    rx.blocking_recv()
+        .expect("writer answers")
+        .map_err(|e| e.to_string())
 }
 
 fn poll(mut done: impl FnMut() -> bool, what: &str) {
@@ -397,4 +440,102 @@ fn the_active_segment_is_allocated_ahead_and_recovers_without_loss() {
     assert_eq!(on_disk(crashed.path()), expected);
     // A clean stop leaves only the records.
     assert_eq!(h.stop(), expected);
+}
+
+/// A 100-byte payload: with 200-byte segments, two records per sealed segment.
+const PAYLOAD: &str = "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789";
+
+/// Appends until the writer refuses; returns how many it took and the refusal.
+fn fill(h: &Harness) -> (u64, String) {
+    for n in 0..1000 {
+        if let Err(e) = h.append(&[PAYLOAD]) {
+            return (n, e);
+        }
+    }
+    panic!("the writer never refused an append");
+}
+
+fn first_on_disk(h: &Harness) -> u64 {
+    h.crash_copy().first().map_or(u64::MAX, |r| r.0)
+}
+
+#[test]
+fn retention_keeps_what_a_live_trigger_has_not_passed_and_holds_producers_at_the_limit() {
+    let holds = Arc::new(Checkpoints::default());
+    holds.set("slow", vec![Some(0)]);
+    holds.set("fast", vec![Some(0)]);
+    holds.set_live(vec!["slow".into(), "fast".into()]);
+    let h = Harness::retaining(200, 600, false, holds.clone());
+    let (accepted, refusal) = fill(&h);
+    assert!(
+        refusal.contains("retention limit") && refusal.contains("has not passed offset 0"),
+        "the refusal names the holder: {refusal}"
+    );
+    assert!(accepted >= 6, "the limit is reached first: {accepted}");
+    let disk = h.crash_copy();
+    assert_eq!(disk.len() as u64, accepted, "nothing accepted was deleted");
+    assert_eq!(disk[0].0, 0);
+    // Triggerfish's own appends (replies) are not held: a trigger storing a reply
+    // must not wait on its own checkpoint.
+    assert!(h.append_own(&["reply"]).is_ok());
+    // One trigger passes everything: the other still holds it.
+    holds.set("fast", vec![Some(h.committed())]);
+    std::thread::sleep(Duration::from_millis(150));
+    let still = h
+        .append(&[PAYLOAD])
+        .expect_err("slow still holds the partition");
+    assert!(still.contains("slow has not passed offset 0"), "{still}");
+    assert_eq!(first_on_disk(&h), 0);
+    // Both passed half of it: the segments before are deleted, appends go on.
+    let half = accepted / 2;
+    holds.set("slow", vec![Some(half)]);
+    holds.set("fast", vec![Some(half)]);
+    std::thread::sleep(Duration::from_millis(150));
+    h.append(&[PAYLOAD])
+        .expect("accepted once the oldest segments are delivered");
+    let first = first_on_disk(&h);
+    assert!(
+        first > 0 && first <= half,
+        "deleted only below the checkpoints: first {first}, checkpoints {half}"
+    );
+    h.stop();
+}
+
+#[test]
+fn without_a_dispatcher_nothing_undelivered_is_deleted() {
+    let h = Harness::retaining(200, 600, false, Default::default());
+    let (accepted, refusal) = fill(&h);
+    assert!(refusal.contains(NO_DISPATCHER), "{refusal}");
+    assert_eq!(h.crash_copy().len() as u64, accepted);
+    h.stop();
+}
+
+#[test]
+fn with_no_live_triggers_retention_deletes_by_size() {
+    let holds = Arc::new(Checkpoints::default());
+    holds.set_live(Vec::new());
+    let h = Harness::retaining(200, 600, false, holds);
+    for _ in 0..40 {
+        h.append(&[PAYLOAD]).expect("never held");
+    }
+    assert!(first_on_disk(&h) > 20, "old segments deleted");
+    h.stop();
+}
+
+#[test]
+fn delete_undelivered_deletes_by_size_regardless_of_checkpoints() {
+    let holds = Arc::new(Checkpoints::default());
+    holds.set("t", vec![Some(0)]);
+    holds.set_live(vec!["t".into()]);
+    let h = Harness::retaining(200, 600, true, holds);
+    for _ in 0..40 {
+        h.append(&[PAYLOAD]).expect("producers never wait");
+    }
+    let disk = h.crash_copy();
+    assert!(disk[0].0 > 20, "deleted though the trigger is at 0");
+    assert!(
+        disk.iter().map(|r| r.1.len()).sum::<usize>() <= 600 + 300,
+        "about the limit kept"
+    );
+    h.stop();
 }

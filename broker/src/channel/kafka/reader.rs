@@ -29,11 +29,14 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset as KOffset, TopicPartitionList};
 
 use super::{binding, consumer_config, KafkaOptions};
-use crate::channel::{ChannelError, LogReader, Malformed, Offset, Record};
+use crate::channel::{ChannelError, Gaps, LogReader, Malformed, Offset, Record, Skipped};
 use crate::config::BrokerId;
 
 /// Longest a `try_batch` waits for records it knows exist.
 const TRY_WAIT: Duration = Duration::from_secs(2);
+/// Jumps in offsets are checked against the low watermark at most this often (a
+/// jump is a transaction marker, or records retention deleted before we read them).
+const GAP_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// A reader of one partition.
 pub struct KafkaReader {
@@ -48,6 +51,8 @@ pub struct KafkaReader {
     /// Offset of the next record to return.
     next: Offset,
     buffered: VecDeque<Record>,
+    /// Jumps in the offsets read, to tell retention's deletions from markers.
+    gaps: Gaps,
 }
 
 impl KafkaReader {
@@ -74,6 +79,7 @@ impl KafkaReader {
             timeout: opts.request_timeout,
             next: start,
             buffered: VecDeque::new(),
+            gaps: Gaps::new(GAP_CHECK_EVERY),
         })
     }
 
@@ -105,6 +111,9 @@ impl KafkaReader {
             tracing::warn!(broker = %self.broker, topic = self.topic, partition = self.partition, offset = record.offset, expected = self.next,
                 "Kafka returned an earlier offset than expected (topic recreated?); reading on from it");
         }
+        // The consumer resets an offset retention removed to the earliest one: that
+        // shows as a jump (so does a transaction marker; `check_gaps` tells them apart).
+        self.gaps.saw(self.next, record.offset);
         self.next = record.offset + 1;
         self.buffered.push_back(record);
     }
@@ -147,14 +156,33 @@ impl KafkaReader {
         self.buffered.drain(..n).collect()
     }
 
-    async fn high_watermark(&self) -> Result<Offset, ChannelError> {
+    async fn watermarks(&self) -> Result<(Offset, Offset), ChannelError> {
         let meta = self.meta.clone();
         let topic = self.topic.clone();
         let (p, t) = (self.partition as i32, self.timeout);
-        let (_, high) = super::blocking(move || meta.fetch_watermarks(&topic, p, t))
+        let (low, high) = super::blocking(move || meta.fetch_watermarks(&topic, p, t))
             .await
             .map_err(|e| self.error(&e))?;
-        Ok(high.max(0) as Offset)
+        Ok((low.max(0) as Offset, high.max(0) as Offset))
+    }
+
+    async fn high_watermark(&self) -> Result<Offset, ChannelError> {
+        Ok(self.watermarks().await?.1)
+    }
+
+    /// Tells the jumps seen so far that retention caused (they start below the low
+    /// watermark) from transaction markers. A failed check is tried again later.
+    async fn check_gaps(&mut self) {
+        if !self.gaps.due() {
+            return;
+        }
+        match self.watermarks().await {
+            Ok((low, _)) => self.gaps.resolve(low),
+            Err(e) => {
+                tracing::debug!(broker = %self.broker, topic = self.topic, partition = self.partition, error = %e,
+                    "cannot read the low watermark to check a jump in offsets; later");
+            }
+        }
     }
 }
 
@@ -175,6 +203,7 @@ impl LogReader for KafkaReader {
             }
         }
         self.drain_ready(max)?;
+        self.check_gaps().await;
         Ok(self.pop(max))
     }
 
@@ -200,6 +229,7 @@ impl LogReader for KafkaReader {
                     // never an empty batch, which callers take for the end of the log.
                     let fetched = self.consumer_position();
                     if fetched > self.next {
+                        self.gaps.saw(self.next, fetched);
                         self.next = fetched;
                     }
                     if self.buffered.is_empty() && self.next < self.high_watermark().await? {
@@ -211,11 +241,16 @@ impl LogReader for KafkaReader {
                 }
             }
         }
+        self.check_gaps().await;
         Ok(self.pop(max))
     }
 
     fn position(&self) -> Offset {
         self.next
+    }
+
+    fn take_skipped(&mut self) -> Option<Skipped> {
+        self.gaps.take()
     }
 }
 

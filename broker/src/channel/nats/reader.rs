@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::binding;
-use crate::channel::{ChannelError, LogReader, Malformed, Offset, Record};
+use crate::channel::{ChannelError, Gaps, LogReader, Malformed, Offset, Record, Skipped};
 use crate::config::BrokerId;
 
 /// Messages requested per pull.
@@ -44,6 +44,10 @@ const PULL_EXPIRES: Duration = Duration::from_secs(30);
 const IDLE_CHECK: Duration = Duration::from_secs(15);
 /// The server removes a consumer whose reader vanished after this long.
 const INACTIVE: Duration = Duration::from_secs(60);
+/// Jumps in stream sequences are checked against the stream's first sequence at most
+/// this often: with several partitions in one stream nearly every message is a jump
+/// (the others' sequences), so the check (a stream info request) is rate-limited.
+const GAP_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Backoff between attempts to recreate a consumer.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -101,6 +105,8 @@ pub struct NatsReader {
     retry_at: Option<Instant>,
     /// Consecutive failures, for backoff and log levels.
     failures: u32,
+    /// Jumps in the sequences received, to find what retention deleted unread.
+    gaps: Gaps,
 }
 
 impl NatsReader {
@@ -117,6 +123,25 @@ impl NatsReader {
             activating: None,
             retry_at: None,
             failures: 0,
+            gaps: Gaps::new(GAP_CHECK_EVERY),
+        }
+    }
+
+    /// Tells the jumps seen so far that the stream's limits caused (they start below
+    /// its first sequence) from other partitions' sequences. Failures wait for later.
+    async fn check_gaps(&mut self) {
+        if !self.gaps.due() {
+            return;
+        }
+        let info =
+            tokio::time::timeout(self.ctx.timeout, self.ctx.js.get_stream(&self.ctx.stream)).await;
+        match info {
+            // Offsets are sequences - 1.
+            Ok(Ok(s)) => self
+                .gaps
+                .resolve(s.cached_info().state.first_sequence.saturating_sub(1)),
+            _ => tracing::debug!(broker = %self.ctx.broker, partition = self.partition,
+                "cannot read the stream's first sequence to check a jump; later"),
         }
     }
 
@@ -200,6 +225,9 @@ impl NatsReader {
         if sseq < self.next_seq || sseq == 0 {
             return true; // already have it (cannot happen with a fresh consumer)
         }
+        // A consumer starting below the stream's first sequence, or one whose
+        // messages the stream's limits removed before delivery, jumps past them.
+        self.gaps.saw(self.next_seq - 1, sseq - 1);
         self.next_seq = sseq + 1;
         let msg = msg.message;
         let payload = msg.payload.clone();
@@ -349,6 +377,7 @@ impl LogReader for NatsReader {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, ChannelError> {
         loop {
             if !self.buffered.is_empty() {
+                self.check_gaps().await;
                 return Ok(self.take(max));
             }
             if self.active.is_none() && self.activate().await.is_err() {
@@ -383,6 +412,7 @@ impl LogReader for NatsReader {
     }
 
     async fn try_batch(&mut self, max: usize) -> Result<Vec<Record>, ChannelError> {
+        self.check_gaps().await;
         if !self.buffered.is_empty() {
             return Ok(self.take(max));
         }
@@ -430,10 +460,15 @@ impl LogReader for NatsReader {
         if self.buffered.is_empty() {
             return Err(self.unavailable("consumer reset while reading; retry"));
         }
+        self.check_gaps().await;
         Ok(self.take(max))
     }
 
     fn position(&self) -> Offset {
         self.position
+    }
+
+    fn take_skipped(&mut self) -> Option<Skipped> {
+        self.gaps.take()
     }
 }
