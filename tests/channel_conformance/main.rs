@@ -501,8 +501,11 @@ async fn embedded_retention_keeps_what_a_trigger_has_not_passed() {
     // The trigger passes everything: the oldest segments go and producers are taken.
     let end = b.end_offset(0).await.unwrap();
     b.store_checkpoint("t", &[(0, end)], false).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-    b.append(&[event("after", None)]).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while let Err(e) = b.append(&[event("after", None)]).await {
+        assert!(std::time::Instant::now() < deadline, "still refused: {e}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let r = b.reader(0, StartAt::Earliest).await.unwrap();
     assert!(r.position() > 0, "delivered segments deleted");
 }

@@ -200,7 +200,8 @@ pub trait BrokerLog: Send + Sync + 'static {
     /// back a retention this log applies itself: from now on it deletes an event
     /// only once every one of them has passed it, and refuses producer appends with
     /// [`ChannelError::RetentionFull`] when its size limit is reached before they do.
-    /// The dispatcher calls it when it starts (and on every config change). Before
+    /// The dispatcher calls it when it starts, with every trigger of the broker (live
+    /// config reload, issue 15, will have to call it on each change). Before
     /// any call the embedded log deletes nothing that may be undelivered. Logs whose
     /// engine owns retention (NATS, Kafka) ignore it; there a trigger that falls
     /// behind the log start is reported by [`LogReader::take_skipped`].

@@ -132,7 +132,7 @@ static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 const RETENTION_EVERY: Duration = Duration::from_secs(10);
 /// While held at the size limit, how often an append re-checks whether the holder
 /// has moved on (each check reads every live checkpoint).
-const HELD_RECHECK: Duration = Duration::from_millis(100);
+pub(super) const HELD_RECHECK: Duration = Duration::from_millis(100);
 /// While held, how often the ERROR naming the holder is repeated.
 const HELD_LOG_EVERY: Duration = Duration::from_secs(30);
 const POISONED: &str = "the partition's writer could not undo a failed append; restart needed";
@@ -162,8 +162,17 @@ struct Writer {
     /// A failed append could not be undone: refuse everything.
     poisoned: Option<&'static str>,
     /// At the size limit with the oldest segment undelivered: producer appends are
-    /// refused until the holder passes it. With when it was last checked and logged.
-    held: Option<(Floor, Instant, Instant)>,
+    /// refused until the holder passes it.
+    held: Option<Held>,
+}
+
+/// The writer's held state.
+struct Held {
+    floor: Floor,
+    /// When the floor was last read.
+    checked: Instant,
+    /// When the ERROR naming the holder was last logged.
+    logged: Instant,
 }
 
 /// Runs the writer until every sender is gone. `file` is the active segment (the last
@@ -273,20 +282,27 @@ impl Writer {
                 tracing::error!(dir = %self.shared.dir.display(), holder = %floor.holder, checkpoint = floor.offset,
                     limit = self.settings.retention_bytes.unwrap_or(0),
                     "partition is at --retention-bytes and its oldest segment is not yet delivered: appends are refused (503) until the holder passes it");
-                self.held = Some((floor, now, now));
+                self.held = Some(Held {
+                    floor,
+                    checked: now,
+                    logged: now,
+                });
             }
-            (Some(floor), Some((_, _, logged))) => {
-                let logged = if now.duration_since(logged) >= HELD_LOG_EVERY {
+            (Some(floor), Some(before)) => {
+                let mut logged = before.logged;
+                if now.duration_since(logged) >= HELD_LOG_EVERY {
                     tracing::error!(dir = %self.shared.dir.display(), holder = %floor.holder, checkpoint = floor.offset,
                         "partition still at --retention-bytes; appends refused until the holder passes its oldest segment");
-                    now
-                } else {
-                    logged
-                };
-                self.held = Some((floor, now, logged));
+                    logged = now;
+                }
+                self.held = Some(Held {
+                    floor,
+                    checked: now,
+                    logged,
+                });
             }
-            (None, Some((floor, ..))) => {
-                tracing::info!(dir = %self.shared.dir.display(), holder = %floor.holder,
+            (None, Some(before)) => {
+                tracing::info!(dir = %self.shared.dir.display(), holder = %before.floor.holder,
                     "partition is below --retention-bytes again; appends accepted");
             }
             (None, None) => {}
@@ -303,11 +319,11 @@ impl Writer {
         if self
             .held
             .as_ref()
-            .is_some_and(|(_, checked, _)| checked.elapsed() >= HELD_RECHECK)
+            .is_some_and(|h| h.checked.elapsed() >= HELD_RECHECK)
         {
             self.retain();
         }
-        if let Some((floor, ..)) = &self.held {
+        if let Some(Held { floor, .. }) = &self.held {
             // Producers wait; Triggerfish's own appends go on (see `AppendRequest::own`).
             let (own, refused): (Vec<_>, Vec<_>) = batch.drain(..).partition(|r| r.own);
             for req in refused {

@@ -478,9 +478,10 @@ fn retention_keeps_what_a_live_trigger_has_not_passed_and_holds_producers_at_the
     // Triggerfish's own appends (replies) are not held: a trigger storing a reply
     // must not wait on its own checkpoint.
     assert!(h.append_own(&["reply"]).is_ok());
-    // One trigger passes everything: the other still holds it.
+    // One trigger passes everything: the other still holds it (past a re-check of
+    // the floor, which a refusal cannot be waited for otherwise).
     holds.set("fast", vec![Some(h.committed())]);
-    std::thread::sleep(Duration::from_millis(150));
+    std::thread::sleep(writer::HELD_RECHECK * 2);
     let still = h
         .append(&[PAYLOAD])
         .expect_err("slow still holds the partition");
@@ -490,9 +491,10 @@ fn retention_keeps_what_a_live_trigger_has_not_passed_and_holds_producers_at_the
     let half = accepted / 2;
     holds.set("slow", vec![Some(half)]);
     holds.set("fast", vec![Some(half)]);
-    std::thread::sleep(Duration::from_millis(150));
-    h.append(&[PAYLOAD])
-        .expect("accepted once the oldest segments are delivered");
+    poll(
+        || h.append(&[PAYLOAD]).is_ok(),
+        "an append accepted once the oldest segments are delivered",
+    );
     let first = first_on_disk(&h);
     assert!(
         first > 0 && first <= half,
