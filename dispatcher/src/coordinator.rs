@@ -14,12 +14,11 @@
 //! overwrite each other's.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use broker::channel::lease::PartitionLeases;
-use broker::channel::{BrokerLog, ChannelError};
+use broker::channel::BrokerLog;
 use broker::config::BrokerId;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -42,20 +41,14 @@ pub struct BrokerRun {
     pub lanes: Arc<[LaneInfo]>,
     /// The filter index over `lanes`.
     pub index: Arc<broker::filter::FilterIndex>,
-    /// Per partition: whether this process dispatches it now.
-    pub owned: Arc<[AtomicBool]>,
+    /// Its checkpoints.
+    pub book: Arc<crate::checkpoints::Book>,
     /// The delivery client.
     pub client: HttpClient,
     /// Queue length of each lane.
     pub lane_queue: usize,
     /// How long a stopping lane waits for deliveries in flight.
     pub drain: Duration,
-    /// Per trigger, the checkpoint last stored.
-    pub stored: tokio::sync::Mutex<Vec<Vec<broker::channel::Offset>>>,
-    /// Per trigger, when its checkpoints were last stored.
-    pub stored_at: std::sync::Mutex<Vec<std::time::Instant>>,
-    /// See [`crate::DispatcherOptions::skips_stored_every`].
-    pub skips_stored_every: Duration,
     /// Where malformed records go.
     pub malformed: Arc<crate::malformed::Sink>,
     /// How many partitions this process dispatches now.
@@ -116,7 +109,7 @@ impl Coordinator {
                     .filter(|p| !self.stopping.iter().any(|(ps, _)| ps.contains(p)))
                     .collect();
                 if !new.is_empty() {
-                    match self.reload_checkpoints(&new).await {
+                    match self.run.book.acquire(&new).await {
                         Ok(()) => {
                             for p in new {
                                 self.start(p);
@@ -156,27 +149,6 @@ impl Coordinator {
         }
     }
 
-    /// Loads the stored checkpoints of partitions about to start: another process may
-    /// have dispatched them since this one last did (or since it started).
-    async fn reload_checkpoints(&self, partitions: &[u32]) -> Result<(), ChannelError> {
-        let mut stored = self.run.stored.lock().await;
-        for (rt, prev) in self.run.triggers.iter().zip(stored.iter_mut()) {
-            let loaded = self.run.log.load_checkpoint(&rt.cfg.name).await?;
-            for &p in partitions {
-                let p = p as usize;
-                // `init_checkpoints` gave every partition one when the dispatcher started.
-                let Some(offset) = loaded.get(p).copied().flatten() else {
-                    continue;
-                };
-                if let (Some(slot), Some(prev)) = (rt.checkpoint.get(p), prev.get_mut(p)) {
-                    slot.store(offset, Ordering::Release);
-                    *prev = offset;
-                }
-            }
-        }
-        Ok(())
-    }
-
     fn start(&mut self, p: u32) {
         let run = &self.run;
         let token = self.shutdown.child_token();
@@ -201,9 +173,8 @@ impl Coordinator {
                 client: run.client.clone(),
                 drain: run.drain,
             };
-            tasks.spawn(lane::supervise(rt.clone(), p, spec));
+            tasks.spawn(lane::supervise(rt.clone(), run.book.clone(), p, spec));
         }
-        run.owned[p as usize].store(true, Ordering::Release);
         tracing::info!(broker = %run.id, partition = p, triggers = run.triggers.len(), "dispatching partition");
         self.running.insert(p, Running { token, tasks });
     }
@@ -229,12 +200,11 @@ impl Coordinator {
         let handle = tokio::spawn(async move {
             for (p, r) in &stopping {
                 r.tasks.wait().await;
-                run.owned[*p as usize].store(false, Ordering::Release);
                 tracing::info!(broker = %run.id, partition = p, "stopped dispatching partition");
             }
             // The final checkpoints of these partitions are written before the
             // leases go.
-            crate::flush_now(&run, true, &released).await;
+            run.book.finish(&released).await;
             leases.release(&released).await;
         });
         self.stopping.push((ids, handle));

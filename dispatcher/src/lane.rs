@@ -16,7 +16,6 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +29,7 @@ use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoints::{Book, Mark};
 use crate::deliver::HttpClient;
 use crate::fanout::{Item, Partition};
 use crate::settle::{after_panic, panic_message, settle, BrokerSinks};
@@ -79,12 +79,6 @@ pub struct TriggerRuntime {
     pub cfg: TriggerConfig,
     /// Its metrics.
     pub metrics: TriggerMetrics,
-    /// Per partition, the checkpoint the lane last reached.
-    pub checkpoint: Box<[AtomicU64]>,
-    /// Per partition, whether a delivery finished since the checkpoint was last
-    /// stored (a checkpoint moved only past events that did not match is stored less
-    /// often: losing it costs a re-scan, not a redelivery).
-    pub delivered: Box<[AtomicBool]>,
     /// Where its replies and dead letters go.
     pub sinks: Arc<BrokerSinks>,
 }
@@ -123,11 +117,12 @@ pub struct LaneSpec {
 /// (`triggerfish_dispatcher_lane_failures{kind="restart"}`) and started again from
 /// its checkpoint, after a backoff of 100 ms doubling to 5 s: events it had in
 /// flight are delivered again, none is skipped.
-pub async fn supervise(rt: Arc<TriggerRuntime>, partition: u32, spec: LaneSpec) {
+pub async fn supervise(rt: Arc<TriggerRuntime>, book: Arc<Book>, partition: u32, spec: LaneSpec) {
     let token = spec.ctx.shutdown.clone();
     let mut wait = Duration::from_millis(100);
     loop {
-        let from = rt.checkpoint[partition as usize].load(Ordering::Acquire);
+        let mark = book.mark(spec.lane, partition);
+        let from = mark.reached();
         let (tx, rx) = mpsc::channel(spec.queue.max(1));
         spec.ctx.tasks.spawn(crate::fanout::catch_up(
             spec.ctx.clone(),
@@ -138,7 +133,7 @@ pub async fn supervise(rt: Arc<TriggerRuntime>, partition: u32, spec: LaneSpec) 
         let ended = AssertUnwindSafe(run_lane(
             rt.clone(),
             partition,
-            from,
+            mark,
             rx,
             spec.client.clone(),
             token.clone(),
@@ -164,11 +159,12 @@ pub async fn supervise(rt: Arc<TriggerRuntime>, partition: u32, spec: LaneSpec) 
     }
 }
 
-/// Runs one lane until shutdown, then waits up to `drain` for deliveries in flight.
+/// Runs one lane from its done mark until shutdown, then waits up to `drain` for
+/// deliveries in flight.
 pub async fn run_lane(
     rt: Arc<TriggerRuntime>,
     partition: u32,
-    start: Offset,
+    mark: &Mark,
     mut rx: mpsc::Receiver<Item>,
     client: HttpClient,
     shutdown: CancellationToken,
@@ -176,20 +172,17 @@ pub async fn run_lane(
 ) {
     let ordered = rt.cfg.order == DeliveryOrder::Ordered;
     let limit = rt.cfg.concurrency.max(1);
-    let mut tracker = DoneTracker::new(start);
+    let mut tracker = DoneTracker::new(mark.reached());
     let mut in_flight: FuturesUnordered<InFlight<'_>> = FuturesUnordered::new();
     let mut keys = KeyQueues::default();
-    let slot = &rt.checkpoint[partition as usize];
-    let delivered = &rt.delivered[partition as usize];
-    let publish = |t: &DoneTracker| slot.store(t.checkpoint(), Ordering::Release);
+    let publish = |t: &DoneTracker, delivered: bool| mark.publish(t.checkpoint(), delivered);
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             Some((offset, key)) = in_flight.next(), if !in_flight.is_empty() => {
                 tracker.done(offset);
-                publish(&tracker);
-                delivered.store(true, Ordering::Release);
+                publish(&tracker, true);
                 if let Some(key) = key {
                     // Ordered: the next event of this key may go now.
                     let next = keys.waiting.get_mut(&key).and_then(VecDeque::pop_front);
@@ -223,7 +216,7 @@ pub async fn run_lane(
                 }
                 Some(Item::Skip(offset)) => {
                     tracker.skip_to(offset);
-                    publish(&tracker);
+                    publish(&tracker, false);
                 }
                 None => break,
             }
@@ -237,8 +230,7 @@ pub async fn run_lane(
         tokio::select! {
             Some((offset, _)) = in_flight.next() => {
                 tracker.done(offset);
-                publish(&tracker);
-                delivered.store(true, Ordering::Release);
+                publish(&tracker, true);
             }
             () = &mut deadline => {
                 tracing::warn!(trigger = %rt.cfg.name, partition, in_flight = in_flight.len(),

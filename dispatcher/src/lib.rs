@@ -7,6 +7,8 @@
 //!   reader of its own and rejoins when it reaches the end.
 //! - [`lane`]: one trigger on one partition: bounded concurrency, delivery, and the
 //!   checkpoint as the contiguous done prefix.
+//! - [`checkpoints`]: the checkpoint book, the one owner of every (trigger, partition)
+//!   done mark and stored mark, and of writing them (only for owned partitions).
 //! - [`settle`]: what happens to one event: delivered, reply stored, dead-lettered
 //!   to the sink or to the broker's own dead-letter log.
 //! - [`deliver`]: the HTTP POST with the trigger's retry policy.
@@ -20,10 +22,12 @@
 //! crash loses at most that much checkpoint progress, which means redelivery, never
 //! loss. A checkpoint that moved only past events its trigger did not match is
 //! stored every [`DispatcherOptions::skips_stored_every`] instead (a crash then costs
-//! a re-scan of events that are filtered out again). They are stored per trigger and partition, and a process writes only those
-//! of the partitions it owns ([`coordinator`]), so dispatcher replicas sharing a
-//! broker never overwrite each other's.
+//! a re-scan of events that are filtered out again). They are stored per trigger and
+//! partition, and a process writes only those of the partitions it owns
+//! ([`coordinator`], [`checkpoints`]), so dispatcher replicas sharing a broker never
+//! overwrite each other's.
 
+pub mod checkpoints;
 pub mod connector;
 pub mod coordinator;
 pub mod deliver;
@@ -33,14 +37,12 @@ pub mod malformed;
 pub mod settle;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use broker::channel::{BrokerLog, ChannelError, Offset};
 use broker::config::{BrokerConfig, BrokerId, Config};
 use broker::telemetry::Metrics;
-use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -152,7 +154,7 @@ pub async fn start(
         metrics
             .dead_letter_gauge(&broker.id.to_string())
             .set(dead_letter_backlog(logs.dead_letters.as_ref()).await? as i64);
-        let triggers = start_points(broker, log.as_ref(), metrics, &sinks).await?;
+        let (triggers, starts) = start_points(broker, log.as_ref(), metrics, &sinks).await?;
         // Retention keeps what a trigger (or the malformed-record scan) has not passed.
         let mut holders: Vec<String> = triggers.iter().map(|t| t.cfg.name.clone()).collect();
         if !holders.is_empty() {
@@ -173,8 +175,15 @@ pub async fn start(
         let index = Arc::new(broker::filter::FilterIndex::build(
             &lanes.iter().map(|l| &l.filter).collect::<Vec<_>>(),
         ));
-        let stored = triggers.iter().map(|t| snapshot(t)).collect();
-        let stored_at = vec![std::time::Instant::now(); triggers.len()];
+        let book = Arc::new(checkpoints::Book::new(
+            log.clone(),
+            triggers
+                .iter()
+                .map(|t| Arc::from(t.cfg.name.as_str()))
+                .collect(),
+            &starts,
+            opts.skips_stored_every,
+        ));
         let malformed = Arc::new(malformed::Sink {
             events: logs.events.clone(),
             dead_letters: logs.dead_letters.clone(),
@@ -189,21 +198,16 @@ pub async fn start(
             triggers,
             lanes,
             index,
-            owned: (0..log.partitions())
-                .map(|_| AtomicBool::new(false))
-                .collect(),
+            book: book.clone(),
             client: client.clone(),
             lane_queue: opts.lane_queue,
             drain: opts.drain_timeout,
-            skips_stored_every: opts.skips_stored_every,
-            stored: tokio::sync::Mutex::new(stored),
-            stored_at: std::sync::Mutex::new(stored_at),
         });
         let mut coordinator =
             Coordinator::new(run.clone(), log.leases(&opts.owner), shutdown.clone());
         coordinator.step().await;
         tasks.spawn(coordinator.run());
-        flushers.spawn(flush_checkpoints(run, lanes_done.clone()));
+        flushers.spawn(flush_checkpoints(book, lanes_done.clone()));
         tracing::info!(broker = %broker.id, triggers = broker.triggers.len(), partitions = log.partitions(), "dispatching");
     }
     Ok(Dispatcher {
@@ -288,26 +292,26 @@ async fn start_points(
     log: &dyn BrokerLog,
     metrics: &Metrics,
     sinks: &Arc<settle::BrokerSinks>,
-) -> Result<Vec<Arc<TriggerRuntime>>, ChannelError> {
+) -> Result<(Vec<Arc<TriggerRuntime>>, Vec<Vec<Offset>>), ChannelError> {
     let broker_name = broker.id.to_string();
     let starts = init_checkpoints(broker, log).await?;
-    let mut out = Vec::with_capacity(broker.triggers.len());
-    for (t, start) in broker.triggers.iter().zip(starts) {
-        let rt = TriggerRuntime {
-            cfg: t.clone(),
-            metrics: metrics.trigger(&broker_name, &t.name),
-            checkpoint: start.iter().map(|&o| AtomicU64::new(o)).collect(),
-            delivered: start.iter().map(|_| AtomicBool::new(false)).collect(),
-            sinks: sinks.clone(),
-        };
-        out.push(Arc::new(rt));
-    }
-    Ok(out)
+    let out = broker
+        .triggers
+        .iter()
+        .map(|t| {
+            Arc::new(TriggerRuntime {
+                cfg: t.clone(),
+                metrics: metrics.trigger(&broker_name, &t.name),
+                sinks: sinks.clone(),
+            })
+        })
+        .collect();
+    Ok((out, starts))
 }
 
 /// Writes changed checkpoints every [`CHECKPOINT_EVERY`] until `done`, then once more
 /// durably.
-async fn flush_checkpoints(run: Arc<BrokerRun>, done: CancellationToken) {
+async fn flush_checkpoints(book: Arc<checkpoints::Book>, done: CancellationToken) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -315,119 +319,9 @@ async fn flush_checkpoints(run: Arc<BrokerRun>, done: CancellationToken) {
             () = done.cancelled() => true,
             _ = tick.tick() => false,
         };
-        flush_now(&run, last, &[]).await;
+        book.flush(last).await;
         if last {
             break;
         }
     }
-}
-
-/// Stores, for every trigger, the checkpoints that changed since the last store (all
-/// of them when `durable`) of the partitions this process owns plus `stopped` (ones
-/// it just stopped dispatching). Other partitions belong to other processes: their
-/// checkpoints are never written from here.
-pub(crate) async fn flush_now(run: &BrokerRun, durable: bool, stopped: &[u32]) {
-    let mut stored = run.stored.lock().await;
-    let mine: Vec<usize> = (0..run.owned.len())
-        .filter(|&p| run.owned[p].load(Ordering::Acquire) || stopped.contains(&(p as u32)))
-        .collect();
-    if mine.is_empty() {
-        return;
-    }
-    // Every trigger's changed checkpoints, stored concurrently (a shared channel
-    // takes a network round trip per store; a thousand triggers in sequence would
-    // make each flush take seconds).
-    // A checkpoint that moved only past events the trigger did not match is stored
-    // every `skips_stored_every` (5 s): with a thousand triggers of which few match, storing
-    // each one every flush was thousands of file writes a second, and losing such a
-    // move costs only a re-scan of events that are filtered out again.
-    let now = std::time::Instant::now();
-    let stale: Vec<bool> = {
-        let at = run.stored_at.lock().unwrap_or_else(|p| p.into_inner());
-        at.iter()
-            .map(|t| now.duration_since(*t) >= run.skips_stored_every)
-            .collect()
-    };
-    let mut pending = Vec::new();
-    for (i, (t, prev)) in run.triggers.iter().zip(stored.iter()).enumerate() {
-        // Every owned partition's mark is taken (no short cut), so none is left set
-        // for a store that is about to happen anyway.
-        let delivered = mine.iter().fold(false, |any, &p| {
-            let this = t
-                .delivered
-                .get(p)
-                .is_some_and(|d| d.swap(false, Ordering::AcqRel));
-            any | this
-        });
-        let due = durable || delivered || stale.get(i).copied().unwrap_or(true);
-        let updates: Vec<(u32, Offset)> = mine
-            .iter()
-            .filter_map(|&p| {
-                let reached = t.checkpoint.get(p)?.load(Ordering::Acquire);
-                (durable || (due && prev.get(p) != Some(&reached))).then_some((p as u32, reached))
-            })
-            .collect();
-        if !updates.is_empty() {
-            pending.push((i, updates, delivered));
-        } else if delivered {
-            // Nothing to store after all: keep the mark for the next flush.
-            for &p in &mine {
-                if let Some(d) = t.delivered.get(p) {
-                    d.store(true, Ordering::Release);
-                }
-            }
-        }
-    }
-    let results: Vec<_> = futures_util::stream::iter(pending)
-        .map(|(i, updates, delivered)| async move {
-            let name = &run.triggers[i].cfg.name;
-            // A checkpoint that moved past deliveries is synced (with the embedded
-            // log's `--fsync always`, on a par with the events it covers); one that
-            // moved only past filtered-out events is not: losing it costs a re-scan.
-            let r = run
-                .log
-                .store_checkpoint(name, &updates, durable || delivered)
-                .await;
-            (i, updates, delivered, r)
-        })
-        .buffer_unordered(STORE_CONCURRENCY)
-        .collect()
-        .await;
-    let mut at = run.stored_at.lock().unwrap_or_else(|p| p.into_inner());
-    for (i, updates, delivered, result) in results {
-        match result {
-            Ok(()) => {
-                if let Some(t) = at.get_mut(i) {
-                    *t = now;
-                }
-                if let Some(prev) = stored.get_mut(i) {
-                    for (p, o) in updates {
-                        if let Some(slot) = prev.get_mut(p as usize) {
-                            *slot = o;
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                if delivered {
-                    for (p, _) in &updates {
-                        if let Some(d) = run.triggers[i].delivered.get(*p as usize) {
-                            d.store(true, Ordering::Release);
-                        }
-                    }
-                }
-                tracing::warn!(trigger = %run.triggers[i].cfg.name, error = %e, "cannot store checkpoint; will retry")
-            }
-        }
-    }
-}
-
-/// Checkpoint stores in flight at once during a flush.
-const STORE_CONCURRENCY: usize = 32;
-
-fn snapshot(t: &TriggerRuntime) -> Vec<Offset> {
-    t.checkpoint
-        .iter()
-        .map(|a| a.load(Ordering::Acquire))
-        .collect()
 }

@@ -1,0 +1,406 @@
+//! The checkpoint book of one broker: the one owner of every (trigger, partition)
+//! checkpoint this process keeps, and the one place that writes them to the log.
+//!
+//! For each (trigger, partition) it holds
+//! - the **done mark**, the offset the lane has reached (everything below it is
+//!   delivered, dead-lettered or did not match), published by the lane ([`Mark`]);
+//! - whether a delivery finished since the last store (a mark that moved only past
+//!   events the trigger did not match is stored less often: losing it costs a
+//!   re-scan, not a redelivery);
+//! - the **stored mark**, the offset last written to the log;
+//!
+//! and, per partition, whether this process owns it now. A flush writes the marks
+//! that moved, of owned partitions only, so dispatcher replicas never overwrite each
+//! other's. [`Book::acquire`] loads the stored checkpoints of partitions about to
+//! start (another process may have dispatched them since); [`Book::finish`] writes a
+//! stopped partition's final checkpoints durably and disowns it, before its lease
+//! goes. Time is `tokio::time`, so tests can pause it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::channel::{BrokerLog, ChannelError, Offset};
+use futures_util::StreamExt;
+use tokio::time::Instant;
+
+/// Checkpoint loads or stores in flight at once (a shared channel takes a network
+/// round trip for each; a thousand triggers one after another would take seconds).
+const CONCURRENCY: usize = 32;
+
+/// One (trigger, partition)'s done mark, written by its lane.
+#[derive(Debug, Default)]
+pub struct Mark {
+    reached: AtomicU64,
+    delivered: AtomicBool,
+}
+
+impl Mark {
+    /// The offset the lane has reached: where it starts (again).
+    pub fn reached(&self) -> Offset {
+        self.reached.load(Ordering::Acquire)
+    }
+
+    /// The lane has reached `offset`; `delivered` when that move passed a delivery
+    /// (so the next flush stores it, durably).
+    pub fn publish(&self, offset: Offset, delivered: bool) {
+        self.reached.store(offset, Ordering::Release);
+        if delivered {
+            self.delivered.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// What the book's lock guards: the stored marks and ownership.
+struct Stored {
+    /// `[trigger * partitions + partition]`: the offset last stored.
+    offsets: Vec<Offset>,
+    /// Per trigger, when its checkpoints were last stored.
+    at: Vec<Instant>,
+    /// Per partition, whether this process dispatches it now.
+    owned: Vec<bool>,
+}
+
+/// The checkpoint book of one broker; see the module docs.
+pub struct Book {
+    log: Arc<dyn BrokerLog>,
+    names: Box<[Arc<str>]>,
+    partitions: usize,
+    marks: Box<[Mark]>,
+    stored: tokio::sync::Mutex<Stored>,
+    skips_stored_every: Duration,
+}
+
+impl Book {
+    /// A book for `names` (triggers in lane order) starting at `starts` (per trigger,
+    /// per partition: the stored checkpoints), owning no partition yet.
+    pub fn new(
+        log: Arc<dyn BrokerLog>,
+        names: Vec<Arc<str>>,
+        starts: &[Vec<Offset>],
+        skips_stored_every: Duration,
+    ) -> Book {
+        let partitions = log.partitions() as usize;
+        let offsets: Vec<Offset> = (0..names.len())
+            .flat_map(|t| {
+                (0..partitions)
+                    .map(move |p| starts.get(t).and_then(|s| s.get(p)).copied().unwrap_or(0))
+            })
+            .collect();
+        let marks = offsets
+            .iter()
+            .map(|&o| Mark {
+                reached: AtomicU64::new(o),
+                delivered: AtomicBool::new(false),
+            })
+            .collect();
+        Book {
+            stored: tokio::sync::Mutex::new(Stored {
+                offsets,
+                at: vec![Instant::now(); names.len()],
+                owned: vec![false; partitions],
+            }),
+            log,
+            names: names.into(),
+            partitions,
+            marks,
+            skips_stored_every,
+        }
+    }
+
+    /// The done mark of trigger `t` (lane index) on `partition`.
+    pub fn mark(&self, t: usize, partition: u32) -> &Mark {
+        &self.marks[t * self.partitions + partition as usize]
+    }
+
+    /// Loads the stored checkpoints of `partitions` (another process may have
+    /// dispatched them since this one last did), sets the marks to them, and owns the
+    /// partitions from now on. On error nothing is owned and the caller retries.
+    pub async fn acquire(&self, partitions: &[u32]) -> Result<(), ChannelError> {
+        let mut st = self.stored.lock().await;
+        type Loaded = (usize, Result<Vec<Option<Offset>>, ChannelError>);
+        let loads: Vec<Loaded> = futures_util::stream::iter(0..self.names.len())
+            .map(|t| {
+                // Owned, so the future is `Send` for any borrow of the book.
+                let (log, name) = (self.log.clone(), self.names[t].clone());
+                async move { (t, log.load_checkpoint(&name).await) }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut loaded = Vec::with_capacity(loads.len());
+        for (t, r) in loads {
+            loaded.push((t, r?));
+        }
+        for (t, stored) in loaded {
+            for &p in partitions {
+                // `init_checkpoints` gave every partition one when the dispatcher started.
+                let Some(offset) = stored.get(p as usize).copied().flatten() else {
+                    continue;
+                };
+                let i = t * self.partitions + p as usize;
+                if let (Some(mark), Some(slot)) = (self.marks.get(i), st.offsets.get_mut(i)) {
+                    mark.reached.store(offset, Ordering::Release);
+                    *slot = offset;
+                }
+            }
+        }
+        for &p in partitions {
+            if let Some(o) = st.owned.get_mut(p as usize) {
+                *o = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the checkpoints that changed since the last store (all of them when
+    /// `durable`) of the partitions this process owns.
+    pub async fn flush(&self, durable: bool) {
+        let mut st = self.stored.lock().await;
+        let mine: Vec<usize> = (0..self.partitions).filter(|&p| st.owned[p]).collect();
+        self.store(&mut st, &mine, durable).await;
+    }
+
+    /// Writes the final checkpoints of `partitions`, whose lanes have stopped,
+    /// durably, and disowns them: after this, their leases may go.
+    pub async fn finish(&self, partitions: &[u32]) {
+        let mut st = self.stored.lock().await;
+        let mine: Vec<usize> = partitions
+            .iter()
+            .map(|&p| p as usize)
+            .filter(|&p| st.owned.get(p).copied().unwrap_or(false))
+            .collect();
+        self.store(&mut st, &mine, true).await;
+        for p in mine {
+            st.owned[p] = false;
+        }
+    }
+
+    async fn store(&self, st: &mut Stored, mine: &[usize], durable: bool) {
+        if mine.is_empty() {
+            return;
+        }
+        // A checkpoint that moved only past events the trigger did not match is stored
+        // every `skips_stored_every` (5 s): with a thousand triggers of which few
+        // match, storing each one every flush was thousands of file writes a second,
+        // and losing such a move costs only a re-scan of events filtered out again.
+        let now = Instant::now();
+        let mut pending = Vec::new();
+        for t in 0..self.names.len() {
+            let row = t * self.partitions;
+            // Every partition's mark is taken (no short cut), so none is left set for
+            // a store that is about to happen anyway.
+            let delivered = mine.iter().fold(false, |any, &p| {
+                any | self.marks[row + p].delivered.swap(false, Ordering::AcqRel)
+            });
+            let stale = now.duration_since(st.at[t]) >= self.skips_stored_every;
+            let due = durable || delivered || stale;
+            let updates: Vec<(u32, Offset)> = mine
+                .iter()
+                .filter_map(|&p| {
+                    let reached = self.marks[row + p].reached();
+                    (durable || (due && st.offsets[row + p] != reached))
+                        .then_some((p as u32, reached))
+                })
+                .collect();
+            if !updates.is_empty() {
+                pending.push((t, updates, delivered));
+            } else if delivered {
+                // Nothing to store after all: keep the mark for the next flush.
+                self.restore_delivered(t, mine.iter().copied());
+            }
+        }
+        let log = &self.log;
+        let names = &self.names;
+        let results: Vec<_> = futures_util::stream::iter(pending)
+            .map(|(t, updates, delivered)| async move {
+                // A checkpoint that moved past deliveries is synced (with the embedded
+                // log's `--fsync always`, on a par with the events it covers); one that
+                // moved only past filtered-out events is not: losing it costs a re-scan.
+                let r = log
+                    .store_checkpoint(&names[t], &updates, durable || delivered)
+                    .await;
+                (t, updates, delivered, r)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (t, updates, delivered, result) in results {
+            match result {
+                Ok(()) => {
+                    st.at[t] = now;
+                    for (p, o) in updates {
+                        st.offsets[t * self.partitions + p as usize] = o;
+                    }
+                }
+                Err(e) => {
+                    if delivered {
+                        self.restore_delivered(t, updates.iter().map(|&(p, _)| p as usize));
+                    }
+                    tracing::warn!(broker = %log.broker(), trigger = %names[t], error = %e, "cannot store checkpoint; will retry");
+                }
+            }
+        }
+    }
+
+    fn restore_delivered(&self, t: usize, partitions: impl Iterator<Item = usize>) {
+        for p in partitions {
+            self.marks[t * self.partitions + p]
+                .delivered
+                .store(true, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use broker::channel::{LogReader, StartAt};
+    use broker::config::BrokerId;
+    use broker::event::Event;
+
+    use super::*;
+
+    /// A log that only keeps checkpoints, and every store made.
+    struct Recording {
+        id: BrokerId,
+        partitions: u32,
+        stored: Mutex<HashMap<(String, u32), Offset>>,
+        stores: Mutex<Vec<(String, Vec<(u32, Offset)>, bool)>>,
+    }
+
+    impl Recording {
+        fn new(partitions: u32) -> Arc<Recording> {
+            Arc::new(Recording {
+                id: BrokerId::new("ns", "b"),
+                partitions,
+                stored: Mutex::default(),
+                stores: Mutex::default(),
+            })
+        }
+
+        fn take_stores(&self) -> Vec<(String, Vec<(u32, Offset)>, bool)> {
+            let mut v = std::mem::take(&mut *self.stores.lock().unwrap());
+            v.sort();
+            v
+        }
+    }
+
+    #[async_trait]
+    impl BrokerLog for Recording {
+        fn broker(&self) -> &BrokerId {
+            &self.id
+        }
+        fn partitions(&self) -> u32 {
+            self.partitions
+        }
+        async fn append(&self, _events: &[Event]) -> Result<(), ChannelError> {
+            Ok(())
+        }
+        async fn end_offset(&self, _partition: u32) -> Result<Offset, ChannelError> {
+            Ok(0)
+        }
+        async fn reader(&self, _p: u32, _s: StartAt) -> Result<Box<dyn LogReader>, ChannelError> {
+            Err(ChannelError::Other("no reader".into()))
+        }
+        async fn load_checkpoint(
+            &self,
+            trigger: &str,
+        ) -> Result<Vec<Option<Offset>>, ChannelError> {
+            let stored = self.stored.lock().unwrap();
+            Ok((0..self.partitions)
+                .map(|p| stored.get(&(trigger.to_owned(), p)).copied())
+                .collect())
+        }
+        async fn store_checkpoint(
+            &self,
+            trigger: &str,
+            updates: &[(u32, Offset)],
+            durable: bool,
+        ) -> Result<(), ChannelError> {
+            let mut stored = self.stored.lock().unwrap();
+            for &(p, o) in updates {
+                stored.insert((trigger.to_owned(), p), o);
+            }
+            self.stores
+                .lock()
+                .unwrap()
+                .push((trigger.to_owned(), updates.to_vec(), durable));
+            Ok(())
+        }
+    }
+
+    fn book(log: &Arc<Recording>) -> Book {
+        Book::new(
+            log.clone(),
+            vec!["a".into(), "b".into()],
+            &[vec![10, 20], vec![30, 40]],
+            Duration::from_secs(5),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flush_stores_moved_marks_of_owned_partitions_only() {
+        let log = Recording::new(2);
+        let book = book(&log);
+        book.flush(true).await;
+        assert!(
+            log.take_stores().is_empty(),
+            "nothing owned, nothing written"
+        );
+
+        book.acquire(&[0]).await.unwrap();
+        book.mark(0, 0).publish(11, true);
+        book.mark(0, 1).publish(21, true); // not owned: never written from here
+        book.mark(1, 0).publish(31, false); // only past filtered-out events
+        book.flush(false).await;
+        assert_eq!(log.take_stores(), vec![("a".into(), vec![(0, 11)], true)]);
+
+        // The filtered-only move waits for `skips_stored_every`, then goes unsynced.
+        book.flush(false).await;
+        assert!(log.take_stores().is_empty());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        book.flush(false).await;
+        assert_eq!(log.take_stores(), vec![("b".into(), vec![(0, 31)], false)]);
+
+        // A final store writes every owned partition durably, then disowns it.
+        book.mark(0, 0).publish(12, false);
+        book.finish(&[0, 1]).await;
+        assert_eq!(
+            log.take_stores(),
+            vec![
+                ("a".into(), vec![(0, 12)], true),
+                ("b".into(), vec![(0, 31)], true)
+            ]
+        );
+        book.mark(0, 0).publish(13, true);
+        book.flush(true).await;
+        assert!(log.take_stores().is_empty(), "disowned");
+    }
+
+    #[tokio::test]
+    async fn acquire_loads_what_another_process_stored_since() {
+        let log = Recording::new(2);
+        let book = book(&log);
+        log.stored.lock().unwrap().insert(("b".into(), 1), 44);
+        book.acquire(&[1]).await.unwrap();
+        assert_eq!(book.mark(1, 1).reached(), 44, "moved on by another process");
+        assert_eq!(
+            book.mark(0, 1).reached(),
+            20,
+            "none stored: the start stays"
+        );
+        assert_eq!(book.mark(1, 0).reached(), 30, "not acquired: untouched");
+        book.flush(true).await;
+        assert_eq!(
+            log.take_stores(),
+            vec![
+                ("a".into(), vec![(1, 20)], true),
+                ("b".into(), vec![(1, 44)], true)
+            ]
+        );
+    }
+}
