@@ -290,9 +290,13 @@ async fn redrive(
                 failed += 1;
             }
         }
-        dl.store_checkpoint(REDRIVE_CURSOR, &[(0, end)], true)
-            .await
-            .map_err(internal)?;
+        dl.store_checkpoint(
+            REDRIVE_CURSOR,
+            &[broker::channel::CheckpointUpdate::unleased(0, end)],
+            true,
+        )
+        .await
+        .map_err(internal)?;
         let backlog = dispatcher::dead_letter_backlog(dl)
             .await
             .map_err(internal)?;

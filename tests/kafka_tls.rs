@@ -192,6 +192,12 @@ async fn the_kafka_channel_works_over_tls_set_up_by_client_options_alone() {
     let mut want: Vec<String> = events.iter().map(|e| e.id().to_owned()).collect();
     want.sort();
     assert_eq!(got, want);
-    b.store_checkpoint("t", &[(0, 3)], true).await.unwrap();
+    b.store_checkpoint(
+        "t",
+        &[broker::channel::CheckpointUpdate::unleased(0, 3)],
+        true,
+    )
+    .await
+    .unwrap();
     assert_eq!(b.load_checkpoint("t").await.unwrap(), vec![Some(3), None]);
 }

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use broker::channel::lease::PartitionLeases;
+use broker::channel::lease::{HandOver, PartitionLeases};
 use broker::channel::nats::{NatsLog, NatsOptions};
 use broker::channel::EventLog;
 use broker::config::BrokerId;
@@ -31,12 +31,12 @@ async fn connect(url: &str, tag: &str, ttl: Duration) -> NatsLog {
     NatsLog::connect(opts).await.unwrap()
 }
 
-/// What a dispatcher's coordinator does: refresh, and release what is no longer
-/// returned. Returns the partitions owned now.
+/// What a dispatcher's coordinator does when its partitions stop at once: refresh,
+/// and release what is being handed over. Returns the partitions owned now.
 async fn step(l: &dyn PartitionLeases, owned: &mut BTreeSet<u32>) -> BTreeSet<u32> {
-    let now: BTreeSet<u32> = l.refresh().await.unwrap().into_iter().collect();
-    let gone: Vec<u32> = owned.difference(&now).copied().collect();
-    l.release(&gone).await;
+    let leased = l.refresh().await.unwrap();
+    let now: BTreeSet<u32> = leased.partitions().into_iter().collect();
+    l.release(&leased.revoking).await;
     *owned = now.clone();
     now
 }
@@ -49,8 +49,8 @@ async fn two_holders_split_four_partitions_and_one_takes_over_after_the_ttl() {
     let ttl = Duration::from_secs(2);
     let log = connect(&url, "lease", ttl).await;
     let broker = log.open(&BrokerId::new("ns", "b")).await.unwrap();
-    let a: Arc<dyn PartitionLeases> = broker.leases("dispatcher-a");
-    let b: Arc<dyn PartitionLeases> = broker.leases("dispatcher-b");
+    let a: Arc<dyn PartitionLeases> = broker.leases("dispatcher-a", HandOver::default());
+    let b: Arc<dyn PartitionLeases> = broker.leases("dispatcher-b", HandOver::default());
     assert_eq!(a.ttl(), ttl);
     assert_eq!(a.renew_every(), ttl / 3);
     let (mut owned_a, mut owned_b) = (BTreeSet::new(), BTreeSet::new());
@@ -99,7 +99,7 @@ async fn two_holders_split_four_partitions_and_one_takes_over_after_the_ttl() {
     // A graceful stop releases at once: a third holder gets everything immediately.
     a.release(&owned_a.iter().copied().collect::<Vec<_>>())
         .await;
-    let c = broker.leases("dispatcher-c");
+    let c = broker.leases("dispatcher-c", HandOver::default());
     let mut owned_c = BTreeSet::new();
     assert_eq!(step(c.as_ref(), &mut owned_c).await.len(), 4);
 }

@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::channel::{BrokerLog, ChannelError, Offset};
+use broker::channel::lease::Lease;
+use broker::channel::{BrokerLog, ChannelError, CheckpointUpdate, Epoch, Offset};
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
@@ -57,8 +58,8 @@ struct Stored {
     offsets: Vec<Offset>,
     /// Per trigger, when its checkpoints were last stored.
     at: Vec<Instant>,
-    /// Per partition, whether this process dispatches it now.
-    owned: Vec<bool>,
+    /// Per partition, the epoch of this process's lease on it, while it owns it.
+    owned: Vec<Option<Epoch>>,
 }
 
 /// The checkpoint book of one broker; see the module docs.
@@ -98,7 +99,7 @@ impl Book {
             stored: tokio::sync::Mutex::new(Stored {
                 offsets,
                 at: vec![Instant::now(); names.len()],
-                owned: vec![false; partitions],
+                owned: vec![None; partitions],
             }),
             log,
             names: names.into(),
@@ -113,10 +114,12 @@ impl Book {
         &self.marks[t * self.partitions + partition as usize]
     }
 
-    /// Loads the stored checkpoints of `partitions` (another process may have
+    /// Loads the stored checkpoints of `leases`' partitions (another process may have
     /// dispatched them since this one last did), sets the marks to them, and owns the
-    /// partitions from now on. On error nothing is owned and the caller retries.
-    pub async fn acquire(&self, partitions: &[u32]) -> Result<(), ChannelError> {
+    /// partitions from now on, writing under the leases' epochs. On error nothing is
+    /// owned and the caller retries.
+    pub async fn acquire(&self, leases: &[Lease]) -> Result<(), ChannelError> {
+        let partitions: Vec<u32> = leases.iter().map(|l| l.partition).collect();
         let mut st = self.stored.lock().await;
         type Loaded = (usize, Result<Vec<Option<Offset>>, ChannelError>);
         let loads: Vec<Loaded> = futures_util::stream::iter(0..self.names.len())
@@ -133,7 +136,7 @@ impl Book {
             loaded.push((t, r?));
         }
         for (t, stored) in loaded {
-            for &p in partitions {
+            for &p in &partitions {
                 // `init_checkpoints` gave every partition one when the dispatcher started.
                 let Some(offset) = stored.get(p as usize).copied().flatten() else {
                     continue;
@@ -145,9 +148,9 @@ impl Book {
                 }
             }
         }
-        for &p in partitions {
-            if let Some(o) = st.owned.get_mut(p as usize) {
-                *o = true;
+        for l in leases {
+            if let Some(o) = st.owned.get_mut(l.partition as usize) {
+                *o = Some(l.epoch);
             }
         }
         Ok(())
@@ -157,7 +160,9 @@ impl Book {
     /// `durable`) of the partitions this process owns.
     pub async fn flush(&self, durable: bool) {
         let mut st = self.stored.lock().await;
-        let mine: Vec<usize> = (0..self.partitions).filter(|&p| st.owned[p]).collect();
+        let mine: Vec<usize> = (0..self.partitions)
+            .filter(|&p| st.owned[p].is_some())
+            .collect();
         self.store(&mut st, &mine, durable).await;
     }
 
@@ -168,11 +173,11 @@ impl Book {
         let mine: Vec<usize> = partitions
             .iter()
             .map(|&p| p as usize)
-            .filter(|&p| st.owned.get(p).copied().unwrap_or(false))
+            .filter(|&p| st.owned.get(p).is_some_and(Option::is_some))
             .collect();
         self.store(&mut st, &mine, true).await;
         for p in mine {
-            st.owned[p] = false;
+            st.owned[p] = None;
         }
     }
 
@@ -195,12 +200,13 @@ impl Book {
             });
             let stale = now.duration_since(st.at[t]) >= self.skips_stored_every;
             let due = durable || delivered || stale;
-            let updates: Vec<(u32, Offset)> = mine
+            let updates: Vec<CheckpointUpdate> = mine
                 .iter()
                 .filter_map(|&p| {
                     let reached = self.marks[row + p].reached();
+                    let epoch = st.owned[p]?;
                     (durable || (due && st.offsets[row + p] != reached))
-                        .then_some((p as u32, reached))
+                        .then_some(CheckpointUpdate::new(p as u32, reached, epoch))
                 })
                 .collect();
             if !updates.is_empty() {
@@ -229,13 +235,31 @@ impl Book {
             match result {
                 Ok(()) => {
                     st.at[t] = now;
-                    for (p, o) in updates {
-                        st.offsets[t * self.partitions + p as usize] = o;
+                    for u in updates {
+                        st.offsets[t * self.partitions + u.partition as usize] = u.offset;
+                    }
+                }
+                Err(ChannelError::Fenced {
+                    partition,
+                    epoch,
+                    current,
+                    ..
+                }) => {
+                    // Another process owns the partition now: this one writes no more
+                    // of its checkpoints (the coordinator stops it at its next refresh).
+                    if let Some(o) = st.owned.get_mut(partition as usize) {
+                        if o.take().is_some() {
+                            tracing::warn!(broker = %log.broker(), trigger = %names[t], partition, epoch, current,
+                                "partition has a newer owner; its checkpoints are no longer written from here");
+                        }
+                    }
+                    if delivered {
+                        self.restore_delivered(t, updates.iter().map(|u| u.partition as usize));
                     }
                 }
                 Err(e) => {
                     if delivered {
-                        self.restore_delivered(t, updates.iter().map(|&(p, _)| p as usize));
+                        self.restore_delivered(t, updates.iter().map(|u| u.partition as usize));
                     }
                     tracing::warn!(broker = %log.broker(), trigger = %names[t], error = %e, "cannot store checkpoint; will retry");
                 }
@@ -253,6 +277,7 @@ impl Book {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex;
@@ -269,7 +294,9 @@ mod tests {
         id: BrokerId,
         partitions: u32,
         stored: Mutex<HashMap<(String, u32), Offset>>,
-        stores: Mutex<Vec<(String, Vec<(u32, Offset)>, bool)>>,
+        stores: Mutex<Vec<(String, Vec<CheckpointUpdate>, bool)>>,
+        /// Stores with an epoch below this are fenced.
+        fence: AtomicU64,
     }
 
     impl Recording {
@@ -279,10 +306,11 @@ mod tests {
                 partitions,
                 stored: Mutex::default(),
                 stores: Mutex::default(),
+                fence: AtomicU64::new(0),
             })
         }
 
-        fn take_stores(&self) -> Vec<(String, Vec<(u32, Offset)>, bool)> {
+        fn take_stores(&self) -> Vec<(String, Vec<CheckpointUpdate>, bool)> {
             let mut v = std::mem::take(&mut *self.stores.lock().unwrap());
             v.sort();
             v
@@ -318,12 +346,24 @@ mod tests {
         async fn store_checkpoint(
             &self,
             trigger: &str,
-            updates: &[(u32, Offset)],
+            updates: &[CheckpointUpdate],
             durable: bool,
         ) -> Result<(), ChannelError> {
             let mut stored = self.stored.lock().unwrap();
-            for &(p, o) in updates {
-                stored.insert((trigger.to_owned(), p), o);
+            let fence = self.fence.load(Ordering::Relaxed);
+            for u in updates {
+                if u.epoch < fence {
+                    return Err(ChannelError::Fenced {
+                        broker: self.id.clone(),
+                        trigger: trigger.to_owned(),
+                        partition: u.partition,
+                        epoch: u.epoch,
+                        current: fence,
+                    });
+                }
+            }
+            for u in updates {
+                stored.insert((trigger.to_owned(), u.partition), u.offset);
             }
             self.stores
                 .lock()
@@ -331,6 +371,14 @@ mod tests {
                 .push((trigger.to_owned(), updates.to_vec(), durable));
             Ok(())
         }
+    }
+
+    fn up(partition: u32, offset: Offset, epoch: Epoch) -> CheckpointUpdate {
+        CheckpointUpdate::new(partition, offset, epoch)
+    }
+
+    fn lease(partition: u32, epoch: Epoch) -> Lease {
+        Lease { partition, epoch }
     }
 
     fn book(log: &Arc<Recording>) -> Book {
@@ -352,19 +400,25 @@ mod tests {
             "nothing owned, nothing written"
         );
 
-        book.acquire(&[0]).await.unwrap();
+        book.acquire(&[lease(0, 3)]).await.unwrap();
         book.mark(0, 0).publish(11, true);
         book.mark(0, 1).publish(21, true); // not owned: never written from here
         book.mark(1, 0).publish(31, false); // only past filtered-out events
         book.flush(false).await;
-        assert_eq!(log.take_stores(), vec![("a".into(), vec![(0, 11)], true)]);
+        assert_eq!(
+            log.take_stores(),
+            vec![("a".into(), vec![up(0, 11, 3)], true)]
+        );
 
         // The filtered-only move waits for `skips_stored_every`, then goes unsynced.
         book.flush(false).await;
         assert!(log.take_stores().is_empty());
         tokio::time::advance(Duration::from_secs(5)).await;
         book.flush(false).await;
-        assert_eq!(log.take_stores(), vec![("b".into(), vec![(0, 31)], false)]);
+        assert_eq!(
+            log.take_stores(),
+            vec![("b".into(), vec![up(0, 31, 3)], false)]
+        );
 
         // A final store writes every owned partition durably, then disowns it.
         book.mark(0, 0).publish(12, false);
@@ -372,8 +426,8 @@ mod tests {
         assert_eq!(
             log.take_stores(),
             vec![
-                ("a".into(), vec![(0, 12)], true),
-                ("b".into(), vec![(0, 31)], true)
+                ("a".into(), vec![up(0, 12, 3)], true),
+                ("b".into(), vec![up(0, 31, 3)], true)
             ]
         );
         book.mark(0, 0).publish(13, true);
@@ -386,7 +440,7 @@ mod tests {
         let log = Recording::new(2);
         let book = book(&log);
         log.stored.lock().unwrap().insert(("b".into(), 1), 44);
-        book.acquire(&[1]).await.unwrap();
+        book.acquire(&[lease(1, 2)]).await.unwrap();
         assert_eq!(book.mark(1, 1).reached(), 44, "moved on by another process");
         assert_eq!(
             book.mark(0, 1).reached(),
@@ -398,8 +452,47 @@ mod tests {
         assert_eq!(
             log.take_stores(),
             vec![
-                ("a".into(), vec![(1, 20)], true),
-                ("b".into(), vec![(1, 44)], true)
+                ("a".into(), vec![up(1, 20, 2)], true),
+                ("b".into(), vec![up(1, 44, 2)], true)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fenced_partition_is_written_no_more() {
+        let log = Recording::new(2);
+        let book = book(&log);
+        book.acquire(&[lease(0, 3), lease(1, 3)]).await.unwrap();
+        book.mark(0, 0).publish(11, true);
+        book.flush(false).await;
+        assert_eq!(
+            log.take_stores(),
+            vec![("a".into(), vec![up(0, 11, 3)], true)]
+        );
+
+        // Another process took partition 0 under epoch 9.
+        log.fence.store(9, Ordering::Relaxed);
+        book.mark(0, 0).publish(12, true);
+        book.flush(false).await;
+        assert!(log.take_stores().is_empty());
+        assert_eq!(log.load_checkpoint("a").await.unwrap()[0], Some(11));
+
+        // Even were the log to accept it now, this process no longer writes it; its
+        // other partition goes on.
+        log.fence.store(0, Ordering::Relaxed);
+        book.mark(0, 0).publish(13, true);
+        book.mark(0, 1).publish(25, true);
+        book.flush(false).await;
+        assert_eq!(
+            log.take_stores(),
+            vec![("a".into(), vec![up(1, 25, 3)], true)]
+        );
+        book.finish(&[0, 1]).await;
+        assert_eq!(
+            log.take_stores(),
+            vec![
+                ("a".into(), vec![up(1, 25, 3)], true),
+                ("b".into(), vec![up(1, 40, 3)], true)
             ]
         );
     }

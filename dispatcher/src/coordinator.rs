@@ -2,11 +2,15 @@
 //! them as partition leases come and go.
 //!
 //! Each owned partition runs its shared reader, the catch-up readers and one lane per
-//! trigger under a cancellation token and task tracker of its own. Losing a lease (or
-//! shutdown) cancels that token: lanes stop taking events, finish deliveries in flight
-//! within the drain timeout, and their checkpoints are flushed before the lease is
-//! released. A process that cannot refresh its leases within their TTL stops every
-//! partition, since another process may own them by then.
+//! trigger under a cancellation token and task tracker of its own. A partition being
+//! handed over (listed as revoking by the leases), lost, or shutdown cancels that
+//! token: lanes stop taking events, finish deliveries in flight within the drain
+//! timeout, and the partition's final checkpoints are written ([`crate::checkpoints`])
+//! before the lease is released, so the next owner starts where this one stopped
+//! (the lease contract, [`broker::channel::lease`]). Checkpoints carry the lease's
+//! epoch: a lost partition's late writes are fenced. A process that cannot refresh
+//! its leases within their TTL stops every partition, since another process may own
+//! them by then.
 //!
 //! A partition that starts (again) begins at its stored checkpoint, loaded at that
 //! moment: another process may have dispatched it in between. Checkpoints are written
@@ -17,8 +21,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::channel::lease::PartitionLeases;
-use broker::channel::BrokerLog;
+use broker::channel::lease::{Lease, PartitionLeases};
+use broker::channel::{BrokerLog, Epoch};
 use broker::config::BrokerId;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -56,6 +60,7 @@ pub struct BrokerRun {
 }
 
 struct Running {
+    epoch: Epoch,
     token: CancellationToken,
     tasks: TaskTracker,
 }
@@ -89,30 +94,46 @@ impl Coordinator {
         }
     }
 
-    /// Refreshes leases once and starts or stops partitions to match.
+    /// Refreshes leases once and starts or stops partitions to match: partitions no
+    /// longer owned (handed over or lost) stop in the background, and those being
+    /// handed over are released once their final checkpoints are written.
     pub async fn step(&mut self) {
         self.stopping.retain(|(_, h)| !h.is_finished());
         match self.leases.refresh().await {
-            Ok(owned) => {
+            Ok(leased) => {
                 self.last_refresh = Instant::now();
-                let lost: Vec<u32> = self
+                // Gone, or owned again under another epoch (lost and re-acquired
+                // between two refreshes): that run stops, a new one starts later.
+                let gone: Vec<u32> = self
                     .running
-                    .keys()
-                    .copied()
-                    .filter(|p| !owned.contains(p))
+                    .iter()
+                    .filter(|(p, r)| leased.epoch(**p) != Some(r.epoch))
+                    .map(|(p, _)| *p)
                     .collect();
-                self.stop_in_background(&lost);
-                let new: Vec<u32> = owned
-                    .into_iter()
-                    .filter(|p| !self.running.contains_key(p))
+                self.stop_in_background(&gone);
+                // Handed over before it ever ran here (or after its run stopped).
+                let idle: Vec<u32> = leased
+                    .revoking
+                    .iter()
+                    .copied()
+                    .filter(|p| !self.running.contains_key(p) && !self.is_stopping(*p))
+                    .collect();
+                if !idle.is_empty() {
+                    self.leases.release(&idle).await;
+                }
+                let new: Vec<Lease> = leased
+                    .owned
+                    .iter()
+                    .copied()
+                    .filter(|l| !self.running.contains_key(&l.partition))
                     // Restart a partition only once its previous run has stopped.
-                    .filter(|p| !self.stopping.iter().any(|(ps, _)| ps.contains(p)))
+                    .filter(|l| !self.is_stopping(l.partition))
                     .collect();
                 if !new.is_empty() {
                     match self.run.book.acquire(&new).await {
                         Ok(()) => {
-                            for p in new {
-                                self.start(p);
+                            for l in new {
+                                self.start(l);
                             }
                         }
                         Err(e) => {
@@ -124,7 +145,7 @@ impl Coordinator {
             }
             Err(e) => {
                 tracing::warn!(broker = %self.run.id, error = %e, "cannot refresh partition leases");
-                if self.last_refresh.elapsed() >= self.leases.ttl() {
+                if self.last_refresh.elapsed() >= self.leases.ttl() && !self.running.is_empty() {
                     tracing::error!(broker = %self.run.id, "partition leases expired; stopping every partition until they can be renewed");
                     let all: Vec<u32> = self.running.keys().copied().collect();
                     self.stop_in_background(&all);
@@ -132,6 +153,10 @@ impl Coordinator {
                 }
             }
         }
+    }
+
+    fn is_stopping(&self, p: u32) -> bool {
+        self.stopping.iter().any(|(ps, _)| ps.contains(&p))
     }
 
     /// Runs until shutdown, then stops every partition and releases the leases.
@@ -147,9 +172,15 @@ impl Coordinator {
         for (_, h) in self.stopping.drain(..) {
             let _ = h.await;
         }
+        // Every final checkpoint is written: leave, so the others take over now.
+        self.leases.close().await;
     }
 
-    fn start(&mut self, p: u32) {
+    fn start(&mut self, lease: Lease) {
+        let Lease {
+            partition: p,
+            epoch,
+        } = lease;
         let run = &self.run;
         let token = self.shutdown.child_token();
         let tasks = TaskTracker::new();
@@ -157,6 +188,7 @@ impl Coordinator {
         let ctx = Partition {
             log: run.log.clone(),
             partition: p,
+            epoch,
             lanes: run.lanes.clone(),
             index: run.index.clone(),
             joins: join_tx,
@@ -175,8 +207,15 @@ impl Coordinator {
             };
             tasks.spawn(lane::supervise(rt.clone(), run.book.clone(), p, spec));
         }
-        tracing::info!(broker = %run.id, partition = p, triggers = run.triggers.len(), "dispatching partition");
-        self.running.insert(p, Running { token, tasks });
+        tracing::info!(broker = %run.id, partition = p, epoch, triggers = run.triggers.len(), "dispatching partition");
+        self.running.insert(
+            p,
+            Running {
+                epoch,
+                token,
+                tasks,
+            },
+        );
     }
 
     /// Stops partitions without holding up lease renewal: their lanes drain, their

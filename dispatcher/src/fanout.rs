@@ -87,6 +87,8 @@ pub struct Partition {
     pub log: Arc<dyn BrokerLog>,
     /// Partition number.
     pub partition: u32,
+    /// The epoch of this process's lease on it (its checkpoints are written with it).
+    pub epoch: broker::channel::Epoch,
     /// Lanes by index.
     pub lanes: Arc<[LaneInfo]>,
     /// The lanes' filters, indexed by exact `type`/`source` (positions as in `lanes`).
@@ -162,7 +164,7 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
             () = ctx.shutdown.cancelled() => {
                 // Every record read so far is handled.
                 if reader.position() > cursor && scanned.load(Ordering::Acquire) {
-                    ctx.malformed.advance(ctx.partition, reader.position()).await;
+                    ctx.malformed.advance(ctx.partition, reader.position(), ctx.epoch).await;
                 }
                 break;
             }
@@ -175,7 +177,7 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
             () = tokio::time::sleep_until(cursor_stored + CURSOR_EVERY),
                 if reader.position() > cursor && scanned.load(Ordering::Acquire) => {
                 let pos = reader.position();
-                ctx.malformed.advance(ctx.partition, pos).await;
+                ctx.malformed.advance(ctx.partition, pos, ctx.epoch).await;
                 cursor = pos;
                 cursor_stored = tokio::time::Instant::now();
             }
@@ -211,7 +213,7 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
                 let pos = reader.position();
                 let due = handled_malformed || cursor_stored.elapsed() >= CURSOR_EVERY;
                 if pos > cursor && due && scanned.load(Ordering::Acquire) {
-                    ctx.malformed.advance(ctx.partition, pos).await;
+                    ctx.malformed.advance(ctx.partition, pos, ctx.epoch).await;
                     cursor = pos;
                     cursor_stored = tokio::time::Instant::now();
                 }

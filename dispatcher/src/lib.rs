@@ -134,6 +134,7 @@ pub async fn start(
     let flushers = TaskTracker::new();
     let lanes_done = CancellationToken::new();
     let client = deliver::client();
+    let hand_over = broker::channel::lease::HandOver::for_drain(opts.drain_timeout);
     for broker in &config.brokers {
         let Some(logs) = logs.get(&broker.id) else {
             return Err(ChannelError::Other(format!(
@@ -203,8 +204,11 @@ pub async fn start(
             lane_queue: opts.lane_queue,
             drain: opts.drain_timeout,
         });
-        let mut coordinator =
-            Coordinator::new(run.clone(), log.leases(&opts.owner), shutdown.clone());
+        let mut coordinator = Coordinator::new(
+            run.clone(),
+            log.leases(&opts.owner, hand_over),
+            shutdown.clone(),
+        );
         coordinator.step().await;
         tasks.spawn(coordinator.run());
         flushers.spawn(flush_checkpoints(book, lanes_done.clone()));

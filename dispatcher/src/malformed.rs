@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::channel::{BrokerLog, Malformed, Offset, StartAt};
+use broker::channel::{BrokerLog, CheckpointUpdate, Epoch, Malformed, Offset, StartAt};
 use broker::event::{DataKind, Event};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -131,11 +131,13 @@ impl Sink {
         }
     }
 
-    /// Stores the cursor (records below `at` are handled).
-    pub async fn advance(&self, partition: u32, at: Offset) {
+    /// Stores the cursor (records below `at` are handled), under the partition
+    /// lease's `epoch`.
+    pub async fn advance(&self, partition: u32, at: Offset, epoch: Epoch) {
         let log = self.events.as_ref();
+        let update = CheckpointUpdate::new(partition, at, epoch);
         if let Err(e) = log
-            .store_checkpoint(MALFORMED_CURSOR, &[(partition, at)], false)
+            .store_checkpoint(MALFORMED_CURSOR, &[update], false)
             .await
         {
             tracing::debug!(broker = %log.broker(), partition, error = %e, "cannot store the malformed-record cursor");

@@ -184,3 +184,22 @@ async fn kafka() {
     a_second_process_shares_the_broker(&first, &second).await;
     colliding_topics_are_refused(&bootstrap).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_leases_hand_over_explicitly() {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
+        return;
+    };
+    let template = unique_template("handover");
+    let first = KafkaLog::connect(options(&bootstrap, &template, 4))
+        .await
+        .unwrap();
+    let second = KafkaLog::connect(options(&bootstrap, &template, 4))
+        .await
+        .unwrap();
+    let (a, b) = (
+        first.open(&broker()).await.unwrap(),
+        second.open(&broker()).await.unwrap(),
+    );
+    leases_hand_over_explicitly(a.as_ref(), b.as_ref()).await;
+}

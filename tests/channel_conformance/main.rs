@@ -12,10 +12,11 @@ mod nats;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use broker::channel::embedded::{EmbeddedLog, EmbeddedOptions};
-use broker::channel::{BrokerLog, ChannelError, EventLog, StartAt};
+use broker::channel::lease::{HandOver, Leased, PartitionLeases};
+use broker::channel::{BrokerLog, ChannelError, CheckpointUpdate, EventLog, StartAt, NO_EPOCH};
 use broker::config::BrokerId;
 use broker::event::{AttrValue, DataKind, Event};
 use bytes::Bytes;
@@ -70,6 +71,13 @@ fn event(id: &str, key: Option<&str>) -> Event {
     }
     e.set_data(DataKind::Binary, Some(Bytes::from(format!("data-{id}"))));
     e
+}
+
+/// Checkpoint writes outside any lease.
+fn cps(v: &[(u32, u64)]) -> Vec<CheckpointUpdate> {
+    v.iter()
+        .map(|&(p, o)| CheckpointUpdate::unleased(p, o))
+        .collect()
 }
 
 fn broker() -> BrokerId {
@@ -214,7 +222,9 @@ async fn data_survives_reopen_and_checkpoints_persist(b: &mut dyn Backend) {
         vec![None; n as usize]
     );
     // Partitions are stored separately: a store leaves the others as they are.
-    let cp: Vec<(u32, u64)> = (0..n).map(|p| (p, u64::from(p) + 3)).collect();
+    let cp: Vec<CheckpointUpdate> = (0..n)
+        .map(|p| CheckpointUpdate::unleased(p, u64::from(p) + 3))
+        .collect();
     let (first, rest) = cp.split_at(1);
     log.store_checkpoint("t1", first, false).await.unwrap();
     let mut want: Vec<Option<u64>> = vec![None; n as usize];
@@ -226,13 +236,15 @@ async fn data_survives_reopen_and_checkpoints_persist(b: &mut dyn Backend) {
     log.init_checkpoint("t2", &[(0, 7)]).await.unwrap();
     drop(log);
     let log = b.reopen().open(&broker()).await.unwrap();
-    let want: Vec<Option<u64>> = cp.iter().map(|&(_, o)| Some(o)).collect();
+    let want: Vec<Option<u64>> = cp.iter().map(|u| Some(u.offset)).collect();
     assert_eq!(log.load_checkpoint("t1").await.unwrap(), want);
     let mut t2 = vec![None; n as usize];
     t2[0] = Some(7);
     assert_eq!(log.load_checkpoint("t2").await.unwrap(), t2);
     assert!(
-        log.store_checkpoint("t1", &[(n, 1)], false).await.is_err(),
+        log.store_checkpoint("t1", &cps(&[(n, 1)]), false)
+            .await
+            .is_err(),
         "no such partition"
     );
     let got = read_all(log.as_ref(), StartAt::Earliest).await;
@@ -294,7 +306,7 @@ async fn dead_letter_log_keeps_every_entry(b: &mut dyn Backend) {
     assert!(read_all(events.as_ref(), StartAt::Earliest)
         .await
         .is_empty());
-    dl.store_checkpoint("_redrive", &[(0, start + 1)], true)
+    dl.store_checkpoint("_redrive", &cps(&[(0, start + 1)]), true)
         .await
         .unwrap();
     assert!(events
@@ -317,7 +329,7 @@ async fn dead_letter_log_keeps_every_entry(b: &mut dyn Backend) {
 async fn a_second_process_shares_the_broker(first: &dyn EventLog, second: &dyn EventLog) {
     let a = first.open(&broker()).await.unwrap();
     a.append(&[event("shared", None)]).await.unwrap();
-    a.store_checkpoint("t", &[(0, 1), (1, 2), (2, 3)], false)
+    a.store_checkpoint("t", &cps(&[(0, 1), (1, 2), (2, 3)]), false)
         .await
         .unwrap();
     let b = second.open(&broker()).await.unwrap();
@@ -330,8 +342,12 @@ async fn a_second_process_shares_the_broker(first: &dyn EventLog, second: &dyn E
         b.load_checkpoint("t").await.unwrap(),
         vec![Some(1), Some(2), Some(3)]
     );
-    b.store_checkpoint("t", &[(2, 30)], false).await.unwrap();
-    a.store_checkpoint("t", &[(0, 10)], false).await.unwrap();
+    b.store_checkpoint("t", &cps(&[(2, 30)]), false)
+        .await
+        .unwrap();
+    a.store_checkpoint("t", &cps(&[(0, 10)]), false)
+        .await
+        .unwrap();
     assert_eq!(
         a.load_checkpoint("t").await.unwrap(),
         vec![Some(10), Some(2), Some(30)]
@@ -345,7 +361,9 @@ async fn a_second_process_shares_the_broker(first: &dyn EventLog, second: &dyn E
         b.load_checkpoint("new").await.unwrap(),
         vec![Some(100), Some(7), None]
     );
-    a.store_checkpoint("new", &[(0, 150)], false).await.unwrap();
+    a.store_checkpoint("new", &cps(&[(0, 150)]), false)
+        .await
+        .unwrap();
     b.init_checkpoint("new", &[(0, 170)]).await.unwrap();
     assert_eq!(b.load_checkpoint("new").await.unwrap()[0], Some(150));
 }
@@ -500,7 +518,9 @@ async fn embedded_retention_keeps_what_a_trigger_has_not_passed() {
     b.append_own(&[event("reply", None)]).await.unwrap();
     // The trigger passes everything: the oldest segments go and producers are taken.
     let end = b.end_offset(0).await.unwrap();
-    b.store_checkpoint("t", &[(0, end)], false).await.unwrap();
+    b.store_checkpoint("t", &cps(&[(0, end)]), false)
+        .await
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while let Err(e) = b.append(&[event("after", None)]).await {
         assert!(std::time::Instant::now() < deadline, "still refused: {e}");
@@ -508,4 +528,159 @@ async fn embedded_retention_keeps_what_a_trigger_has_not_passed() {
     }
     let r = b.reader(0, StartAt::Earliest).await.unwrap();
     assert!(r.position() > 0, "delivered segments deleted");
+}
+
+/// Refreshes `l` until `done` holds for what it returns, failing after `within`.
+async fn refresh_until(
+    l: &dyn PartitionLeases,
+    within: Duration,
+    what: &str,
+    mut done: impl FnMut(&Leased) -> bool,
+) -> Leased {
+    let deadline = Instant::now() + within;
+    loop {
+        let leased = l.refresh().await.unwrap();
+        if done(&leased) {
+            return leased;
+        }
+        assert!(Instant::now() < deadline, "{what}: still {leased:?}");
+        // The coordinator's own refresh period (capped, to keep the case short).
+        tokio::time::sleep(l.renew_every().min(Duration::from_millis(500))).await;
+    }
+}
+
+/// The partition lease contract (`broker::channel::lease`), for logs shared by
+/// processes: `first` and `second` are one broker opened by two processes. A
+/// partition changes owner only once the old owner released it; the new owner's
+/// epoch is greater; the old owner's checkpoint writes are fenced from then on.
+pub async fn leases_hand_over_explicitly(first: &dyn BrokerLog, second: &dyn BrokerLog) {
+    let hand_over = HandOver {
+        deadline: Duration::from_secs(120),
+    };
+    let partitions = first.partitions();
+    assert!(partitions >= 2, "needs partitions to split");
+    let a = first.leases("dispatcher-a", hand_over);
+    let alone = refresh_until(a.as_ref(), Duration::from_secs(30), "a alone", |l| {
+        l.owned.len() == partitions as usize
+    })
+    .await;
+    assert!(alone.revoking.is_empty());
+    for l in &alone.owned {
+        assert!(l.epoch > NO_EPOCH, "{l:?}");
+        first
+            .store_checkpoint(
+                "t",
+                &[CheckpointUpdate::new(l.partition, 10, l.epoch)],
+                true,
+            )
+            .await
+            .unwrap();
+    }
+
+    // b joins: a is asked to hand some partitions over, and keeps them until it
+    // releases them, however long its drain takes.
+    let b = second.leases("dispatcher-b", hand_over);
+    let joined = tokio::spawn({
+        let b = b.clone();
+        async move { b.refresh().await.unwrap() }
+    });
+    let asked = refresh_until(
+        a.as_ref(),
+        Duration::from_secs(60),
+        "a asked to hand over",
+        |l| !l.revoking.is_empty(),
+    )
+    .await;
+    let moving = asked.revoking.clone();
+    assert_eq!(
+        asked.owned.len() + moving.len(),
+        partitions as usize,
+        "{asked:?}"
+    );
+    let first_b = joined.await.unwrap();
+    let held_for = Instant::now() + Duration::from_secs(3);
+    let mut b_owned = first_b.partitions();
+    loop {
+        assert!(
+            moving.iter().all(|p| !b_owned.contains(p)),
+            "b owns {b_owned:?} while a still hands over {moving:?}"
+        );
+        let still = a.refresh().await.unwrap();
+        assert_eq!(
+            still.revoking, moving,
+            "a keeps handing over until it releases"
+        );
+        if Instant::now() >= held_for {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b_owned = b.refresh().await.unwrap().partitions();
+    }
+
+    // a's final checkpoints, then the release: b gets them, under greater epochs.
+    for &p in &moving {
+        let epoch = alone.epoch(p).unwrap();
+        first
+            .store_checkpoint("t", &[CheckpointUpdate::new(p, 20, epoch)], true)
+            .await
+            .unwrap();
+    }
+    a.release(&moving).await;
+    let taken = refresh_until(b.as_ref(), Duration::from_secs(60), "b takes over", |l| {
+        moving.iter().all(|p| l.epoch(*p).is_some())
+    })
+    .await;
+    let stored = second.load_checkpoint("t").await.unwrap();
+    for &p in &moving {
+        let (old, new) = (alone.epoch(p).unwrap(), taken.epoch(p).unwrap());
+        assert!(new > old, "partition {p}: epoch {new} after {old}");
+        assert_eq!(
+            stored[p as usize],
+            Some(20),
+            "b starts at a's final checkpoint"
+        );
+        second
+            .store_checkpoint("t", &[CheckpointUpdate::new(p, 30, new)], true)
+            .await
+            .unwrap();
+    }
+    let a_now = a.refresh().await.unwrap();
+    assert!(a_now.revoking.is_empty(), "{a_now:?}");
+    assert!(moving.iter().all(|p| a_now.epoch(*p).is_none()));
+
+    // a, were it to write late under its old epoch, is fenced and changes nothing.
+    let _ = first.load_checkpoint("t").await.unwrap(); // a has seen b's writes
+    let p = moving[0];
+    let stale = first
+        .store_checkpoint(
+            "t",
+            &[CheckpointUpdate::new(p, 25, alone.epoch(p).unwrap())],
+            true,
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(ChannelError::Fenced { partition, .. }) if partition == p),
+        "{stale:?}"
+    );
+    assert_eq!(
+        second.load_checkpoint("t").await.unwrap()[p as usize],
+        Some(30)
+    );
+    assert_eq!(
+        first.load_checkpoint("t").await.unwrap()[p as usize],
+        Some(30)
+    );
+    // Partitions a kept are still a's to write.
+    for l in &a_now.owned {
+        first
+            .store_checkpoint(
+                "t",
+                &[CheckpointUpdate::new(l.partition, 40, l.epoch)],
+                true,
+            )
+            .await
+            .unwrap();
+    }
+    a.close().await;
+    b.close().await;
 }

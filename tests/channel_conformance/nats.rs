@@ -244,3 +244,18 @@ async fn nats_jetstream_one_partition() {
     // With one partition offsets are dense: the whole shared suite applies.
     suite(&mut Nats::new(url, 1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_leases_hand_over_explicitly() {
+    let Some(url) = common::nats_url() else {
+        return;
+    };
+    let prefix = unique_prefix("handover");
+    let first = NatsLog::connect(options(&url, &prefix, 4)).await.unwrap();
+    let second = NatsLog::connect(options(&url, &prefix, 4)).await.unwrap();
+    let (a, b) = (
+        first.open(&broker()).await.unwrap(),
+        second.open(&broker()).await.unwrap(),
+    );
+    leases_hand_over_explicitly(a.as_ref(), b.as_ref()).await;
+}

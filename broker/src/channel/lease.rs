@@ -7,26 +7,110 @@
 //! implement [`PartitionLeases`] on their own coordination primitives (JetStream KV,
 //! Kafka consumer groups).
 //!
-//! A process must stop dispatching a partition when [`PartitionLeases::refresh`] no
-//! longer returns it, and must stop everything when it cannot refresh within
-//! [`PartitionLeases::ttl`] (another process may have taken over by then). Two holders
-//! overlapping for a moment only cause duplicates, which at-least-once allows.
+//! # The contract (every implementation; checked by the shared conformance case
+//! `leases_hand_over_explicitly` in `tests/channel_conformance/`)
+//!
+//! 1. **One owner at a time.** [`PartitionLeases::refresh`] returns the partitions this
+//!    process owns ([`Leased::owned`]), each with the [`Epoch`] of its lease: greater
+//!    than the epoch of every earlier owner of that partition. The dispatcher writes
+//!    the partition's checkpoints with it; the log refuses a write with an older epoch
+//!    ([`ChannelError::Fenced`](super::ChannelError::Fenced)).
+//! 2. **Explicit hand-over.** A partition another process should take (a rebalance) is
+//!    listed in [`Leased::revoking`] and no longer in `owned`. The dispatcher stops
+//!    taking its events, finishes or abandons its in-flight deliveries within its
+//!    drain bound, writes its final checkpoints, and then calls
+//!    [`PartitionLeases::release`]. Only then can another process acquire it: until
+//!    the release (or [`HandOver::deadline`], whichever is first) the lease is kept
+//!    and renewed, so the next owner starts from the final checkpoints, never from an
+//!    older one while the previous owner still delivers.
+//! 3. **Lost means stopped.** A partition that leaves `owned` without being listed in
+//!    `revoking` was lost (its lease expired, or the group declared this process
+//!    dead): another process may own it already. The dispatcher stops it at once; any
+//!    checkpoint write it still makes is fenced.
+//! 4. **Errors are errors.** A refresh that cannot reach the coordination service
+//!    returns `Err`, never "nothing owned": the dispatcher keeps what it has until
+//!    [`PartitionLeases::ttl`] passed without a successful refresh, then stops
+//!    everything (another process may own it by then).
+//! 5. **Leaving.** [`PartitionLeases::close`] gives up every lease at once (after the
+//!    final checkpoints), so the others take over without waiting for the TTL.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::ChannelError;
+use super::{ChannelError, Epoch};
 
-/// Acquires, renews and releases partition leases for one process.
+/// One owned partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Lease {
+    /// The partition.
+    pub partition: u32,
+    /// The epoch its checkpoints are written with.
+    pub epoch: Epoch,
+}
+
+/// What [`PartitionLeases::refresh`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leased {
+    /// Partitions this process owns now, ascending.
+    pub owned: Vec<Lease>,
+    /// Partitions this process still holds but must hand over: stop them, write their
+    /// final checkpoints, then [`PartitionLeases::release`] them. Ascending.
+    pub revoking: Vec<u32>,
+}
+
+impl Leased {
+    /// The owned partitions' numbers.
+    pub fn partitions(&self) -> Vec<u32> {
+        self.owned.iter().map(|l| l.partition).collect()
+    }
+
+    /// The epoch of an owned partition.
+    pub fn epoch(&self, partition: u32) -> Option<Epoch> {
+        self.owned
+            .iter()
+            .find(|l| l.partition == partition)
+            .map(|l| l.epoch)
+    }
+}
+
+/// How long a hand-over may take: a process that does not release a revoked
+/// partition within this loses it anyway, so a hung process cannot keep it forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandOver {
+    /// From the moment a partition is listed in [`Leased::revoking`].
+    pub deadline: Duration,
+}
+
+impl HandOver {
+    /// The bound for a dispatcher that drains for `drain`: the drain, the final
+    /// checkpoint writes, and a margin for one refresh period.
+    pub fn for_drain(drain: Duration) -> HandOver {
+        HandOver {
+            deadline: drain.saturating_add(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl Default for HandOver {
+    fn default() -> Self {
+        HandOver::for_drain(Duration::from_secs(30))
+    }
+}
+
+/// Acquires, renews, hands over and releases partition leases for one process.
 #[async_trait]
 pub trait PartitionLeases: Send + Sync + 'static {
     /// Renews held leases and acquires free ones up to this process's fair share;
-    /// returns the partitions owned now, ascending.
-    async fn refresh(&self) -> Result<Vec<u32>, ChannelError>;
+    /// returns what is owned and what is being handed over (see the module docs).
+    async fn refresh(&self) -> Result<Leased, ChannelError>;
 
-    /// Gives up these partitions (after their final checkpoints are written).
+    /// Gives up these partitions, after their final checkpoints are written.
     async fn release(&self, partitions: &[u32]);
+
+    /// Gives up every lease (after every partition's final checkpoints are written)
+    /// and leaves, so that the others take over at once; waits until that is done.
+    async fn close(&self) {}
 
     /// How often [`PartitionLeases::refresh`] should run.
     fn renew_every(&self) -> Duration;
@@ -34,6 +118,9 @@ pub trait PartitionLeases: Send + Sync + 'static {
     /// How long a lease lasts without renewal.
     fn ttl(&self) -> Duration;
 }
+
+/// The epoch of [`AllPartitions`]' leases.
+pub const SOLE_OWNER: Epoch = 1;
 
 /// Every partition, always: for logs only one process can use.
 #[derive(Debug, Clone, Copy)]
@@ -50,8 +137,16 @@ impl AllPartitions {
 
 #[async_trait]
 impl PartitionLeases for AllPartitions {
-    async fn refresh(&self) -> Result<Vec<u32>, ChannelError> {
-        Ok((0..self.partitions).collect())
+    async fn refresh(&self) -> Result<Leased, ChannelError> {
+        Ok(Leased {
+            owned: (0..self.partitions)
+                .map(|partition| Lease {
+                    partition,
+                    epoch: SOLE_OWNER,
+                })
+                .collect(),
+            revoking: Vec::new(),
+        })
     }
 
     async fn release(&self, _partitions: &[u32]) {}
@@ -65,24 +160,28 @@ impl PartitionLeases for AllPartitions {
     }
 }
 
-/// No partition, ever: for a process that must not dispatch (its leases could not be
-/// set up), rather than one that owns everything and duplicates every delivery.
-#[derive(Debug, Clone, Copy)]
-pub struct NoPartitions;
+/// Leases that cannot work (the process's name is unusable as a lease owner): every
+/// refresh fails with the reason, so the dispatcher dispatches nothing and says why
+/// (rather than owning everything, which would duplicate every delivery).
+#[derive(Debug, Clone)]
+pub struct Unusable {
+    /// Why.
+    pub reason: String,
+}
 
 #[async_trait]
-impl PartitionLeases for NoPartitions {
-    async fn refresh(&self) -> Result<Vec<u32>, ChannelError> {
-        Ok(Vec::new())
+impl PartitionLeases for Unusable {
+    async fn refresh(&self) -> Result<Leased, ChannelError> {
+        Err(ChannelError::Other(self.reason.clone()))
     }
 
     async fn release(&self, _partitions: &[u32]) {}
 
     fn renew_every(&self) -> Duration {
-        Duration::from_secs(3600)
+        Duration::from_secs(5)
     }
 
     fn ttl(&self) -> Duration {
-        Duration::MAX
+        Duration::from_secs(5)
     }
 }

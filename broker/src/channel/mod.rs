@@ -31,6 +31,66 @@ use crate::event::Event;
 /// A position within one partition.
 pub type Offset = u64;
 
+/// The epoch of a partition lease ([`lease::Lease`]): each new owner of a partition
+/// gets a greater one than every owner before it, and writes its checkpoints with it,
+/// so that a stale owner's late write can never overwrite a newer owner's.
+pub type Epoch = u64;
+
+/// The epoch of writes made outside any partition lease (start points, the redrive
+/// cursor, logs only one process uses). Every lease epoch is greater.
+pub const NO_EPOCH: Epoch = 0;
+
+/// A checkpoint write for one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CheckpointUpdate {
+    /// The partition.
+    pub partition: u32,
+    /// The next offset to process.
+    pub offset: Offset,
+    /// The epoch of the lease it is written under ([`NO_EPOCH`] outside any).
+    pub epoch: Epoch,
+}
+
+impl CheckpointUpdate {
+    /// A write under the lease of `epoch`.
+    pub fn new(partition: u32, offset: Offset, epoch: Epoch) -> CheckpointUpdate {
+        CheckpointUpdate {
+            partition,
+            offset,
+            epoch,
+        }
+    }
+
+    /// A write outside any lease ([`NO_EPOCH`]).
+    pub fn unleased(partition: u32, offset: Offset) -> CheckpointUpdate {
+        CheckpointUpdate::new(partition, offset, NO_EPOCH)
+    }
+}
+
+/// How a shared backend stores one checkpoint as text: the offset in decimal, then
+/// ` epoch=<n>` for a write under a lease (`nats kv get` and `kafka-console-consumer`
+/// show it as is). A value written before epochs existed is a bare offset.
+#[cfg(any(feature = "nats", feature = "kafka"))]
+pub(crate) fn encode_checkpoint(offset: Offset, epoch: Epoch) -> String {
+    if epoch == NO_EPOCH {
+        offset.to_string()
+    } else {
+        format!("{offset} epoch={epoch}")
+    }
+}
+
+/// The offset and epoch of a value written by [`encode_checkpoint`].
+#[cfg(any(feature = "nats", feature = "kafka"))]
+pub(crate) fn decode_checkpoint(text: &str) -> Option<(Offset, Epoch)> {
+    let mut parts = text.split_ascii_whitespace();
+    let offset = parts.next()?.parse().ok()?;
+    let epoch = match parts.next() {
+        None => NO_EPOCH,
+        Some(e) => e.strip_prefix("epoch=")?.parse().ok()?,
+    };
+    parts.next().is_none().then_some((offset, epoch))
+}
+
 /// Where a new reader starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartAt {
@@ -111,6 +171,22 @@ pub enum ChannelError {
         /// Why.
         reason: String,
     },
+    /// A checkpoint write under a lease epoch older than the one the partition's
+    /// checkpoints were last written under: another process owns the partition now,
+    /// and its checkpoint is kept.
+    #[error("checkpoint of trigger {trigger}, partition {partition} of broker {broker} not stored: the partition is owned under lease epoch {current} now, this write carries {epoch} (a previous owner's)")]
+    Fenced {
+        /// The broker.
+        broker: BrokerId,
+        /// The trigger (or internal cursor).
+        trigger: String,
+        /// The partition.
+        partition: u32,
+        /// The epoch the write carried.
+        epoch: Epoch,
+        /// The epoch the partition's checkpoints are owned under.
+        current: Epoch,
+    },
     /// An event is larger than the channel accepts.
     #[error("event of {size} bytes exceeds the channel limit of {limit} bytes")]
     TooLarge {
@@ -169,8 +245,9 @@ pub trait BrokerLog: Send + Sync + 'static {
     /// The partition leases of dispatcher process `owner` (a unique name per process).
     /// By default a process owns every partition, which is right for logs that only
     /// one process can open.
-    fn leases(&self, owner: &str) -> Arc<dyn lease::PartitionLeases> {
-        let _ = owner;
+    /// `hand_over` bounds how long a revoked partition may take to be released.
+    fn leases(&self, owner: &str, hand_over: lease::HandOver) -> Arc<dyn lease::PartitionLeases> {
+        let _ = (owner, hand_over);
         Arc::new(lease::AllPartitions::new(self.partitions()))
     }
 
@@ -225,14 +302,21 @@ pub trait BrokerLog: Send + Sync + 'static {
     /// none is stored yet.
     async fn load_checkpoint(&self, trigger: &str) -> Result<Vec<Option<Offset>>, ChannelError>;
 
-    /// Stores the checkpoints of some partitions of a trigger, `(partition, next
-    /// offset)`, leaving the other partitions' as they are: each dispatcher replica
-    /// writes only the partitions it owns. `durable` asks for them to survive a crash;
-    /// otherwise a crash may lose the latest store, which only causes redelivery.
+    /// Stores the checkpoints of some partitions of a trigger, leaving the other
+    /// partitions' as they are: each dispatcher replica writes only the partitions it
+    /// owns. `durable` asks for them to survive a crash; otherwise a crash may lose
+    /// the latest store, which only causes redelivery.
+    ///
+    /// Fencing: each update carries the epoch of the lease it is written under. On a
+    /// log shared by processes, an update whose epoch is lower than the epoch of the
+    /// last write to that checkpoint fails with [`ChannelError::Fenced`] and changes
+    /// nothing (the other updates of the call may be stored): a previous owner that
+    /// has not noticed yet can never overwrite the new owner's progress. Logs that
+    /// only one process opens (the embedded log) have no previous owner to fence.
     async fn store_checkpoint(
         &self,
         trigger: &str,
-        updates: &[(u32, Offset)],
+        updates: &[CheckpointUpdate],
         durable: bool,
     ) -> Result<(), ChannelError>;
 
@@ -247,10 +331,10 @@ pub trait BrokerLog: Send + Sync + 'static {
         initial: &[(u32, Offset)],
     ) -> Result<(), ChannelError> {
         let stored = self.load_checkpoint(trigger).await?;
-        let missing: Vec<(u32, Offset)> = initial
+        let missing: Vec<CheckpointUpdate> = initial
             .iter()
-            .copied()
-            .filter(|&(p, _)| stored.get(p as usize).copied().flatten().is_none())
+            .filter(|&&(p, _)| stored.get(p as usize).copied().flatten().is_none())
+            .map(|&(p, o)| CheckpointUpdate::unleased(p, o))
             .collect();
         if missing.is_empty() {
             return Ok(());
@@ -436,6 +520,19 @@ mod tests {
         assert!(g.due(), "too many waiting");
         g.resolve(55);
         assert_eq!(g.take().map(|s| (s.from, s.to, s.count)), Some((50, 55, 5)));
+    }
+
+    #[test]
+    #[cfg(any(feature = "nats", feature = "kafka"))]
+    fn checkpoint_values_carry_their_epoch() {
+        assert_eq!(encode_checkpoint(42, NO_EPOCH), "42");
+        assert_eq!(encode_checkpoint(42, 7), "42 epoch=7");
+        assert_eq!(decode_checkpoint("42"), Some((42, NO_EPOCH)));
+        assert_eq!(decode_checkpoint(" 42 \n"), Some((42, NO_EPOCH)));
+        assert_eq!(decode_checkpoint("42 epoch=7"), Some((42, 7)));
+        for bad in ["", "x", "42 7", "42 epoch=", "42 epoch=7 8", "-1"] {
+            assert_eq!(decode_checkpoint(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -39,7 +39,8 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    partition_for, BrokerLog, ChannelError, EventLog, LogReader, Offset, Skipped, StartAt,
+    partition_for, BrokerLog, ChannelError, CheckpointUpdate, EventLog, LogReader, Offset, Skipped,
+    StartAt,
 };
 use crate::config::BrokerId;
 use crate::event::{codec, Event};
@@ -530,14 +531,15 @@ impl BrokerLog for EmbeddedBroker {
     async fn store_checkpoint(
         &self,
         trigger: &str,
-        updates: &[(u32, Offset)],
+        updates: &[CheckpointUpdate],
         durable: bool,
     ) -> Result<(), ChannelError> {
         let _serialised = self.store_lock.lock().await;
         let mut offsets = self.cached_checkpoint(trigger)?;
-        for &(p, o) in updates {
-            self.partition(p)?;
-            offsets[p as usize] = Some(o);
+        // One process owns every partition (`AllPartitions`): no epoch to check.
+        for u in updates {
+            self.partition(u.partition)?;
+            offsets[u.partition as usize] = Some(u.offset);
         }
         let path = self.checkpoint_path(trigger);
         let tmp = path.with_extension("json.tmp");

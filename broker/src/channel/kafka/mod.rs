@@ -69,8 +69,10 @@ pub use topics::{topic_name, DEAD_LETTERS_SUFFIX};
 use clients::{blocking, client_config, consumer_config, lock, max_message_bytes, Apply, Role};
 use topics::collision_key;
 
-use crate::channel::lease::PartitionLeases;
-use crate::channel::{BrokerLog, ChannelError, EventLog, LogReader, Offset, StartAt};
+use crate::channel::lease::{HandOver, PartitionLeases};
+use crate::channel::{
+    BrokerLog, ChannelError, CheckpointUpdate, EventLog, LogReader, Offset, StartAt,
+};
 use crate::config::BrokerId;
 use crate::event::Event;
 
@@ -434,14 +436,14 @@ impl BrokerLog for KafkaBroker {
     async fn store_checkpoint(
         &self,
         trigger: &str,
-        updates: &[(u32, Offset)],
+        updates: &[CheckpointUpdate],
         _durable: bool,
     ) -> Result<(), ChannelError> {
-        for &(p, _) in updates {
-            self.check_partition(p)?;
+        for u in updates {
+            self.check_partition(u.partition)?;
         }
         self.checkpoints
-            .store(&self.checkpoint_prefix, trigger, updates)
+            .store(&self.id, &self.checkpoint_prefix, trigger, updates)
             .await
     }
 
@@ -458,15 +460,16 @@ impl BrokerLog for KafkaBroker {
             .await
     }
 
-    fn leases(&self, owner: &str) -> Arc<dyn PartitionLeases> {
-        match lease::KafkaLeases::start(&self.opts, &self.id, &self.topic, self.partitions, owner) {
-            Ok(l) => Arc::new(l),
-            Err(e) => {
-                // Own nothing rather than everything, which could duplicate every
-                // delivery; the error says why.
-                tracing::error!(broker = %self.id, error = %e, "cannot join the dispatchers' consumer group; this process dispatches nothing");
-                Arc::new(crate::channel::lease::NoPartitions)
-            }
-        }
+    fn leases(&self, owner: &str, hand_over: HandOver) -> Arc<dyn PartitionLeases> {
+        Arc::new(lease::KafkaLeases::new(
+            &self.opts,
+            &self.id,
+            &self.topic,
+            self.partitions,
+            owner,
+            hand_over,
+            self.checkpoints.clone(),
+            self.checkpoint_prefix.clone(),
+        ))
     }
 }

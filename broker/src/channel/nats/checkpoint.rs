@@ -4,20 +4,27 @@
 //! streams' replica count); one key per trigger, log and partition:
 //! `<namespace>.<broker>.<events|deadletters>.<trigger>.<partition>`, each name part
 //! encoded as in [`super::token`] (so no part contains a `.`). The value is the next
-//! offset as ASCII decimal (`nats kv get` shows it as is). A put returns after its
-//! PubAck, so every store is durable (the `durable` hint costs nothing here).
+//! offset as ASCII decimal, then ` epoch=<n>` when written under a partition lease
+//! (`nats kv get` shows it as is). A write returns after its PubAck, so every store is
+//! durable (the `durable` hint costs nothing here).
 //!
 //! One key per partition rather than one per trigger: dispatcher replicas own
-//! different partitions and each writes only its own keys, so they never overwrite
-//! each other and need no compare-and-set. A new trigger's starting point is written
-//! with `create` (only where no key exists), so a process starting late cannot move
-//! back, or skip ahead of, what another already stored.
+//! different partitions and each writes only its own keys. A store is a
+//! compare-and-set on the key's revision (`update`), which costs the same round trip
+//! as a put: the revision of this process's last write is kept, and when another
+//! process wrote since, the entry is read back; if it carries a greater lease epoch,
+//! the partition has a newer owner and the store fails with
+//! [`ChannelError::Fenced`], else it is retried at the new revision. So a previous
+//! owner's late write can never overwrite the new owner's checkpoint. A new trigger's
+//! starting point is written with `create` (only where no key exists), so a process
+//! starting late cannot move back, or skip ahead of, what another already stored.
 //!
 //! A bucket survives dispatcher restarts and is shared by every dispatcher replica.
 //! (Durable consumers would also keep positions, but a consumer has one position per
 //! filter subject and the dispatcher commits only the contiguous done prefix of each
 //! partition: a KV value holds exactly that.)
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -25,7 +32,9 @@ use bytes::Bytes;
 use futures_util::future::try_join_all;
 
 use super::token;
-use crate::channel::{ChannelError, Offset};
+use crate::channel::{
+    decode_checkpoint, encode_checkpoint, ChannelError, CheckpointUpdate, Epoch, Offset, NO_EPOCH,
+};
 use crate::config::BrokerId;
 
 /// Opens (creating if needed) the checkpoint bucket.
@@ -108,7 +117,13 @@ pub(super) struct Checkpoints {
     /// `<namespace>.<broker>.<events|deadletters>`.
     key_prefix: String,
     timeout: Duration,
+    /// Per key, the revision of this process's last write (and read-back).
+    revisions: std::sync::Mutex<HashMap<String, u64>>,
 }
+
+/// Attempts of one compare-and-set store before it gives up (each lost race means
+/// another process wrote the key meanwhile).
+const CAS_ATTEMPTS: usize = 8;
 
 impl Checkpoints {
     pub(super) fn new(
@@ -131,6 +146,7 @@ impl Checkpoints {
                 token(&broker.name, broker)?
             ),
             timeout,
+            revisions: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -164,46 +180,125 @@ impl Checkpoints {
         trigger: &str,
         partition: u32,
     ) -> Result<Option<Offset>, ChannelError> {
-        let key = self.key(trigger, partition)?;
-        let got = tokio::time::timeout(self.timeout, self.store.get(key.clone()))
+        Ok(self
+            .read(trigger, &self.key(trigger, partition)?)
+            .await?
+            .map(|(_, offset, _)| offset))
+    }
+
+    /// The key's entry: revision, offset and epoch, `None` where there is none.
+    async fn read(
+        &self,
+        trigger: &str,
+        key: &str,
+    ) -> Result<Option<(u64, Offset, Epoch)>, ChannelError> {
+        let got = tokio::time::timeout(self.timeout, self.store.entry(key))
             .await
             .map_err(|_| self.unavailable(trigger, "timed out reading it"))?
             .map_err(|e| self.unavailable(trigger, e))?;
-        let Some(bytes) = got else {
+        let Some(entry) = got.filter(|e| e.operation == kv::Operation::Put) else {
             return Ok(None);
         };
-        match std::str::from_utf8(&bytes)
+        match std::str::from_utf8(&entry.value)
             .ok()
-            .and_then(|t| t.trim().parse().ok())
+            .and_then(decode_checkpoint)
         {
-            Some(offset) => Ok(Some(offset)),
+            Some((offset, epoch)) => Ok(Some((entry.revision, offset, epoch))),
             None => {
                 // Never guess forward: replaying from the start duplicates, skipping loses.
                 tracing::error!(broker = %self.broker, trigger, key,
                     "checkpoint is unreadable; the partition restarts from the earliest retained event");
-                Ok(Some(0))
+                Ok(Some((entry.revision, 0, NO_EPOCH)))
             }
         }
     }
 
-    /// Puts the given partitions' checkpoints, concurrently.
+    /// Stores the given partitions' checkpoints, concurrently, each fenced by its
+    /// epoch (see the module docs).
     pub(super) async fn store(
         &self,
         trigger: &str,
-        updates: &[(u32, Offset)],
+        updates: &[CheckpointUpdate],
     ) -> Result<(), ChannelError> {
-        let puts = updates.iter().map(|&(p, offset)| async move {
-            let key = self.key(trigger, p)?;
-            tokio::time::timeout(
+        try_join_all(updates.iter().map(|u| self.store_one(trigger, u)))
+            .await
+            .map(drop)
+    }
+
+    fn known_revision(&self, key: &str) -> Option<u64> {
+        self.revisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    fn remember(&self, key: &str, revision: u64) {
+        self.revisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_owned(), revision);
+    }
+
+    async fn store_one(&self, trigger: &str, u: &CheckpointUpdate) -> Result<(), ChannelError> {
+        let key = self.key(trigger, u.partition)?;
+        let value = Bytes::from(encode_checkpoint(u.offset, u.epoch));
+        let mut known = self.known_revision(&key);
+        for _ in 0..CAS_ATTEMPTS {
+            let revision = match known.take() {
+                Some(r) => r,
+                None => match self.read(trigger, &key).await? {
+                    Some((_, _, current)) if current > u.epoch => {
+                        return Err(ChannelError::Fenced {
+                            broker: self.broker.clone(),
+                            trigger: trigger.to_owned(),
+                            partition: u.partition,
+                            epoch: u.epoch,
+                            current,
+                        });
+                    }
+                    Some((r, _, _)) => r,
+                    None => {
+                        let created = tokio::time::timeout(
+                            self.timeout,
+                            self.store.create(&key, value.clone()),
+                        )
+                        .await
+                        .map_err(|_| self.unavailable(trigger, "timed out storing it"))?;
+                        match created {
+                            Ok(r) => {
+                                self.remember(&key, r);
+                                return Ok(());
+                            }
+                            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+                            Err(e) => return Err(self.unavailable(trigger, e)),
+                        }
+                    }
+                },
+            };
+            let updated = tokio::time::timeout(
                 self.timeout,
-                self.store.put(key, Bytes::from(offset.to_string())),
+                self.store.update(&key, value.clone(), revision),
             )
             .await
-            .map_err(|_| self.unavailable(trigger, "timed out storing it"))?
-            .map_err(|e| self.unavailable(trigger, e))?;
-            Ok::<_, ChannelError>(())
-        });
-        try_join_all(puts).await.map(drop)
+            .map_err(|_| self.unavailable(trigger, "timed out storing it"))?;
+            match updated {
+                Ok(r) => {
+                    self.remember(&key, r);
+                    return Ok(());
+                }
+                // Another process wrote it since: read it back and decide.
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                Err(e) => return Err(self.unavailable(trigger, e)),
+            }
+        }
+        Err(self.unavailable(
+            trigger,
+            format!(
+                "partition {}: changed by other processes {CAS_ATTEMPTS} times while storing it",
+                u.partition
+            ),
+        ))
     }
 
     /// Creates the given partitions' checkpoints where none exists.

@@ -12,12 +12,17 @@
 //!
 //! Each refresh puts the member key, counts the live member keys `M` (one request:
 //! stream info with a subject filter; expired and purged keys are gone from the
-//! stream), renews the held leases, and then either gives up the ones over the fair
-//! share `ceil(P / M)` (returned no more, so the dispatcher stops them, writes their
-//! checkpoints and calls [`PartitionLeases::release`]) or tries to acquire free ones up
-//! to it. So a dispatcher that joins gets its share within about two refresh periods
-//! (the others give up extras on their next refresh, it takes them on its next), and
-//! the leases of a process that died expire after the TTL and are taken by the others.
+//! stream), renews the held leases, and then either hands over the ones over the fair
+//! share `ceil(P / M)` (listed as revoking: the dispatcher stops them, writes their
+//! final checkpoints and calls [`PartitionLeases::release`], and until then the lease
+//! is still renewed, so nobody else can create it) or tries to acquire free ones up
+//! to it. So a dispatcher that joins gets its share about one refresh period after
+//! the others finished draining what they hand over, and the leases of a process that
+//! died expire after the TTL and are taken by the others.
+//!
+//! A lease's epoch is the revision that created it: KV revisions are the bucket
+//! stream's sequence numbers, so every later creation of the same key (a later owner)
+//! has a greater one. Checkpoints are written with it (see `checkpoint.rs`).
 //!
 //! A renewal that finds another revision means the lease expired and someone else took
 //! it: the partition is lost at once. A renewal that fails for other reasons (NATS
@@ -34,8 +39,8 @@ use futures_util::TryStreamExt;
 use tokio::time::Instant;
 
 use super::token;
-use crate::channel::lease::PartitionLeases;
-use crate::channel::ChannelError;
+use crate::channel::lease::{HandOver, Lease, Leased, PartitionLeases};
+use crate::channel::{ChannelError, Epoch};
 use crate::config::BrokerId;
 
 /// Opens (creating if needed) the lease bucket, with `ttl` as its entries' lifetime.
@@ -92,14 +97,17 @@ pub(super) async fn open_bucket(
 struct Held {
     revision: u64,
     renewed: Instant,
+    /// The revision that created the lease: its epoch.
+    epoch: Epoch,
 }
 
 #[derive(Default)]
 struct State {
     held: BTreeMap<u32, Held>,
-    /// Held leases over the fair share, no longer returned by `refresh`, waiting for
-    /// `release` (or released by the next refresh if the dispatcher never ran them).
-    releasing: Vec<u32>,
+    /// Held leases being handed over (over the fair share), since when: renewed until
+    /// `release` (or [`HandOver::deadline`]), so nobody acquires them while this
+    /// process still drains them.
+    revoking: BTreeMap<u32, Instant>,
 }
 
 /// The leases of one dispatcher process on one broker.
@@ -115,6 +123,7 @@ pub struct NatsLeases {
     lease_prefix: String,
     ttl: Duration,
     timeout: Duration,
+    hand_over: HandOver,
     /// Where this process starts looking for free partitions (spreads contention).
     first: u32,
     state: tokio::sync::Mutex<State>,
@@ -128,6 +137,7 @@ impl NatsLeases {
         owner: &str,
         ttl: Duration,
         timeout: Duration,
+        hand_over: HandOver,
     ) -> Result<NatsLeases, ChannelError> {
         let base = format!(
             "{}.{}",
@@ -149,6 +159,7 @@ impl NatsLeases {
             owner: owner.to_owned(),
             ttl,
             timeout,
+            hand_over,
             first,
             state: tokio::sync::Mutex::new(State::default()),
         })
@@ -230,14 +241,8 @@ pub fn fair_share(partitions: u32, members: u32) -> u32 {
 
 #[async_trait]
 impl PartitionLeases for NatsLeases {
-    async fn refresh(&self) -> Result<Vec<u32>, ChannelError> {
+    async fn refresh(&self) -> Result<Leased, ChannelError> {
         let mut st = self.state.lock().await;
-        // Extras the dispatcher never ran (so never released): release them now.
-        for p in std::mem::take(&mut st.releasing) {
-            if let Some(h) = st.held.remove(&p) {
-                self.delete(p, h.revision).await;
-            }
-        }
         tokio::time::timeout(
             self.timeout,
             self.kv
@@ -248,7 +253,7 @@ impl PartitionLeases for NatsLeases {
         .map_err(|e| self.unavailable(format!("cannot announce this process: {e}")))?;
         let members = self.members().await?;
 
-        // Renew what is held, concurrently.
+        // Renew what is held (being handed over included), concurrently.
         let renewals = join_all(
             st.held
                 .iter()
@@ -258,17 +263,15 @@ impl PartitionLeases for NatsLeases {
         for (p, result) in renewals {
             match result {
                 Ok(revision) => {
-                    st.held.insert(
-                        p,
-                        Held {
-                            revision,
-                            renewed: Instant::now(),
-                        },
-                    );
+                    if let Some(h) = st.held.get_mut(&p) {
+                        h.revision = revision;
+                        h.renewed = Instant::now();
+                    }
                 }
                 Err(kv::UpdateErrorKind::WrongLastRevision) => {
                     tracing::warn!(broker = %self.broker, partition = p, "partition lease expired and was taken by another process");
                     st.held.remove(&p);
+                    st.revoking.remove(&p);
                 }
                 Err(kind) => {
                     let expired = st
@@ -278,26 +281,49 @@ impl PartitionLeases for NatsLeases {
                     tracing::warn!(broker = %self.broker, partition = p, error = %kind, expired, "cannot renew partition lease");
                     if expired {
                         st.held.remove(&p);
+                        st.revoking.remove(&p);
                     }
                 }
             }
         }
 
+        // A hand-over the dispatcher never finished: the lease goes regardless.
+        let overdue: Vec<u32> = st
+            .revoking
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= self.hand_over.deadline)
+            .map(|(&p, _)| p)
+            .collect();
+        for p in overdue {
+            tracing::warn!(broker = %self.broker, partition = p, deadline = ?self.hand_over.deadline,
+                "partition not handed over within the deadline; giving up its lease");
+            st.revoking.remove(&p);
+            if let Some(h) = st.held.remove(&p) {
+                self.delete(p, h.revision).await;
+            }
+        }
+
         let share = fair_share(self.partitions, members) as usize;
-        if st.held.len() > share {
-            // Give up the highest-numbered extras once they are stopped.
+        let active = st.held.len() - st.revoking.len();
+        if active > share {
+            // Hand over the highest-numbered extras once they are stopped.
             let extras: Vec<u32> = st
                 .held
                 .keys()
                 .rev()
-                .take(st.held.len() - share)
+                .filter(|p| !st.revoking.contains_key(p))
+                .take(active - share)
                 .copied()
                 .collect();
-            tracing::info!(broker = %self.broker, members, share, releasing = ?extras, "giving up partitions to rebalance");
-            st.releasing = extras;
-        } else if st.held.len() < share {
+            tracing::info!(broker = %self.broker, members, share, handing_over = ?extras, "handing over partitions to rebalance");
+            let now = Instant::now();
+            for p in extras {
+                st.revoking.insert(p, now);
+            }
+        } else if active < share {
+            let mut active = active;
             for i in 0..self.partitions {
-                if st.held.len() >= share {
+                if active >= share {
                     break;
                 }
                 let p = (self.first + i) % self.partitions;
@@ -317,8 +343,10 @@ impl PartitionLeases for NatsLeases {
                             Held {
                                 revision,
                                 renewed: Instant::now(),
+                                epoch: revision,
                             },
                         );
+                        active += 1;
                     }
                     Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                     Ok(Err(e)) => {
@@ -332,12 +360,18 @@ impl PartitionLeases for NatsLeases {
                 }
             }
         }
-        Ok(st
-            .held
-            .keys()
-            .copied()
-            .filter(|p| !st.releasing.contains(p))
-            .collect())
+        Ok(Leased {
+            owned: st
+                .held
+                .iter()
+                .filter(|(p, _)| !st.revoking.contains_key(p))
+                .map(|(&partition, h)| Lease {
+                    partition,
+                    epoch: h.epoch,
+                })
+                .collect(),
+            revoking: st.revoking.keys().copied().collect(),
+        })
     }
 
     async fn release(&self, partitions: &[u32]) {
@@ -346,16 +380,24 @@ impl PartitionLeases for NatsLeases {
         }
         let mut st = self.state.lock().await;
         for p in partitions {
-            st.releasing.retain(|x| x != p);
+            st.revoking.remove(p);
             if let Some(h) = st.held.remove(p) {
                 self.delete(*p, h.revision).await;
             }
         }
         if st.held.is_empty() {
-            // Not dispatching anything (shutdown, or leases lost): stop counting as a
-            // member so the others take the whole broker. The next refresh rejoins.
+            // Not dispatching anything (leases lost): stop counting as a member so the
+            // others take the whole broker. The next refresh rejoins.
             self.leave().await;
         }
+    }
+
+    async fn close(&self) {
+        let mut st = self.state.lock().await;
+        let held = std::mem::take(&mut st.held);
+        st.revoking.clear();
+        join_all(held.iter().map(|(&p, h)| self.delete(p, h.revision))).await;
+        self.leave().await;
     }
 
     fn renew_every(&self) -> Duration {

@@ -70,9 +70,9 @@ pub use binding::{decode, encode, msg_id, BindingError};
 pub use config::{ConfigError, NatsAuth, NatsOptions, NatsTls, StreamLimits};
 pub use reader::NatsReader;
 
-use crate::channel::lease::PartitionLeases;
+use crate::channel::lease::{HandOver, PartitionLeases};
 use crate::channel::{
-    partition_for, BrokerLog, ChannelError, EventLog, LogReader, Offset, StartAt,
+    partition_for, BrokerLog, ChannelError, CheckpointUpdate, EventLog, LogReader, Offset, StartAt,
 };
 use crate::config::BrokerId;
 use crate::event::Event;
@@ -634,11 +634,11 @@ impl BrokerLog for NatsBroker {
     async fn store_checkpoint(
         &self,
         trigger: &str,
-        updates: &[(u32, Offset)],
+        updates: &[CheckpointUpdate],
         _durable: bool,
     ) -> Result<(), ChannelError> {
-        for &(p, _) in updates {
-            self.check_partition(p)?;
+        for u in updates {
+            self.check_partition(u.partition)?;
         }
         self.checkpoints.store(trigger, updates).await
     }
@@ -654,7 +654,7 @@ impl BrokerLog for NatsBroker {
         self.checkpoints.init(trigger, initial).await
     }
 
-    fn leases(&self, owner: &str) -> Arc<dyn PartitionLeases> {
+    fn leases(&self, owner: &str, hand_over: HandOver) -> Arc<dyn PartitionLeases> {
         match lease::NatsLeases::new(
             self.leases.clone(),
             &self.id,
@@ -662,14 +662,13 @@ impl BrokerLog for NatsBroker {
             owner,
             self.lease_ttl,
             self.timeout,
+            hand_over,
         ) {
             Ok(l) => Arc::new(l),
-            Err(e) => {
-                // Only an empty owner name gets here (`token` refuses it): own nothing
-                // rather than everything, which could duplicate every delivery.
-                tracing::error!(broker = %self.id, error = %e, "invalid dispatcher name; this process dispatches nothing");
-                Arc::new(crate::channel::lease::NoPartitions)
-            }
+            // Only an empty owner name gets here (`token` refuses it).
+            Err(e) => Arc::new(crate::channel::lease::Unusable {
+                reason: format!("invalid dispatcher name {owner:?}: {e}"),
+            }),
         }
     }
 }
