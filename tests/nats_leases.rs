@@ -18,13 +18,17 @@ use broker::channel::nats::{NatsLog, NatsOptions};
 use broker::channel::EventLog;
 use broker::config::BrokerId;
 
-async fn connect(url: &str, tag: &str, ttl: Duration) -> NatsLog {
+fn prefix(tag: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
+    format!("{tag}-{}-{nanos}", std::process::id())
+}
+
+async fn connect(url: &str, prefix: &str, ttl: Duration) -> NatsLog {
     let mut opts = NatsOptions::from_url(url).unwrap();
-    opts.prefix = format!("{tag}-{}-{nanos}", std::process::id());
+    opts.prefix = prefix.to_owned();
     opts.partitions = 4;
     opts.limits.max_bytes = Some(16 << 20);
     opts.lease_ttl = ttl;
@@ -47,7 +51,7 @@ async fn two_holders_split_four_partitions_and_one_takes_over_after_the_ttl() {
         return;
     };
     let ttl = Duration::from_secs(2);
-    let log = connect(&url, "lease", ttl).await;
+    let log = connect(&url, &prefix("lease"), ttl).await;
     let broker = log.open(&BrokerId::new("ns", "b")).await.unwrap();
     let a: Arc<dyn PartitionLeases> = broker.leases("dispatcher-a", HandOver::default());
     let b: Arc<dyn PartitionLeases> = broker.leases("dispatcher-b", HandOver::default());
@@ -102,4 +106,50 @@ async fn two_holders_split_four_partitions_and_one_takes_over_after_the_ttl() {
     let c = broker.leases("dispatcher-c", HandOver::default());
     let mut owned_c = BTreeSet::new();
     assert_eq!(step(c.as_ref(), &mut owned_c).await.len(), 4);
+}
+
+/// A process that announces itself but never takes its share (hung, or failing to
+/// create leases) leaves partitions without an owner: they are reported as unowned,
+/// and `rejoin` takes them regardless of the fair share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_nobody_takes_are_reported_and_taken_on_rejoin() {
+    use broker::channel::nats::async_nats;
+    let Some(url) = common::nats_url() else {
+        return;
+    };
+    let ttl = Duration::from_secs(2);
+    let prefix = prefix("unowned");
+    let log = connect(&url, &prefix, ttl).await;
+    let broker = log.open(&BrokerId::new("ns", "b")).await.unwrap();
+    let a = broker.leases("dispatcher-a", HandOver::default());
+    // The zombie's member key, kept alive.
+    let client = async_nats::connect(url.trim_start_matches("nats://"))
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let bucket = js.get_key_value(format!("{prefix}_leases")).await.unwrap();
+    let announce = || bucket.put("ns.b.members.zombie", "zombie".into());
+    announce().await.unwrap();
+    let mut owned = BTreeSet::new();
+    let mut unowned = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while unowned.len() != 2 {
+        announce().await.unwrap();
+        let leased = a.refresh().await.unwrap();
+        owned = leased.partitions().into_iter().collect();
+        unowned = leased.unowned;
+        assert!(
+            Instant::now() < deadline,
+            "owned {owned:?}, unowned {unowned:?}"
+        );
+        tokio::time::sleep(a.renew_every()).await;
+    }
+    assert_eq!(owned.len(), 2, "the fair share of 4 among 2 members");
+    assert!(unowned.iter().all(|p| !owned.contains(p)));
+    a.rejoin(&unowned).await;
+    announce().await.unwrap();
+    let leased = a.refresh().await.unwrap();
+    assert_eq!(leased.owned.len(), 4, "{leased:?}");
+    assert!(leased.unowned.is_empty());
+    a.close().await;
 }

@@ -134,6 +134,7 @@ pub struct Metrics {
     malformed: Family<BrokerLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     partitions: Family<BrokerLabels, Gauge>,
+    unowned: Family<BrokerLabels, Gauge>,
 }
 
 /// Pre-resolved ingress counters of one broker.
@@ -272,6 +273,7 @@ impl Metrics {
         let malformed = Family::<BrokerLabels, Counter>::default();
         let failures = Family::<FailureLabels, Counter>::default();
         let partitions = Family::<BrokerLabels, Gauge>::default();
+        let unowned = Family::<BrokerLabels, Gauge>::default();
         let latency = Family::<TriggerLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(0.0005, 2.0, 18))) as fn() -> Histogram,
         );
@@ -331,6 +333,11 @@ impl Metrics {
             partitions.clone(),
         );
         registry.register(
+            "dispatcher_unowned_partitions",
+            "Partitions of the broker that no dispatcher process owns, as this process last saw them",
+            unowned.clone(),
+        );
+        registry.register(
             "dispatcher_malformed_records",
             "Stored records that are not valid CloudEvents, moved to the dead-letter log",
             malformed.clone(),
@@ -361,6 +368,7 @@ impl Metrics {
             malformed,
             failures,
             partitions,
+            unowned,
         }
     }
 
@@ -439,6 +447,15 @@ impl Metrics {
     /// The gauge of entries waiting in a broker's dead-letter log.
     pub fn dead_letter_gauge(&self, broker: &str) -> Gauge {
         self.dead_letter_entries
+            .get_or_create(&BrokerLabels {
+                broker: broker.into(),
+            })
+            .clone()
+    }
+
+    /// The gauge of a broker's partitions that no dispatcher process owns.
+    pub fn unowned_partitions_gauge(&self, broker: &str) -> Gauge {
+        self.unowned
             .get_or_create(&BrokerLabels {
                 broker: broker.into(),
             })

@@ -57,6 +57,8 @@ pub struct BrokerRun {
     pub malformed: Arc<crate::malformed::Sink>,
     /// How many partitions this process dispatches now.
     pub partitions_gauge: prometheus_client::metrics::gauge::Gauge,
+    /// How many partitions of the broker no process owns, as last seen.
+    pub unowned_gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 struct Running {
@@ -75,6 +77,8 @@ pub struct Coordinator {
     stopping: Vec<(Vec<u32>, tokio::task::JoinHandle<()>)>,
     shutdown: CancellationToken,
     last_refresh: Instant,
+    /// Partitions seen without an owner, since when.
+    unowned_since: BTreeMap<u32, Instant>,
 }
 
 impl Coordinator {
@@ -91,6 +95,7 @@ impl Coordinator {
             stopping: Vec::new(),
             shutdown,
             last_refresh: Instant::now(),
+            unowned_since: BTreeMap::new(),
         }
     }
 
@@ -102,6 +107,7 @@ impl Coordinator {
         match self.leases.refresh().await {
             Ok(leased) => {
                 self.last_refresh = Instant::now();
+                self.watch_unowned(&leased.unowned).await;
                 // Gone, or owned again under another epoch (lost and re-acquired
                 // between two refreshes): that run stops, a new one starts later.
                 let gone: Vec<u32> = self
@@ -152,6 +158,32 @@ impl Coordinator {
                     self.run.partitions_gauge.set(0);
                 }
             }
+        }
+    }
+
+    /// Partitions without an owner for more than twice the lease TTL: rejoin.
+    async fn watch_unowned(&mut self, unowned: &[u32]) {
+        self.run.unowned_gauge.set(unowned.len() as i64);
+        let now = Instant::now();
+        self.unowned_since.retain(|p, _| unowned.contains(p));
+        for &p in unowned {
+            self.unowned_since.entry(p).or_insert(now);
+        }
+        let limit = self.leases.ttl().saturating_mul(2);
+        let stuck: Vec<u32> = self
+            .unowned_since
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= limit)
+            .map(|(p, _)| *p)
+            .collect();
+        if stuck.is_empty() {
+            return;
+        }
+        tracing::warn!(broker = %self.run.id, partitions = ?stuck, after = ?limit,
+            "partitions have had no owner for twice the lease TTL; rejoining to take them");
+        self.leases.rejoin(&stuck).await;
+        for p in stuck {
+            self.unowned_since.insert(p, now);
         }
     }
 

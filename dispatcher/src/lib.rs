@@ -195,6 +195,7 @@ pub async fn start(
             id: broker.id.clone(),
             malformed,
             partitions_gauge: metrics.partitions_gauge(&broker.id.to_string()),
+            unowned_gauge: metrics.unowned_partitions_gauge(&broker.id.to_string()),
             log: log.clone(),
             triggers,
             lanes,

@@ -33,6 +33,11 @@
 //!    everything (another process may own it by then).
 //! 5. **Leaving.** [`PartitionLeases::close`] gives up every lease at once (after the
 //!    final checkpoints), so the others take over without waiting for the TTL.
+//! 6. **No partition stays unowned.** Partitions reported in [`Leased::unowned`] for
+//!    longer than twice the TTL make the dispatcher call [`PartitionLeases::rejoin`]:
+//!    the backend acquires them regardless of the fair share (NATS) or joins the
+//!    group afresh (Kafka). The dispatcher logs it at WARN and exports the count as
+//!    `triggerfish_dispatcher_unowned_partitions`.
 
 use std::time::Duration;
 
@@ -57,6 +62,9 @@ pub struct Leased {
     /// Partitions this process still holds but must hand over: stop them, write their
     /// final checkpoints, then [`PartitionLeases::release`] them. Ascending.
     pub revoking: Vec<u32>,
+    /// Partitions no process holds a lease on, as far as this refresh could tell
+    /// (empty where the backend cannot tell). Ascending.
+    pub unowned: Vec<u32>,
 }
 
 impl Leased {
@@ -108,6 +116,12 @@ pub trait PartitionLeases: Send + Sync + 'static {
     /// Gives up these partitions, after their final checkpoints are written.
     async fn release(&self, partitions: &[u32]);
 
+    /// Partitions have had no owner for longer than twice the TTL: acquire them (or
+    /// join the group again) so that they are dispatched; see the module docs.
+    async fn rejoin(&self, unowned: &[u32]) {
+        let _ = unowned;
+    }
+
     /// Gives up every lease (after every partition's final checkpoints are written)
     /// and leaves, so that the others take over at once; waits until that is done.
     async fn close(&self) {}
@@ -146,6 +160,7 @@ impl PartitionLeases for AllPartitions {
                 })
                 .collect(),
             revoking: Vec::new(),
+            unowned: Vec::new(),
         })
     }
 

@@ -377,7 +377,11 @@ impl PartitionLeases for KafkaLeases {
             });
         }
         lock(&self.epochs).retain(|p, _| assigned.contains(p));
-        Ok(Leased { owned, revoking })
+        Ok(Leased {
+            owned,
+            revoking,
+            unowned: Vec::new(),
+        })
     }
 
     async fn release(&self, partitions: &[u32]) {

@@ -20,6 +20,14 @@
 //! the others finished draining what they hand over, and the leases of a process that
 //! died expire after the TTL and are taken by the others.
 //!
+//! Once per TTL a refresh also checks which partitions nobody holds (a `get` of each
+//! lease key it does not hold) and reports them as unowned. A member that announces
+//! itself but never takes its share (hung, or unable to create leases) leaves its
+//! share free while the others stay at theirs; after twice the TTL the dispatcher
+//! calls `rejoin`, which creates those leases regardless of the share, and nothing
+//! is handed over for rebalancing for 30 TTLs afterwards (it would only be left
+//! unowned again).
+//!
 //! A lease's epoch is the revision that created it: KV revisions are the bucket
 //! stream's sequence numbers, so every later creation of the same key (a later owner)
 //! has a greater one. Checkpoints are written with it (see `checkpoint.rs`).
@@ -108,7 +116,17 @@ struct State {
     /// `release` (or [`HandOver::deadline`]), so nobody acquires them while this
     /// process still drains them.
     revoking: BTreeMap<u32, Instant>,
+    /// Partitions no process held a lease on at the last probe, and when that was.
+    unowned: Vec<u32>,
+    probed: Option<Instant>,
+    /// After `rejoin` took partitions nobody took, no hand-over for rebalancing until
+    /// then: it would only leave partitions unowned again (a member that announces
+    /// itself but never takes its share).
+    keep_until: Option<Instant>,
 }
+
+/// How long after a `rejoin` nothing is handed over, in lease TTLs.
+const KEEP_AFTER_REJOIN: u32 = 30;
 
 /// The leases of one dispatcher process on one broker.
 pub struct NatsLeases {
@@ -305,7 +323,8 @@ impl PartitionLeases for NatsLeases {
 
         let share = fair_share(self.partitions, members) as usize;
         let active = st.held.len() - st.revoking.len();
-        if active > share {
+        let keeping = st.keep_until.is_some_and(|t| Instant::now() < t);
+        if active > share && !keeping {
             // Hand over the highest-numbered extras once they are stopped.
             let extras: Vec<u32> = st
                 .held
@@ -360,7 +379,30 @@ impl PartitionLeases for NatsLeases {
                 }
             }
         }
+        // At most once per TTL: which partitions nobody holds (one `get` each).
+        if st.probed.is_none_or(|t| t.elapsed() >= self.ttl) {
+            let others: Vec<u32> = (0..self.partitions)
+                .filter(|p| !st.held.contains_key(p))
+                .collect();
+            let probes = join_all(others.iter().map(|&p| async move {
+                let got = tokio::time::timeout(self.timeout, self.kv.get(self.lease_key(p))).await;
+                (p, matches!(got, Ok(Ok(None))))
+            }))
+            .await;
+            st.unowned = probes
+                .into_iter()
+                .filter(|(_, free)| *free)
+                .map(|(p, _)| p)
+                .collect();
+            st.probed = Some(Instant::now());
+        }
         Ok(Leased {
+            unowned: st
+                .unowned
+                .iter()
+                .copied()
+                .filter(|p| !st.held.contains_key(p))
+                .collect(),
             owned: st
                 .held
                 .iter()
@@ -390,6 +432,34 @@ impl PartitionLeases for NatsLeases {
             // others take the whole broker. The next refresh rejoins.
             self.leave().await;
         }
+    }
+
+    async fn rejoin(&self, unowned: &[u32]) {
+        let mut st = self.state.lock().await;
+        for &p in unowned {
+            if st.held.contains_key(&p) {
+                continue;
+            }
+            let created = tokio::time::timeout(
+                self.timeout,
+                self.kv
+                    .create(self.lease_key(p), Bytes::from(self.owner.clone())),
+            )
+            .await;
+            if let Ok(Ok(revision)) = created {
+                tracing::warn!(broker = %self.broker, partition = p, "took an unowned partition beyond the fair share");
+                st.keep_until = Some(Instant::now() + self.ttl * KEEP_AFTER_REJOIN);
+                st.held.insert(
+                    p,
+                    Held {
+                        revision,
+                        renewed: Instant::now(),
+                        epoch: revision,
+                    },
+                );
+            }
+        }
+        st.probed = None;
     }
 
     async fn close(&self) {
