@@ -99,6 +99,113 @@ async fn separate_ingress_and_two_dispatchers_deliver_everything_even_when_one_i
     d1.stop().await;
 }
 
+/// The issue 13 scenario: 1,000 events over 7 partition keys, and the dispatcher that
+/// leads the group killed (SIGKILL) at event 500. tansu 0.6.0 then keeps the dead
+/// member as the group's leader, and the survivor's joins fail for good with an empty
+/// assignment; the survivor sees the partitions unassigned for twice the session
+/// timeout, joins afresh with a new client, and delivers every accepted event.
+/// `scripts/kafka-failover-stress` runs this 20 times in a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_survivor_of_a_killed_group_leader_takes_every_partition() {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let sub = Subscriber::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.yaml"), config(&sub)).unwrap();
+    let storage = storage(
+        &bootstrap,
+        "leader",
+        "4",
+        &["--kafka-session-timeout", "PT6S"],
+    );
+    // The first dispatcher forms the group alone, so it is the leader.
+    let leader = Proc::start("dispatcher", dir.path(), &storage, &[]).await;
+    eventually(
+        "the leader owns every partition",
+        Duration::from_secs(60),
+        || async { owned(&leader).await == 4.0 },
+    )
+    .await;
+    let survivor = Proc::start("dispatcher", dir.path(), &storage, &[]).await;
+    let ingress = Proc::start("ingress", dir.path(), &storage, &[]).await;
+    eventually("the partitions split", Duration::from_secs(60), || async {
+        owned(&leader).await == 2.0 && owned(&survivor).await == 2.0
+    })
+    .await;
+
+    let http = reqwest::Client::new();
+    let accepted: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut producers = Vec::new();
+    for _ in 0..8 {
+        let (http, addr, accepted, next) =
+            (http.clone(), ingress.addr, accepted.clone(), next.clone());
+        producers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= 1000 {
+                    break;
+                }
+                let id = format!("f-{i}");
+                let ty = if i % 2 == 0 { "order" } else { "other" };
+                loop {
+                    let r = http
+                        .post(format!("http://{addr}/default/default"))
+                        .header("ce-specversion", "1.0")
+                        .header("ce-id", &id)
+                        .header("ce-source", "/failover")
+                        .header("ce-type", ty)
+                        .header("ce-partitionkey", format!("key-{}", i % 7))
+                        .body("x")
+                        .send()
+                        .await;
+                    if r.is_ok_and(|r| r.status() == 202) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                accepted.lock().unwrap().insert(id);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    eventually("500 events delivered", Duration::from_secs(60), || {
+        let n = sub.received_on("/all").len();
+        async move { n >= 500 }
+    })
+    .await;
+    let killed = Instant::now();
+    leader.kill();
+    for p in producers {
+        p.await.unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    assert_eq!(accepted.len(), 1000);
+    eventually(
+        "the survivor owns every partition",
+        Duration::from_secs(120),
+        || async { owned(&survivor).await == 4.0 },
+    )
+    .await;
+    let took_over = killed.elapsed();
+    let dups = all_delivered(&sub, &accepted, Duration::from_secs(120)).await;
+    let rejoined = common::metrics_text(survivor.addr).await;
+    let unowned = rejoined
+        .lines()
+        .find(|l| l.starts_with("triggerfish_dispatcher_unowned_partitions{"))
+        .unwrap_or("")
+        .to_owned();
+    eprintln!(
+        "FAILOVER leader killed at 500: survivor owned all partitions {took_over:?} after the kill; \
+         {} accepted, all delivered, {dups} duplicates; {unowned}",
+        accepted.len()
+    );
+    ingress.stop().await;
+    survivor.stop().await;
+}
+
 /// Kafka unreachable: the ingress answers 503 with Retry-After within the request
 /// timeout instead of hanging, and nothing it accepted before is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -203,3 +203,40 @@ async fn kafka_leases_hand_over_explicitly() {
     );
     leases_hand_over_explicitly(a.as_ref(), b.as_ref()).await;
 }
+
+/// A fresh group join (what a dispatcher does when partitions stay unassigned)
+/// hands over what this member owns and gets the partitions back under new epochs;
+/// a group where every partition is assigned reports none unowned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_rejoin_hands_over_and_joins_afresh() {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
+        return;
+    };
+    let log = KafkaLog::connect(options(&bootstrap, &unique_template("rejoin"), 4))
+        .await
+        .unwrap();
+    let b = log.open(&broker()).await.unwrap();
+    let a = b.leases("dispatcher-a", HandOver::default());
+    let first = refresh_until(a.as_ref(), Duration::from_secs(30), "all assigned", |l| {
+        l.owned.len() == 4 && l.unowned.is_empty()
+    })
+    .await;
+    a.rejoin(&[]).await;
+    let leaving = refresh_until(a.as_ref(), Duration::from_secs(30), "revoking", |l| {
+        !l.revoking.is_empty()
+    })
+    .await;
+    assert_eq!(leaving.revoking, vec![0, 1, 2, 3]);
+    a.release(&leaving.revoking).await;
+    let again = refresh_until(a.as_ref(), Duration::from_secs(60), "joined afresh", |l| {
+        l.owned.len() == 4
+    })
+    .await;
+    for l in &again.owned {
+        assert!(
+            l.epoch > first.epoch(l.partition).unwrap(),
+            "{again:?} after {first:?}"
+        );
+    }
+    a.close().await;
+}

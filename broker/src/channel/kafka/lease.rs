@@ -1,7 +1,7 @@
 //! Partition leases from Kafka's group protocol.
 //!
 //! Every dispatcher process of a broker joins the consumer group
-//! `triggerfish.dispatchers.<ns>/<broker>` on the events topic with the
+//! `triggerfish.dispatchers.<events topic>` on the events topic with the
 //! `cooperative-sticky` assignor, and pauses whatever it is assigned: the group never
 //! fetches (the readers do, from the trigger checkpoints), it only decides who
 //! dispatches which partition. A thread polls the group (which also sends the
@@ -22,6 +22,12 @@
 //!   group at once. A process that finds its own assignment lost (its session expired)
 //!   stops those partitions at once: their checkpoint writes are fenced by the claims
 //!   of the new owner.
+//! - **No unowned partitions.** Every 2 s the polling thread describes the group and
+//!   reports partitions no member is assigned (or, where the cluster describes no
+//!   members, as tansu 0.6.0, every partition while this member's assignment was
+//!   lost and nothing was assigned since); once the dispatcher saw them so for
+//!   twice the session timeout it calls `rejoin`: the member joins again with a new
+//!   client (after handing over what it owns, if anything).
 //! - **Never stuck on an error.** The group client is created at the first refresh
 //!   and again after it failed or stopped; until then refreshes return the error.
 
@@ -59,7 +65,17 @@ struct State {
     stopped: bool,
     /// Leaving: the revocation callback no longer waits.
     closing: bool,
+    /// Partitions no member of the group is assigned, at the last look.
+    unowned: Vec<u32>,
+    /// `rejoin` asked this client to hand over what it owns and leave.
+    rejoin: bool,
+    /// The group declared this member's assignment lost (its session expired) and
+    /// nothing was assigned since.
+    lost: bool,
 }
+
+/// How often the polling thread describes the group to find unassigned partitions.
+const DESCRIBE_EVERY: Duration = Duration::from_secs(2);
 
 struct Shared {
     state: Mutex<State>,
@@ -90,6 +106,7 @@ impl ConsumerContext for Ctx {
             // The session expired: another process may own them already.
             tracing::warn!(broker = %self.broker, partitions = ?parts, "the dispatcher group considers this process gone; its partitions are lost");
             st.assigned.retain(|p| !parts.contains(p));
+            st.lost = true;
             return;
         }
         st.revoking = parts.clone();
@@ -119,6 +136,13 @@ impl ConsumerContext for Ctx {
             lock(&self.shared.state).joined = true;
         }
     }
+}
+
+/// The dispatchers' group of a broker's events topic: named after the topic, which
+/// is unique per broker and installation (two installations sharing a Kafka cluster
+/// with different topic templates must not share a group, nor must a test's).
+fn group_id(topic: &str) -> String {
+    format!("triggerfish.dispatchers.{topic}")
 }
 
 /// A running group membership: its polling thread.
@@ -201,13 +225,7 @@ impl KafkaLeases {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("queued.max.messages.kbytes", "64")
             .apply_for(&opts.client_options, Role::Consumer)
-            .set(
-                "group.id",
-                format!(
-                    "triggerfish.dispatchers.{}/{}",
-                    self.broker.namespace, self.broker.name
-                ),
-            )
+            .set("group.id", group_id(&self.topic))
             .set(
                 "client.id",
                 format!("triggerfish-dispatcher-{}", self.owner),
@@ -250,6 +268,65 @@ impl KafkaLeases {
     }
 }
 
+/// The partitions of `topic` in a member's assignment, as the consumer protocol
+/// encodes it (`ConsumerProtocolAssignment`: version, then per topic its name and
+/// partitions, then user data); `None` when the bytes are not one.
+fn assigned_partitions(bytes: &[u8], topic: &str) -> Option<Vec<u32>> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (b.get(..n)?, b.get(n..)?);
+        *b = rest;
+        Some(head)
+    }
+    fn i16_(b: &mut &[u8]) -> Option<i16> {
+        take(b, 2).map(|h| i16::from_be_bytes([h[0], h[1]]))
+    }
+    fn i32_(b: &mut &[u8]) -> Option<i32> {
+        take(b, 4).map(|h| i32::from_be_bytes([h[0], h[1], h[2], h[3]]))
+    }
+    let mut b = bytes;
+    let _version = i16_(&mut b)?;
+    let topics = usize::try_from(i32_(&mut b)?).ok()?;
+    let mut out = Vec::new();
+    for _ in 0..topics {
+        let len = usize::try_from(i16_(&mut b)?).ok()?;
+        let name = take(&mut b, len)?;
+        let n = usize::try_from(i32_(&mut b)?).ok()?;
+        for _ in 0..n {
+            let p = i32_(&mut b)?;
+            if name == topic.as_bytes() {
+                out.push(u32::try_from(p).ok()?);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Partitions of `topic` (`0..partitions`) no member of `consumer`'s group is
+/// assigned, from the group's description; `None` when it cannot be read or lists no
+/// member (this process is one, so that is no description).
+fn unassigned(
+    consumer: &BaseConsumer<Ctx>,
+    group: &str,
+    topic: &str,
+    partitions: u32,
+) -> Option<Vec<u32>> {
+    let list = consumer
+        .fetch_group_list(Some(group), Duration::from_secs(2))
+        .ok()?;
+    let info = list.groups().iter().find(|g| g.name() == group)?;
+    if info.members().is_empty() {
+        // tansu 0.6.0 describes every group as Stable without members: no answer.
+        return None;
+    }
+    let mut taken = std::collections::BTreeSet::new();
+    for m in info.members() {
+        for p in m.assignment().and_then(|a| assigned_partitions(a, topic))? {
+            taken.insert(p);
+        }
+    }
+    Some((0..partitions).filter(|p| !taken.contains(p)).collect())
+}
+
 fn poll_group(
     consumer: BaseConsumer<Ctx>,
     shared: &Shared,
@@ -258,8 +335,31 @@ fn poll_group(
     partitions: u32,
     broker: &BrokerId,
 ) {
+    let group = group_id(topic);
     let mut paused: Vec<u32> = Vec::new();
+    let mut described: Option<Instant> = None;
+    // Leaving the group to join it afresh with a new client, once nothing is assigned.
+    let mut leaving = false;
     while !stop.load(Ordering::Relaxed) {
+        let rejoin = std::mem::take(&mut lock(&shared.state).rejoin);
+        if rejoin && !leaving {
+            // Revokes everything through the callback (a hand-over, as any other).
+            consumer.unsubscribe();
+            leaving = true;
+        }
+        if described.is_none_or(|t| t.elapsed() >= DESCRIBE_EVERY) {
+            described = Some(Instant::now());
+            let free = unassigned(&consumer, &group, topic, partitions);
+            let mut st = lock(&shared.state);
+            st.unowned = match free {
+                Some(free) => free,
+                // Without a description: a member whose assignment was lost and that
+                // got nothing since (a group stuck without a live leader, as tansu
+                // 0.6.0 after its leader died) counts every partition as unowned.
+                None if st.lost && st.assigned.is_empty() => (0..partitions).collect(),
+                None => Vec::new(),
+            };
+        }
         // Serves the group protocol (rebalance callbacks run in here); any fetched
         // message (before its partition was paused) is dropped: the readers read the
         // log themselves.
@@ -295,7 +395,14 @@ fn poll_group(
             }
         }
         paused.clone_from(&owned);
+        if leaving && owned.is_empty() {
+            // Handed over: this client closes, and `refresh` joins with a new one.
+            break;
+        }
         let mut s = lock(&shared.state);
+        if !owned.is_empty() {
+            s.lost = false;
+        }
         if s.assigned != owned {
             tracing::info!(broker = %broker, partitions = ?owned, "Kafka assigned partitions to this dispatcher");
             s.assigned = owned;
@@ -337,8 +444,9 @@ impl PartitionLeases for KafkaLeases {
             .as_ref()
             .is_some_and(|g| lock(&g.shared.state).stopped)
         {
+            // Left for a fresh join (`rejoin`), or ended on an error it logged.
             *group = None;
-            return Err(self.unavailable("the group client stopped; joining again".to_owned()));
+            lock(&self.epochs).clear();
         }
         if group.is_none() {
             *group = Some(
@@ -351,11 +459,11 @@ impl PartitionLeases for KafkaLeases {
         };
         // The first refresh (at dispatcher start) waits for the group to form, so a
         // lone dispatcher starts with its partitions.
-        let (assigned, revoking) = loop {
+        let (assigned, revoking, unowned) = loop {
             {
                 let s = lock(&g.shared.state);
                 if s.joined || g.started.elapsed() >= FIRST_JOIN || s.stopped {
-                    break (s.assigned.clone(), s.revoking.clone());
+                    break (s.assigned.clone(), s.revoking.clone(), s.unowned.clone());
                 }
             }
             tokio::time::sleep(POLL).await;
@@ -380,7 +488,10 @@ impl PartitionLeases for KafkaLeases {
         Ok(Leased {
             owned,
             revoking,
-            unowned: Vec::new(),
+            unowned: unowned
+                .into_iter()
+                .filter(|p| !assigned.contains(p))
+                .collect(),
         })
     }
 
@@ -391,6 +502,38 @@ impl PartitionLeases for KafkaLeases {
             let mut s = lock(&g.shared.state);
             s.released.extend_from_slice(partitions);
             g.shared.changed.notify_all();
+        }
+    }
+
+    /// A fresh group join with a new client (a new member). A member that owns
+    /// partitions first hands them over (it unsubscribes: the revocation waits for
+    /// the release as any other) and its client then closes, to be replaced at the
+    /// next refresh. A member that owns nothing is replaced at once: the new client
+    /// joins before the old one leaves. (tansu 0.6.0 keeps a dead leader's member id
+    /// as the group's leader; only a JoinGroup from another connection makes it
+    /// reload the group and elect a live one, see docs/design/kafka.md.)
+    async fn rejoin(&self, unowned: &[u32]) {
+        let mut group = self.group.lock().await;
+        let owns = group
+            .as_ref()
+            .is_some_and(|g| !lock(&g.shared.state).assigned.is_empty());
+        tracing::warn!(broker = %self.broker, partitions = ?unowned, handing_over_first = owns,
+            "joining the dispatcher group afresh with a new client");
+        if owns {
+            if let Some(g) = group.as_ref() {
+                lock(&g.shared.state).rejoin = true;
+            }
+            return;
+        }
+        match self.join() {
+            Ok(fresh) => {
+                // The old client leaves in its thread, after the new one joined.
+                drop(group.replace(fresh));
+                lock(&self.epochs).clear();
+            }
+            Err(e) => {
+                tracing::warn!(broker = %self.broker, error = %e, "cannot create a new group client; retrying later")
+            }
         }
     }
 
@@ -414,5 +557,38 @@ impl PartitionLeases for KafkaLeases {
 
     fn ttl(&self) -> Duration {
         self.opts.lease_ttl
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assigned_partitions;
+
+    #[test]
+    fn assignments_are_read_from_the_consumer_protocol() {
+        let mut b = vec![0, 1]; // version 1
+        b.extend(2i32.to_be_bytes()); // two topics
+        for (name, parts) in [("t", &[0i32, 3][..]), ("other", &[1][..])] {
+            b.extend((name.len() as i16).to_be_bytes());
+            b.extend(name.as_bytes());
+            b.extend((parts.len() as i32).to_be_bytes());
+            for p in parts {
+                b.extend(p.to_be_bytes());
+            }
+        }
+        b.extend((-1i32).to_be_bytes()); // no user data
+        assert_eq!(assigned_partitions(&b, "t"), Some(vec![0, 3]));
+        assert_eq!(assigned_partitions(&b, "other"), Some(vec![1]));
+        assert_eq!(assigned_partitions(&b, "none"), Some(vec![]));
+        for cut in 0..b.len() - 4 {
+            let r = assigned_partitions(&b[..cut], "t");
+            assert!(
+                r.is_none() || cut >= 2 + 4 + 2 + 1 + 4 + 8,
+                "cut {cut}: {r:?}"
+            );
+        }
+        let mut neg = b.clone();
+        neg[2..6].copy_from_slice(&(-5i32).to_be_bytes());
+        assert_eq!(assigned_partitions(&neg, "t"), None);
     }
 }

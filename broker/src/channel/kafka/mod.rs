@@ -10,7 +10,7 @@
 //! | events topic | `knative-broker-<ns>-<name>` (Knative's Kafka broker's name; `--kafka-topic-template`) |
 //! | dead-letter topic | `<events topic>_deadletters`, one partition (`_` never occurs in Kubernetes names) |
 //! | checkpoints | compacted topic `triggerfish-checkpoints` (one for all brokers), key `<topic>/<trigger>/<partition>`, value the next offset |
-//! | partition leases | consumer group `triggerfish.dispatchers.<ns>/<name>` of the dispatcher processes |
+//! | partition leases | consumer group `triggerfish.dispatchers.<events topic>` of the dispatcher processes |
 //!
 //! - **Topics** are created when missing (`CreateTopics`, the configured partitions and
 //!   replication factor); an existing topic keeps its partition count, read from the
