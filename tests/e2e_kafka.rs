@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::procs::{
     all_delivered, both_dispatchers_share_the_work, config, dev_services, kill_mid_run, produce,
-    unique, Proc, Sent,
+    send_keyed_until_accepted, unique, Proc, Sent,
 };
 use common::{eventually, Subscriber};
 
@@ -150,22 +150,7 @@ async fn the_survivor_of_a_killed_group_leader_takes_every_partition() {
                 }
                 let id = format!("f-{i}");
                 let ty = if i % 2 == 0 { "order" } else { "other" };
-                loop {
-                    let r = http
-                        .post(format!("http://{addr}/default/default"))
-                        .header("ce-specversion", "1.0")
-                        .header("ce-id", &id)
-                        .header("ce-source", "/failover")
-                        .header("ce-type", ty)
-                        .header("ce-partitionkey", format!("key-{}", i % 7))
-                        .body("x")
-                        .send()
-                        .await;
-                    if r.is_ok_and(|r| r.status() == 202) {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                send_keyed_until_accepted(&http, addr, &id, ty, &format!("key-{}", i % 7)).await;
                 accepted.lock().unwrap().insert(id);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }

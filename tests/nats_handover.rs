@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use broker::channel::nats::{async_nats, NatsLog, NatsOptions};
-use common::procs::{unique, Proc};
+use common::procs::{send_keyed_until_accepted, unique, Proc};
 use common::Subscriber;
 use futures_util::StreamExt;
 
@@ -132,22 +132,7 @@ async fn a_dispatcher_joining_and_one_leaving_keep_per_key_order_and_single_owne
         producers.push(tokio::spawn(async move {
             for n in 0..PER_KEY {
                 let id = format!("k{k}-{n}");
-                loop {
-                    let r = http
-                        .post(format!("http://{addr}/default/default"))
-                        .header("ce-specversion", "1.0")
-                        .header("ce-id", &id)
-                        .header("ce-source", "/handover")
-                        .header("ce-type", "order")
-                        .header("ce-partitionkey", format!("k{k}"))
-                        .body("x")
-                        .send()
-                        .await;
-                    if r.is_ok_and(|r| r.status() == 202) {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                send_keyed_until_accepted(&http, addr, &id, "order", &format!("k{k}")).await;
                 accepted.lock().unwrap().insert(id);
                 tokio::time::sleep(Duration::from_millis(30)).await;
             }

@@ -386,3 +386,30 @@ pub fn dev_services(cmd: &str) {
          TRIGGERFISH_DEV_SERVICES_DIR as the dev-services that started the servers"
     );
 }
+
+/// Sends one small event with a partition key to `default/default`, again every
+/// 50 ms until it is accepted (a producer retrying 503s).
+pub async fn send_keyed_until_accepted(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    id: &str,
+    ty: &str,
+    key: &str,
+) {
+    loop {
+        let r = client
+            .post(format!("http://{addr}/default/default"))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", "/keyed")
+            .header("ce-type", ty)
+            .header("ce-partitionkey", key)
+            .body("x")
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status() == 202) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
