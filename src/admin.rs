@@ -23,8 +23,8 @@ use axum::{Json, Router};
 use broker::channel::{BrokerLog, StartAt};
 use broker::config::{BrokerId, Config};
 use broker::event::{json, Event};
+use broker::event::{ERROR_CODE, ERROR_DATA, ERROR_DEST, ERROR_TRIGGER};
 use broker::telemetry::Metrics;
-use dispatcher::settle::{ERROR_CODE, ERROR_DATA, ERROR_DEST, ERROR_TRIGGER, REASON};
 use dispatcher::{BrokerLogs, REDRIVE_CURSOR};
 use serde::Deserialize;
 use serde_json::json;
@@ -246,7 +246,7 @@ async fn redrive(
                 continue;
             }
             let mut event = entry.clone();
-            for ext in [ERROR_DEST, ERROR_CODE, ERROR_DATA, ERROR_TRIGGER, REASON] {
+            for ext in broker::event::DEAD_LETTER_EXTENSIONS {
                 event.remove(ext);
             }
             if to_broker {

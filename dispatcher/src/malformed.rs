@@ -30,7 +30,7 @@ pub const MALFORMED_CURSOR: &str = "_malformed";
 /// The `type` of a dead-letter entry that wraps a malformed record.
 pub const MALFORMED_TYPE: &str = "dev.triggerfish.malformed";
 /// Extension naming why the record is malformed.
-pub const MALFORMED_REASON: &str = crate::settle::REASON;
+pub const MALFORMED_REASON: &str = broker::event::REASON;
 
 /// Where malformed records go, for one broker.
 pub struct Sink {

@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use broker::channel::{BrokerLog, ChannelError};
-use broker::event::{self, http as binding, AttrValue, Event, EventLimits};
+use broker::event::{
+    self, http as binding, AttrValue, Event, EventLimits, ERROR_CODE, ERROR_DATA, ERROR_DATA_MAX,
+    ERROR_DEST, ERROR_TRIGGER, REASON,
+};
 use broker::telemetry::LaneFailure;
 use futures_util::FutureExt;
 use http::header::CONTENT_TYPE;
@@ -24,16 +27,6 @@ use tokio_util::sync::CancellationToken;
 use crate::deliver::{deliver, deliver_with, Attempt, HttpClient};
 use crate::lane::TriggerRuntime;
 
-/// Extension naming the URL whose delivery failed.
-pub const ERROR_DEST: &str = "knativeerrordest";
-/// Extension with the failed delivery's HTTP status (absent for transport errors).
-pub const ERROR_CODE: &str = "knativeerrorcode";
-/// Extension with base64 of at most the first 1024 bytes of the failed response body.
-pub const ERROR_DATA: &str = "knativeerrordata";
-/// Extension naming the trigger, on entries of the broker's dead-letter log.
-pub const ERROR_TRIGGER: &str = "triggerfishtrigger";
-/// How many response body bytes go into `knativeerrordata`.
-pub const ERROR_DATA_MAX: usize = 1024;
 /// The default reply TTL (Knative's `MAX_TTL`).
 pub const DEFAULT_MAX_TTL: i32 = 255;
 
@@ -162,10 +155,6 @@ pub async fn after_panic(rt: &TriggerRuntime, event: &Event, message: &str) {
     rt.metrics.dead_letter_log.inc();
     rt.metrics.dead_letter_entries.inc();
 }
-
-/// The reason extension on dead-letter entries that did not come from a failed
-/// delivery (a panic, a malformed record).
-pub const REASON: &str = "triggerfishreason";
 
 /// Sets the reason of a dead-letter entry that did not come from a failed delivery:
 /// in [`REASON`], and base64 in `knativeerrordata` as for failed deliveries. Control

@@ -47,6 +47,25 @@ pub const ARRIVAL_TIME: &str = "knativearrivaltime";
 pub const BROKER_TTL: &str = "knativebrokerttl";
 /// Partitioning extension (CloudEvents `partitioning` extension).
 pub const PARTITION_KEY: &str = "partitionkey";
+/// Dead-letter extension (Knative): the URL whose delivery failed.
+pub const ERROR_DEST: &str = "knativeerrordest";
+/// Dead-letter extension (Knative): the failed delivery's HTTP status (absent for
+/// transport errors).
+pub const ERROR_CODE: &str = "knativeerrorcode";
+/// Dead-letter extension (Knative): base64 of at most the first
+/// [`ERROR_DATA_MAX`] bytes of the failed response body.
+pub const ERROR_DATA: &str = "knativeerrordata";
+/// How many response body bytes go into [`ERROR_DATA`].
+pub const ERROR_DATA_MAX: usize = 1024;
+/// Extension naming the trigger, on entries of a broker's own dead-letter log.
+pub const ERROR_TRIGGER: &str = "triggerfishtrigger";
+/// Extension with the reason of a dead-letter entry that did not come from a failed
+/// delivery (a panic, a malformed record, a reply that cannot be stored).
+pub const REASON: &str = "triggerfishreason";
+/// The extensions a dead-letter entry carries beyond the event: removed before it
+/// is redriven.
+pub const DEAD_LETTER_EXTENSIONS: [&str; 5] =
+    [ERROR_DEST, ERROR_CODE, ERROR_DATA, ERROR_TRIGGER, REASON];
 
 /// A typed attribute value. Binary-mode HTTP carries every value as a string; the JSON
 /// format can carry extension values as JSON booleans and integers, which we keep so
