@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoints::{Book, Mark};
 use crate::deliver::HttpClient;
 use crate::fanout::{Item, Partition};
-use crate::settle::{after_panic, panic_message, settle, BrokerSinks};
+use crate::settle::{after_panic, panic_message, settle, BrokerSinks, Settled};
 
 /// Tracks which offsets are done and yields the checkpoint: the lowest offset not yet
 /// done (everything below it is delivered or did not match).
@@ -180,7 +180,12 @@ pub async fn run_lane(
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            Some((offset, key)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((offset, key, settled)) = in_flight.next(), if !in_flight.is_empty() => {
+                if settled == Settled::Abandoned {
+                    // Shutdown: not done (delivered again after a restart), and no
+                    // later event of its key may go before it.
+                    continue;
+                }
                 tracker.done(offset);
                 publish(&tracker, true);
                 if let Some(key) = key {
@@ -228,9 +233,11 @@ pub async fn run_lane(
     tokio::pin!(deadline);
     while !in_flight.is_empty() {
         tokio::select! {
-            Some((offset, _)) = in_flight.next() => {
-                tracker.done(offset);
-                publish(&tracker, true);
+            Some((offset, _, settled)) = in_flight.next() => {
+                if settled != Settled::Abandoned {
+                    tracker.done(offset);
+                    publish(&tracker, true);
+                }
             }
             () = &mut deadline => {
                 tracing::warn!(trigger = %rt.cfg.name, partition, in_flight = in_flight.len(),
@@ -244,7 +251,7 @@ pub async fn run_lane(
 /// A delivery in flight: boxed, because the settle future is large (about 2 KiB) and
 /// `FuturesUnordered` keeps one inline even when empty, which for 1,000 triggers on 4
 /// partitions was 7.7 MiB of idle memory.
-type InFlight<'a> = Pin<Box<dyn Future<Output = (Offset, Option<Box<str>>)> + Send + 'a>>;
+type InFlight<'a> = Pin<Box<dyn Future<Output = (Offset, Option<Box<str>>, Settled)> + Send + 'a>>;
 
 fn settle_one<'a>(
     rt: &'a TriggerRuntime,
@@ -256,13 +263,16 @@ fn settle_one<'a>(
     Box::pin(async move {
         // A panic while encoding or delivering this event must not end the lane (and
         // with it the trigger): the event goes to the dead-letter log instead.
-        let settled = AssertUnwindSafe(settle(rt, client, &event))
+        let settled = match AssertUnwindSafe(settle(rt, client, &event))
             .catch_unwind()
-            .await;
-        if let Err(panic) = settled {
-            after_panic(rt, &event, &panic_message(&*panic)).await;
-        }
-        (offset, key)
+            .await
+        {
+            Ok(settled) => settled,
+            Err(panic) => after_panic(rt, &event, &panic_message(&*panic)).await,
+        };
+        // Counted here, once per event, whatever path settled it.
+        settled.count(&rt.metrics);
+        (offset, key, settled)
     })
 }
 

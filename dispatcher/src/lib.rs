@@ -35,6 +35,10 @@ pub mod fanout;
 pub mod lane;
 pub mod malformed;
 pub mod settle;
+#[cfg(test)]
+mod settle_tests;
+#[cfg(test)]
+mod test_logs;
 
 use std::collections::HashMap;
 use std::sync::Arc;

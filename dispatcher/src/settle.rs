@@ -19,7 +19,7 @@ use broker::event::{
     self, http as binding, AttrValue, Event, EventLimits, ERROR_CODE, ERROR_DATA, ERROR_DATA_MAX,
     ERROR_DEST, ERROR_TRIGGER, REASON,
 };
-use broker::telemetry::LaneFailure;
+use broker::telemetry::{LaneFailure, TriggerMetrics};
 use futures_util::FutureExt;
 use http::header::CONTENT_TYPE;
 use tokio_util::sync::CancellationToken;
@@ -59,13 +59,83 @@ pub struct BrokerSinks {
     pub max_reply_bytes: usize,
 }
 
-/// Delivers and settles one event; returns when it is done.
-pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) {
+/// What settling one event came to: a value the lane acts on (the checkpoint moves
+/// past the event unless [`Settled::Abandoned`]) and counts in one place
+/// ([`Settled::count`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The subscriber answered 2xx; what became of a reply in the response.
+    Delivered(Replied),
+    /// Delivery failed for good and the trigger's dead-letter sink took the event.
+    ToSink,
+    /// Stored in the broker's own dead-letter log: delivery (and the sink) failed for
+    /// good, the event cannot be sent at all, or delivering it panicked.
+    ToLog,
+    /// Shutdown began while a reply or dead letter of the event was still being
+    /// stored: the event is not done, and is delivered again after a restart.
+    Abandoned,
+}
+
+/// What became of the reply in a successful delivery's response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replied {
+    /// No reply (or not a 200).
+    Nothing,
+    /// Stored in the broker's log.
+    Stored,
+    /// Dropped: its `knativebrokerttl` was used up.
+    DroppedTtl,
+    /// It could not go to the broker: the event went to the dead-letter log with the
+    /// reason.
+    DeadLettered,
+}
+
+/// Shutdown came before something could be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Abandoned;
+
+impl Settled {
+    /// Counts the outcome in the trigger's metrics: the one place that does.
+    pub fn count(self, m: &TriggerMetrics) {
+        match self {
+            Settled::Delivered(replied) => {
+                m.delivered.inc();
+                match replied {
+                    Replied::Nothing => {}
+                    Replied::Stored => {
+                        m.replies_stored.inc();
+                    }
+                    Replied::DroppedTtl => {
+                        m.replies_dropped_ttl.inc();
+                    }
+                    Replied::DeadLettered => {
+                        m.reply_dead_lettered();
+                        m.dead_letter_entries.inc();
+                    }
+                }
+            }
+            Settled::ToSink => {
+                m.dead_lettered.inc();
+            }
+            Settled::ToLog => {
+                m.dead_letter_log.inc();
+                m.dead_letter_entries.inc();
+            }
+            Settled::Abandoned => {}
+        }
+    }
+}
+
+/// Delivers and settles one event; returns how (not yet counted: the caller counts
+/// it with [`Settled::count`]).
+pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) -> Settled {
     let cfg = &rt.cfg;
     let sinks = &rt.sinks;
     if let Some(fault) = &sinks.fault {
         (fault.0)(event);
     }
+    // The outcome of the accepted response's reply (one response is accepted).
+    let replied = std::sync::Mutex::new(Ok(Replied::Nothing));
     let d = deliver_with(
         client,
         &cfg.subscriber,
@@ -82,7 +152,12 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) {
                 error: None,
                 body_error: None,
             };
-            handle_reply(rt, event, reply, response)
+            let replied = &replied;
+            async move {
+                let r = handle_reply(rt, event, reply, response).await;
+                *replied.lock().unwrap_or_else(|p| p.into_inner()) = r;
+                Ok(())
+            }
         },
     )
     .await;
@@ -92,8 +167,10 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) {
         .inc_by(u64::from(d.attempts.saturating_sub(1)));
     rt.metrics.latency.observe(d.elapsed.as_secs_f64());
     if d.delivered {
-        rt.metrics.delivered.inc();
-        return;
+        return match replied.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Ok(r) => Settled::Delivered(r),
+            Err(Abandoned) => Settled::Abandoned,
+        };
     }
     if d.attempts == 0 {
         rt.metrics.lane_failure(LaneFailure::undeliverable);
@@ -107,8 +184,7 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) {
     if let Some(sink) = &cfg.delivery.dead_letter_sink {
         let sent = deliver(client, sink, &cfg.delivery, &dead).await;
         if sent.delivered {
-            rt.metrics.dead_lettered.inc();
-            return;
+            return Settled::ToSink;
         }
         tracing::warn!(broker = %cfg.broker, trigger = %cfg.name, event_id = event.id(), sink = %sink,
             status = ?sent.last.status.map(|s| s.as_u16()), error = sent.last.error.as_deref().unwrap_or(""),
@@ -116,17 +192,19 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) {
     }
     let mut entry = dead;
     entry.set(ERROR_TRIGGER, AttrValue::String(cfg.name.as_str().into()));
-    store_dead_letter(sinks, &entry, &cfg.name).await;
-    rt.metrics.dead_letter_log.inc();
-    rt.metrics.dead_letter_entries.inc();
+    match store_dead_letter(sinks, &entry, &cfg.name).await {
+        Ok(()) => Settled::ToLog,
+        Err(Abandoned) => Settled::Abandoned,
+    }
 }
 
 /// After settling `event` panicked: logs it, counts it, and stores the event in the
 /// broker's dead-letter log with the panic message as its reason, so that the lane
 /// goes on with the next event. Should building or storing that entry panic too (the
 /// event itself is what breaks the code), a minimal entry with the event's `id`,
-/// `source` and `type` is stored instead.
-pub async fn after_panic(rt: &TriggerRuntime, event: &Event, message: &str) {
+/// `source` and `type` is stored instead. The panic is counted here (a lane failure);
+/// the outcome is returned, for the caller to count.
+pub async fn after_panic(rt: &TriggerRuntime, event: &Event, message: &str) -> Settled {
     let cfg = &rt.cfg;
     rt.metrics.lane_failure(LaneFailure::panic);
     tracing::error!(broker = %cfg.broker, trigger = %cfg.name, event_id = event.id(), panic = message,
@@ -145,15 +223,20 @@ pub async fn after_panic(rt: &TriggerRuntime, event: &Event, message: &str) {
     };
     let entry = std::panic::catch_unwind(AssertUnwindSafe(build))
         .unwrap_or_else(|_| minimal_entry(event, cfg.name.as_str(), &reason));
-    let stored = AssertUnwindSafe(store_dead_letter(&rt.sinks, &entry, &cfg.name))
+    let stored = match AssertUnwindSafe(store_dead_letter(&rt.sinks, &entry, &cfg.name))
         .catch_unwind()
-        .await;
-    if stored.is_err() {
-        let entry = minimal_entry(event, cfg.name.as_str(), &reason);
-        store_dead_letter(&rt.sinks, &entry, &cfg.name).await;
+        .await
+    {
+        Ok(stored) => stored,
+        Err(_) => {
+            let entry = minimal_entry(event, cfg.name.as_str(), &reason);
+            store_dead_letter(&rt.sinks, &entry, &cfg.name).await
+        }
+    };
+    match stored {
+        Ok(()) => Settled::ToLog,
+        Err(Abandoned) => Settled::Abandoned,
     }
-    rt.metrics.dead_letter_log.inc();
-    rt.metrics.dead_letter_entries.inc();
 }
 
 /// Sets the reason of a dead-letter entry that did not come from a failed delivery:
@@ -232,33 +315,32 @@ pub fn dead_letter_event(event: &Event, dest: &str, last: &Attempt) -> Event {
 }
 
 /// Stores a dead letter in the broker's dead-letter log, retrying until it is stored
-/// ([`append_until_stored`]).
-async fn store_dead_letter(sinks: &BrokerSinks, entry: &Event, trigger: &str) {
-    if let Err(e) = append_until_stored(
-        sinks,
-        sinks.dead_letters.as_ref(),
-        entry,
-        trigger,
-        "dead letter",
-    )
-    .await
-    {
-        // Larger than the dead-letter log accepts: keep the entry's identity and reason.
-        tracing::error!(broker = %sinks.events.broker(), trigger, event_id = entry.id(), error = %e,
-            "dead letter too large for the dead-letter log; storing it without its attributes and data");
-        let reason = entry
-            .get_str(REASON)
-            .unwrap_or("delivery failed")
-            .to_owned();
-        let small = minimal_entry(entry, trigger, &printable(&format!("{reason}; {e}"), 1024));
-        let _ = append_until_stored(
-            sinks,
-            sinks.dead_letters.as_ref(),
-            &small,
-            trigger,
-            "dead letter",
-        )
-        .await;
+/// ([`append_until_stored`]) or shutdown abandons it.
+async fn store_dead_letter(
+    sinks: &BrokerSinks,
+    entry: &Event,
+    trigger: &str,
+) -> Result<(), Abandoned> {
+    let log = sinks.dead_letters.as_ref();
+    match append_until_stored(sinks, log, entry, trigger, "dead letter").await {
+        Ok(()) => Ok(()),
+        Err(Unstored::Abandoned) => Err(Abandoned),
+        Err(Unstored::Never(e)) => {
+            // Larger than the dead-letter log accepts: keep the entry's identity and reason.
+            tracing::error!(broker = %sinks.events.broker(), trigger, event_id = entry.id(), error = %e,
+                "dead letter too large for the dead-letter log; storing it without its attributes and data");
+            let reason = entry
+                .get_str(REASON)
+                .unwrap_or("delivery failed")
+                .to_owned();
+            let small = minimal_entry(entry, trigger, &printable(&format!("{reason}; {e}"), 1024));
+            match append_until_stored(sinks, log, &small, trigger, "dead letter").await {
+                Err(Unstored::Abandoned) => Err(Abandoned),
+                // A minimal entry always fits; were it refused for good, the reason is
+                // logged above and retrying cannot help.
+                Ok(()) | Err(Unstored::Never(_)) => Ok(()),
+            }
+        }
     }
 }
 
@@ -297,22 +379,18 @@ async fn handle_reply(
     original: &Event,
     reply: Reply,
     response: Attempt,
-) -> Result<(), String> {
+) -> Result<Replied, Abandoned> {
     let attempt = &response;
     let mut reply = match reply {
-        Reply::None => return Ok(()),
-        Reply::Bad(reason) => {
-            dead_letter_reply(rt, original, attempt, &reason).await;
-            return Ok(());
-        }
+        Reply::None => return Ok(Replied::Nothing),
+        Reply::Bad(reason) => return dead_letter_reply(rt, original, attempt, &reason).await,
         Reply::Event(e) => *e,
     };
     let ttl = ttl_of(original, rt.sinks.max_ttl).saturating_sub(1);
     if ttl <= 0 {
-        rt.metrics.replies_dropped_ttl.inc();
         tracing::warn!(broker = %rt.cfg.broker, trigger = %rt.cfg.name, event_id = original.id(), reply_id = reply.id(),
             "reply dropped: knativebrokerttl exhausted (a reply loop?)");
-        return Ok(());
+        return Ok(Replied::DroppedTtl);
     }
     reply.set(event::BROKER_TTL, AttrValue::Integer(ttl));
     reply.set(
@@ -320,31 +398,18 @@ async fn handle_reply(
         AttrValue::String(jiff::Timestamp::now().to_string().into()),
     );
     if let Err(e) = rt.sinks.limits.check(&reply) {
-        dead_letter_reply(
-            rt,
-            original,
-            attempt,
-            &format!("the reply exceeds a limit: {e}"),
-        )
-        .await;
-        return Ok(());
+        let reason = format!("the reply exceeds a limit: {e}");
+        return dead_letter_reply(rt, original, attempt, &reason).await;
     }
     let log = rt.sinks.events.as_ref();
     match append_until_stored(&rt.sinks, log, &reply, &rt.cfg.name, "reply").await {
-        Ok(()) => {
-            rt.metrics.replies_stored.inc();
-        }
-        Err(e) => {
-            dead_letter_reply(
-                rt,
-                original,
-                attempt,
-                &format!("the reply can never be stored: {e}"),
-            )
-            .await;
+        Ok(()) => Ok(Replied::Stored),
+        Err(Unstored::Abandoned) => Err(Abandoned),
+        Err(Unstored::Never(e)) => {
+            let reason = format!("the reply can never be stored: {e}");
+            dead_letter_reply(rt, original, attempt, &reason).await
         }
     }
-    Ok(())
 }
 
 /// Stores a reply that cannot go to the broker: the original event (which the
@@ -352,42 +417,54 @@ async fn handle_reply(
 /// `knativeerrorcode` 200, the start of the reply's body in `knativeerrordata`, and
 /// the reason in `triggerfishreason`. Redriving it to the subscriber asks for the
 /// reply again.
-async fn dead_letter_reply(rt: &TriggerRuntime, original: &Event, attempt: &Attempt, reason: &str) {
+async fn dead_letter_reply(
+    rt: &TriggerRuntime,
+    original: &Event,
+    attempt: &Attempt,
+    reason: &str,
+) -> Result<Replied, Abandoned> {
     let cfg = &rt.cfg;
     tracing::error!(broker = %cfg.broker, trigger = %cfg.name, event_id = original.id(), reason,
         "reply cannot be stored; the event goes to the broker's dead-letter log with the reason");
     let mut entry = dead_letter_event(original, cfg.subscriber.as_str(), attempt);
     entry.set(ERROR_TRIGGER, AttrValue::String(cfg.name.as_str().into()));
     entry.set(REASON, AttrValue::String(printable(reason, 1024).into()));
-    store_dead_letter(&rt.sinks, &entry, &cfg.name).await;
-    rt.metrics.reply_dead_lettered();
-    rt.metrics.dead_letter_entries.inc();
+    store_dead_letter(&rt.sinks, &entry, &cfg.name).await?;
+    Ok(Replied::DeadLettered)
+}
+
+/// Why [`append_until_stored`] gave up.
+enum Unstored {
+    /// The event can never be stored (larger than the channel accepts).
+    Never(ChannelError),
+    /// Shutdown began first.
+    Abandoned,
 }
 
 /// Appends `event` to `log`, retrying transient failures (full, unavailable, I/O)
 /// with a backoff of 50 ms doubling to 5 s until it is stored, so that nothing is
-/// dropped while the channel recovers. Returns the error when the event can never be
-/// stored (larger than the channel accepts). Should shutdown begin meanwhile, it
-/// never returns: the event is not done and is delivered again after a restart.
+/// dropped while the channel recovers. Gives up when the event can never be stored
+/// (larger than the channel accepts), or when shutdown begins meanwhile: then the
+/// event is not done and is delivered again after a restart.
 async fn append_until_stored(
     sinks: &BrokerSinks,
     log: &dyn BrokerLog,
     event: &Event,
     trigger: &str,
     what: &str,
-) -> Result<(), ChannelError> {
+) -> Result<(), Unstored> {
     let mut wait = Duration::from_millis(50);
     loop {
         match log.append_own(std::slice::from_ref(event)).await {
             Ok(()) => return Ok(()),
-            Err(e @ ChannelError::TooLarge { .. }) => return Err(e),
+            Err(e @ ChannelError::TooLarge { .. }) => return Err(Unstored::Never(e)),
             Err(e) => {
                 tracing::error!(broker = %log.broker(), trigger, event_id = event.id(), error = %e,
                     "cannot store a {what}; retrying (the trigger's checkpoint waits for it)");
             }
         }
         tokio::select! {
-            () = sinks.shutdown.cancelled() => std::future::pending::<()>().await,
+            () = sinks.shutdown.cancelled() => return Err(Unstored::Abandoned),
             () = tokio::time::sleep(wait) => {}
         }
         wait = (wait * 2).min(Duration::from_secs(5));
