@@ -31,7 +31,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::deliver::HttpClient;
 use crate::fanout::{self, LaneInfo, Partition};
-use crate::lane::{self, TriggerRuntime};
+use crate::lane;
+use crate::trigger::TriggerRuntime;
 
 /// Everything needed to run any partition of one broker.
 pub struct BrokerRun {

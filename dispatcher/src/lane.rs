@@ -20,10 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker::channel::Offset;
-use broker::config::{DeliveryOrder, TriggerConfig};
+use broker::config::DeliveryOrder;
 use broker::event::Event;
 use broker::telemetry::LaneFailure;
-use broker::telemetry::TriggerMetrics;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
@@ -32,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoints::{Book, Mark};
 use crate::deliver::HttpClient;
 use crate::fanout::{Item, Partition};
-use crate::settle::{after_panic, panic_message, settle, BrokerSinks, Settled};
+use crate::settle::{after_panic, panic_message, settle, Settled};
+use crate::trigger::TriggerRuntime;
 
 /// Tracks which offsets are done and yields the checkpoint: the lowest offset not yet
 /// done (everything below it is delivered or did not match).
@@ -71,16 +71,6 @@ impl DoneTracker {
     pub fn checkpoint(&self) -> Offset {
         self.pending.first().copied().unwrap_or(self.seen_upto)
     }
-}
-
-/// A trigger as the dispatcher runs it.
-pub struct TriggerRuntime {
-    /// Its config.
-    pub cfg: TriggerConfig,
-    /// Its metrics.
-    pub metrics: TriggerMetrics,
-    /// Where its replies and dead letters go.
-    pub sinks: Arc<BrokerSinks>,
 }
 
 /// Events held back in ordered mode because an event with the same partition key is

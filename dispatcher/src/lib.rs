@@ -15,6 +15,12 @@
 //! - [`connector`]: the HTTP(S) connector of the delivery client.
 //! - [`malformed`]: stored records that are not CloudEvents go to the dead-letter log
 //!   once per partition, never to a trigger.
+//! - [`trigger`]: a trigger as it runs and where its replies and dead letters go, the
+//!   state `lane` and `settle` share (a leaf, so that neither imports the other).
+//!
+//! Only [`deliver`] and [`settle`] are public (the admin API's redrive uses them);
+//! the rest is the crate's own. Imports go one way: `lib` → `coordinator` → `lane` →
+//! `fanout` → `malformed` → `settle` → `deliver`/`trigger`, with `checkpoints` a leaf.
 //!
 //! [`start`] wires it all for a config and returns a [`Dispatcher`] whose
 //! [`Dispatcher::wait`] returns after shutdown once lanes drained and the final
@@ -27,18 +33,19 @@
 //! ([`coordinator`], [`checkpoints`]), so dispatcher replicas sharing a broker never
 //! overwrite each other's.
 
-pub mod checkpoints;
-pub mod connector;
-pub mod coordinator;
+mod checkpoints;
+mod connector;
+mod coordinator;
 pub mod deliver;
-pub mod fanout;
-pub mod lane;
-pub mod malformed;
+mod fanout;
+mod lane;
+mod malformed;
 pub mod settle;
 #[cfg(test)]
 mod settle_tests;
 #[cfg(test)]
 mod test_logs;
+mod trigger;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,7 +59,7 @@ use tokio_util::task::TaskTracker;
 
 use coordinator::{BrokerRun, Coordinator};
 use fanout::LaneInfo;
-use lane::TriggerRuntime;
+use trigger::TriggerRuntime;
 
 /// How often changed checkpoints are written.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);

@@ -29,8 +29,6 @@ use tokio_util::sync::CancellationToken;
 pub const MALFORMED_CURSOR: &str = "_malformed";
 /// The `type` of a dead-letter entry that wraps a malformed record.
 pub const MALFORMED_TYPE: &str = "dev.triggerfish.malformed";
-/// Extension naming why the record is malformed.
-pub const MALFORMED_REASON: &str = broker::event::REASON;
 
 /// Where malformed records go, for one broker.
 pub struct Sink {
@@ -47,7 +45,7 @@ pub struct Sink {
 /// The dead-letter entry for a malformed record: `type` [`MALFORMED_TYPE`], `source`
 /// naming the broker and partition, `id` `<partition>-<offset>` (stable, so a repeat
 /// after a crash is recognisable), the record's bytes as data, and the reason both in
-/// [`MALFORMED_REASON`] and (base64, as for failed deliveries) in `knativeerrordata`.
+/// [`broker::event::REASON`] and (base64, as for failed deliveries) in `knativeerrordata`.
 pub fn wrapper(events: &dyn BrokerLog, partition: u32, offset: Offset, m: &Malformed) -> Event {
     let b = events.broker();
     let mut e = Event::new();
@@ -235,7 +233,7 @@ mod tests {
         assert_eq!(e.source(), "/triggerfish/ns/b/partitions/2");
         assert_eq!(e.data().map(|d| &d[..]), Some(&b"\xffgarbage"[..]));
         assert_eq!(
-            e.get_str(MALFORMED_REASON),
+            e.get_str(broker::event::REASON),
             Some("topic t partition 2 offset 7: header ce_id: given more than once")
         );
     }

@@ -10,54 +10,23 @@
 //! done, so it is delivered again after a restart): nothing is dropped silently.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use broker::channel::{BrokerLog, ChannelError};
 use broker::event::{
-    self, http as binding, AttrValue, Event, EventLimits, ERROR_CODE, ERROR_DATA, ERROR_DATA_MAX,
-    ERROR_DEST, ERROR_TRIGGER, REASON,
+    self, http as binding, AttrValue, Event, ERROR_CODE, ERROR_DATA, ERROR_DATA_MAX, ERROR_DEST,
+    ERROR_TRIGGER, REASON,
 };
 use broker::telemetry::{LaneFailure, TriggerMetrics};
 use futures_util::FutureExt;
 use http::header::CONTENT_TYPE;
-use tokio_util::sync::CancellationToken;
 
 use crate::deliver::{deliver, deliver_with, Attempt, HttpClient};
-use crate::lane::TriggerRuntime;
+pub use crate::trigger::{BrokerSinks, FaultHook, TriggerRuntime};
 
 /// The default reply TTL (Knative's `MAX_TTL`).
 pub const DEFAULT_MAX_TTL: i32 = 255;
-
-/// A test-only fault: called with each event just before its delivery. A hook that
-/// panics stands for a bug in encoding or delivery (`tests/e2e_poison.rs`).
-#[derive(Clone)]
-pub struct FaultHook(pub Arc<dyn Fn(&Event) + Send + Sync>);
-
-impl std::fmt::Debug for FaultHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FaultHook")
-    }
-}
-
-/// Where a broker's replies and dead letters go.
-pub struct BrokerSinks {
-    /// The broker's event log (replies are appended here).
-    pub events: Arc<dyn BrokerLog>,
-    /// The broker's own dead-letter log.
-    pub dead_letters: Arc<dyn BrokerLog>,
-    /// `knativebrokerttl` of events that carry none.
-    pub max_ttl: i32,
-    /// Abandons the dead-letter log retry loop.
-    pub shutdown: CancellationToken,
-    /// See [`FaultHook`]; `None` outside tests.
-    pub fault: Option<FaultHook>,
-    /// Replies are held to the ingress's attribute limits.
-    pub limits: EventLimits,
-    /// The largest reply body read (the ingress's `--max-body-bytes`).
-    pub max_reply_bytes: usize,
-}
 
 /// What settling one event came to: a value the lane acts on (the checkpoint moves
 /// past the event unless [`Settled::Abandoned`]) and counts in one place

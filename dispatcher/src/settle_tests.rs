@@ -15,9 +15,9 @@ use broker::telemetry::Metrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::lane::TriggerRuntime;
 use crate::settle::{settle, BrokerSinks, Settled};
 use crate::test_logs::Recording;
+use crate::trigger::TriggerRuntime;
 
 /// A subscriber answering every request `400 Bad Request` (never retried).
 async fn refusing_subscriber() -> url::Url {

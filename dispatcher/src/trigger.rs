@@ -1,0 +1,50 @@
+//! A trigger as the dispatcher runs it, and where its replies and dead letters go:
+//! the state [`crate::lane`] and [`crate::settle`] share (a leaf module, so that
+//! neither imports the other's).
+
+use std::sync::Arc;
+
+use broker::channel::BrokerLog;
+use broker::config::TriggerConfig;
+use broker::event::{Event, EventLimits};
+use broker::telemetry::TriggerMetrics;
+use tokio_util::sync::CancellationToken;
+
+/// A trigger as the dispatcher runs it.
+pub struct TriggerRuntime {
+    /// Its config.
+    pub cfg: TriggerConfig,
+    /// Its metrics.
+    pub metrics: TriggerMetrics,
+    /// Where its replies and dead letters go.
+    pub sinks: Arc<BrokerSinks>,
+}
+
+/// A test-only fault: called with each event just before its delivery. A hook that
+/// panics stands for a bug in encoding or delivery (`tests/e2e_poison.rs`).
+#[derive(Clone)]
+pub struct FaultHook(pub Arc<dyn Fn(&Event) + Send + Sync>);
+
+impl std::fmt::Debug for FaultHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FaultHook")
+    }
+}
+
+/// Where a broker's replies and dead letters go.
+pub struct BrokerSinks {
+    /// The broker's event log (replies are appended here).
+    pub events: Arc<dyn BrokerLog>,
+    /// The broker's own dead-letter log.
+    pub dead_letters: Arc<dyn BrokerLog>,
+    /// `knativebrokerttl` of events that carry none.
+    pub max_ttl: i32,
+    /// Abandons the dead-letter log retry loop.
+    pub shutdown: CancellationToken,
+    /// See [`FaultHook`]; `None` outside tests.
+    pub fault: Option<FaultHook>,
+    /// Replies are held to the ingress's attribute limits.
+    pub limits: EventLimits,
+    /// The largest reply body read (the ingress's `--max-body-bytes`).
+    pub max_reply_bytes: usize,
+}
