@@ -159,11 +159,11 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
     let mut logs: HashMap<_, BrokerLogs> = HashMap::new();
     for b in &opts.config.brokers {
         let events = log
-            .open(&b.id)
+            .open(&b.id, broker::channel::LogKind::Events)
             .await
             .with_context(|| format!("opening broker {}", b.id))?;
         let dead_letters = log
-            .open_dead_letters(&b.id)
+            .open(&b.id, broker::channel::LogKind::DeadLetters)
             .await
             .with_context(|| format!("opening the dead-letter log of broker {}", b.id))?;
         logs.insert(

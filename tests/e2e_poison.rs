@@ -142,7 +142,10 @@ async fn the_ingress_refuses_events_over_the_attribute_limits_naming_the_limit()
 async fn store_directly(dir: &Path, events: &[Event]) {
     let log = EmbeddedLog::open(dir, EmbeddedOptions::default()).unwrap();
     let broker = log
-        .open(&BrokerId::new("default", "default"))
+        .open(
+            &BrokerId::new("default", "default"),
+            broker::channel::LogKind::Events,
+        )
         .await
         .unwrap();
     broker.append(events).await.unwrap();
@@ -528,7 +531,10 @@ async fn a_corrupt_sealed_segment_is_dead_lettered_once_and_the_rest_delivered()
     {
         let log = EmbeddedLog::open(dir.path(), small.clone()).unwrap();
         let broker = log
-            .open(&BrokerId::new("default", "default"))
+            .open(
+                &BrokerId::new("default", "default"),
+                broker::channel::LogKind::Events,
+            )
             .await
             .unwrap();
         for i in 0..60 {

@@ -173,7 +173,13 @@ async fn the_kafka_channel_works_over_tls_set_up_by_client_options_alone() {
 
     // With it: topics, appends, reads and checkpoints all over TLS.
     let log = KafkaLog::connect(options(true)).await.unwrap();
-    let b = log.open(&BrokerId::new("default", "tls")).await.unwrap();
+    let b = log
+        .open(
+            &BrokerId::new("default", "tls"),
+            broker::channel::LogKind::Events,
+        )
+        .await
+        .unwrap();
     let events: Vec<Event> = (0..10).map(|i| event(&format!("e{i}"))).collect();
     b.append(&events).await.unwrap();
     let mut got = Vec::new();

@@ -135,7 +135,10 @@ async fn events_written_by_triggerfish_decode_by_the_binding_spec_alone() {
     opts.limits.max_bytes = Some(64 << 20);
     let log = NatsLog::connect(opts).await.unwrap();
     let id = BrokerId::new("team.a", "orders.v1");
-    let b = log.open(&id).await.unwrap();
+    let b = log
+        .open(&id, broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     let (stream, subject_base) = stream_names(&prefix, &id, false).unwrap();
 
     // A plain client, knowing only the subject layout.

@@ -52,7 +52,10 @@ async fn two_holders_split_four_partitions_and_one_takes_over_after_the_ttl() {
     };
     let ttl = Duration::from_secs(2);
     let log = connect(&url, &prefix("lease"), ttl).await;
-    let broker = log.open(&BrokerId::new("ns", "b")).await.unwrap();
+    let broker = log
+        .open(&BrokerId::new("ns", "b"), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     let a: Arc<dyn PartitionLeases> = broker.leases("dispatcher-a", HandOver::default());
     let b: Arc<dyn PartitionLeases> = broker.leases("dispatcher-b", HandOver::default());
     assert_eq!(a.ttl(), ttl);
@@ -120,7 +123,10 @@ async fn partitions_nobody_takes_are_reported_and_taken_on_rejoin() {
     let ttl = Duration::from_secs(2);
     let prefix = prefix("unowned");
     let log = connect(&url, &prefix, ttl).await;
-    let broker = log.open(&BrokerId::new("ns", "b")).await.unwrap();
+    let broker = log
+        .open(&BrokerId::new("ns", "b"), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     let a = broker.leases("dispatcher-a", HandOver::default());
     // The zombie's member key, kept alive.
     let client = async_nats::connect(url.trim_start_matches("nats://"))

@@ -215,7 +215,10 @@ pub async fn prefill(data_dir: &Path, n: u64) -> anyhow::Result<()> {
     )
     .context("opening the log to pre-fill")?;
     let broker = log
-        .open(&BrokerId::new("default", "default"))
+        .open(
+            &BrokerId::new("default", "default"),
+            broker::channel::LogKind::Events,
+        )
         .await
         .context("opening broker default/default")?;
     let mut next = 0u64;

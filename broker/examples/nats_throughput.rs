@@ -84,7 +84,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     opts.prefix = format!("bench-{tag}");
     opts.limits.max_bytes = Some(2 << 30);
     let log = NatsLog::connect(opts).await?;
-    let b: Arc<dyn BrokerLog> = log.open(&BrokerId::new("bench", "b")).await?;
+    let b: Arc<dyn BrokerLog> = log
+        .open(
+            &BrokerId::new("bench", "b"),
+            broker::channel::LogKind::Events,
+        )
+        .await?;
 
     let client = async_nats::connect(url.as_str()).await?;
     let js = jetstream::new(client);

@@ -221,7 +221,10 @@ mod tests {
             namespace: "ns".into(),
             name: "b".into(),
         };
-        let events = log.open(&id).await.expect("broker");
+        let events = log
+            .open(&id, broker::channel::LogKind::Events)
+            .await
+            .expect("broker");
         let m = Malformed {
             reason: "topic t partition 2 offset 7: header ce_id: given\nmore than once".into(),
             data: Some(bytes::Bytes::from_static(b"\xffgarbage")),

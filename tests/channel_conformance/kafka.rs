@@ -70,7 +70,11 @@ pub fn foreign_producer(bootstrap: &str) -> FutureProducer {
 /// an order of its own), structured mode, and garbage, which reads back as
 /// malformed with its bytes, between good records.
 pub async fn foreign_records_are_read(b: &mut Kafka) {
-    let log = b.fresh().open(&broker()).await.unwrap();
+    let log = b
+        .fresh()
+        .open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     let topic = b
         .template
         .replace("{namespace}", "default")
@@ -165,8 +169,13 @@ pub async fn colliding_topics_are_refused(bootstrap: &str) {
     let log = KafkaLog::connect(options(bootstrap, &unique_template("collide"), 1))
         .await
         .unwrap();
-    log.open(&BrokerId::new("a-b", "c")).await.unwrap();
-    assert!(log.open(&BrokerId::new("a", "b-c")).await.is_err());
+    log.open(&BrokerId::new("a-b", "c"), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
+    assert!(log
+        .open(&BrokerId::new("a", "b-c"), broker::channel::LogKind::Events)
+        .await
+        .is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,8 +207,14 @@ async fn kafka_leases_hand_over_explicitly() {
         .await
         .unwrap();
     let (a, b) = (
-        first.open(&broker()).await.unwrap(),
-        second.open(&broker()).await.unwrap(),
+        first
+            .open(&broker(), broker::channel::LogKind::Events)
+            .await
+            .unwrap(),
+        second
+            .open(&broker(), broker::channel::LogKind::Events)
+            .await
+            .unwrap(),
     );
     leases_hand_over_explicitly(a.as_ref(), b.as_ref()).await;
 }
@@ -215,7 +230,10 @@ async fn kafka_rejoin_hands_over_and_joins_afresh() {
     let log = KafkaLog::connect(options(&bootstrap, &unique_template("rejoin"), 4))
         .await
         .unwrap();
-    let b = log.open(&broker()).await.unwrap();
+    let b = log
+        .open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     let a = b.leases("dispatcher-a", HandOver::default());
     let first = refresh_until(a.as_ref(), Duration::from_secs(30), "all assigned", |l| {
         l.owned.len() == 4 && l.unowned.is_empty()

@@ -102,7 +102,11 @@ async fn read_all(log: &dyn BrokerLog, start: StartAt) -> Vec<(u32, u64, Event)>
 }
 
 async fn appended_events_read_back_intact_in_order(b: &mut dyn Backend) {
-    let log = b.fresh().open(&broker()).await.unwrap();
+    let log = b
+        .fresh()
+        .open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     let events: Vec<Event> = (0..100)
         .map(|i| event(&format!("e{i}"), Some("same-key")))
         .collect();
@@ -121,7 +125,11 @@ async fn appended_events_read_back_intact_in_order(b: &mut dyn Backend) {
 }
 
 async fn readers_wait_for_appends_and_survive_being_dropped(b: &mut dyn Backend) {
-    let log = b.fresh().open(&broker()).await.unwrap();
+    let log = b
+        .fresh()
+        .open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     let p = 0;
     let mut r = log.reader(p, StartAt::End).await.unwrap();
     let start = r.position();
@@ -170,7 +178,11 @@ async fn readers_wait_for_appends_and_survive_being_dropped(b: &mut dyn Backend)
 }
 
 async fn start_positions_and_end_offsets(b: &mut dyn Backend) {
-    let log = b.fresh().open(&broker()).await.unwrap();
+    let log = b
+        .fresh()
+        .open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     let n = log.partitions();
     assert!(n >= 1);
     let events: Vec<Event> = (0..40)
@@ -208,7 +220,11 @@ async fn start_positions_and_end_offsets(b: &mut dyn Backend) {
 }
 
 async fn data_survives_reopen_and_checkpoints_persist(b: &mut dyn Backend) {
-    let log = b.fresh().open(&broker()).await.unwrap();
+    let log = b
+        .fresh()
+        .open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     let events: Vec<Event> = (0..25).map(|i| event(&format!("r{i}"), None)).collect();
     // One at a time, so that unkeyed events spread over the partitions and each
     // holds more than the checkpoints below (a checkpoint past a partition's end is
@@ -235,7 +251,11 @@ async fn data_survives_reopen_and_checkpoints_persist(b: &mut dyn Backend) {
     log.init_checkpoint("t1", &[(0, 99)]).await.unwrap();
     log.init_checkpoint("t2", &[(0, 7)]).await.unwrap();
     drop(log);
-    let log = b.reopen().open(&broker()).await.unwrap();
+    let log = b
+        .reopen()
+        .open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     let want: Vec<Option<u64>> = cp.iter().map(|u| Some(u.offset)).collect();
     assert_eq!(log.load_checkpoint("t1").await.unwrap(), want);
     let mut t2 = vec![None; n as usize];
@@ -260,8 +280,14 @@ async fn data_survives_reopen_and_checkpoints_persist(b: &mut dyn Backend) {
 
 async fn brokers_are_isolated(b: &mut dyn Backend) {
     let log = b.fresh();
-    let a = log.open(&BrokerId::new("ns1", "b")).await.unwrap();
-    let c = log.open(&BrokerId::new("ns2", "b")).await.unwrap();
+    let a = log
+        .open(&BrokerId::new("ns1", "b"), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
+    let c = log
+        .open(&BrokerId::new("ns2", "b"), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     a.append(&[event("only-in-a", None)]).await.unwrap();
     assert_eq!(read_all(a.as_ref(), StartAt::Earliest).await.len(), 1);
     assert!(read_all(c.as_ref(), StartAt::Earliest).await.is_empty());
@@ -270,7 +296,11 @@ async fn brokers_are_isolated(b: &mut dyn Backend) {
 /// An event over the max message size is refused as too large, and a batch with
 /// one stores nothing.
 async fn oversized_events_are_too_large(b: &mut dyn Backend) {
-    let log = b.fresh().open(&broker()).await.unwrap();
+    let log = b
+        .fresh()
+        .open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     let mut big = event("big", None);
     big.set_data(DataKind::Binary, Some(Bytes::from(vec![b'x'; 2 << 20])));
     match log.append(&[event("small", None), big]).await {
@@ -287,8 +317,14 @@ async fn oversized_events_are_too_large(b: &mut dyn Backend) {
 /// its own checkpoints.
 async fn dead_letter_log_keeps_every_entry(b: &mut dyn Backend) {
     let log = b.fresh();
-    let events = log.open(&broker()).await.unwrap();
-    let dl = log.open_dead_letters(&broker()).await.unwrap();
+    let events = log
+        .open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
+    let dl = log
+        .open(&broker(), broker::channel::LogKind::DeadLetters)
+        .await
+        .unwrap();
     assert_eq!(dl.partitions(), 1);
     let start = dl.end_offset(0).await.unwrap();
     let mut a = event("failed", None);
@@ -327,12 +363,18 @@ async fn dead_letter_log_keeps_every_entry(b: &mut dyn Backend) {
 /// overwrite each other, and a new trigger's start point is created once among them:
 /// the first wins, and it never replaces progress.
 async fn a_second_process_shares_the_broker(first: &dyn EventLog, second: &dyn EventLog) {
-    let a = first.open(&broker()).await.unwrap();
+    let a = first
+        .open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     a.append(&[event("shared", None)]).await.unwrap();
     a.store_checkpoint("t", &cps(&[(0, 1), (1, 2), (2, 3)]), false)
         .await
         .unwrap();
-    let b = second.open(&broker()).await.unwrap();
+    let b = second
+        .open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     assert_eq!(
         b.partitions(),
         3,
@@ -373,7 +415,11 @@ async fn a_second_process_shares_the_broker(first: &dyn EventLog, second: &dyn E
 /// moment after it, is stored as a second record (NATS JetStream swallowed it within
 /// its two-minute duplicate window: acknowledged, never stored).
 async fn own_appends_are_never_deduplicated(b: &mut dyn Backend) {
-    let log = b.fresh().open(&broker()).await.unwrap();
+    let log = b
+        .fresh()
+        .open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     let original = event("same", None);
     log.append(std::slice::from_ref(&original)).await.unwrap();
     let mut reply = original.clone();
@@ -468,7 +514,10 @@ async fn small_segments(dir: &std::path::Path) -> (EmbeddedLog, Arc<dyn BrokerLo
         ..EmbeddedOptions::default()
     };
     let log = EmbeddedLog::open(dir, opts).unwrap();
-    let b = log.open(&broker()).await.unwrap();
+    let b = log
+        .open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     (log, b)
 }
 

@@ -72,7 +72,11 @@ async fn drain(r: &mut dyn broker::channel::LogReader) -> Vec<broker::channel::R
 /// (stream sequences - 1) shared by all partitions, so a partition's offsets increase
 /// with gaps and `end_offset` is the stream's next sequence.
 pub async fn sparse_start_positions_and_end_offsets(b: &mut dyn Backend) {
-    let log = b.fresh().open(&broker()).await.unwrap();
+    let log = b
+        .fresh()
+        .open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     let n = log.partitions();
     assert!(n > 1, "run with several partitions");
     let events: Vec<Event> = (0..40)
@@ -139,7 +143,11 @@ pub async fn sparse_start_positions_and_end_offsets(b: &mut dyn Backend) {
 
 /// A producer's retry (same `source` + `id`) is stored once; a new id is not.
 pub async fn producer_retries_are_deduplicated(b: &mut dyn Backend) {
-    let log = b.fresh().open(&broker()).await.unwrap();
+    let log = b
+        .fresh()
+        .open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     let e = event("dup", Some("k"));
     log.append(std::slice::from_ref(&e)).await.unwrap();
     let mut retry = e.clone();
@@ -163,8 +171,12 @@ pub async fn producer_retries_are_deduplicated(b: &mut dyn Backend) {
 /// keeps `--nats-max-age`/`--nats-max-bytes`): dead letters wait for a redrive.
 pub async fn dead_letters_never_expire(b: &mut Nats) {
     let log = b.fresh();
-    log.open(&broker()).await.unwrap();
-    log.open_dead_letters(&broker()).await.unwrap();
+    log.open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
+    log.open(&broker(), broker::channel::LogKind::DeadLetters)
+        .await
+        .unwrap();
     let client = broker::channel::nats::async_nats::connect(b.url.trim_start_matches("nats://"))
         .await
         .unwrap();
@@ -229,7 +241,10 @@ async fn nats_a_reader_behind_the_stream_start_reports_what_it_skipped() {
     let mut opts = options(&url, &unique_prefix("skip"), 1);
     opts.limits.max_bytes = Some(16 << 10);
     let log = NatsLog::connect(opts).await.unwrap();
-    let b = log.open(&broker()).await.unwrap();
+    let b = log
+        .open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
     for i in 0..200 {
         b.append(&[event(&format!("big{i}"), None)]).await.unwrap();
     }
@@ -254,8 +269,14 @@ async fn nats_leases_hand_over_explicitly() {
     let first = NatsLog::connect(options(&url, &prefix, 4)).await.unwrap();
     let second = NatsLog::connect(options(&url, &prefix, 4)).await.unwrap();
     let (a, b) = (
-        first.open(&broker()).await.unwrap(),
-        second.open(&broker()).await.unwrap(),
+        first
+            .open(&broker(), broker::channel::LogKind::Events)
+            .await
+            .unwrap(),
+        second
+            .open(&broker(), broker::channel::LogKind::Events)
+            .await
+            .unwrap(),
     );
     leases_hand_over_explicitly(a.as_ref(), b.as_ref()).await;
 }

@@ -209,18 +209,26 @@ pub enum ChannelError {
     Other(String),
 }
 
+/// Which of a broker's logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogKind {
+    /// The events producers send, replies and redriven events.
+    Events,
+    /// The broker's own dead-letter log.
+    DeadLetters,
+}
+
 /// Opens per-broker logs. Implementations are cheap to share (`Arc`).
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
-    /// Opens (creating if needed) the log of one broker.
-    async fn open(&self, broker: &BrokerId) -> Result<Arc<dyn BrokerLog>, ChannelError>;
-
-    /// Opens (creating if needed) the broker's own dead-letter log: events whose
-    /// delivery failed for good and could not go to a dead-letter sink. One partition;
-    /// each entry carries the `knativeerror*` extensions and `triggerfishtrigger`.
-    async fn open_dead_letters(
+    /// Opens (creating if needed) one of a broker's logs: its events, or its own
+    /// dead-letter log (events whose delivery failed for good and could not go to a
+    /// dead-letter sink: one partition, never expired; each entry carries the
+    /// `knativeerror*` extensions and `triggerfishtrigger`).
+    async fn open(
         &self,
         broker: &BrokerId,
+        kind: LogKind,
     ) -> Result<Arc<dyn BrokerLog>, ChannelError>;
 
     /// A short human description ("embedded log at /var/lib/triggerfish").

@@ -39,8 +39,8 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    partition_for, BrokerLog, ChannelError, CheckpointUpdate, EventLog, LogReader, Offset, Skipped,
-    StartAt,
+    partition_for, BrokerLog, ChannelError, CheckpointUpdate, EventLog, LogKind, LogReader, Offset,
+    Skipped, StartAt,
 };
 use crate::config::BrokerId;
 use crate::event::{codec, Event};
@@ -203,17 +203,13 @@ impl EmbeddedLog {
 
 #[async_trait]
 impl EventLog for EmbeddedLog {
-    async fn open(&self, broker: &BrokerId) -> Result<Arc<dyn BrokerLog>, ChannelError> {
-        // Recovery reads files; it runs once per broker at start-up.
-        let b = self.open_blocking(broker, false)?;
-        Ok(b)
-    }
-
-    async fn open_dead_letters(
+    async fn open(
         &self,
         broker: &BrokerId,
+        kind: LogKind,
     ) -> Result<Arc<dyn BrokerLog>, ChannelError> {
-        let b = self.open_blocking(broker, true)?;
+        // Recovery reads files; it runs once per broker at start-up.
+        let b = self.open_blocking(broker, kind == LogKind::DeadLetters)?;
         Ok(b)
     }
 

@@ -39,7 +39,10 @@ async fn log_with(
     };
     let log = EmbeddedLog::open(dir, opts).expect("open");
     let b = log
-        .open(&BrokerId::new("default", "reader"))
+        .open(
+            &BrokerId::new("default", "reader"),
+            crate::channel::LogKind::Events,
+        )
         .await
         .expect("broker");
     for part in events.chunks(9) {
@@ -181,7 +184,10 @@ async fn a_damaged_sealed_segment_found_at_startup_is_skipped_once() {
     };
     let log = EmbeddedLog::open(dir.path(), opts).expect("reopen");
     let b = log
-        .open(&BrokerId::new("default", "reader"))
+        .open(
+            &BrokerId::new("default", "reader"),
+            crate::channel::LogKind::Events,
+        )
         .await
         .expect("broker");
     check_damaged_read(&read_all(b.as_ref(), 64).await, &events);

@@ -71,7 +71,7 @@ use topics::collision_key;
 
 use crate::channel::lease::{HandOver, PartitionLeases};
 use crate::channel::{
-    BrokerLog, ChannelError, CheckpointUpdate, EventLog, LogReader, Offset, StartAt,
+    BrokerLog, ChannelError, CheckpointUpdate, EventLog, LogKind, LogReader, Offset, StartAt,
 };
 use crate::config::BrokerId;
 use crate::event::Event;
@@ -215,16 +215,12 @@ impl KafkaLog {
 
 #[async_trait]
 impl EventLog for KafkaLog {
-    async fn open(&self, broker: &BrokerId) -> Result<Arc<dyn BrokerLog>, ChannelError> {
-        let b = self.open_log(broker, false).await?;
-        Ok(b)
-    }
-
-    async fn open_dead_letters(
+    async fn open(
         &self,
         broker: &BrokerId,
+        kind: LogKind,
     ) -> Result<Arc<dyn BrokerLog>, ChannelError> {
-        let b = self.open_log(broker, true).await?;
+        let b = self.open_log(broker, kind == LogKind::DeadLetters).await?;
         Ok(b)
     }
 

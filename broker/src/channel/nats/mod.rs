@@ -72,7 +72,8 @@ pub use reader::NatsReader;
 
 use crate::channel::lease::{HandOver, PartitionLeases};
 use crate::channel::{
-    partition_for, BrokerLog, ChannelError, CheckpointUpdate, EventLog, LogReader, Offset, StartAt,
+    partition_for, BrokerLog, ChannelError, CheckpointUpdate, EventLog, LogKind, LogReader, Offset,
+    StartAt,
 };
 use crate::config::BrokerId;
 use crate::event::Event;
@@ -409,16 +410,12 @@ fn limits_differ(current: &stream::Config, desired: &stream::Config) -> bool {
 
 #[async_trait]
 impl EventLog for NatsLog {
-    async fn open(&self, broker: &BrokerId) -> Result<Arc<dyn BrokerLog>, ChannelError> {
-        let b = self.open_log(broker, false).await?;
-        Ok(b)
-    }
-
-    async fn open_dead_letters(
+    async fn open(
         &self,
         broker: &BrokerId,
+        kind: LogKind,
     ) -> Result<Arc<dyn BrokerLog>, ChannelError> {
-        let b = self.open_log(broker, true).await?;
+        let b = self.open_log(broker, kind == LogKind::DeadLetters).await?;
         Ok(b)
     }
 
