@@ -229,6 +229,26 @@ impl NatsLeases {
         }
     }
 
+    /// Creates partition `p`'s lease: `None` when another process holds it.
+    async fn create(&self, p: u32) -> Result<Option<Held>, String> {
+        let created = tokio::time::timeout(
+            self.timeout,
+            self.kv
+                .create(self.lease_key(p), Bytes::from(self.owner.clone())),
+        )
+        .await
+        .map_err(|_| "timed out".to_owned())?;
+        match created {
+            Ok(revision) => Ok(Some(Held {
+                revision,
+                renewed: Instant::now(),
+                epoch: revision,
+            })),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     async fn delete(&self, p: u32, revision: u64) {
         let deleted = tokio::time::timeout(
             self.timeout,
@@ -349,31 +369,14 @@ impl PartitionLeases for NatsLeases {
                 if st.held.contains_key(&p) {
                     continue;
                 }
-                let created = tokio::time::timeout(
-                    self.timeout,
-                    self.kv
-                        .create(self.lease_key(p), Bytes::from(self.owner.clone())),
-                )
-                .await;
-                match created {
-                    Ok(Ok(revision)) => {
-                        st.held.insert(
-                            p,
-                            Held {
-                                revision,
-                                renewed: Instant::now(),
-                                epoch: revision,
-                            },
-                        );
+                match self.create(p).await {
+                    Ok(Some(held)) => {
+                        st.held.insert(p, held);
                         active += 1;
                     }
-                    Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                    Ok(Err(e)) => {
+                    Ok(None) => {}
+                    Err(e) => {
                         tracing::warn!(broker = %self.broker, partition = p, error = %e, "cannot acquire partition lease");
-                        break;
-                    }
-                    Err(_) => {
-                        tracing::warn!(broker = %self.broker, partition = p, "timed out acquiring partition lease");
                         break;
                     }
                 }
@@ -440,23 +443,10 @@ impl PartitionLeases for NatsLeases {
             if st.held.contains_key(&p) {
                 continue;
             }
-            let created = tokio::time::timeout(
-                self.timeout,
-                self.kv
-                    .create(self.lease_key(p), Bytes::from(self.owner.clone())),
-            )
-            .await;
-            if let Ok(Ok(revision)) = created {
+            if let Ok(Some(held)) = self.create(p).await {
                 tracing::warn!(broker = %self.broker, partition = p, "took an unowned partition beyond the fair share");
                 st.keep_until = Some(Instant::now() + self.ttl * KEEP_AFTER_REJOIN);
-                st.held.insert(
-                    p,
-                    Held {
-                        revision,
-                        renewed: Instant::now(),
-                        epoch: revision,
-                    },
-                );
+                st.held.insert(p, held);
             }
         }
         st.probed = None;
