@@ -144,7 +144,14 @@ async fn events_written_by_triggerfish_decode_by_the_binding_spec_alone() {
     // A plain client, knowing only the subject layout.
     let client = async_nats::connect(url.as_str()).await.unwrap();
     let mut live = client.subscribe(format!("{subject_base}.*")).await.unwrap();
-    client.flush().await.unwrap();
+    // `flush` only writes the client's buffer: the server may register the subscription
+    // after the append below arrives on the log's own connection (seen once in CI).
+    // A request is answered only after the server processed what came before it on
+    // this connection, the SUB included; nobody answers it, which is all we need.
+    let probe = client
+        .request(format!("_INBOX.{prefix}.probe"), Bytes::new())
+        .await;
+    assert!(probe.is_err(), "nobody answers the probe: {probe:?}");
 
     let event = the_event();
     b.append(std::slice::from_ref(&event)).await.unwrap();
