@@ -139,7 +139,8 @@ async fn events_written_by_triggerfish_decode_by_the_binding_spec_alone() {
         .open(&id, broker::channel::LogKind::Events)
         .await
         .unwrap();
-    let (stream, subject_base) = stream_names(&prefix, &id, false).unwrap();
+    let (stream, subject_base) =
+        stream_names(&prefix, &id, broker::channel::LogKind::Events).unwrap();
 
     // A plain client, knowing only the subject layout.
     let client = async_nats::connect(url.as_str()).await.unwrap();

@@ -92,6 +92,29 @@ struct BrokerLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RedriveLabels {
+    broker: Arc<str>,
+    outcome: RedriveOutcome,
+}
+
+/// What a redrive did with one dead-letter entry (`outcome` of
+/// `triggerfish_dead_letter_redriven_total`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RedriveOutcome {
+    /// Delivered to its trigger's subscriber, or appended to the broker again.
+    sent,
+    /// Its subscriber failed again: back at the end of the log with the new error.
+    failed_again,
+    /// Another trigger's entry (a redrive of one trigger): moved to the end unchanged.
+    other_trigger,
+    /// Its trigger is no longer configured: moved to the end unchanged.
+    trigger_gone,
+    /// Not a CloudEvent: left where it is and listed in the redrive's report.
+    undecodable,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RejectLabels {
     broker: Arc<str>,
     reason: RejectReason,
@@ -135,6 +158,7 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     partitions: Family<BrokerLabels, Gauge>,
     unowned: Family<BrokerLabels, Gauge>,
+    redriven: Family<RedriveLabels, Counter>,
 }
 
 /// Pre-resolved ingress counters of one broker.
@@ -274,6 +298,7 @@ impl Metrics {
         let failures = Family::<FailureLabels, Counter>::default();
         let partitions = Family::<BrokerLabels, Gauge>::default();
         let unowned = Family::<BrokerLabels, Gauge>::default();
+        let redriven = Family::<RedriveLabels, Counter>::default();
         let latency = Family::<TriggerLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(0.0005, 2.0, 18))) as fn() -> Histogram,
         );
@@ -338,6 +363,11 @@ impl Metrics {
             unowned.clone(),
         );
         registry.register(
+            "dead_letter_redriven",
+            "Dead-letter entries a redrive passed, by what it did with them",
+            redriven.clone(),
+        );
+        registry.register(
             "dispatcher_malformed_records",
             "Stored records that are not valid CloudEvents, moved to the dead-letter log",
             malformed.clone(),
@@ -369,6 +399,7 @@ impl Metrics {
             failures,
             partitions,
             unowned,
+            redriven,
         }
     }
 
@@ -467,6 +498,16 @@ impl Metrics {
         self.partitions
             .get_or_create(&BrokerLabels {
                 broker: broker.into(),
+            })
+            .clone()
+    }
+
+    /// The counter of dead-letter entries of a broker a redrive passed with `outcome`.
+    pub fn redrive_counter(&self, broker: &str, outcome: RedriveOutcome) -> Counter {
+        self.redriven
+            .get_or_create(&RedriveLabels {
+                broker: broker.into(),
+                outcome,
             })
             .clone()
     }

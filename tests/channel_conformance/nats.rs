@@ -4,6 +4,7 @@
 
 use super::*;
 use broker::channel::nats::{NatsLog, NatsOptions};
+use broker::channel::LogKind;
 
 /// A prefix no other run or test uses on the same server.
 pub fn unique_prefix(tag: &str) -> String {
@@ -181,11 +182,11 @@ pub async fn dead_letters_never_expire(b: &mut Nats) {
         .await
         .unwrap();
     let js = broker::channel::nats::async_nats::jetstream::new(client);
-    let config = |dead: bool| {
+    let config = |kind: LogKind| {
         let js = js.clone();
         let prefix = b.prefix.clone();
         async move {
-            let (name, _) = broker::channel::nats::stream_names(&prefix, &broker(), dead).unwrap();
+            let (name, _) = broker::channel::nats::stream_names(&prefix, &broker(), kind).unwrap();
             js.get_stream(name)
                 .await
                 .unwrap()
@@ -194,10 +195,10 @@ pub async fn dead_letters_never_expire(b: &mut Nats) {
                 .clone()
         }
     };
-    let dead = config(true).await;
+    let dead = config(LogKind::DeadLetters).await;
     assert_eq!(dead.max_age, Duration::ZERO, "no age limit");
     assert_eq!(dead.max_bytes, -1, "no size limit");
-    let events = config(false).await;
+    let events = config(LogKind::Events).await;
     assert!(events.max_age > Duration::ZERO, "{:?}", events.max_age);
     assert!(events.max_bytes > 0);
 }

@@ -218,6 +218,31 @@ pub enum LogKind {
     DeadLetters,
 }
 
+impl LogKind {
+    /// Its name in storage layouts (directory, stream, key and topic names).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogKind::Events => "events",
+            LogKind::DeadLetters => "deadletters",
+        }
+    }
+
+    /// The partitions a new log of this kind gets when brokers are configured with
+    /// `configured`: a dead-letter log always has one (redrive reads it in order).
+    pub fn partitions(self, configured: u32) -> u32 {
+        match self {
+            LogKind::Events => configured,
+            LogKind::DeadLetters => 1,
+        }
+    }
+
+    /// Whether the log waits for an operator: dead letters are kept until redriven,
+    /// never expired by age or size (ARCHITECTURE.md, contract 6).
+    pub fn never_expires(self) -> bool {
+        self == LogKind::DeadLetters
+    }
+}
+
 /// Opens per-broker logs. Implementations are cheap to share (`Arc`).
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {

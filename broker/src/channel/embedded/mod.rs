@@ -132,7 +132,7 @@ pub struct EmbeddedLog {
     root: PathBuf,
     opts: EmbeddedOptions,
     /// Open logs by broker; `true` marks a dead-letter log.
-    brokers: Mutex<HashMap<(BrokerId, bool), Arc<EmbeddedBroker>>>,
+    brokers: Mutex<HashMap<(BrokerId, LogKind), Arc<EmbeddedBroker>>>,
     _lock: File,
 }
 
@@ -174,10 +174,10 @@ impl EmbeddedLog {
     fn open_blocking(
         &self,
         broker: &BrokerId,
-        dead_letters: bool,
+        kind: LogKind,
     ) -> Result<Arc<EmbeddedBroker>, ChannelError> {
         let mut brokers = self.brokers.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (broker.clone(), dead_letters);
+        let key = (broker.clone(), kind);
         if let Some(b) = brokers.get(&key) {
             return Ok(b.clone());
         }
@@ -187,11 +187,12 @@ impl EmbeddedLog {
             .join(&broker.namespace)
             .join(&broker.name);
         let mut opts = self.opts.clone();
-        if dead_letters {
+        opts.partitions = kind.partitions(opts.partitions);
+        if kind == LogKind::DeadLetters {
             dir = dir.join("dead-letters");
-            opts.partitions = 1;
-            // Dead letters wait for an operator: kept until redriven, never expired
-            // (ARCHITECTURE.md, contract 6; `triggerfish dlq` bounds them).
+        }
+        if kind.never_expires() {
+            // `triggerfish dlq` bounds them.
             opts.retention_bytes = None;
             opts.retention_age = None;
         }
@@ -209,7 +210,7 @@ impl EventLog for EmbeddedLog {
         kind: LogKind,
     ) -> Result<Arc<dyn BrokerLog>, ChannelError> {
         // Recovery reads files; it runs once per broker at start-up.
-        let b = self.open_blocking(broker, kind == LogKind::DeadLetters)?;
+        let b = self.open_blocking(broker, kind)?;
         Ok(b)
     }
 

@@ -84,7 +84,7 @@ pub struct KafkaLog {
     /// For metadata and watermarks.
     meta: Arc<BaseConsumer>,
     /// Open logs by broker; `true` marks a dead-letter log.
-    brokers: Mutex<HashMap<(BrokerId, bool), Arc<KafkaBroker>>>,
+    brokers: Mutex<HashMap<(BrokerId, LogKind), Arc<KafkaBroker>>>,
     /// Which broker each topic belongs to (by [`collision_key`]).
     topics: Mutex<HashMap<String, BrokerId>>,
     /// Every log's checkpoints.
@@ -148,14 +148,14 @@ impl KafkaLog {
     async fn open_log(
         &self,
         broker: &BrokerId,
-        dead_letters: bool,
+        kind: LogKind,
     ) -> Result<Arc<KafkaBroker>, ChannelError> {
-        let key = (broker.clone(), dead_letters);
+        let key = (broker.clone(), kind);
         if let Some(b) = lock(&self.brokers).get(&key) {
             return Ok(b.clone());
         }
         let mut topic = topic_name(&self.opts.topic_template, broker)?;
-        if dead_letters {
+        if kind == LogKind::DeadLetters {
             topic.push_str(DEAD_LETTERS_SUFFIX);
             check_topic_name(&topic)
                 .map_err(|e| ChannelError::Other(format!("broker {broker}: {e}")))?;
@@ -173,15 +173,11 @@ impl KafkaLog {
                 }
             }
         }
-        let wanted = if dead_letters {
-            1
-        } else {
-            self.opts.partitions
-        };
+        let wanted = kind.partitions(self.opts.partitions);
         // Dead letters wait for an operator: the topic is created without time or
         // size retention (an existing one keeps what it has; the README says how to
         // check it).
-        let configs: &[(&str, &str)] = if dead_letters {
+        let configs: &[(&str, &str)] = if kind.never_expires() {
             &[("retention.ms", "-1"), ("retention.bytes", "-1")]
         } else {
             &[]
@@ -195,7 +191,7 @@ impl KafkaLog {
             })?;
         // The dead-letter log is one partition even in a topic made with more: redrive
         // and the backlog read partition 0 only.
-        let partitions = if dead_letters { 1 } else { partitions };
+        let partitions = kind.partitions(partitions);
         let checkpoints = self.checkpoint_topic().await?;
         let b = Arc::new(KafkaBroker {
             id: broker.clone(),
@@ -220,7 +216,7 @@ impl EventLog for KafkaLog {
         broker: &BrokerId,
         kind: LogKind,
     ) -> Result<Arc<dyn BrokerLog>, ChannelError> {
-        let b = self.open_log(broker, kind == LogKind::DeadLetters).await?;
+        let b = self.open_log(broker, kind).await?;
         Ok(b)
     }
 

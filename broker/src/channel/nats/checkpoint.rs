@@ -33,7 +33,8 @@ use futures_util::future::try_join_all;
 
 use super::token;
 use crate::channel::{
-    decode_checkpoint, encode_checkpoint, ChannelError, CheckpointUpdate, Epoch, Offset, NO_EPOCH,
+    decode_checkpoint, encode_checkpoint, ChannelError, CheckpointUpdate, Epoch, LogKind, Offset,
+    NO_EPOCH,
 };
 use crate::config::BrokerId;
 
@@ -129,14 +130,10 @@ impl Checkpoints {
     pub(super) fn new(
         store: kv::Store,
         broker: &BrokerId,
-        dead_letters: bool,
+        kind: LogKind,
         timeout: Duration,
     ) -> Result<Checkpoints, ChannelError> {
-        let kind = if dead_letters {
-            "deadletters"
-        } else {
-            "events"
-        };
+        let kind = kind.as_str();
         Ok(Checkpoints {
             store,
             broker: broker.clone(),

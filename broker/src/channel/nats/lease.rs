@@ -3,7 +3,8 @@
 //!
 //! One bucket per installation, `<prefix>_leases`, whose entries expire: its stream's
 //! max age is the lease TTL (default 9 s), and leases are renewed every third of it.
-//! For a broker `<ns>/<name>` (parts encoded by [`super::token`]):
+//! For a broker `<ns>/<name>` (parts encoded by [`super::token`]; its dead-letter
+//! log's leases, which redrive takes, under `<ns>.<name>.deadletters.`):
 //!
 //! | key | value | written |
 //! |---|---|---|
@@ -48,7 +49,7 @@ use tokio::time::Instant;
 
 use super::token;
 use crate::channel::lease::{HandOver, Lease, Leased, PartitionLeases};
-use crate::channel::{ChannelError, Epoch};
+use crate::channel::{ChannelError, Epoch, LogKind};
 use crate::config::BrokerId;
 
 /// Opens (creating if needed) the lease bucket, with `ttl` as its entries' lifetime.
@@ -151,17 +152,22 @@ impl NatsLeases {
     pub(super) fn new(
         kv: kv::Store,
         broker: &BrokerId,
+        kind: LogKind,
         partitions: u32,
         owner: &str,
         ttl: Duration,
         timeout: Duration,
         hand_over: HandOver,
     ) -> Result<NatsLeases, ChannelError> {
-        let base = format!(
+        let mut base = format!(
             "{}.{}",
             token(&broker.namespace, broker)?,
             token(&broker.name, broker)?
         );
+        if kind == LogKind::DeadLetters {
+            // One token more than any events key: the two never collide.
+            base.push_str(".deadletters");
+        }
         let owner_token = token(owner, broker)?;
         let first = (owner
             .bytes()

@@ -106,13 +106,9 @@ pub fn token(s: &str, broker: &BrokerId) -> Result<String, ChannelError> {
 pub fn stream_names(
     prefix: &str,
     broker: &BrokerId,
-    dead_letters: bool,
+    kind: LogKind,
 ) -> Result<(String, String), ChannelError> {
-    let kind = if dead_letters {
-        "deadletters"
-    } else {
-        "events"
-    };
+    let kind = kind.as_str();
     let ns = token(&broker.namespace, broker)?;
     let name = token(&broker.name, broker)?;
     let stream = format!("{prefix}_{kind}_{ns}__{name}");
@@ -133,7 +129,7 @@ pub struct NatsLog {
     checkpoints: kv::Store,
     leases: kv::Store,
     /// Open logs by broker; `true` marks a dead-letter log.
-    brokers: Mutex<HashMap<(BrokerId, bool), Arc<NatsBroker>>>,
+    brokers: Mutex<HashMap<(BrokerId, LogKind), Arc<NatsBroker>>>,
 }
 
 impl NatsLog {
@@ -223,28 +219,18 @@ impl NatsLog {
     async fn open_log(
         &self,
         broker: &BrokerId,
-        dead_letters: bool,
+        kind: LogKind,
     ) -> Result<Arc<NatsBroker>, ChannelError> {
-        let key = (broker.clone(), dead_letters);
+        let key = (broker.clone(), kind);
         if let Some(b) = self.lock().get(&key) {
             return Ok(b.clone());
         }
-        let (stream, subject_base) = stream_names(&self.opts.prefix, broker, dead_letters)?;
-        let wanted = if dead_letters {
-            1
-        } else {
-            self.opts.partitions
-        };
+        let (stream, subject_base) = stream_names(&self.opts.prefix, broker, kind)?;
+        let wanted = kind.partitions(self.opts.partitions);
         let partitions = self
-            .ensure_stream(broker, &stream, &subject_base, wanted, dead_letters)
+            .ensure_stream(broker, &stream, &subject_base, wanted, kind)
             .await?;
-        let subjects = if dead_letters {
-            vec![subject_base]
-        } else {
-            (0..partitions)
-                .map(|p| format!("{subject_base}.{p}"))
-                .collect()
-        };
+        let subjects = subjects(&subject_base, kind, partitions);
         let limits = &self.opts.limits;
         let b = Arc::new(NatsBroker {
             id: broker.clone(),
@@ -252,7 +238,9 @@ impl NatsLog {
             js: self.js.clone(),
             stream: stream.clone(),
             subjects,
-            dedup: !dead_letters,
+            // Redriven entries and entries that failed again rightly repeat an id.
+            dedup: kind == LogKind::Events,
+            kind,
             max_message_bytes: limits.max_message_bytes as usize,
             next_partition: AtomicU32::new(0),
             deduplicated: AtomicU64::new(0),
@@ -262,7 +250,7 @@ impl NatsLog {
             checkpoints: checkpoint::Checkpoints::new(
                 self.checkpoints.clone(),
                 broker,
-                dead_letters,
+                kind,
                 self.opts.request_timeout,
             )?,
             readers: Arc::new(reader::ReaderCtx {
@@ -278,7 +266,7 @@ impl NatsLog {
         Ok(self.lock().entry(key).or_insert(b).clone())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(BrokerId, bool), Arc<NatsBroker>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(BrokerId, LogKind), Arc<NatsBroker>>> {
         self.brokers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -290,7 +278,7 @@ impl NatsLog {
         name: &str,
         subject_base: &str,
         partitions: u32,
-        dead_letters: bool,
+        kind: LogKind,
     ) -> Result<u32, ChannelError> {
         let t = self.opts.request_timeout;
         let fail = |what: &str, e: &dyn std::fmt::Display| ChannelError::Unavailable {
@@ -302,7 +290,11 @@ impl NatsLog {
             name: name.to_owned(),
             description: Some(format!(
                 "Triggerfish broker {broker}{}",
-                if dead_letters { " (dead letters)" } else { "" }
+                if kind == LogKind::DeadLetters {
+                    " (dead letters)"
+                } else {
+                    ""
+                }
             )),
             retention: RetentionPolicy::Limits,
             discard: DiscardPolicy::Old,
@@ -311,11 +303,11 @@ impl NatsLog {
             // Dead letters wait for an operator: kept until redriven, never expired
             // by age or size (ARCHITECTURE.md, contract 6).
             max_age: match limits.max_age {
-                Some(age) if !dead_letters => age,
+                Some(age) if !kind.never_expires() => age,
                 _ => Duration::ZERO,
             },
             max_bytes: match limits.max_bytes {
-                Some(b) if !dead_letters => i64::try_from(b).unwrap_or(i64::MAX),
+                Some(b) if !kind.never_expires() => i64::try_from(b).unwrap_or(i64::MAX),
                 _ => -1,
             },
             max_messages: -1,
@@ -332,14 +324,12 @@ impl NatsLog {
             match existing {
                 Ok(s) => {
                     let current = &s.cached_info().config;
-                    let n = existing_partitions(current, subject_base, dead_letters).ok_or_else(
-                        || {
-                            fail(
-                                "exists with subjects Triggerfish did not create",
-                                &current.subjects.join(","),
-                            )
-                        },
-                    )?;
+                    let n = existing_partitions(current, subject_base, kind).ok_or_else(|| {
+                        fail(
+                            "exists with subjects Triggerfish did not create",
+                            &current.subjects.join(","),
+                        )
+                    })?;
                     desired.subjects = current.subjects.clone();
                     desired.storage = current.storage;
                     if limits_differ(current, &desired) {
@@ -349,19 +339,13 @@ impl NatsLog {
                             .map_err(|e| fail("updating its limits", &e))?;
                         tracing::info!(broker = %broker, stream = name, "NATS stream limits updated");
                     }
-                    if !dead_letters && n != self.opts.partitions {
+                    if kind == LogKind::Events && n != self.opts.partitions {
                         tracing::info!(broker = %broker, partitions = n, "broker keeps the partition count it was created with");
                     }
                     return Ok(n);
                 }
                 Err(e) if is_not_found(&e) => {
-                    desired.subjects = if dead_letters {
-                        vec![subject_base.to_owned()]
-                    } else {
-                        (0..partitions)
-                            .map(|p| format!("{subject_base}.{p}"))
-                            .collect()
-                    };
+                    desired.subjects = subjects(subject_base, kind, partitions);
                     let created = tokio::time::timeout(t, self.js.create_stream(desired.clone()))
                         .await
                         .map_err(|_| fail("creating it", &"timed out"))?;
@@ -389,9 +373,18 @@ fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
         if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
+/// A log's subjects, one per partition: `<base>.<p>`, or `<base>` alone for the
+/// dead-letter log.
+fn subjects(base: &str, kind: LogKind, partitions: u32) -> Vec<String> {
+    match kind {
+        LogKind::DeadLetters => vec![base.to_owned()],
+        LogKind::Events => (0..partitions).map(|p| format!("{base}.{p}")).collect(),
+    }
+}
+
 /// The partition count of an existing stream, when its subjects are exactly ours.
-fn existing_partitions(config: &stream::Config, base: &str, dead_letters: bool) -> Option<u32> {
-    if dead_letters {
+fn existing_partitions(config: &stream::Config, base: &str, kind: LogKind) -> Option<u32> {
+    if kind == LogKind::DeadLetters {
         return (config.subjects == [base]).then_some(1);
     }
     let n = u32::try_from(config.subjects.len()).ok()?;
@@ -415,7 +408,7 @@ impl EventLog for NatsLog {
         broker: &BrokerId,
         kind: LogKind,
     ) -> Result<Arc<dyn BrokerLog>, ChannelError> {
-        let b = self.open_log(broker, kind == LogKind::DeadLetters).await?;
+        let b = self.open_log(broker, kind).await?;
         Ok(b)
     }
 
@@ -438,6 +431,7 @@ pub struct NatsBroker {
     subjects: Vec<String>,
     /// Whether appends carry `Nats-Msg-Id`.
     dedup: bool,
+    kind: LogKind,
     max_message_bytes: usize,
     next_partition: AtomicU32,
     /// Producer appends JetStream acknowledged as duplicates, not yet taken.
@@ -655,6 +649,7 @@ impl BrokerLog for NatsBroker {
         match lease::NatsLeases::new(
             self.leases.clone(),
             &self.id,
+            self.kind,
             self.partitions(),
             owner,
             self.lease_ttl,

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::binding::{self, BindingError};
 use super::{stream_names, token};
+use crate::channel::LogKind;
 use crate::config::BrokerId;
 use crate::event::{AttrValue, DataKind, Event};
 
@@ -218,7 +219,9 @@ fn names_map_injectively() {
     assert_eq!(token("a.b", &b).unwrap(), "a_2Eb");
     assert_eq!(token("A_b*>", &b).unwrap(), "_41_5Fb_2A_3E");
     assert!(token("", &b).is_err());
-    let names = |ns: &str, name: &str| stream_names("tf", &BrokerId::new(ns, name), false).unwrap();
+    let names = |ns: &str, name: &str| {
+        stream_names("tf", &BrokerId::new(ns, name), LogKind::Events).unwrap()
+    };
     let (s, subj) = names("team-a", "orders.v1");
     assert_eq!(s, "tf_events_team-a__orders_2Ev1");
     assert_eq!(subj, "tf.events.team-a.orders_2Ev1");
@@ -232,10 +235,11 @@ fn names_map_injectively() {
     for (x, y) in pairs {
         assert_ne!(names(x.0, x.1), names(y.0, y.1), "{x:?} vs {y:?}");
     }
-    let (dl, dl_subj) = stream_names("tf", &BrokerId::new("ns", "b"), true).unwrap();
+    let (dl, dl_subj) =
+        stream_names("tf", &BrokerId::new("ns", "b"), LogKind::DeadLetters).unwrap();
     assert_eq!(
         (dl.as_str(), dl_subj.as_str()),
         ("tf_deadletters_ns__b", "tf.deadletters.ns.b")
     );
-    assert!(stream_names("tf", &BrokerId::new("n", "x".repeat(300)), false).is_err());
+    assert!(stream_names("tf", &BrokerId::new("n", "x".repeat(300)), LogKind::Events).is_err());
 }
