@@ -148,17 +148,27 @@ pub struct NatsLeases {
     state: tokio::sync::Mutex<State>,
 }
 
+/// Which log's partitions the leases are of.
+pub(super) struct Scope<'a> {
+    pub broker: &'a BrokerId,
+    pub kind: LogKind,
+    pub partitions: u32,
+}
+
 impl NatsLeases {
     pub(super) fn new(
         kv: kv::Store,
-        broker: &BrokerId,
-        kind: LogKind,
-        partitions: u32,
+        scope: Scope<'_>,
         owner: &str,
         ttl: Duration,
         timeout: Duration,
         hand_over: HandOver,
     ) -> Result<NatsLeases, ChannelError> {
+        let Scope {
+            broker,
+            kind,
+            partitions,
+        } = scope;
         let mut base = format!(
             "{}.{}",
             token(&broker.namespace, broker)?,

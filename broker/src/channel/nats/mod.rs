@@ -646,11 +646,14 @@ impl BrokerLog for NatsBroker {
     }
 
     fn leases(&self, owner: &str, hand_over: HandOver) -> Arc<dyn PartitionLeases> {
+        let scope = lease::Scope {
+            broker: &self.id,
+            kind: self.kind,
+            partitions: self.partitions(),
+        };
         match lease::NatsLeases::new(
             self.leases.clone(),
-            &self.id,
-            self.kind,
-            self.partitions(),
+            scope,
             owner,
             self.lease_ttl,
             self.timeout,
