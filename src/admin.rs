@@ -1,16 +1,25 @@
 //! The admin API: inspecting and redriving each broker's dead-letter log. It listens on
 //! its own address (`--admin-listen`, loopback by default), apart from the ingress that
-//! producers reach. `triggerfish dlq` is its client.
+//! producers reach. `triggerfish dlq` is its client. The work is done by
+//! [`dispatcher::dead_letter`]; this is its HTTP face.
 //!
-//! - `GET  /admin/dlq/{ns}/{broker}?limit=N`: entries not yet redriven, oldest first.
-//! - `GET  /admin/dlq/{ns}/{broker}/{offset}`: one entry as a structured CloudEvent.
-//! - `POST /admin/dlq/{ns}/{broker}/redrive?to=subscriber|broker[&trigger=NAME]`:
-//!   re-sends every pending entry (of one trigger, with `trigger`) to its trigger's
-//!   subscriber, with the trigger's retry policy, or appends it to the broker again
-//!   (where every trigger sees it). The `knativeerror*` and `triggerfishtrigger`
-//!   extensions are removed first. An entry that fails again goes back to the end of
-//!   the log with the new error; entries of other triggers move to the end unchanged.
-//!   Then the redrive cursor passes everything that was pending.
+//! - `GET  /admin/dlq/{ns}/{broker}?limit=N&from=OFFSET`: one page of entries, oldest
+//!   pending first (`limit` 1 to 1000, default 100); `next` is where the next page
+//!   starts. Undecodable entries are listed with their reason.
+//! - `GET  /admin/dlq/{ns}/{broker}/{offset}`: one entry as a structured CloudEvent
+//!   (422 with the reason and the stored bytes in base64 for an undecodable one).
+//! - `POST /admin/dlq/{ns}/{broker}/redrive?to=subscriber|broker[&trigger=NAME][&batch=N][&concurrency=N]`:
+//!   starts a redrive of every pending entry in the background and answers 202 with
+//!   its status (409 while one runs, here or in another replica).
+//! - `GET  /admin/dlq/{ns}/{broker}/redrive`: the running or last redrive's status and
+//!   report (this replica's).
+//! - `DELETE /admin/dlq/{ns}/{broker}/redrive`: cancels it.
+//!
+//! A redrive sends each entry to its trigger's subscriber with the trigger's retry
+//! policy, or appends it to the broker again (where every trigger sees it), without
+//! the `knativeerror*` and `triggerfish*` extensions. An entry that fails again goes
+//! back to the end of the log with the new error; entries of other triggers move to
+//! the end unchanged; the cursor is stored after every batch.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,39 +27,51 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
-use broker::channel::{BrokerLog, StartAt};
+use base64::Engine;
 use broker::config::{BrokerId, Config};
-use broker::event::{json, Event};
-use broker::event::{ERROR_CODE, ERROR_DATA, ERROR_DEST, ERROR_TRIGGER};
+use broker::event::json;
+use broker::event::{ERROR_CODE, ERROR_DATA, ERROR_DEST, ERROR_TRIGGER, REASON};
 use broker::telemetry::Metrics;
-use dispatcher::{BrokerLogs, REDRIVE_CURSOR};
+use dispatcher::dead_letter::{
+    self, Listed, RedriveSpec, RedriveStatus, RedriveTo, Redrives, StartError, Target,
+};
+use dispatcher::BrokerLogs;
 use serde::Deserialize;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 /// Shared state of the admin API.
 pub struct AdminState {
     config: Config,
     logs: HashMap<BrokerId, BrokerLogs>,
-    client: dispatcher::deliver::HttpClient,
-    metrics: Arc<Metrics>,
-    redrive: tokio::sync::Mutex<()>,
+    redrives: Redrives,
 }
 
 impl AdminState {
-    /// Builds the state.
+    /// Builds the state. `owner` names this process in the dead-letter logs' redrive
+    /// leases; `shutdown` cancels running redrives.
     pub fn new(
         config: Config,
         logs: HashMap<BrokerId, BrokerLogs>,
         metrics: Arc<Metrics>,
+        owner: &str,
+        shutdown: CancellationToken,
+    ) -> AdminState {
+        AdminState::with_redrives(config, logs, Redrives::new(owner, metrics, shutdown))
+    }
+
+    /// Builds the state around given redrives (tests inject faults through them).
+    pub fn with_redrives(
+        config: Config,
+        logs: HashMap<BrokerId, BrokerLogs>,
+        redrives: Redrives,
     ) -> AdminState {
         AdminState {
             config,
             logs,
-            client: dispatcher::deliver::client(),
-            metrics,
-            redrive: tokio::sync::Mutex::new(()),
+            redrives,
         }
     }
 }
@@ -59,7 +80,10 @@ impl AdminState {
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/admin/dlq/{namespace}/{broker}", get(list))
-        .route("/admin/dlq/{namespace}/{broker}/redrive", post(redrive))
+        .route(
+            "/admin/dlq/{namespace}/{broker}/redrive",
+            get(redrive_status).post(redrive).delete(redrive_cancel),
+        )
         .route("/admin/dlq/{namespace}/{broker}/{offset}", get(show))
         .with_state(state)
 }
@@ -82,6 +106,10 @@ fn error(status: StatusCode, msg: impl Into<String>) -> AdminError {
     AdminError(status, msg.into())
 }
 
+fn internal(e: impl std::fmt::Display) -> AdminError {
+    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
 fn logs<'a>(state: &'a AdminState, ns: &str, name: &str) -> Result<&'a BrokerLogs, AdminError> {
     state
         .logs
@@ -89,112 +117,81 @@ fn logs<'a>(state: &'a AdminState, ns: &str, name: &str) -> Result<&'a BrokerLog
         .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no broker {ns}/{name}")))
 }
 
-async fn cursor(log: &dyn BrokerLog) -> Result<u64, AdminError> {
-    dispatcher::redrive_cursor(log)
-        .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
-
-/// Reads entries `[from, end)`.
-async fn read_range(
-    log: &dyn BrokerLog,
-    from: u64,
-    end: u64,
-    limit: usize,
-) -> Result<Vec<(u64, Event)>, AdminError> {
-    let internal =
-        |e: broker::channel::ChannelError| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    let mut reader = log
-        .reader(0, StartAt::Offset(from))
-        .await
-        .map_err(internal)?;
-    let mut out = Vec::new();
-    while reader.position() < end && out.len() < limit {
-        let batch = reader.try_batch(256).await.map_err(internal)?;
-        if batch.is_empty() {
-            break;
-        }
-        for r in batch {
-            if r.offset >= end || out.len() >= limit {
-                break;
-            }
-            match r.event {
-                Ok(e) => out.push((r.offset, e)),
-                Err(m) => tracing::error!(
-                    offset = r.offset,
-                    reason = m.reason,
-                    "undecodable dead-letter entry skipped"
-                ),
-            }
-        }
-    }
-    Ok(out)
-}
-
 #[derive(Deserialize)]
 struct ListQuery {
     limit: Option<usize>,
+    from: Option<u64>,
+}
+
+fn listed_json(l: &Listed) -> serde_json::Value {
+    match &l.entry {
+        Ok(e) => json!({
+            "offset": l.offset,
+            "trigger": e.get_str(ERROR_TRIGGER),
+            "id": e.id(),
+            "source": e.source(),
+            "type": e.ty(),
+            "errordest": e.get_str(ERROR_DEST),
+            "errorcode": e.get_str(ERROR_CODE),
+            "errordata": e.get_str(ERROR_DATA),
+            "reason": e.get_str(REASON),
+        }),
+        Err(m) => json!({"offset": l.offset, "undecodable": m.reason}),
+    }
 }
 
 async fn list(
     State(state): State<Arc<AdminState>>,
     Path((ns, name)): Path<(String, String)>,
     Query(q): Query<ListQuery>,
-) -> Response {
-    let logs = match logs(&state, &ns, &name) {
-        Ok(l) => l,
-        Err(r) => return r.into_response(),
-    };
-    let dl = logs.dead_letters.as_ref();
-    let result = async {
-        let from = cursor(dl).await?;
-        let end = dl
-            .end_offset(0)
-            .await
-            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let entries = read_range(dl, from, end, q.limit.unwrap_or(100)).await?;
-        let entries: Vec<_> = entries
-            .iter()
-            .map(|(o, e)| {
-                json!({
-                    "offset": o,
-                    "trigger": e.get_str(ERROR_TRIGGER),
-                    "id": e.id(),
-                    "source": e.source(),
-                    "type": e.ty(),
-                    "errordest": e.get_str(ERROR_DEST),
-                    "errorcode": e.get_str(ERROR_CODE),
-                    "errordata": e.get_str(ERROR_DATA),
-                })
-            })
-            .collect();
-        Ok::<_, AdminError>(Json(json!({"broker": format!("{ns}/{name}"), "pending": end.saturating_sub(from), "entries": entries})).into_response())
-    };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+) -> Result<Response, AdminError> {
+    let logs = logs(&state, &ns, &name)?;
+    let page = dead_letter::page(logs.dead_letters.as_ref(), q.from, q.limit.unwrap_or(100))
+        .await
+        .map_err(|e| match e {
+            dead_letter::ListError::Limit(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+            dead_letter::ListError::Channel(c) => internal(c),
+        })?;
+    let entries: Vec<_> = page.entries.iter().map(listed_json).collect();
+    Ok(Json(json!({
+        "broker": format!("{ns}/{name}"),
+        "pending": page.end.saturating_sub(page.cursor),
+        "cursor": page.cursor,
+        "end": page.end,
+        "next": page.next,
+        "entries": entries,
+    }))
+    .into_response())
 }
 
 async fn show(
     State(state): State<Arc<AdminState>>,
     Path((ns, name, offset)): Path<(String, String, u64)>,
-) -> Response {
-    let logs = match logs(&state, &ns, &name) {
-        Ok(l) => l,
-        Err(r) => return r.into_response(),
-    };
-    match read_range(logs.dead_letters.as_ref(), offset, offset + 1, 1).await {
-        Ok(v) => match v.into_iter().next() {
-            Some((_, e)) => (
-                [(http::header::CONTENT_TYPE, "application/cloudevents+json")],
-                json::to_vec(&e),
-            )
-                .into_response(),
-            None => error(
-                StatusCode::NOT_FOUND,
-                format!("no dead-letter entry at offset {offset}"),
-            )
-            .into_response(),
-        },
-        Err(r) => r.into_response(),
+) -> Result<Response, AdminError> {
+    let logs = logs(&state, &ns, &name)?;
+    let found = dead_letter::entry_at(logs.dead_letters.as_ref(), offset)
+        .await
+        .map_err(internal)?;
+    match found.map(|l| l.entry) {
+        Some(Ok(e)) => Ok((
+            [(http::header::CONTENT_TYPE, "application/cloudevents+json")],
+            json::to_vec(&e),
+        )
+            .into_response()),
+        Some(Err(m)) => Ok((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "error": "Unprocessable Entity",
+                "detail": format!("the entry at offset {offset} is not a CloudEvent: {}", m.reason),
+                "offset": offset,
+                "data_base64": m.data.as_ref().map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
+            })),
+        )
+            .into_response()),
+        None => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no dead-letter entry at offset {offset}"),
+        )),
     }
 }
 
@@ -202,109 +199,122 @@ async fn show(
 struct RedriveQuery {
     to: Option<String>,
     trigger: Option<String>,
+    batch: Option<usize>,
+    concurrency: Option<usize>,
+}
+
+/// A redrive's status as JSON (the CLI's progress and final report).
+pub fn status_json(s: &RedriveStatus) -> serde_json::Value {
+    let undecodable: Vec<_> = s
+        .undecodable_entries
+        .iter()
+        .map(|(o, r)| json!({"offset": o, "reason": r}))
+        .collect();
+    json!({
+        "id": s.id,
+        "broker": s.broker.to_string(),
+        "owner": s.owner,
+        "state": s.state.as_str(),
+        "error": s.error,
+        "to": s.spec.to.as_str(),
+        "trigger": s.spec.trigger,
+        "batch": s.spec.batch,
+        "concurrency": s.spec.concurrency,
+        "from": s.from,
+        "end": s.end,
+        "position": s.position,
+        "total": s.total(),
+        "passed": s.passed(),
+        "sent": s.sent,
+        "failed_again": s.failed_again,
+        "skipped": {
+            "other_trigger": s.other_trigger,
+            "trigger_gone": s.trigger_gone,
+            "undecodable": s.undecodable,
+        },
+        "undecodable": undecodable,
+        "batches": s.batches,
+        "pending": s.pending,
+        "started": s.started.to_string(),
+        "finished": s.finished.map(|t| t.to_string()),
+    })
 }
 
 async fn redrive(
     State(state): State<Arc<AdminState>>,
     Path((ns, name)): Path<(String, String)>,
     Query(q): Query<RedriveQuery>,
-) -> Response {
-    let to_broker = match q.to.as_deref() {
-        None | Some("subscriber") => false,
-        Some("broker") => true,
+) -> Result<Response, AdminError> {
+    let to = match q.to.as_deref() {
+        None | Some("subscriber") => RedriveTo::Subscriber,
+        Some("broker") => RedriveTo::Broker,
         Some(other) => {
-            return error(
+            return Err(error(
                 StatusCode::BAD_REQUEST,
                 format!("to={other}: use subscriber or broker"),
-            )
-            .into_response()
+            ))
         }
     };
-    let logs = match logs(&state, &ns, &name) {
-        Ok(l) => l.clone(),
-        Err(r) => return r.into_response(),
+    let logs = logs(&state, &ns, &name)?;
+    let Some(config) = state.config.broker(&ns, &name) else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no broker {ns}/{name}"),
+        ));
     };
-    let Some(broker_cfg) = state.config.broker(&ns, &name) else {
-        return error(StatusCode::NOT_FOUND, format!("no broker {ns}/{name}")).into_response();
+    let defaults = RedriveSpec::default();
+    let spec = RedriveSpec {
+        to,
+        trigger: q.trigger,
+        batch: q.batch.unwrap_or(defaults.batch),
+        concurrency: q.concurrency.unwrap_or(defaults.concurrency),
     };
-    let _one_at_a_time = state.redrive.lock().await;
-    let dl = logs.dead_letters.as_ref();
-    let internal =
-        |e: broker::channel::ChannelError| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    let result = async {
-        let from = cursor(dl).await?;
-        let end = dl.end_offset(0).await.map_err(internal)?;
-        let entries = read_range(dl, from, end, usize::MAX).await?;
-        let (mut redriven, mut failed, mut skipped) = (0u64, 0u64, 0u64);
-        for (_, entry) in entries {
-            let trigger_name = entry.get_str(ERROR_TRIGGER).unwrap_or("").to_owned();
-            if q.trigger.as_ref().is_some_and(|t| *t != trigger_name) {
-                dl.append_own(std::slice::from_ref(&entry))
-                    .await
-                    .map_err(internal)?;
-                skipped += 1;
-                continue;
-            }
-            let mut event = entry.clone();
-            for ext in broker::event::DEAD_LETTER_EXTENSIONS {
-                event.remove(ext);
-            }
-            if to_broker {
-                logs.events
-                    .append_own(std::slice::from_ref(&event))
-                    .await
-                    .map_err(internal)?;
-                redriven += 1;
-                continue;
-            }
-            let Some(trigger) = broker_cfg.triggers.iter().find(|t| t.name == trigger_name) else {
-                tracing::warn!(trigger = %trigger_name, event_id = event.id(), "dead letter of a trigger no longer configured; kept");
-                dl.append_own(std::slice::from_ref(&entry))
-                    .await
-                    .map_err(internal)?;
-                failed += 1;
-                continue;
-            };
-            let d = dispatcher::deliver::deliver(
-                &state.client,
-                &trigger.subscriber,
-                &trigger.delivery,
-                &event,
-            )
-            .await;
-            if d.delivered {
-                redriven += 1;
-            } else {
-                let mut again = dispatcher::settle::dead_letter_event(
-                    &event,
-                    trigger.subscriber.as_str(),
-                    &d.last,
-                );
-                again.set(
-                    ERROR_TRIGGER,
-                    broker::event::AttrValue::String(trigger_name.into()),
-                );
-                dl.append_own(std::slice::from_ref(&again))
-                    .await
-                    .map_err(internal)?;
-                failed += 1;
-            }
-        }
-        dl.store_checkpoint(
-            REDRIVE_CURSOR,
-            &[broker::channel::CheckpointUpdate::unleased(0, end)],
-            true,
+    let target = Target {
+        config: config.clone(),
+        events: logs.events.clone(),
+        dead_letters: logs.dead_letters.clone(),
+    };
+    match state.redrives.start(target, spec).await {
+        Ok(status) => Ok((StatusCode::ACCEPTED, Json(status_json(&status))).into_response()),
+        Err(e @ StartError::Invalid(_)) => Err(error(StatusCode::BAD_REQUEST, e.to_string())),
+        Err(StartError::Running(running)) => Ok((
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": "Conflict",
+                "detail": StartError::Running(running.clone()).to_string(),
+                "running": status_json(&running),
+            })),
         )
-        .await
-        .map_err(internal)?;
-        let backlog = dispatcher::dead_letter_backlog(dl)
-            .await
-            .map_err(internal)?;
-        state
-            .metrics
-            .dead_letter_gauge(&format!("{ns}/{name}"))
-            .set(backlog as i64);
-        Ok::<_, AdminError>(Json(json!({"redriven": redriven, "failed": failed, "skipped": skipped, "pending": backlog})).into_response())
-    };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+            .into_response()),
+        Err(e @ StartError::Elsewhere(_)) => Err(error(StatusCode::CONFLICT, e.to_string())),
+        Err(StartError::Channel(e)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
+}
+
+async fn redrive_status(
+    State(state): State<Arc<AdminState>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Response, AdminError> {
+    logs(&state, &ns, &name)?;
+    match state.redrives.status(&BrokerId::new(&ns, &name)) {
+        Some(s) => Ok(Json(status_json(&s)).into_response()),
+        None => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no redrive of broker {ns}/{name} has run in this process"),
+        )),
+    }
+}
+
+async fn redrive_cancel(
+    State(state): State<Arc<AdminState>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Response, AdminError> {
+    logs(&state, &ns, &name)?;
+    match state.redrives.cancel(&BrokerId::new(&ns, &name)) {
+        Some(s) => Ok((StatusCode::ACCEPTED, Json(status_json(&s))).into_response()),
+        None => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no redrive of broker {ns}/{name} is running in this process"),
+        )),
+    }
 }

@@ -223,6 +223,8 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
                 opts.config.clone(),
                 logs.clone(),
                 metrics.clone(),
+                &opts.dispatcher.owner,
+                shutdown.clone(),
             ));
             let token = shutdown.clone();
             tokio::spawn(async move {

@@ -151,13 +151,17 @@ pub enum RedriveTo {
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
-    /// List entries not yet redriven, oldest first.
+    /// List entries, oldest pending first, one page at a time.
     List {
         #[command(flatten)]
         target: DlqTarget,
-        /// At most this many.
+        /// At most this many (1 to 1000).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Start at this offset instead of the first pending entry (the `next` of the
+        /// previous page).
+        #[arg(long)]
+        from: Option<u64>,
     },
     /// Print one entry as a structured CloudEvent.
     Show {
@@ -167,6 +171,8 @@ pub enum DlqCommand {
         offset: u64,
     },
     /// Re-send every pending entry; entries that fail again go back to the log.
+    /// Shows progress on stderr and prints the final report (sent, failed again,
+    /// skipped with the reason); Ctrl-C cancels the redrive.
     Redrive {
         #[command(flatten)]
         target: DlqTarget,
@@ -176,6 +182,25 @@ pub enum DlqCommand {
         /// Only entries of this trigger.
         #[arg(long)]
         trigger: Option<String>,
+        /// Entries per batch; the redrive's cursor is stored after each (1 to 10000).
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Deliveries in flight at once (1 to 256).
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Start it and return; `dlq status` shows how it goes.
+        #[arg(long)]
+        background: bool,
+    },
+    /// The running or last redrive's status and report.
+    Status {
+        #[command(flatten)]
+        target: DlqTarget,
+    },
+    /// Cancel the running redrive (its cursor stays past every entry already sent).
+    Cancel {
+        #[command(flatten)]
+        target: DlqTarget,
     },
 }
 

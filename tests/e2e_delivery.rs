@@ -227,7 +227,8 @@ async fn a_failing_sink_ends_in_the_dead_letter_log_and_redrive_delivers_later()
     // extensions, and empties the log.
     healthy.store(true, std::sync::atomic::Ordering::SeqCst);
     let result = dlq_cli(&admin, &["redrive"]).await;
-    assert_eq!(result["redriven"], 3, "{result}");
+    assert_eq!(result["sent"], 3, "{result}");
+    assert_eq!(result["state"], "done", "{result}");
     assert_eq!(result["pending"], 0, "{result}");
     let got = sub.received_on("/down");
     let redriven: Vec<_> = got.iter().skip(6).collect();

@@ -36,6 +36,7 @@
 mod checkpoints;
 mod connector;
 mod coordinator;
+pub mod dead_letter;
 pub mod deliver;
 mod fanout;
 mod lane;
@@ -165,7 +166,7 @@ pub async fn start(
         });
         metrics
             .dead_letter_gauge(&broker.id.to_string())
-            .set(dead_letter_backlog(logs.dead_letters.as_ref()).await? as i64);
+            .set(dead_letter::backlog(logs.dead_letters.as_ref()).await? as i64);
         let (triggers, starts) = start_points(broker, log.as_ref(), metrics, &sinks).await?;
         // Retention keeps what a trigger (or the malformed-record scan) has not passed.
         let mut holders: Vec<String> = triggers.iter().map(|t| t.cfg.name.clone()).collect();
@@ -241,28 +242,7 @@ pub fn default_owner() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Entries of a dead-letter log not yet redriven.
-pub async fn dead_letter_backlog(dead_letters: &dyn BrokerLog) -> Result<u64, ChannelError> {
-    let end = dead_letters.end_offset(0).await?;
-    let cursor = redrive_cursor(dead_letters).await?;
-    Ok(end.saturating_sub(cursor))
-}
-
-/// Where the redrive of a dead-letter log resumes: its [`REDRIVE_CURSOR`] checkpoint
-/// (partition 0), or 0.
-pub async fn redrive_cursor(dead_letters: &dyn BrokerLog) -> Result<Offset, ChannelError> {
-    Ok(dead_letters
-        .load_checkpoint(REDRIVE_CURSOR)
-        .await?
-        .first()
-        .copied()
-        .flatten()
-        .unwrap_or(0))
-}
-
-/// Checkpoint name of the dead-letter log's redrive cursor (not a valid trigger name,
-/// so it cannot collide with one).
-pub const REDRIVE_CURSOR: &str = "_redrive";
+pub use dead_letter::REDRIVE_CURSOR;
 
 /// Gives every trigger of `broker` a checkpoint on each partition that has none: the
 /// current end of the log, stored durably (where another process has not stored one

@@ -61,7 +61,7 @@ pub fn wrapper(events: &dyn BrokerLog, partition: u32, offset: Offset, m: &Malfo
     e.set_str("type", MALFORMED_TYPE);
     e.set_str("datacontenttype", "application/octet-stream");
     // A reason from a foreign header may hold control characters: replaced.
-    crate::settle::set_reason(&mut e, &m.reason);
+    crate::dead_letter::set_reason(&mut e, &m.reason);
     e.set_data(DataKind::Binary, Some(m.data.clone().unwrap_or_default()));
     e
 }
@@ -80,28 +80,12 @@ impl Sink {
             "malformed record (not a CloudEvent): moved to the dead-letter log");
         self.counter.inc();
         let entry = wrapper(self.events.as_ref(), partition, offset, m);
-        let mut wait = Duration::from_millis(100);
-        loop {
-            match self
-                .dead_letters
-                .append_own(std::slice::from_ref(&entry))
-                .await
-            {
-                Ok(()) => {
-                    self.backlog.inc();
-                    return true;
-                }
-                Err(e) => {
-                    tracing::error!(broker = %self.events.broker(), partition, offset, error = %e,
-                        "cannot store a malformed record in the dead-letter log; retrying");
-                }
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return false,
-                () = tokio::time::sleep(wait) => {}
-            }
-            wait = (wait * 2).min(Duration::from_secs(5));
+        let stored =
+            crate::dead_letter::store(self.dead_letters.as_ref(), &entry, "", shutdown).await;
+        if stored.is_ok() {
+            self.backlog.inc();
         }
+        stored.is_ok()
     }
 
     /// Where this partition's malformed records were last handled up to; stores `start`

@@ -10,20 +10,18 @@
 //! done, so it is delivered again after a restart): nothing is dropped silently.
 
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
 
-use base64::Engine;
-use broker::channel::{BrokerLog, ChannelError};
 use broker::event::{
-    self, http as binding, AttrValue, Event, ERROR_CODE, ERROR_DATA, ERROR_DATA_MAX, ERROR_DEST,
-    ERROR_TRIGGER, REASON,
+    self, http as binding, AttrValue, Event, ERROR_CODE, ERROR_DEST, ERROR_TRIGGER, REASON,
 };
 use broker::telemetry::{LaneFailure, TriggerMetrics};
 use futures_util::FutureExt;
 use http::header::CONTENT_TYPE;
 
+use crate::dead_letter::{entry_for, minimal_entry, printable, set_reason, store};
 use crate::deliver::{deliver, deliver_with, Attempt, HttpClient};
-pub use crate::trigger::{BrokerSinks, FaultHook, TriggerRuntime};
+use crate::trigger::{append_until_stored, Unstored};
+pub use crate::trigger::{Abandoned, BrokerSinks, FaultHook, TriggerRuntime};
 
 /// The default reply TTL (Knative's `MAX_TTL`).
 pub const DEFAULT_MAX_TTL: i32 = 255;
@@ -58,10 +56,6 @@ pub enum Replied {
     /// reason.
     DeadLettered,
 }
-
-/// Shutdown came before something could be stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Abandoned;
 
 impl Settled {
     /// Counts the outcome in the trigger's metrics: the one place that does.
@@ -144,7 +138,7 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) -> 
     if d.attempts == 0 {
         rt.metrics.lane_failure(LaneFailure::undeliverable);
     }
-    let dead = dead_letter_event(event, cfg.subscriber.as_str(), &d.last);
+    let dead = entry_for(event, cfg.subscriber.as_str(), &d.last);
     tracing::warn!(
         broker = %cfg.broker, trigger = %cfg.name, event_id = event.id(),
         status = ?d.last.status.map(|s| s.as_u16()), error = d.last.error.as_deref().unwrap_or(""),
@@ -161,7 +155,14 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) -> 
     }
     let mut entry = dead;
     entry.set(ERROR_TRIGGER, AttrValue::String(cfg.name.as_str().into()));
-    match store_dead_letter(sinks, &entry, &cfg.name).await {
+    match store(
+        sinks.dead_letters.as_ref(),
+        &entry,
+        &cfg.name,
+        &sinks.shutdown,
+    )
+    .await
+    {
         Ok(()) => Settled::ToLog,
         Err(Abandoned) => Settled::Abandoned,
     }
@@ -192,63 +193,31 @@ pub async fn after_panic(rt: &TriggerRuntime, event: &Event, message: &str) -> S
     };
     let entry = std::panic::catch_unwind(AssertUnwindSafe(build))
         .unwrap_or_else(|_| minimal_entry(event, cfg.name.as_str(), &reason));
-    let stored = match AssertUnwindSafe(store_dead_letter(&rt.sinks, &entry, &cfg.name))
-        .catch_unwind()
-        .await
+    let stored = match AssertUnwindSafe(store(
+        rt.sinks.dead_letters.as_ref(),
+        &entry,
+        &cfg.name,
+        &rt.sinks.shutdown,
+    ))
+    .catch_unwind()
+    .await
     {
         Ok(stored) => stored,
         Err(_) => {
             let entry = minimal_entry(event, cfg.name.as_str(), &reason);
-            store_dead_letter(&rt.sinks, &entry, &cfg.name).await
+            store(
+                rt.sinks.dead_letters.as_ref(),
+                &entry,
+                &cfg.name,
+                &rt.sinks.shutdown,
+            )
+            .await
         }
     };
     match stored {
         Ok(()) => Settled::ToLog,
         Err(Abandoned) => Settled::Abandoned,
     }
-}
-
-/// Sets the reason of a dead-letter entry that did not come from a failed delivery:
-/// in [`REASON`], and base64 in `knativeerrordata` as for failed deliveries. Control
-/// characters are replaced (attribute values must be printable).
-pub fn set_reason(e: &mut Event, reason: &str) {
-    let reason = printable(reason, usize::MAX);
-    e.set(
-        ERROR_DATA,
-        AttrValue::String(
-            base64::engine::general_purpose::STANDARD
-                .encode(reason.as_bytes())
-                .into(),
-        ),
-    );
-    e.set(REASON, AttrValue::String(reason.into()));
-}
-
-/// A dead-letter entry that keeps only the event's identity: for an event that the
-/// code cannot even copy or encode.
-fn minimal_entry(event: &Event, trigger: &str, reason: &str) -> Event {
-    let mut e = Event::new();
-    e.set_str("specversion", "1.0");
-    for name in [event::ID, event::SOURCE, event::TYPE] {
-        let v = event.get_str(name).unwrap_or("unknown");
-        e.set_str(name, printable(v, 1024));
-    }
-    e.set_str(ERROR_TRIGGER, trigger);
-    e.set_str(REASON, format!("{reason} (attributes and data not kept)"));
-    e
-}
-
-/// `s` cut to at most `max` bytes with control characters replaced by spaces (an
-/// attribute value must be printable).
-fn printable(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end]
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 /// The text of a caught panic's payload.
@@ -259,57 +228,6 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "a panic without a message".to_owned()
-    }
-}
-
-/// The event as it goes to a dead-letter sink: the original plus the three
-/// `knativeerror*` extensions.
-pub fn dead_letter_event(event: &Event, dest: &str, last: &Attempt) -> Event {
-    let mut dead = event.clone();
-    dead.set(ERROR_DEST, AttrValue::String(dest.into()));
-    match last.status {
-        Some(s) => dead.set(ERROR_CODE, AttrValue::String(s.as_u16().to_string().into())),
-        None => {
-            dead.remove(ERROR_CODE);
-        }
-    }
-    let body = &last.body[..last.body.len().min(ERROR_DATA_MAX)];
-    if body.is_empty() {
-        dead.remove(ERROR_DATA);
-    } else {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(body);
-        dead.set(ERROR_DATA, AttrValue::String(b64.into()));
-    }
-    dead
-}
-
-/// Stores a dead letter in the broker's dead-letter log, retrying until it is stored
-/// ([`append_until_stored`]) or shutdown abandons it.
-async fn store_dead_letter(
-    sinks: &BrokerSinks,
-    entry: &Event,
-    trigger: &str,
-) -> Result<(), Abandoned> {
-    let log = sinks.dead_letters.as_ref();
-    match append_until_stored(sinks, log, entry, trigger, "dead letter").await {
-        Ok(()) => Ok(()),
-        Err(Unstored::Abandoned) => Err(Abandoned),
-        Err(Unstored::Never(e)) => {
-            // Larger than the dead-letter log accepts: keep the entry's identity and reason.
-            tracing::error!(broker = %sinks.events.broker(), trigger, event_id = entry.id(), error = %e,
-                "dead letter too large for the dead-letter log; storing it without its attributes and data");
-            let reason = entry
-                .get_str(REASON)
-                .unwrap_or("delivery failed")
-                .to_owned();
-            let small = minimal_entry(entry, trigger, &printable(&format!("{reason}; {e}"), 1024));
-            match append_until_stored(sinks, log, &small, trigger, "dead letter").await {
-                Err(Unstored::Abandoned) => Err(Abandoned),
-                // A minimal entry always fits; were it refused for good, the reason is
-                // logged above and retrying cannot help.
-                Ok(()) | Err(Unstored::Never(_)) => Ok(()),
-            }
-        }
     }
 }
 
@@ -371,7 +289,7 @@ async fn handle_reply(
         return dead_letter_reply(rt, original, attempt, &reason).await;
     }
     let log = rt.sinks.events.as_ref();
-    match append_until_stored(&rt.sinks, log, &reply, &rt.cfg.name, "reply").await {
+    match append_until_stored(log, &reply, &rt.cfg.name, "reply", &rt.sinks.shutdown).await {
         Ok(()) => Ok(Replied::Stored),
         Err(Unstored::Abandoned) => Err(Abandoned),
         Err(Unstored::Never(e)) => {
@@ -395,49 +313,17 @@ async fn dead_letter_reply(
     let cfg = &rt.cfg;
     tracing::error!(broker = %cfg.broker, trigger = %cfg.name, event_id = original.id(), reason,
         "reply cannot be stored; the event goes to the broker's dead-letter log with the reason");
-    let mut entry = dead_letter_event(original, cfg.subscriber.as_str(), attempt);
+    let mut entry = entry_for(original, cfg.subscriber.as_str(), attempt);
     entry.set(ERROR_TRIGGER, AttrValue::String(cfg.name.as_str().into()));
     entry.set(REASON, AttrValue::String(printable(reason, 1024).into()));
-    store_dead_letter(&rt.sinks, &entry, &cfg.name).await?;
+    store(
+        rt.sinks.dead_letters.as_ref(),
+        &entry,
+        &cfg.name,
+        &rt.sinks.shutdown,
+    )
+    .await?;
     Ok(Replied::DeadLettered)
-}
-
-/// Why [`append_until_stored`] gave up.
-enum Unstored {
-    /// The event can never be stored (larger than the channel accepts).
-    Never(ChannelError),
-    /// Shutdown began first.
-    Abandoned,
-}
-
-/// Appends `event` to `log`, retrying transient failures (full, unavailable, I/O)
-/// with a backoff of 50 ms doubling to 5 s until it is stored, so that nothing is
-/// dropped while the channel recovers. Gives up when the event can never be stored
-/// (larger than the channel accepts), or when shutdown begins meanwhile: then the
-/// event is not done and is delivered again after a restart.
-async fn append_until_stored(
-    sinks: &BrokerSinks,
-    log: &dyn BrokerLog,
-    event: &Event,
-    trigger: &str,
-    what: &str,
-) -> Result<(), Unstored> {
-    let mut wait = Duration::from_millis(50);
-    loop {
-        match log.append_own(std::slice::from_ref(event)).await {
-            Ok(()) => return Ok(()),
-            Err(e @ ChannelError::TooLarge { .. }) => return Err(Unstored::Never(e)),
-            Err(e) => {
-                tracing::error!(broker = %log.broker(), trigger, event_id = event.id(), error = %e,
-                    "cannot store a {what}; retrying (the trigger's checkpoint waits for it)");
-            }
-        }
-        tokio::select! {
-            () = sinks.shutdown.cancelled() => return Err(Unstored::Abandoned),
-            () = tokio::time::sleep(wait) => {}
-        }
-        wait = (wait * 2).min(Duration::from_secs(5));
-    }
 }
 
 /// What a 200 response holds: a CloudEvent, nothing, or something that claims to be a
@@ -485,6 +371,8 @@ pub fn reply_event(attempt: &Attempt) -> Reply {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use broker::event::{ERROR_DATA, ERROR_DATA_MAX};
     use bytes::Bytes;
     use http::{HeaderMap, HeaderValue, StatusCode};
 
@@ -522,7 +410,7 @@ mod tests {
         let long = [b'x'; 2000];
         let mut a = attempt(Some(400), &[], b"");
         a.body = Bytes::copy_from_slice(&long);
-        let d = dead_letter_event(&original(), "http://sub/", &a);
+        let d = entry_for(&original(), "http://sub/", &a);
         assert_eq!(d.get_str(ERROR_DEST), Some("http://sub/"));
         assert_eq!(d.get_str(ERROR_CODE), Some("400"));
         let data = base64::engine::general_purpose::STANDARD
@@ -530,7 +418,7 @@ mod tests {
             .expect("base64");
         assert_eq!(data.len(), ERROR_DATA_MAX);
         // Transport errors: no code, no data.
-        let d = dead_letter_event(&original(), "http://sub/", &attempt(None, &[], b""));
+        let d = entry_for(&original(), "http://sub/", &attempt(None, &[], b""));
         assert_eq!(d.get(ERROR_CODE), None);
         assert_eq!(d.get(ERROR_DATA), None);
         assert_eq!(d.id(), "1");

@@ -3,8 +3,9 @@
 //! neither imports the other's).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use broker::channel::BrokerLog;
+use broker::channel::{BrokerLog, ChannelError};
 use broker::config::TriggerConfig;
 use broker::event::{Event, EventLimits};
 use broker::telemetry::TriggerMetrics;
@@ -47,4 +48,47 @@ pub struct BrokerSinks {
     pub limits: EventLimits,
     /// The largest reply body read (the ingress's `--max-body-bytes`).
     pub max_reply_bytes: usize,
+}
+
+/// Shutdown came before something could be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Abandoned;
+
+/// Why [`append_until_stored`] gave up.
+pub(crate) enum Unstored {
+    /// The event can never be stored (larger than the channel accepts).
+    Never(ChannelError),
+    /// Shutdown began first.
+    Abandoned,
+}
+
+/// Appends `event` (a reply or dead letter) to `log`, retrying transient failures
+/// (full, unavailable, I/O) with a backoff of 50 ms doubling to 5 s until it is
+/// stored, so that nothing is dropped while the channel recovers. Gives up when the
+/// event can never be stored (larger than the channel accepts), or when `shutdown`
+/// begins meanwhile: then the event is not done and is delivered again after a
+/// restart.
+pub(crate) async fn append_until_stored(
+    log: &dyn BrokerLog,
+    event: &Event,
+    trigger: &str,
+    what: &str,
+    shutdown: &CancellationToken,
+) -> Result<(), Unstored> {
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match log.append_own(std::slice::from_ref(event)).await {
+            Ok(()) => return Ok(()),
+            Err(e @ ChannelError::TooLarge { .. }) => return Err(Unstored::Never(e)),
+            Err(e) => {
+                tracing::error!(broker = %log.broker(), trigger, event_id = event.id(), error = %e,
+                    "cannot store a {what}; retrying (the trigger's checkpoint waits for it)");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Err(Unstored::Abandoned),
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
 }

@@ -46,6 +46,8 @@ pub fn config(sub: &Subscriber) -> String {
 pub struct Proc {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// Its admin API.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Drop for Proc {
@@ -85,11 +87,14 @@ impl Proc {
         let mut proc = Proc {
             child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: None,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
+            let first = lines.next();
+            let second = lines.next();
+            let _ = tx.send(first.map(|f| f.map(|f| (f, second.and_then(Result::ok)))));
             // Keep reading so the process never blocks on a full pipe.
             for _ in lines {}
         });
@@ -99,12 +104,22 @@ impl Proc {
             .unwrap()
             .unwrap_or_else(|| panic!("{role} exited during start-up (logs in {dir:?})"))
             .unwrap();
+        let (first, second) = first;
+        proc.admin = second
+            .as_deref()
+            .and_then(|s| s.strip_prefix("admin API on http://"))
+            .and_then(|a| a.parse().ok());
         proc.addr = first
             .strip_prefix("listening on http://")
             .unwrap_or_else(|| panic!("unexpected first line of {role}: {first}"))
             .parse()
             .unwrap();
         proc
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// SIGKILL, as a crash.
