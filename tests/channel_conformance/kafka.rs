@@ -179,18 +179,19 @@ pub async fn colliding_topics_are_refused(bootstrap: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka() {
+async fn kafka_a_second_process_shares_the_broker() {
     let Some(bootstrap) = common::kafka_bootstrap() else {
         return;
     };
-    let mut b = Kafka::new(bootstrap.clone(), 4);
-    // Offsets are dense Kafka offsets: the whole shared suite applies.
-    suite(&mut b).await;
-    oversized_events_are_too_large(&mut b).await;
-    dead_letter_log_keeps_every_entry(&mut b).await;
-    foreign_records_are_read(&mut b).await;
     let (first, second) = two_processes(&bootstrap).await;
     a_second_process_shares_the_broker(&first, &second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_colliding_topics_are_refused() {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
+        return;
+    };
     colliding_topics_are_refused(&bootstrap).await;
 }
 

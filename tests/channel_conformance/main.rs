@@ -1,7 +1,12 @@
 //! The channel conformance suite: behaviour every `EventLog` backend must show,
-//! written once and run for each backend: the embedded log, NATS JetStream (against a
-//! real nats-server) and Kafka (against a real Kafka-protocol broker, tansu), both
-//! started by `scripts/dev-services`.
+//! written once and run for each backend: the embedded log (three configurations),
+//! NATS JetStream (against a real nats-server; four partitions and one) and Kafka
+//! (against a real Kafka-protocol broker, tansu), both started by
+//! `scripts/dev-services`. [`conformance!`] generates one `#[test]` per case per
+//! backend (`embedded::oversized_events_are_too_large`,
+//! `jetstream::…`), so a failure names both; backend-only cases are added to a
+//! backend's list, and cases that need two processes or special settings are plain
+//! tests beside it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use broker::channel::embedded::{EmbeddedLog, EmbeddedOptions};
 use broker::channel::lease::{HandOver, Leased, PartitionLeases};
-use broker::channel::{BrokerLog, ChannelError, CheckpointUpdate, EventLog, StartAt, NO_EPOCH};
+use broker::channel::{
+    BrokerLog, ChannelError, CheckpointUpdate, EventLog, Offsets, StartAt, NO_EPOCH,
+};
 use broker::config::BrokerId;
 use broker::event::{AttrValue, DataKind, Event};
 use bytes::Bytes;
@@ -177,7 +184,22 @@ async fn readers_wait_for_appends_and_survive_being_dropped(b: &mut dyn Backend)
     assert_eq!(r.position(), start + wanted.len() as u64);
 }
 
+/// Offsets are as the log states ([`BrokerLog::offsets`]): dense logs number a
+/// partition's records consecutively, sparse ones increasingly; either way the
+/// reader starts and end offsets agree with what is stored.
 async fn start_positions_and_end_offsets(b: &mut dyn Backend) {
+    let probe = b
+        .fresh()
+        .open(&broker(), broker::channel::LogKind::Events)
+        .await
+        .unwrap();
+    match probe.offsets() {
+        Offsets::Dense => dense_start_positions_and_end_offsets(b).await,
+        Offsets::Sparse => nats::sparse_start_positions_and_end_offsets(b).await,
+    }
+}
+
+async fn dense_start_positions_and_end_offsets(b: &mut dyn Backend) {
     let log = b
         .fresh()
         .open(&broker(), broker::channel::LogKind::Events)
@@ -208,6 +230,9 @@ async fn start_positions_and_end_offsets(b: &mut dyn Backend) {
             got.extend(batch);
         }
         assert_eq!(got.len() as u64, end, "partition {p}");
+        for (i, rec) in got.iter().enumerate() {
+            assert_eq!(rec.offset, i as u64, "partition {p}: dense offsets");
+        }
         total += got.len();
         if end > 1 {
             let mut r = log.reader(p, StartAt::Offset(end - 1)).await.unwrap();
@@ -326,6 +351,11 @@ async fn dead_letter_log_keeps_every_entry(b: &mut dyn Backend) {
         .await
         .unwrap();
     assert_eq!(dl.partitions(), 1);
+    assert_eq!(
+        dl.offsets(),
+        Offsets::Dense,
+        "redrive counts on dense offsets"
+    );
     let start = dl.end_offset(0).await.unwrap();
     let mut a = event("failed", None);
     a.set_str("triggerfishtrigger", "t1");
@@ -432,40 +462,66 @@ async fn own_appends_are_never_deduplicated(b: &mut dyn Backend) {
     assert_eq!(types, ["reply", "reply", "t"], "every own append is stored");
 }
 
-async fn suite(b: &mut dyn Backend) {
-    own_appends_are_never_deduplicated(b).await;
-    appended_events_read_back_intact_in_order(b).await;
-    readers_wait_for_appends_and_survive_being_dropped(b).await;
-    start_positions_and_end_offsets(b).await;
-    data_survives_reopen_and_checkpoints_persist(b).await;
-    brokers_are_isolated(b).await;
+/// One `#[tokio::test]` per case for a backend: `conformance!(name => backend
+/// expression (an `Option`: `None` skips, for servers the run was told to skip); extra
+/// cases)`. Every backend runs the shared cases listed in its first arm.
+macro_rules! conformance {
+    ($name:ident => $backend:expr $(; $($extra:ident),+)?) => {
+        conformance!(@cases $name => $backend;
+            own_appends_are_never_deduplicated,
+            appended_events_read_back_intact_in_order,
+            readers_wait_for_appends_and_survive_being_dropped,
+            start_positions_and_end_offsets,
+            data_survives_reopen_and_checkpoints_persist,
+            brokers_are_isolated,
+            oversized_events_are_too_large,
+            dead_letter_log_keeps_every_entry
+            $($(, $extra)+)?);
+    };
+    (@cases $name:ident => $backend:expr; $($case:ident),+) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(mut b) = $backend else { return };
+                    super::$case(&mut b).await;
+                }
+            )+
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_default_options() {
-    suite(&mut Embedded::new(EmbeddedOptions::default())).await;
-}
+use kafka::foreign_records_are_read;
+use nats::{dead_letters_never_expire, producer_retries_are_deduplicated};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_four_partitions() {
-    suite(&mut Embedded::new(EmbeddedOptions {
-        partitions: 4,
+/// The embedded log's defaults, except events over 1 MiB are refused (as NATS and
+/// Kafka do by default), so that the oversized-event case applies.
+fn embedded_opts() -> EmbeddedOptions {
+    EmbeddedOptions {
+        max_event_bytes: 1 << 20,
         ..EmbeddedOptions::default()
-    }))
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_one_partition_small_segments_no_fsync() {
-    // Tiny segments exercise rolling and reads across segment boundaries.
-    suite(&mut Embedded::new(EmbeddedOptions {
-        partitions: 1,
-        segment_bytes: 1024,
-        fsync: broker::channel::embedded::FsyncPolicy::Never,
-        ..EmbeddedOptions::default()
-    }))
-    .await;
-}
+conformance!(embedded => Some(Embedded::new(embedded_opts())));
+conformance!(embedded_four_partitions => Some(Embedded::new(EmbeddedOptions {
+    partitions: 4,
+    ..embedded_opts()
+})));
+// Tiny segments exercise rolling and reads across segment boundaries.
+conformance!(embedded_small_segments_no_fsync => Some(Embedded::new(EmbeddedOptions {
+    partitions: 1,
+    segment_bytes: 1024,
+    fsync: broker::channel::embedded::FsyncPolicy::Never,
+    ..embedded_opts()
+})));
+conformance!(jetstream => common::nats_url().map(|u| nats::Nats::new(u, 4));
+    producer_retries_are_deduplicated, dead_letters_never_expire);
+conformance!(jetstream_one_partition => common::nats_url().map(|u| nats::Nats::new(u, 1)));
+conformance!(kafka_log => common::kafka_bootstrap().map(|b| kafka::Kafka::new(b, 4));
+    foreign_records_are_read);
 
 /// A reader from offset 0 of a log whose retention removed its start: it begins at
 /// the earliest event and reports the offsets it passed over, never moving up

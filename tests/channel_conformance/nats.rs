@@ -212,24 +212,10 @@ pub async fn two_processes(url: &str) -> (NatsLog, NatsLog) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_jetstream() {
+async fn nats_a_second_process_shares_the_broker() {
     let Some(url) = common::nats_url() else {
         return;
     };
-    let mut b = Nats::new(url.clone(), 4);
-    // The shared cases, except the one that assumes dense offsets, which has a sparse
-    // counterpart.
-    appended_events_read_back_intact_in_order(&mut b).await;
-    readers_wait_for_appends_and_survive_being_dropped(&mut b).await;
-    sparse_start_positions_and_end_offsets(&mut b).await;
-    data_survives_reopen_and_checkpoints_persist(&mut b).await;
-    brokers_are_isolated(&mut b).await;
-    // JetStream specifics.
-    producer_retries_are_deduplicated(&mut b).await;
-    own_appends_are_never_deduplicated(&mut b).await;
-    dead_letters_never_expire(&mut b).await;
-    oversized_events_are_too_large(&mut b).await;
-    dead_letter_log_keeps_every_entry(&mut b).await;
     let (first, second) = two_processes(&url).await;
     a_second_process_shares_the_broker(&first, &second).await;
 }
@@ -250,15 +236,6 @@ async fn nats_a_reader_behind_the_stream_start_reports_what_it_skipped() {
         b.append(&[event(&format!("big{i}"), None)]).await.unwrap();
     }
     a_reader_behind_the_log_start_reports_what_it_skipped(b.as_ref(), true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_jetstream_one_partition() {
-    let Some(url) = common::nats_url() else {
-        return;
-    };
-    // With one partition offsets are dense: the whole shared suite applies.
-    suite(&mut Nats::new(url, 1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

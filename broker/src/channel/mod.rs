@@ -28,8 +28,24 @@ use async_trait::async_trait;
 use crate::config::BrokerId;
 use crate::event::Event;
 
-/// A position within one partition.
+/// A position within one partition. Offsets increase with every record appended to
+/// the partition; whether they increase by exactly one is [`BrokerLog::offsets`].
 pub type Offset = u64;
+
+/// How a log numbers the records of a partition ([`BrokerLog::offsets`]), checked for
+/// every backend by the conformance suite (`tests/channel_conformance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offsets {
+    /// Consecutive: the records of a partition are at `first, first + 1, …,
+    /// end_offset - 1`, so `end_offset - checkpoint` is exactly the records not yet
+    /// passed. The embedded log and Kafka, and NATS with one partition (every
+    /// dead-letter log).
+    Dense,
+    /// Increasing with gaps: the partitions share one sequence (NATS JetStream: one
+    /// stream per broker, offsets are stream sequences - 1), so `end_offset -
+    /// checkpoint` is an upper bound of the records not yet passed.
+    Sparse,
+}
 
 /// The epoch of a partition lease ([`lease::Lease`]): each new owner of a partition
 /// gets a greater one than every owner before it, and writes its checkpoints with it,
@@ -297,6 +313,11 @@ pub trait BrokerLog: Send + Sync + 'static {
     /// acknowledged and never stored.
     async fn append_own(&self, events: &[Event]) -> Result<(), ChannelError> {
         self.append(events).await
+    }
+
+    /// How this log numbers the records of a partition. Default: [`Offsets::Dense`].
+    fn offsets(&self) -> Offsets {
+        Offsets::Dense
     }
 
     /// How many producer appends the channel stored once as a retry of an event

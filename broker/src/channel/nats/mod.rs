@@ -73,7 +73,7 @@ pub use reader::NatsReader;
 use crate::channel::lease::{HandOver, PartitionLeases};
 use crate::channel::{
     partition_for, BrokerLog, ChannelError, CheckpointUpdate, EventLog, LogKind, LogReader, Offset,
-    StartAt,
+    Offsets, StartAt,
 };
 use crate::config::BrokerId;
 use crate::event::Event;
@@ -580,6 +580,15 @@ impl BrokerLog for NatsBroker {
 
     async fn append_own(&self, events: &[Event]) -> Result<(), ChannelError> {
         self.publish(events, false).await
+    }
+
+    fn offsets(&self) -> Offsets {
+        // One stream per log: with one subject its sequence is the partition's own.
+        if self.subjects.len() == 1 {
+            Offsets::Dense
+        } else {
+            Offsets::Sparse
+        }
     }
 
     fn take_deduplicated(&self) -> u64 {
