@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -26,9 +25,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use broker::channel::embedded::{EmbeddedLog, EmbeddedOptions};
-use broker::channel::kafka::{KafkaLog, KafkaOptions};
-use broker::channel::nats::{NatsLog, NatsOptions};
 use broker::channel::EventLog;
 use dispatcher::BrokerLogs;
 
@@ -38,31 +34,9 @@ use broker::telemetry::Metrics;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Where brokers are stored.
-#[derive(Debug, Clone)]
-pub enum Storage {
-    /// The embedded log in a local directory (one process at a time).
-    Embedded {
-        /// Its directory.
-        data_dir: PathBuf,
-        /// Its settings.
-        options: EmbeddedOptions,
-    },
-    /// NATS JetStream, shared by any number of processes.
-    Nats(NatsOptions),
-    /// Kafka, shared by any number of processes and other Kafka clients.
-    Kafka(KafkaOptions),
-}
-
-impl Storage {
-    /// The embedded log in `data_dir` with default settings.
-    pub fn embedded(data_dir: impl Into<PathBuf>) -> Storage {
-        Storage::Embedded {
-            data_dir: data_dir.into(),
-            options: EmbeddedOptions::default(),
-        }
-    }
-}
+/// Where brokers are stored: [`broker::channel::ChannelOptions`], chosen by
+/// [`broker::channel::connect`].
+pub type Storage = broker::channel::ChannelOptions;
 
 /// What a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,25 +106,15 @@ impl Running {
 
 /// Connects the configured channel.
 async fn connect(storage: &Storage, role: Role) -> anyhow::Result<Arc<dyn EventLog>> {
-    match storage {
-        Storage::Embedded { .. } if role != Role::Both => anyhow::bail!(
+    if !storage.shared() && role != Role::Both {
+        anyhow::bail!(
             "the embedded log belongs to one process: `triggerfish ingress` and `triggerfish dispatcher` \
              need a shared channel (--storage nats://HOST:PORT or kafka://HOST:PORT); run `triggerfish serve` for both in one process"
-        ),
-        Storage::Embedded { data_dir, options } => {
-            Ok(Arc::new(EmbeddedLog::open(data_dir, options.clone())?))
-        }
-        Storage::Nats(opts) => Ok(Arc::new(
-            NatsLog::connect(opts.clone())
-                .await
-                .context("opening the NATS JetStream channel")?,
-        )),
-        Storage::Kafka(opts) => Ok(Arc::new(
-            KafkaLog::connect(opts.clone())
-                .await
-                .context("opening the Kafka channel")?,
-        )),
+        );
     }
+    broker::channel::connect(storage)
+        .await
+        .context("opening the channel")
 }
 
 /// Starts a server; it runs until `shutdown` fires.

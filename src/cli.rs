@@ -66,8 +66,10 @@ pub enum StorageArg {
     /// The embedded log under `--data-dir`.
     Embedded,
     /// NATS JetStream at these servers (`nats://HOST:PORT[,HOST:PORT...]`).
+    #[cfg(feature = "nats")]
     Nats(String),
     /// Kafka at these bootstrap servers (`kafka://HOST:PORT[,HOST:PORT...]`).
+    #[cfg(feature = "kafka")]
     Kafka(String),
 }
 
@@ -75,20 +77,20 @@ impl std::str::FromStr for StorageArg {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "embedded" {
-            return Ok(StorageArg::Embedded);
+        use broker::channel::Scheme;
+        match Scheme::of(s).map_err(|e| e.to_string())? {
+            Scheme::Embedded => Ok(StorageArg::Embedded),
+            #[cfg(feature = "nats")]
+            Scheme::Nats => {
+                broker::channel::nats::NatsOptions::from_url(s).map_err(|e| e.to_string())?;
+                Ok(StorageArg::Nats(s.to_owned()))
+            }
+            #[cfg(feature = "kafka")]
+            Scheme::Kafka => {
+                broker::channel::kafka::KafkaOptions::from_url(s).map_err(|e| e.to_string())?;
+                Ok(StorageArg::Kafka(s.to_owned()))
+            }
         }
-        if s.starts_with("nats://") || s.starts_with("tls://") {
-            broker::channel::nats::NatsOptions::from_url(s).map_err(|e| e.to_string())?;
-            return Ok(StorageArg::Nats(s.to_owned()));
-        }
-        if s.starts_with("kafka://") {
-            broker::channel::kafka::KafkaOptions::from_url(s).map_err(|e| e.to_string())?;
-            return Ok(StorageArg::Kafka(s.to_owned()));
-        }
-        Err(format!(
-            "'{s}': expected `embedded`, `nats://HOST:PORT[,HOST:PORT...]` or `kafka://HOST:PORT[,HOST:PORT...]`"
-        ))
     }
 }
 
@@ -424,7 +426,7 @@ pub struct KafkaArgs {
     #[arg(
         long,
         env = "TRIGGERFISH_KAFKA_TOPIC_TEMPLATE",
-        default_value = broker::channel::kafka::DEFAULT_TOPIC_TEMPLATE
+        default_value = broker::channel::KAFKA_TOPIC_TEMPLATE
     )]
     pub kafka_topic_template: String,
     /// The compacted topic that holds every trigger's checkpoints (shared by all
@@ -432,7 +434,7 @@ pub struct KafkaArgs {
     #[arg(
         long,
         env = "TRIGGERFISH_KAFKA_CHECKPOINT_TOPIC",
-        default_value = broker::channel::kafka::DEFAULT_CHECKPOINT_TOPIC
+        default_value = broker::channel::KAFKA_CHECKPOINT_TOPIC
     )]
     pub kafka_checkpoint_topic: String,
     /// Replication factor of the topics Triggerfish creates (-1: the cluster default).

@@ -5,14 +5,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use broker::channel::embedded::EmbeddedOptions;
+#[cfg(feature = "kafka")]
 use broker::channel::kafka::KafkaOptions;
+#[cfg(feature = "nats")]
 use broker::channel::nats::{NatsAuth, NatsOptions};
 use broker::config::{self, Config, LoadOptions};
 use broker::telemetry;
 use tokio_util::sync::CancellationToken;
 use triggerfish::app::{self, Role, ServerOptions, Storage};
 
-use crate::cli::{CheckArgs, LogFormat, ServeArgs, ServeCommand, StorageArg};
+#[cfg(any(feature = "nats", feature = "kafka"))]
+use crate::cli::ServeArgs;
+use crate::cli::{CheckArgs, LogFormat, ServeCommand, StorageArg};
 
 fn load(path: &std::path::Path, cluster_domain: &str) -> anyhow::Result<Config> {
     let opts = LoadOptions {
@@ -104,7 +108,9 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
                 ..EmbeddedOptions::default()
             },
         },
+        #[cfg(feature = "nats")]
         StorageArg::Nats(url) => Storage::Nats(nats_options(url, &args)?),
+        #[cfg(feature = "kafka")]
         StorageArg::Kafka(url) => Storage::Kafka(kafka_options(url, &args)?),
     };
     let limits = broker::event::EventLimits {
@@ -155,6 +161,7 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// The NATS flags, validated into [`NatsOptions`].
+#[cfg(feature = "nats")]
 fn nats_options(url: &str, args: &ServeArgs) -> anyhow::Result<NatsOptions> {
     let n = &args.nats;
     let mut o = NatsOptions::from_url(url)?;
@@ -193,6 +200,7 @@ fn nats_options(url: &str, args: &ServeArgs) -> anyhow::Result<NatsOptions> {
 }
 
 /// The Kafka flags, validated into [`KafkaOptions`].
+#[cfg(feature = "kafka")]
 fn kafka_options(url: &str, args: &ServeArgs) -> anyhow::Result<KafkaOptions> {
     let k = &args.kafka;
     let mut o = KafkaOptions::from_url(url)?;

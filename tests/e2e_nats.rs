@@ -9,6 +9,7 @@
 //! the tests of this file run one at a time. Every test uses its own stream prefix.
 //! Figures (duplicates, 503s) are printed; run with `--nocapture` to see them.
 
+#![cfg(feature = "nats")]
 #![allow(clippy::unwrap_used)]
 
 mod common;

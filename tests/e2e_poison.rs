@@ -357,6 +357,7 @@ async fn replies_that_cannot_be_stored_are_dead_lettered_and_the_original_is_del
     let mut opts = server_options(&yaml, dir.path());
     // Replies are read up to 64 KiB; the channel stores events up to 16 KiB.
     opts.dispatcher.max_reply_bytes = 64 << 10;
+    #[allow(irrefutable_let_patterns)] // without the nats and kafka features
     if let triggerfish::app::Storage::Embedded { options, .. } = &mut opts.storage {
         options.max_event_bytes = 16 << 10;
     }

@@ -7,6 +7,7 @@
 //! up by `scripts/dev-services start`); fails without them unless
 //! `TRIGGERFISH_SKIP_KAFKA=1`.
 
+#![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -7,6 +7,7 @@
 //! make, bootstrap and broker, is TLS. Needs `TRIGGERFISH_TEST_TANSU_BIN` (written by
 //! `scripts/dev-services start`); fails without it unless `TRIGGERFISH_SKIP_KAFKA=1`.
 
+#![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used)]
 
 mod common;

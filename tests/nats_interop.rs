@@ -6,6 +6,7 @@
 //! Needs `TRIGGERFISH_TEST_NATS_URL` (set by `scripts/test`); fails without it unless
 //! `TRIGGERFISH_SKIP_NATS=1`.
 
+#![cfg(feature = "nats")]
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -5,6 +5,7 @@
 //! Needs `TRIGGERFISH_TEST_NATS_URL` (`scripts/test` starts nats-server); fails without
 //! it unless `TRIGGERFISH_SKIP_NATS=1`.
 
+#![cfg(feature = "nats")]
 #![allow(clippy::unwrap_used)]
 
 mod common;

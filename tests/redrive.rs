@@ -106,7 +106,9 @@ async fn a_failure_half_way_then_a_second_redrive_resends_only_the_batch_in_flig
     // The third batch's cursor cannot be stored: the channel fails for good.
     let failing = redrives().with_fault(RedriveFault(Arc::new(|completed| {
         if completed == 2 {
-            Err(ChannelError::Other("injected: cursor store fails".into()))
+            Err(ChannelError::Internal(
+                "injected: cursor store fails".into(),
+            ))
         } else {
             Ok(())
         }
@@ -352,6 +354,7 @@ async fn the_cli_redrives_a_large_log_with_progress_in_bounded_memory() {
 /// is refused (the log's lease), and takes it once the first is done. An entry that
 /// is not a CloudEvent (written by a foreign client) is reported with its offset,
 /// never passed silently.
+#[cfg(feature = "nats")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_nats_one_redrive_per_log_across_replicas_and_undecodable_entries_are_reported() {
     use broker::channel::nats::{async_nats, stream_names, NatsLog, NatsOptions};

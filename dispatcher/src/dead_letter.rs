@@ -1026,7 +1026,7 @@ impl Run {
         loop {
             match f().await {
                 Ok(()) => return Ok(()),
-                Err(e) if transient(&e) && attempt < STORE_ATTEMPTS => {
+                Err(e) if e.is_transient() && attempt < STORE_ATTEMPTS => {
                     tracing::warn!(broker = %self.target.config.id, attempt, error = %e, "redrive: {what}; retrying");
                 }
                 Err(e) => return Err(Stop::Failed(format!("{what}: {e}"))),
@@ -1039,16 +1039,6 @@ impl Run {
             attempt += 1;
         }
     }
-}
-
-fn transient(e: &ChannelError) -> bool {
-    matches!(
-        e,
-        ChannelError::Full { .. }
-            | ChannelError::Unavailable { .. }
-            | ChannelError::Io { .. }
-            | ChannelError::RetentionFull { .. }
-    )
 }
 
 /// Renews the redrive lease every `renew_every`; cancels `lost` when partition 0 is

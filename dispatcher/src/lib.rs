@@ -149,10 +149,9 @@ pub async fn start(
     let hand_over = broker::channel::lease::HandOver::for_drain(opts.drain_timeout);
     for broker in &config.brokers {
         let Some(logs) = logs.get(&broker.id) else {
-            return Err(ChannelError::Other(format!(
-                "no log opened for broker {}",
-                broker.id
-            )));
+            return Err(ChannelError::Invalid {
+                reason: format!("no log opened for broker {}", broker.id),
+            });
         };
         let log = &logs.events;
         let sinks = Arc::new(settle::BrokerSinks {

@@ -67,7 +67,7 @@ impl BrokerLog for Recording {
         Ok(0)
     }
     async fn reader(&self, _p: u32, _s: StartAt) -> Result<Box<dyn LogReader>, ChannelError> {
-        Err(ChannelError::Other("no reader".into()))
+        Err(ChannelError::Internal("no reader".into()))
     }
     async fn load_checkpoint(&self, trigger: &str) -> Result<Vec<Option<Offset>>, ChannelError> {
         let stored = self.stored.lock().unwrap();

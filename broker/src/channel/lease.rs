@@ -187,7 +187,9 @@ pub struct Unusable {
 #[async_trait]
 impl PartitionLeases for Unusable {
     async fn refresh(&self) -> Result<Leased, ChannelError> {
-        Err(ChannelError::Other(self.reason.clone()))
+        Err(ChannelError::Invalid {
+            reason: self.reason.clone(),
+        })
     }
 
     async fn release(&self, _partitions: &[u32]) {}

@@ -13,6 +13,11 @@
 //! - `kafka` (cargo feature `kafka`, on by default): Kafka topics laid out per the
 //!   CloudEvents Kafka binding, shared with other Kafka producers and consumers.
 //! - [`lease`]: which dispatcher process reads which partition.
+//!
+//! [`connect`] is the one place a channel is chosen, by the URL scheme of the
+//! `--storage` value ([`Scheme::of`]); a scheme whose backend the build leaves out is
+//! refused naming the cargo feature, and without the features none of the NATS or
+//! Kafka code (nor rdkafka, librdkafka or async-nats) is compiled.
 
 pub mod embedded;
 #[cfg(feature = "kafka")]
@@ -27,6 +32,105 @@ use async_trait::async_trait;
 
 use crate::config::BrokerId;
 use crate::event::Event;
+
+/// The channel a `--storage` value names, by its URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `embedded`: the local log.
+    Embedded,
+    /// `nats://` or `tls://`: NATS JetStream (cargo feature `nats`).
+    #[cfg(feature = "nats")]
+    Nats,
+    /// `kafka://`: Kafka (cargo feature `kafka`).
+    #[cfg(feature = "kafka")]
+    Kafka,
+}
+
+impl Scheme {
+    /// Which channel `storage` names; the error says what is accepted, or which
+    /// cargo feature this build was made without.
+    pub fn of(storage: &str) -> Result<Scheme, ChannelError> {
+        let missing = |feature: &str, what: &str| ChannelError::Invalid {
+            reason: format!(
+                "'{storage}': this triggerfish was built without {what} (cargo feature `{feature}`)"
+            ),
+        };
+        if storage == "embedded" {
+            return Ok(Scheme::Embedded);
+        }
+        if storage.starts_with("nats://") || storage.starts_with("tls://") {
+            #[cfg(feature = "nats")]
+            return Ok(Scheme::Nats);
+            #[cfg(not(feature = "nats"))]
+            return Err(missing("nats", "NATS JetStream"));
+        }
+        if storage.starts_with("kafka://") {
+            #[cfg(feature = "kafka")]
+            return Ok(Scheme::Kafka);
+            #[cfg(not(feature = "kafka"))]
+            return Err(missing("kafka", "Kafka"));
+        }
+        let _ = missing;
+        Err(ChannelError::Invalid {
+            reason: format!(
+                "'{storage}': expected `embedded`, `nats://HOST:PORT[,HOST:PORT...]` (or `tls://`) or `kafka://HOST:PORT[,HOST:PORT...]`"
+            ),
+        })
+    }
+}
+
+/// The default Kafka topic name template: Knative's Kafka broker's own naming (here,
+/// outside the `kafka` feature, so that flags can name it in any build).
+pub const KAFKA_TOPIC_TEMPLATE: &str = "knative-broker-{namespace}-{name}";
+
+/// The default Kafka checkpoint topic.
+pub const KAFKA_CHECKPOINT_TOPIC: &str = "triggerfish-checkpoints";
+
+/// A channel and its settings, as [`connect`] opens it.
+#[derive(Debug, Clone)]
+pub enum ChannelOptions {
+    /// The embedded log in a local directory (one process at a time).
+    Embedded {
+        /// Its directory.
+        data_dir: std::path::PathBuf,
+        /// Its settings.
+        options: embedded::EmbeddedOptions,
+    },
+    /// NATS JetStream, shared by any number of processes.
+    #[cfg(feature = "nats")]
+    Nats(nats::NatsOptions),
+    /// Kafka, shared by any number of processes and other Kafka clients.
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::KafkaOptions),
+}
+
+impl ChannelOptions {
+    /// The embedded log in `data_dir` with default settings.
+    pub fn embedded(data_dir: impl Into<std::path::PathBuf>) -> ChannelOptions {
+        ChannelOptions::Embedded {
+            data_dir: data_dir.into(),
+            options: embedded::EmbeddedOptions::default(),
+        }
+    }
+
+    /// Whether more than one process can use the channel at once.
+    pub fn shared(&self) -> bool {
+        !matches!(self, ChannelOptions::Embedded { .. })
+    }
+}
+
+/// Connects a channel: the one place a backend is chosen.
+pub async fn connect(opts: &ChannelOptions) -> Result<Arc<dyn EventLog>, ChannelError> {
+    match opts {
+        ChannelOptions::Embedded { data_dir, options } => Ok(Arc::new(
+            embedded::EmbeddedLog::open(data_dir, options.clone())?,
+        )),
+        #[cfg(feature = "nats")]
+        ChannelOptions::Nats(o) => Ok(Arc::new(nats::NatsLog::connect(o.clone()).await?)),
+        #[cfg(feature = "kafka")]
+        ChannelOptions::Kafka(o) => Ok(Arc::new(kafka::KafkaLog::connect(o.clone()).await?)),
+    }
+}
 
 /// A position within one partition. Offsets increase with every record appended to
 /// the partition; whether they increase by exactly one is [`BrokerLog::offsets`].
@@ -220,9 +324,61 @@ pub enum ChannelError {
         #[source]
         source: std::io::Error,
     },
-    /// Anything else, described.
+    /// A name, setting or layout the channel cannot work with (a broker name too
+    /// long for a stream, two brokers on one topic, a checkpoint topic that is not
+    /// compacted, invalid options): fix the config or the flags; retrying cannot help.
+    #[error("{reason}")]
+    Invalid {
+        /// What and why, naming the setting.
+        reason: String,
+    },
+    /// The channel's servers or shared storage (a NATS bucket, the Kafka checkpoint
+    /// topic, the embedded log's directory) cannot be reached or set up now.
+    #[error("{reason}")]
+    Unreachable {
+        /// What failed.
+        reason: String,
+    },
+    /// The broker has no such partition.
+    #[error("broker {broker} has no partition {partition}")]
+    NoPartition {
+        /// The broker.
+        broker: BrokerId,
+        /// The partition asked for.
+        partition: u32,
+    },
+    /// An event the channel's binding cannot encode.
+    #[error("event {id}: {reason}")]
+    Encode {
+        /// The event's id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The embedded log's data directory is in use by another process.
+    #[error("data directory {} is in use by another triggerfish process", path.display())]
+    InUse {
+        /// The directory.
+        path: std::path::PathBuf,
+    },
+    /// A task of the channel died (a bug): where.
     #[error("{0}")]
-    Other(String),
+    Internal(String),
+}
+
+impl ChannelError {
+    /// Whether retrying later may succeed: the channel is full, unavailable or
+    /// unreachable, or its I/O failed. The rest needs another input, config or build.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ChannelError::Full { .. }
+                | ChannelError::RetentionFull { .. }
+                | ChannelError::Unavailable { .. }
+                | ChannelError::Unreachable { .. }
+                | ChannelError::Io { .. }
+        )
+    }
 }
 
 /// Which of a broker's logs.
@@ -599,5 +755,33 @@ mod tests {
         let e = Event::new();
         assert_eq!(partition_for(&e, 4, 6), 2);
         assert_eq!(partition_for(&e, 1, 6), 0);
+    }
+}
+
+#[cfg(test)]
+mod scheme_tests {
+    use super::{ChannelError, Scheme};
+
+    #[test]
+    fn storage_values_name_their_channel_or_say_what_is_accepted() {
+        assert_eq!(Scheme::of("embedded").unwrap(), Scheme::Embedded);
+        #[cfg(feature = "nats")]
+        assert_eq!(Scheme::of("nats://h:4222").unwrap(), Scheme::Nats);
+        #[cfg(feature = "nats")]
+        assert_eq!(Scheme::of("tls://h:4222").unwrap(), Scheme::Nats);
+        #[cfg(feature = "kafka")]
+        assert_eq!(Scheme::of("kafka://h:9092").unwrap(), Scheme::Kafka);
+        #[cfg(not(feature = "nats"))]
+        assert!(matches!(Scheme::of("nats://h:4222"),
+            Err(ChannelError::Invalid { reason }) if reason.contains("cargo feature `nats`")));
+        #[cfg(not(feature = "kafka"))]
+        assert!(matches!(Scheme::of("kafka://h:9092"),
+            Err(ChannelError::Invalid { reason }) if reason.contains("cargo feature `kafka`")));
+        match Scheme::of("redis://h") {
+            Err(ChannelError::Invalid { reason }) => {
+                assert!(reason.contains("expected `embedded`"))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

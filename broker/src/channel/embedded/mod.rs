@@ -140,8 +140,8 @@ impl EmbeddedLog {
     /// Opens (creating) a data directory and takes its lock, so that two processes
     /// cannot write the same log.
     pub fn open(root: &Path, opts: EmbeddedOptions) -> Result<EmbeddedLog, ChannelError> {
-        let io = |e: std::io::Error, what: &str| {
-            ChannelError::Other(format!("{what} {}: {e}", root.display()))
+        let io = |e: std::io::Error, what: &str| ChannelError::Unreachable {
+            reason: format!("{what} {}: {e}", root.display()),
         };
         std::fs::create_dir_all(root.join("brokers"))
             .map_err(|e| io(e, "cannot create data directory"))?;
@@ -154,10 +154,9 @@ impl EmbeddedLog {
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(ChannelError::Other(format!(
-                    "data directory {} is in use by another triggerfish process",
-                    root.display()
-                )))
+                return Err(ChannelError::InUse {
+                    path: root.to_path_buf(),
+                })
             }
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(io(e, "cannot lock data directory"))
@@ -385,7 +384,10 @@ impl EmbeddedBroker {
     fn partition(&self, p: u32) -> Result<&Partition, ChannelError> {
         self.partitions
             .get(p as usize)
-            .ok_or_else(|| ChannelError::Other(format!("broker {} has no partition {p}", self.id)))
+            .ok_or_else(|| ChannelError::NoPartition {
+                broker: self.id.clone(),
+                partition: p,
+            })
     }
 }
 
@@ -543,7 +545,7 @@ impl BrokerLog for EmbeddedBroker {
         let body = serde_json::to_vec(&CheckpointFile {
             offsets: offsets.clone(),
         })
-        .map_err(|e| ChannelError::Other(e.to_string()))?;
+        .map_err(|e| ChannelError::Internal(e.to_string()))?;
         let dir = self.dir.join("checkpoints");
         // With `--fsync never` nothing is synced, checkpoints neither (recovery clamps
         // a checkpoint that got to disk ahead of the log, see `read_checkpoint`).
@@ -562,7 +564,7 @@ impl BrokerLog for EmbeddedBroker {
             Ok(())
         })
         .await
-        .map_err(|e| ChannelError::Other(format!("checkpoint task failed: {e}")))?;
+        .map_err(|e| ChannelError::Internal(format!("checkpoint task failed: {e}")))?;
         written.map_err(|e| self.io(e))?;
         // Only now may retention act on it: the file holds it.
         self.checkpoints.set(trigger, offsets);

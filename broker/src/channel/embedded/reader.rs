@@ -138,7 +138,7 @@ impl EmbeddedReader {
             }
         })
         .await
-        .map_err(|e| ChannelError::Other(format!("read task failed: {e}")))?;
+        .map_err(|e| ChannelError::Internal(format!("read task failed: {e}")))?;
         let state = self.state.clone();
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         let out = self.take(&mut st, max);
@@ -164,7 +164,7 @@ impl LogReader for EmbeddedReader {
                 }
             }
             if self.committed.changed().await.is_err() {
-                return Err(ChannelError::Other("partition writer stopped".into()));
+                return Err(ChannelError::Internal("partition writer stopped".into()));
             }
         }
     }

@@ -177,7 +177,9 @@ impl CheckpointTopic {
     }
 
     fn err(&self, reason: String) -> ChannelError {
-        ChannelError::Other(format!("checkpoint topic {}: {reason}", self.topic))
+        ChannelError::Unreachable {
+            reason: format!("checkpoint topic {}: {reason}", self.topic),
+        }
     }
 
     /// The checkpoints of one trigger of one log (`prefix` = `<kind>/<ns>/<broker>/`).

@@ -33,11 +33,10 @@ pub enum ConfigError {
 /// them.
 pub const ENFORCED_PRODUCER: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
 
-/// The default topic name template: Knative's Kafka broker's own naming.
-pub const DEFAULT_TOPIC_TEMPLATE: &str = "knative-broker-{namespace}-{name}";
-
-/// The default checkpoint topic.
-pub const DEFAULT_CHECKPOINT_TOPIC: &str = "triggerfish-checkpoints";
+pub use crate::channel::{
+    KAFKA_CHECKPOINT_TOPIC as DEFAULT_CHECKPOINT_TOPIC,
+    KAFKA_TOPIC_TEMPLATE as DEFAULT_TOPIC_TEMPLATE,
+};
 
 /// Longest topic name Kafka accepts.
 pub const MAX_TOPIC_NAME: usize = 249;

@@ -95,13 +95,11 @@ impl KafkaLog {
     /// Creates the clients and checks that the cluster answers (within the request
     /// timeout).
     pub async fn connect(opts: KafkaOptions) -> Result<KafkaLog, ChannelError> {
-        opts.validate()
-            .map_err(|e| ChannelError::Other(e.to_string()))?;
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            ChannelError::Other(format!(
-                "Kafka at {}: {what}: {e}",
-                opts.bootstrap_servers()
-            ))
+        opts.validate().map_err(|e| ChannelError::Invalid {
+            reason: e.to_string(),
+        })?;
+        let fail = |what: &str, e: &dyn std::fmt::Display| ChannelError::Unreachable {
+            reason: format!("Kafka at {}: {what}: {e}", opts.bootstrap_servers()),
         };
         let timeout_ms = opts.request_timeout.as_millis().to_string();
         let producer: FutureProducer = client_config(&opts)
@@ -157,16 +155,19 @@ impl KafkaLog {
         let mut topic = topic_name(&self.opts.topic_template, broker)?;
         if kind == LogKind::DeadLetters {
             topic.push_str(DEAD_LETTERS_SUFFIX);
-            check_topic_name(&topic)
-                .map_err(|e| ChannelError::Other(format!("broker {broker}: {e}")))?;
+            check_topic_name(&topic).map_err(|e| ChannelError::Invalid {
+                reason: format!("broker {broker}: {e}"),
+            })?;
         }
         {
             let mut topics = lock(&self.topics);
             match topics.get(&collision_key(&topic)) {
                 Some(other) if other != broker => {
-                    return Err(ChannelError::Other(format!(
-                        "brokers {other} and {broker} would share the Kafka topic {topic}; rename one or set --kafka-topic-template"
-                    )))
+                    return Err(ChannelError::Invalid {
+                        reason: format!(
+                            "brokers {other} and {broker} would share the Kafka topic {topic}; rename one or set --kafka-topic-template"
+                        ),
+                    })
                 }
                 _ => {
                     topics.insert(collision_key(&topic), broker.clone());
@@ -261,10 +262,10 @@ impl KafkaBroker {
         if p < self.partitions {
             Ok(())
         } else {
-            Err(ChannelError::Other(format!(
-                "broker {} has no partition {p}",
-                self.id
-            )))
+            Err(ChannelError::NoPartition {
+                broker: self.id.clone(),
+                partition: p,
+            })
         }
     }
 

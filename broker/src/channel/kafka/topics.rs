@@ -21,7 +21,9 @@ pub fn topic_name(template: &str, broker: &BrokerId) -> Result<String, ChannelEr
     let name = template
         .replace("{namespace}", &broker.namespace)
         .replace("{name}", &broker.name);
-    check_topic_name(&name).map_err(|e| ChannelError::Other(format!("broker {broker}: {e}")))?;
+    check_topic_name(&name).map_err(|e| ChannelError::Invalid {
+        reason: format!("broker {broker}: {e}"),
+    })?;
     Ok(name)
 }
 
@@ -113,9 +115,9 @@ impl KafkaLog {
             _ => None,
         };
         match policy {
-            Some(p) if !p.contains("compact") => Err(ChannelError::Other(format!(
+            Some(p) if !p.contains("compact") => Err(ChannelError::Invalid { reason: format!(
                 "checkpoint topic {topic} has cleanup.policy={p}: retention would delete idle triggers' checkpoints; set cleanup.policy=compact on it (or choose another --kafka-checkpoint-topic)"
-            ))),
+            )}),
             _ => Ok(()),
         }
     }
@@ -138,7 +140,7 @@ impl KafkaLog {
                     ],
                 )
                 .await
-                .map_err(ChannelError::Other)?;
+                .map_err(|reason| ChannelError::Unreachable { reason })?;
                 self.check_compacted(topic).await?;
                 let c = checkpoint::CheckpointTopic::start(
                     &self.opts,
@@ -146,7 +148,9 @@ impl KafkaLog {
                     self.producer.clone(),
                     self.meta.clone(),
                 )
-                .map_err(|e| ChannelError::Other(format!("checkpoint topic {topic}: {e}")))?;
+                .map_err(|e| ChannelError::Unreachable {
+                    reason: format!("checkpoint topic {topic}: {e}"),
+                })?;
                 Ok(Arc::new(c))
             })
             .await

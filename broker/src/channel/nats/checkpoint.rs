@@ -45,10 +45,12 @@ pub(super) async fn open_bucket(
     replicas: usize,
     timeout: Duration,
 ) -> Result<kv::Store, ChannelError> {
-    let other = |what: &str, e: &dyn std::fmt::Display| {
-        ChannelError::Other(format!("NATS checkpoint bucket {bucket}: {what}: {e}"))
+    let other = |what: &str, e: &dyn std::fmt::Display| ChannelError::Unreachable {
+        reason: format!("NATS checkpoint bucket {bucket}: {what}: {e}"),
     };
-    let elapsed = |_| ChannelError::Other(format!("NATS checkpoint bucket {bucket}: timed out"));
+    let elapsed = |_| ChannelError::Unreachable {
+        reason: format!("NATS checkpoint bucket {bucket}: timed out"),
+    };
     if let Ok(store) = tokio::time::timeout(timeout, js.get_key_value(bucket))
         .await
         .map_err(elapsed)?

@@ -60,8 +60,8 @@ pub(super) async fn open_bucket(
     ttl: Duration,
     timeout: Duration,
 ) -> Result<kv::Store, ChannelError> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        ChannelError::Other(format!("NATS lease bucket {bucket}: {what}: {e}"))
+    let fail = |what: &str, e: &dyn std::fmt::Display| ChannelError::Unreachable {
+        reason: format!("NATS lease bucket {bucket}: {what}: {e}"),
     };
     let elapsed = |_| fail("timed out", &"no answer");
     let stream_name = format!("KV_{bucket}");

@@ -85,9 +85,9 @@ const MAX_STREAM_NAME: usize = 255;
 /// `_XX`. Empty names are refused.
 pub fn token(s: &str, broker: &BrokerId) -> Result<String, ChannelError> {
     if s.is_empty() {
-        return Err(ChannelError::Other(format!(
-            "broker {broker}: an empty name cannot be stored in NATS"
-        )));
+        return Err(ChannelError::Invalid {
+            reason: format!("broker {broker}: an empty name cannot be stored in NATS"),
+        });
     }
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
@@ -113,10 +113,12 @@ pub fn stream_names(
     let name = token(&broker.name, broker)?;
     let stream = format!("{prefix}_{kind}_{ns}__{name}");
     if stream.len() > MAX_STREAM_NAME {
-        return Err(ChannelError::Other(format!(
-            "broker {broker}: namespace and name are too long for a JetStream stream name ({} > {MAX_STREAM_NAME} bytes)",
-            stream.len()
-        )));
+        return Err(ChannelError::Invalid {
+            reason: format!(
+                "broker {broker}: namespace and name are too long for a JetStream stream name ({} > {MAX_STREAM_NAME} bytes)",
+                stream.len()
+            ),
+        });
     }
     Ok((stream, format!("{prefix}.{kind}.{ns}.{name}")))
 }
@@ -135,13 +137,11 @@ pub struct NatsLog {
 impl NatsLog {
     /// Connects (within the connect timeout) and opens the checkpoint bucket.
     pub async fn connect(opts: NatsOptions) -> Result<NatsLog, ChannelError> {
-        opts.validate()
-            .map_err(|e| ChannelError::Other(e.to_string()))?;
-        let connect_err = |e: &dyn std::fmt::Display| {
-            ChannelError::Other(format!(
-                "cannot connect to NATS at {}: {e}",
-                opts.servers.join(",")
-            ))
+        opts.validate().map_err(|e| ChannelError::Invalid {
+            reason: e.to_string(),
+        })?;
+        let connect_err = |e: &dyn std::fmt::Display| ChannelError::Unreachable {
+            reason: format!("cannot connect to NATS at {}: {e}", opts.servers.join(",")),
         };
         let mut co = async_nats::ConnectOptions::new()
             .name("triggerfish")
@@ -155,12 +155,16 @@ impl NatsLog {
             NatsAuth::UserPassword { user, password } => {
                 co.user_and_password(user.clone(), password.clone())
             }
-            NatsAuth::CredentialsFile(path) => co.credentials_file(path).await.map_err(|e| {
-                ChannelError::Other(format!(
-                    "cannot read NATS credentials file {}: {e}",
-                    path.display()
-                ))
-            })?,
+            NatsAuth::CredentialsFile(path) => {
+                co.credentials_file(path)
+                    .await
+                    .map_err(|e| ChannelError::Invalid {
+                        reason: format!(
+                            "cannot read NATS credentials file {}: {e}",
+                            path.display()
+                        ),
+                    })?
+            }
         };
         if let Some(ca) = &opts.tls.ca_file {
             co = co.add_root_certificates(ca.clone());
@@ -462,8 +466,10 @@ impl NatsBroker {
     }
 
     fn check_partition(&self, p: u32) -> Result<&str, ChannelError> {
-        self.subject(p)
-            .ok_or_else(|| ChannelError::Other(format!("broker {} has no partition {p}", self.id)))
+        self.subject(p).ok_or_else(|| ChannelError::NoPartition {
+            broker: self.id.clone(),
+            partition: p,
+        })
     }
 
     async fn stream_state(&self) -> Result<stream::State, ChannelError> {
@@ -515,8 +521,11 @@ impl NatsBroker {
         // Encode everything first: a batch with one oversized event stores nothing.
         let mut messages = Vec::with_capacity(events.len());
         for e in events {
-            let (mut headers, payload) = binding::encode(e)
-                .map_err(|err| ChannelError::Other(format!("event {}: {err}", e.id())))?;
+            let (mut headers, payload) =
+                binding::encode(e).map_err(|err| ChannelError::Encode {
+                    id: e.id().to_owned(),
+                    reason: err.to_string(),
+                })?;
             if dedup {
                 headers.insert(binding::MSG_ID_HEADER, binding::msg_id(e).as_str());
             }
