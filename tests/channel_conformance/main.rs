@@ -217,17 +217,9 @@ async fn drain(r: &mut dyn broker::channel::LogReader) -> Vec<broker::channel::R
 /// (stream sequences - 1) shared by all partitions, so a partition's offsets increase
 /// with gaps and `end_offset` is the stream's next sequence.
 async fn sparse_start_positions_and_end_offsets(b: &mut dyn Backend) {
-    let log = b
-        .fresh()
-        .open(&broker(), broker::channel::LogKind::Events)
-        .await
-        .unwrap();
+    let (log, events) = forty_keyed_events(b).await;
     let n = log.partitions();
     assert!(n > 1, "run with several partitions");
-    let events: Vec<Event> = (0..40)
-        .map(|i| event(&format!("s{i}"), Some(&format!("key{i}"))))
-        .collect();
-    log.append(&events).await.unwrap();
     let mut all = Vec::new();
     for p in 0..n {
         let end = log.end_offset(p).await.unwrap();
@@ -286,18 +278,24 @@ async fn sparse_start_positions_and_end_offsets(b: &mut dyn Backend) {
     assert_eq!(got[0].event.as_ref().unwrap(), &e);
 }
 
-async fn dense_start_positions_and_end_offsets(b: &mut dyn Backend) {
+/// A fresh log holding 40 events with 40 partition keys.
+async fn forty_keyed_events(b: &mut dyn Backend) -> (Arc<dyn BrokerLog>, Vec<Event>) {
     let log = b
         .fresh()
         .open(&broker(), broker::channel::LogKind::Events)
         .await
         .unwrap();
-    let n = log.partitions();
-    assert!(n >= 1);
     let events: Vec<Event> = (0..40)
         .map(|i| event(&format!("s{i}"), Some(&format!("key{i}"))))
         .collect();
     log.append(&events).await.unwrap();
+    (log, events)
+}
+
+async fn dense_start_positions_and_end_offsets(b: &mut dyn Backend) {
+    let (log, _) = forty_keyed_events(b).await;
+    let n = log.partitions();
+    assert!(n >= 1);
     let mut total = 0;
     for p in 0..n {
         let end = log.end_offset(p).await.unwrap();
