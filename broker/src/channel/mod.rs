@@ -19,6 +19,8 @@
 //! refused naming the cargo feature, and without the features none of the NATS or
 //! Kafka code (nor rdkafka, librdkafka or async-nats) is compiled.
 
+#[cfg(any(feature = "nats", feature = "kafka"))]
+pub(crate) mod checkpoint;
 pub mod embedded;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -185,30 +187,6 @@ impl CheckpointUpdate {
     pub fn unleased(partition: u32, offset: Offset) -> CheckpointUpdate {
         CheckpointUpdate::new(partition, offset, NO_EPOCH)
     }
-}
-
-/// How a shared backend stores one checkpoint as text: the offset in decimal, then
-/// ` epoch=<n>` for a write under a lease (`nats kv get` and `kafka-console-consumer`
-/// show it as is). A value written before epochs existed is a bare offset.
-#[cfg(any(feature = "nats", feature = "kafka"))]
-pub(crate) fn encode_checkpoint(offset: Offset, epoch: Epoch) -> String {
-    if epoch == NO_EPOCH {
-        offset.to_string()
-    } else {
-        format!("{offset} epoch={epoch}")
-    }
-}
-
-/// The offset and epoch of a value written by [`encode_checkpoint`].
-#[cfg(any(feature = "nats", feature = "kafka"))]
-pub(crate) fn decode_checkpoint(text: &str) -> Option<(Offset, Epoch)> {
-    let mut parts = text.split_ascii_whitespace();
-    let offset = parts.next()?.parse().ok()?;
-    let epoch = match parts.next() {
-        None => NO_EPOCH,
-        Some(e) => e.strip_prefix("epoch=")?.parse().ok()?,
-    };
-    parts.next().is_none().then_some((offset, epoch))
 }
 
 /// Where a new reader starts.
@@ -733,19 +711,6 @@ mod tests {
     }
 
     #[test]
-    #[cfg(any(feature = "nats", feature = "kafka"))]
-    fn checkpoint_values_carry_their_epoch() {
-        assert_eq!(encode_checkpoint(42, NO_EPOCH), "42");
-        assert_eq!(encode_checkpoint(42, 7), "42 epoch=7");
-        assert_eq!(decode_checkpoint("42"), Some((42, NO_EPOCH)));
-        assert_eq!(decode_checkpoint(" 42 \n"), Some((42, NO_EPOCH)));
-        assert_eq!(decode_checkpoint("42 epoch=7"), Some((42, 7)));
-        for bad in ["", "x", "42 7", "42 epoch=", "42 epoch=7 8", "-1"] {
-            assert_eq!(decode_checkpoint(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
     fn partition_by_key_is_stable() {
         let mut e = Event::new();
         e.set_str("partitionkey", "customer-7");
@@ -759,6 +724,7 @@ mod tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod scheme_tests {
     use super::{ChannelError, Scheme};
 

@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -46,9 +47,9 @@ use rdkafka::{Offset as KOffset, TopicPartitionList};
 use tokio::sync::Notify;
 
 use super::{blocking, consumer_config, lock, KafkaOptions};
-use crate::channel::{
-    decode_checkpoint, encode_checkpoint, ChannelError, CheckpointUpdate, Epoch, Offset, NO_EPOCH,
-};
+use crate::channel::checkpoint::{decode_checkpoint, encode_checkpoint, fence, CheckpointStore};
+use crate::channel::{ChannelError, CheckpointUpdate, Epoch, Offset, NO_EPOCH};
+use crate::config::BrokerId;
 
 /// What the tail has read: the latest checkpoint of every key, and the latest lease
 /// claim of every log partition.
@@ -242,16 +243,12 @@ impl CheckpointTopic {
         {
             let known = lock(&self.view.known);
             for u in updates {
-                let current = known.floor(&key(prefix, trigger, u.partition));
-                if u.epoch < current {
-                    return Err(ChannelError::Fenced {
-                        broker: broker.clone(),
-                        trigger: trigger.to_owned(),
-                        partition: u.partition,
-                        epoch: u.epoch,
-                        current,
-                    });
-                }
+                fence(
+                    broker,
+                    trigger,
+                    u,
+                    known.floor(&key(prefix, trigger, u.partition)),
+                )?;
             }
         }
         self.produce(prefix, trigger, updates, false).await
@@ -331,6 +328,34 @@ impl CheckpointTopic {
 
 /// Prefix of an init record's value.
 const INIT: &str = "init:";
+
+/// One log's checkpoints in the shared checkpoint topic (keys under `prefix`).
+pub(super) struct LogCheckpoints {
+    pub topic: Arc<CheckpointTopic>,
+    pub broker: BrokerId,
+    pub prefix: String,
+}
+
+#[async_trait]
+impl CheckpointStore for LogCheckpoints {
+    async fn load(
+        &self,
+        trigger: &str,
+        partitions: u32,
+    ) -> Result<Vec<Option<Offset>>, ChannelError> {
+        self.topic.load(&self.prefix, trigger, partitions).await
+    }
+
+    async fn store(&self, trigger: &str, updates: &[CheckpointUpdate]) -> Result<(), ChannelError> {
+        self.topic
+            .store(&self.broker, &self.prefix, trigger, updates)
+            .await
+    }
+
+    async fn init(&self, trigger: &str, initial: &[(u32, Offset)]) -> Result<(), ChannelError> {
+        self.topic.init(&self.prefix, trigger, initial).await
+    }
+}
 
 fn key(prefix: &str, trigger: &str, partition: u32) -> String {
     format!("{prefix}{trigger}/{partition}")

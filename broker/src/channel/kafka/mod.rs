@@ -69,6 +69,7 @@ pub use topics::{topic_name, DEAD_LETTERS_SUFFIX};
 use clients::{blocking, client_config, consumer_config, lock, max_message_bytes, Apply, Role};
 use topics::collision_key;
 
+use crate::channel::checkpoint::CheckpointStore;
 use crate::channel::lease::{HandOver, PartitionLeases};
 use crate::channel::{
     BrokerLog, ChannelError, CheckpointUpdate, EventLog, LogKind, LogReader, Offset, StartAt,
@@ -203,8 +204,12 @@ impl KafkaLog {
             opts: self.opts.clone(),
             next_partition: AtomicU32::new(0),
             max_message_bytes: max_message_bytes(&self.opts),
-            checkpoint_prefix: format!("{topic}/"),
-            checkpoints,
+            checkpoints: checkpoint::LogCheckpoints {
+                topic: checkpoints,
+                broker: broker.clone(),
+                // Its topic, which no other log shares.
+                prefix: format!("{topic}/"),
+            },
         });
         Ok(lock(&self.brokers).entry(key).or_insert(b).clone())
     }
@@ -240,9 +245,7 @@ pub struct KafkaBroker {
     opts: KafkaOptions,
     next_partition: AtomicU32,
     max_message_bytes: usize,
-    checkpoints: Arc<checkpoint::CheckpointTopic>,
-    /// Key prefix of this log's checkpoints: its topic, which no other log shares.
-    checkpoint_prefix: String,
+    checkpoints: checkpoint::LogCheckpoints,
 }
 
 impl KafkaBroker {
@@ -421,9 +424,7 @@ impl BrokerLog for KafkaBroker {
     }
 
     async fn load_checkpoint(&self, trigger: &str) -> Result<Vec<Option<Offset>>, ChannelError> {
-        self.checkpoints
-            .load(&self.checkpoint_prefix, trigger, self.partitions)
-            .await
+        self.checkpoints.load(trigger, self.partitions).await
     }
 
     async fn store_checkpoint(
@@ -435,9 +436,7 @@ impl BrokerLog for KafkaBroker {
         for u in updates {
             self.check_partition(u.partition)?;
         }
-        self.checkpoints
-            .store(&self.id, &self.checkpoint_prefix, trigger, updates)
-            .await
+        self.checkpoints.store(trigger, updates).await
     }
 
     async fn init_checkpoint(
@@ -448,9 +447,7 @@ impl BrokerLog for KafkaBroker {
         for &(p, _) in initial {
             self.check_partition(p)?;
         }
-        self.checkpoints
-            .init(&self.checkpoint_prefix, trigger, initial)
-            .await
+        self.checkpoints.init(trigger, initial).await
     }
 
     fn leases(&self, owner: &str, hand_over: HandOver) -> Arc<dyn PartitionLeases> {
@@ -461,8 +458,8 @@ impl BrokerLog for KafkaBroker {
             self.partitions,
             owner,
             hand_over,
-            self.checkpoints.clone(),
-            self.checkpoint_prefix.clone(),
+            self.checkpoints.topic.clone(),
+            self.checkpoints.prefix.clone(),
         ))
     }
 }

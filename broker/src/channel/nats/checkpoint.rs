@@ -28,14 +28,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
+use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 
 use super::token;
-use crate::channel::{
-    decode_checkpoint, encode_checkpoint, ChannelError, CheckpointUpdate, Epoch, LogKind, Offset,
-    NO_EPOCH,
-};
+use crate::channel::checkpoint::{decode_checkpoint, encode_checkpoint, fence, CheckpointStore};
+use crate::channel::{ChannelError, CheckpointUpdate, Epoch, LogKind, Offset, NO_EPOCH};
 use crate::config::BrokerId;
 
 /// Opens (creating if needed) the checkpoint bucket.
@@ -164,16 +163,6 @@ impl Checkpoints {
         }
     }
 
-    /// Every partition's checkpoint, read concurrently.
-    pub(super) async fn load(
-        &self,
-        trigger: &str,
-        partitions: u32,
-    ) -> Result<Vec<Option<Offset>>, ChannelError> {
-        let reads = (0..partitions).map(|p| self.load_one(trigger, p));
-        try_join_all(reads).await
-    }
-
     async fn load_one(
         &self,
         trigger: &str,
@@ -212,18 +201,6 @@ impl Checkpoints {
         }
     }
 
-    /// Stores the given partitions' checkpoints, concurrently, each fenced by its
-    /// epoch (see the module docs).
-    pub(super) async fn store(
-        &self,
-        trigger: &str,
-        updates: &[CheckpointUpdate],
-    ) -> Result<(), ChannelError> {
-        try_join_all(updates.iter().map(|u| self.store_one(trigger, u)))
-            .await
-            .map(drop)
-    }
-
     fn known_revision(&self, key: &str) -> Option<u64> {
         self.revisions
             .lock()
@@ -247,16 +224,10 @@ impl Checkpoints {
             let revision = match known.take() {
                 Some(r) => r,
                 None => match self.read(trigger, &key).await? {
-                    Some((_, _, current)) if current > u.epoch => {
-                        return Err(ChannelError::Fenced {
-                            broker: self.broker.clone(),
-                            trigger: trigger.to_owned(),
-                            partition: u.partition,
-                            epoch: u.epoch,
-                            current,
-                        });
+                    Some((r, _, current)) => {
+                        fence(&self.broker, trigger, u, current)?;
+                        r
                     }
-                    Some((r, _, _)) => r,
                     None => {
                         let created = tokio::time::timeout(
                             self.timeout,
@@ -299,13 +270,30 @@ impl Checkpoints {
             ),
         ))
     }
+}
 
-    /// Creates the given partitions' checkpoints where none exists.
-    pub(super) async fn init(
+#[async_trait]
+impl CheckpointStore for Checkpoints {
+    /// Every partition's checkpoint, read concurrently.
+    async fn load(
         &self,
         trigger: &str,
-        initial: &[(u32, Offset)],
-    ) -> Result<(), ChannelError> {
+        partitions: u32,
+    ) -> Result<Vec<Option<Offset>>, ChannelError> {
+        let reads = (0..partitions).map(|p| self.load_one(trigger, p));
+        try_join_all(reads).await
+    }
+
+    /// Stores the given partitions' checkpoints, concurrently, each fenced by its
+    /// epoch (see the module docs).
+    async fn store(&self, trigger: &str, updates: &[CheckpointUpdate]) -> Result<(), ChannelError> {
+        try_join_all(updates.iter().map(|u| self.store_one(trigger, u)))
+            .await
+            .map(drop)
+    }
+
+    /// Creates the given partitions' checkpoints where none exists.
+    async fn init(&self, trigger: &str, initial: &[(u32, Offset)]) -> Result<(), ChannelError> {
         let creates = initial.iter().map(|&(p, offset)| async move {
             let key = self.key(trigger, p)?;
             let created = tokio::time::timeout(

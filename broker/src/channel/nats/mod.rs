@@ -70,6 +70,7 @@ pub use binding::{decode, encode, msg_id, BindingError};
 pub use config::{ConfigError, NatsAuth, NatsOptions, NatsTls, StreamLimits};
 pub use reader::NatsReader;
 
+use crate::channel::checkpoint::CheckpointStore;
 use crate::channel::lease::{HandOver, PartitionLeases};
 use crate::channel::{
     partition_for, BrokerLog, ChannelError, CheckpointUpdate, EventLog, LogKind, LogReader, Offset,
