@@ -13,14 +13,17 @@
 //!   to the sink or to the broker's own dead-letter log.
 //! - [`deliver`]: the HTTP POST with the trigger's retry policy.
 //! - [`connector`]: the HTTP(S) connector of the delivery client.
+//! - [`dead_letter`]: the broker's own dead-letter log: its entries, storing them,
+//!   paged listing, and redrive as a background job in batches (the admin API's).
 //! - [`malformed`]: stored records that are not CloudEvents go to the dead-letter log
 //!   once per partition, never to a trigger.
 //! - [`trigger`]: a trigger as it runs and where its replies and dead letters go, the
 //!   state `lane` and `settle` share (a leaf, so that neither imports the other).
 //!
-//! Only [`deliver`] and [`settle`] are public (the admin API's redrive uses them);
-//! the rest is the crate's own. Imports go one way: `lib` → `coordinator` → `lane` →
-//! `fanout` → `malformed` → `settle` → `deliver`/`trigger`, with `checkpoints` a leaf.
+//! Only [`dead_letter`], [`deliver`] and [`settle`] are public (the admin API and
+//! tests use them); the rest is the crate's own. Imports go one way: `lib` →
+//! `coordinator` → `lane` → `fanout` → `malformed` → `settle` → `dead_letter` →
+//! `deliver`/`trigger`, with `checkpoints` a leaf.
 //!
 //! [`start`] wires it all for a config and returns a [`Dispatcher`] whose
 //! [`Dispatcher::wait`] returns after shutdown once lanes drained and the final
