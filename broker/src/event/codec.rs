@@ -128,9 +128,9 @@ pub fn decode(record: &Bytes) -> Result<Event, CodecError> {
     }
     let kind = DataKind::from_u8(c.u8()?).ok_or(CodecError("unknown data kind"))?;
     let count = c.u16()?;
-    // Past a few dozen attributes a scan per name would make decoding quadratic (a
-    // record of 30,000 took seconds): collect, then collapse repeats in one pass.
-    let wide = count > 32;
+    // `set_named` looks names up through the event's index once it is wide, so a
+    // record of 30,000 attributes decodes in linear time (a scan per name took
+    // seconds); a repeated name keeps its first place and its last value.
     let mut event = Event::new();
     for _ in 0..count {
         let nlen = c.u8()? as usize;
@@ -153,14 +153,7 @@ pub fn decode(record: &Bytes) -> Result<Event, CodecError> {
             (2, 1) => AttrValue::Boolean(v[0] != 0),
             _ => return Err(CodecError("bad attribute tag")),
         };
-        if wide {
-            event.push_named(name, value);
-        } else {
-            event.set_named(name, value);
-        }
-    }
-    if wide {
-        event.dedup_names();
+        event.set_named(name, value);
     }
     let has = c.u8()?;
     let dlen = c.u32()? as usize;

@@ -24,6 +24,10 @@ pub enum DecodeError {
     /// The message is not a valid CloudEvent.
     #[error(transparent)]
     Invalid(#[from] EventError),
+    /// An event has more attributes than the limit given to [`decode_bounded`]
+    /// (decoding stopped at the one past it).
+    #[error("an event has more than {0} attributes")]
+    TooManyAttributes(usize),
 }
 
 /// The content mode of a request, decided by its `Content-Type`.
@@ -72,10 +76,39 @@ pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Vec<Event>, DecodeErro
 
 /// Like [`decode`], with the mode already decided by [`mode`].
 pub fn decode_as(mode: Mode, headers: &HeaderMap, body: Bytes) -> Result<Vec<Event>, DecodeError> {
+    decode_bounded(mode, headers, body, usize::MAX)
+}
+
+/// Like [`decode_as`], refusing an event with more than `max_attributes` attributes
+/// as soon as the decoder meets the one past the limit, so that the cost of a
+/// hostile body is that of an event at the limit (the ingress's
+/// `--max-attributes`).
+pub fn decode_bounded(
+    mode: Mode,
+    headers: &HeaderMap,
+    body: Bytes,
+    max_attributes: usize,
+) -> Result<Vec<Event>, DecodeError> {
+    let bounded = |e: json::Bounded| match e {
+        json::Bounded::Invalid(e) => DecodeError::Invalid(e),
+        json::Bounded::TooManyAttributes(n) => DecodeError::TooManyAttributes(n),
+    };
     match mode {
-        Mode::Structured => Ok(vec![json::parse_event(&body)?]),
-        Mode::Batched => Ok(json::parse_batch(&body)?),
-        Mode::Binary => Ok(vec![decode_binary(headers, body)?]),
+        Mode::Structured => Ok(vec![
+            json::parse_event_bounded(&body, max_attributes).map_err(bounded)?
+        ]),
+        Mode::Batched => json::parse_batch_bounded(&body, max_attributes).map_err(bounded),
+        Mode::Binary => {
+            let ce = headers
+                .keys()
+                .filter(|n| n.as_str().starts_with("ce-"))
+                .count();
+            // `Content-Type` is `datacontenttype`.
+            if ce + usize::from(headers.contains_key(CONTENT_TYPE)) > max_attributes {
+                return Err(DecodeError::TooManyAttributes(max_attributes));
+            }
+            Ok(vec![decode_binary(headers, body)?])
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The CloudEvents JSON event format (formats_json-format.md), single events and batches.
 
-use std::collections::BTreeMap;
+use std::fmt;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -13,47 +13,160 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 /// Parses one event in structured JSON form. The result is not yet validated
 /// against the CloudEvents rules: call [`super::validate`].
 pub fn parse_event(body: &[u8]) -> Result<Event, EventError> {
-    let members: BTreeMap<String, &RawValue> = serde_json::from_slice(body)
-        .map_err(|e| EventError::new("body", format!("not a JSON object: {e}")))?;
-    from_members(members)
+    parse_event_bounded(body, usize::MAX).map_err(Bounded::into_event_error)
 }
 
 /// Parses a batch (`application/cloudevents-batch+json`): a JSON array of events.
 pub fn parse_batch(body: &[u8]) -> Result<Vec<Event>, EventError> {
-    let items: Vec<&RawValue> = serde_json::from_slice(body)
-        .map_err(|e| EventError::new("body", format!("not a JSON array of events: {e}")))?;
+    parse_batch_bounded(body, usize::MAX).map_err(Bounded::into_event_error)
+}
+
+/// Why a bounded parse failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bounded {
+    /// Not a valid event.
+    Invalid(EventError),
+    /// An event has more than this many attributes: parsing stopped there, so a
+    /// body of 100,000 names costs no more than one at the limit.
+    TooManyAttributes(usize),
+}
+
+impl Bounded {
+    fn into_event_error(self) -> EventError {
+        match self {
+            Bounded::Invalid(e) => e,
+            Bounded::TooManyAttributes(n) => {
+                EventError::new("body", format!("more than {n} attributes"))
+            }
+        }
+    }
+}
+
+/// Like [`parse_event`], refusing an event with more than `max_attributes`
+/// attributes as soon as the parser reaches the one past the limit.
+pub fn parse_event_bounded(body: &[u8], max_attributes: usize) -> Result<Event, Bounded> {
+    let over = std::cell::Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = serde::de::DeserializeSeed::deserialize(
+        MembersSeed {
+            max: max_attributes,
+            over: &over,
+        },
+        &mut de,
+    )
+    .and_then(|m| de.end().map(|()| m));
+    match parsed {
+        Ok(Members(members)) => from_members(members).map_err(Bounded::Invalid),
+        Err(_) if over.get() => Err(Bounded::TooManyAttributes(max_attributes)),
+        Err(e) => Err(Bounded::Invalid(EventError::new(
+            "body",
+            format!("not a JSON object: {e}"),
+        ))),
+    }
+}
+
+/// Like [`parse_batch`], with each event bounded as in [`parse_event_bounded`].
+pub fn parse_batch_bounded(body: &[u8], max_attributes: usize) -> Result<Vec<Event>, Bounded> {
+    let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+        Bounded::Invalid(EventError::new(
+            "body",
+            format!("not a JSON array of events: {e}"),
+        ))
+    })?;
     items
         .into_iter()
         .enumerate()
         .map(|(i, raw)| {
-            let members: BTreeMap<String, &RawValue> =
-                serde_json::from_str(raw.get()).map_err(|e| {
-                    EventError::new(format!("[{i}]"), format!("not a JSON object: {e}"))
-                })?;
-            from_members(members).map_err(|e| EventError {
-                attribute: format!("[{i}].{}", e.attribute),
-                reason: e.reason,
+            parse_event_bounded(raw.get().as_bytes(), max_attributes).map_err(|e| match e {
+                Bounded::Invalid(e) if e.attribute == "body" => {
+                    Bounded::Invalid(EventError::new(format!("[{i}]"), e.reason))
+                }
+                Bounded::Invalid(e) => Bounded::Invalid(EventError {
+                    attribute: format!("[{i}].{}", e.attribute),
+                    reason: e.reason,
+                }),
+                other => other,
             })
         })
         .collect()
 }
 
-fn from_members(members: BTreeMap<String, &RawValue>) -> Result<Event, EventError> {
+/// An object's members in document order, values unparsed. Unlike a map it keeps
+/// the order the producer wrote (stored events read as sent) and costs no
+/// comparisons between names: decoding stays linear in the body whatever the
+/// names are. Repeated names are found by [`from_members`].
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+/// Reads [`Members`], failing once more than `max` of them are attributes (not
+/// `data` or `data_base64`), and saying so in `over`.
+struct MembersSeed<'c> {
+    max: usize,
+    over: &'c std::cell::Cell<bool>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for MembersSeed<'_> {
+    type Value = Members<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Members<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for MembersSeed<'_> {
+    type Value = Members<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Members<'de>, M::Error> {
+        let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
+        let mut attributes = 0usize;
+        while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+            if entry.0 != "data" && entry.0 != "data_base64" {
+                attributes += 1;
+                if attributes > self.max {
+                    self.over.set(true);
+                    return Err(serde::de::Error::custom("too many attributes"));
+                }
+            }
+            members.push(entry);
+        }
+        Ok(Members(members))
+    }
+}
+
+/// The required attributes, which go first so stored events read naturally.
+const REQUIRED: [&str; 4] = ["specversion", "id", "source", "type"];
+
+fn repeated(name: &str) -> EventError {
+    EventError::new(name, "member given more than once")
+}
+
+fn from_members(members: Vec<(String, &RawValue)>) -> Result<Event, EventError> {
     let mut event = Event::new();
     let mut data: Option<&RawValue> = None;
     let mut data_b64: Option<&RawValue> = None;
-    // Required attributes first, so stored events read naturally.
-    let order = ["specversion", "id", "source", "type"];
+    let mut required: [Option<(String, &RawValue)>; 4] = Default::default();
     let mut rest = Vec::with_capacity(members.len());
     for (name, raw) in members {
-        match name.as_str() {
-            "data" => data = Some(raw),
-            "data_base64" => data_b64 = Some(raw),
-            _ => rest.push((name, raw)),
+        let slot = match name.as_str() {
+            "data" => &mut data,
+            "data_base64" => &mut data_b64,
+            n => {
+                match REQUIRED.iter().position(|r| *r == n) {
+                    Some(i) if required[i].is_some() => return Err(repeated(n)),
+                    Some(i) => required[i] = Some((name, raw)),
+                    None => rest.push((name, raw)),
+                }
+                continue;
+            }
+        };
+        if slot.replace(raw).is_some() {
+            return Err(repeated(&name));
         }
     }
-    rest.sort_by_key(|(n, _)| order.iter().position(|o| o == n).unwrap_or(order.len()));
-    for (name, raw) in rest {
+    for (name, raw) in required.into_iter().flatten().chain(rest) {
         let value: serde_json::Value = serde_json::from_str(raw.get())
             .map_err(|e| EventError::new(&name, format!("invalid JSON value: {e}")))?;
         let value = match value {
@@ -76,8 +189,10 @@ fn from_members(members: BTreeMap<String, &RawValue>) -> Result<Event, EventErro
                 ))
             }
         };
-        // The names are the distinct keys of `members`.
-        event.push_distinct(name, value);
+        // The index of a wide event finds a repeated name in O(1).
+        if event.add_new(name.as_str().into(), value).is_err() {
+            return Err(repeated(&name));
+        }
     }
     match (data, data_b64) {
         (Some(_), Some(_)) => {
@@ -198,6 +313,51 @@ mod tests {
         assert_eq!(e.effective_content_type(), Some("application/json"));
         let names: Vec<_> = e.attributes().map(|(n, _)| n).take(4).collect();
         assert_eq!(names, ["specversion", "id", "source", "type"]);
+    }
+
+    /// Members keep the producer's order (required attributes first), and a name
+    /// given twice is an error naming it rather than one value silently winning (a
+    /// filter and a subscriber must never see different values of one attribute).
+    #[test]
+    fn member_order_and_repeated_members() {
+        let body =
+            br#"{"zeta":"1","type":"t","alpha":"2","id":"1","source":"/s","specversion":"1.0"}"#;
+        let e = parse_event(body).expect("valid");
+        let names: Vec<_> = e.attributes().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            ["specversion", "id", "source", "type", "zeta", "alpha"]
+        );
+        for (body, name) in [
+            (
+                &br#"{"specversion":"1.0","id":"1","id":"2","source":"/s","type":"t"}"#[..],
+                "id",
+            ),
+            (
+                br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","x":"a","x":"b"}"#,
+                "x",
+            ),
+            (
+                br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data":2}"#,
+                "data",
+            ),
+        ] {
+            let err = parse_event(body).expect_err("a repeated member");
+            assert_eq!(err.attribute, name);
+            assert!(err.reason.contains("more than once"), "{}", err.reason);
+        }
+        // Wide: the repeat is found through the event's index, not a scan.
+        let mut wide = String::from(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t""#);
+        for i in 0..1000 {
+            wide.push_str(&format!(r#","e{i}":"v""#));
+        }
+        wide.push_str(r#","e500":"again"}"#);
+        assert_eq!(
+            parse_event(wide.as_bytes())
+                .expect_err("repeated")
+                .attribute,
+            "e500"
+        );
     }
 
     #[test]

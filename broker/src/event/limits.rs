@@ -66,6 +66,13 @@ pub enum LimitError {
         /// The limit.
         limit: usize,
     },
+    /// Decoding stopped at the attribute past the limit (a body of very many
+    /// attributes is refused for the cost of one at the limit).
+    #[error("an event has more than {limit} attributes (--max-attributes)")]
+    AttributesWhileDecoding {
+        /// The limit.
+        limit: usize,
+    },
     /// An attribute name is too long.
     #[error(
         "event {id:?}: attribute name '{name}…' is {len} bytes long; the limit is {limit} (--max-attribute-name-bytes)"
@@ -98,7 +105,9 @@ impl LimitError {
     /// The ingress metric reason of this rejection.
     pub fn reason(&self) -> RejectReason {
         match self {
-            LimitError::Attributes { .. } => RejectReason::too_many_attributes,
+            LimitError::Attributes { .. } | LimitError::AttributesWhileDecoding { .. } => {
+                RejectReason::too_many_attributes
+            }
             LimitError::NameLength { .. } => RejectReason::attribute_name_too_long,
             LimitError::AttributeBytes { .. } => RejectReason::attributes_too_large,
         }

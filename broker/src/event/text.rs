@@ -16,8 +16,16 @@ use bytestring::ByteString;
 
 /// An immutable UTF-8 string whose storage may be shared with other values (a slice
 /// of a stored record, a static string, or an owned buffer).
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Str(ByteString);
+
+/// Hashes as the `str` it holds, as [`Borrow<str>`] requires of map keys (an
+/// event's name index is looked up by `&str`).
+impl std::hash::Hash for Str {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
 
 impl Str {
     /// A string that borrows static memory (no allocation).
