@@ -11,9 +11,12 @@
 //! process does it too, so that no event it accepts can precede a new trigger's start
 //! whatever order the processes start in), start the dispatcher, then bind the
 //! ingress, or for a dispatcher-only process a listener with `/healthz`, `/readyz` and
-//! `/metrics`. Stop (when the cancellation token fires): the ingress stops accepting
-//! and finishes requests in flight, lanes stop taking events and finish deliveries in
-//! flight within the drain timeout, final checkpoints are written, leases released.
+//! `/metrics`. Stop (when the cancellation token fires), in order and bounded:
+//! `/readyz` answers 503 at once; after `--shutdown-delay` (load balancers have
+//! noticed) the listeners stop accepting and requests in flight finish within
+//! `--shutdown-timeout` (then their connections are dropped: a producer without a
+//! 202 retries); then lanes stop taking events and finish deliveries in flight
+//! within the drain timeout; final checkpoints are written, leases released.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -119,6 +122,7 @@ async fn connect(storage: &Storage, role: Role) -> anyhow::Result<Arc<dyn EventL
 
 /// Starts a server; it runs until `shutdown` fires.
 pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let shutdown_token = shutdown.clone();
     let log = connect(&opts.storage, opts.role).await?;
     let mut logs: HashMap<_, BrokerLogs> = HashMap::new();
     for b in &opts.config.brokers {
@@ -139,6 +143,13 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
         );
     }
     let metrics = Metrics::shared();
+    opts.ingress
+        .budget
+        .report(metrics.memory_used.clone(), metrics.memory_budget.clone());
+    // Shutdown runs in order (see the module docs): these stop the listeners and
+    // the dispatcher when their turn comes.
+    let stop_listeners = CancellationToken::new();
+    let stop_dispatch = CancellationToken::new();
     let dispatcher = if opts.role.dispatcher() {
         Some(
             dispatcher::start(
@@ -146,7 +157,7 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
                 &logs,
                 &metrics,
                 &opts.dispatcher,
-                shutdown.clone(),
+                stop_dispatch.clone(),
             )
             .await?,
         )
@@ -177,7 +188,8 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
     let addr = listener.local_addr()?;
-    let admin_addr = match opts.admin_listen {
+    let limits = opts.ingress.server.clone();
+    let admin = match opts.admin_listen {
         Some(a) => {
             let l = tokio::net::TcpListener::bind(a)
                 .await
@@ -188,26 +200,52 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
                 logs.clone(),
                 metrics.clone(),
                 &opts.dispatcher.owner,
-                shutdown.clone(),
+                stop_dispatch.clone(),
             ));
-            let token = shutdown.clone();
-            tokio::spawn(async move {
-                if let Err(e) = ingress::serve(l, admin::router(admin), token).await {
+            let token = stop_listeners.clone();
+            let limits = limits.clone();
+            let task = tokio::spawn(async move {
+                if let Err(e) = ingress::serve(l, admin::router(admin), limits, None, token).await {
                     tracing::error!(error = %e, "admin server failed");
                 }
             });
-            Some(admin_addr)
+            Some((admin_addr, task))
         }
         None => None,
     };
+    let admin_addr = admin.as_ref().map(|(a, _)| *a);
     tracing::info!(%addr, role = ?opts.role, storage = %log.describe(), brokers = opts.config.brokers.len(), "triggerfish is serving");
-    let token = shutdown.clone();
+    let served = tokio::spawn(ingress::serve(
+        listener,
+        router,
+        limits,
+        Some(metrics.clone()),
+        stop_listeners.clone(),
+    ));
+    let delay = opts.ingress.shutdown_delay;
     let task = tokio::spawn(async move {
-        let served = ingress::serve(listener, router, token).await;
+        shutdown.cancelled().await;
+        // 1. Not ready, while still serving: load balancers take us out first.
         if let Some(state) = &ingress_state {
             state.set_ready(false);
         }
         ready.store(false, Ordering::Relaxed);
+        if !delay.is_zero() {
+            tracing::info!(
+                ?delay,
+                "shutdown: /readyz answers 503; still accepting for --shutdown-delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        // 2. Stop accepting; requests in flight finish within --shutdown-timeout.
+        stop_listeners.cancel();
+        let served = served.await.context("ingress task failed")?;
+        if let Some((_, task)) = admin {
+            let _ = task.await;
+        }
+        // 3. Lanes stop taking events and finish deliveries within the drain
+        //    timeout; 4. final checkpoints, leases released.
+        stop_dispatch.cancel();
         if let Some(dispatcher) = dispatcher {
             tracing::info!("draining deliveries");
             dispatcher.wait().await;
@@ -221,7 +259,7 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
         addr,
         admin_addr,
         metrics,
-        shutdown,
+        shutdown: shutdown_token,
         task,
     })
 }

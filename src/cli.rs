@@ -322,6 +322,60 @@ pub struct ServeArgs {
     /// How long shutdown waits for deliveries in flight (seconds).
     #[arg(long, env = "TRIGGERFISH_DRAIN_SECONDS", default_value_t = 30)]
     pub drain_seconds: u64,
+    /// Bytes of events the process may hold in memory: requests being read and
+    /// stored, events queued or in flight to subscribers, replies being read. At the
+    /// limit the ingress answers 503 with Retry-After and lanes wait; each trigger
+    /// gets a fair share. Size it to the container's memory minus about 64 MiB.
+    #[arg(long, env = "TRIGGERFISH_MEMORY_BUDGET", default_value_t = broker::budget::DEFAULT_MEMORY_BUDGET, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range((4 << 20)..))]
+    pub memory_budget: usize,
+    /// Most connections open on the ingress (and on the admin) listener; past it a
+    /// connection is answered 503 and closed.
+    #[arg(long, env = "TRIGGERFISH_MAX_CONNECTIONS", default_value_t = ingress::server::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+    /// Longest time from the first byte of a request head to its end (ISO 8601).
+    #[arg(long, env = "TRIGGERFISH_HEADER_READ_TIMEOUT", default_value = "PT10S")]
+    pub header_read_timeout: String,
+    /// How long a keep-alive connection may sit with no request (ISO 8601).
+    #[arg(long, env = "TRIGGERFISH_IDLE_TIMEOUT", default_value = "PT60S")]
+    pub idle_timeout: String,
+    /// How long a request body may take on top of its size at --min-body-rate
+    /// (ISO 8601); slower: 408 and the connection is closed.
+    #[arg(long, env = "TRIGGERFISH_BODY_READ_TIMEOUT", default_value = "PT10S")]
+    pub body_read_timeout: String,
+    /// The slowest rate a request body may arrive at, in bytes per second.
+    #[arg(long, env = "TRIGGERFISH_MIN_BODY_RATE", default_value_t = ingress::DEFAULT_MIN_BODY_RATE, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..))]
+    pub min_body_rate: u64,
+    /// How much of a refused body (413, or 503 for the memory budget) is read and
+    /// discarded so that the client reads the answer rather than a reset.
+    #[arg(long, env = "TRIGGERFISH_MAX_DISCARD_BYTES", default_value_t = ingress::DEFAULT_MAX_DISCARD)]
+    pub max_discard_bytes: u64,
+    /// Most concurrent HTTP/2 streams per connection.
+    #[arg(long, env = "TRIGGERFISH_HTTP2_MAX_STREAMS", default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(1..))]
+    pub http2_max_streams: u32,
+    /// Most HTTP/2 streams a client may reset before they were accepted (rapid
+    /// reset) before its connection is closed.
+    #[arg(
+        long,
+        env = "TRIGGERFISH_HTTP2_MAX_PENDING_RESETS",
+        default_value_t = 20
+    )]
+    pub http2_max_pending_resets: usize,
+    /// Most HTTP/2 streams the server resets for a client's errors before its
+    /// connection is closed.
+    #[arg(
+        long,
+        env = "TRIGGERFISH_HTTP2_MAX_LOCAL_RESETS",
+        default_value_t = 256
+    )]
+    pub http2_max_local_resets: usize,
+    /// On shutdown, how long /readyz answers 503 while the ingress still accepts,
+    /// so that load balancers stop sending first (ISO 8601).
+    #[arg(long, env = "TRIGGERFISH_SHUTDOWN_DELAY", default_value = "PT2S")]
+    pub shutdown_delay: String,
+    /// On shutdown, how long requests in flight may take once the listener stopped
+    /// accepting (ISO 8601); then their connections are closed.
+    #[arg(long, env = "TRIGGERFISH_SHUTDOWN_TIMEOUT", default_value = "PT15S")]
+    pub shutdown_timeout: String,
     /// Log format.
     #[arg(
         long,

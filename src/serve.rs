@@ -91,6 +91,11 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
     let duration = |flag: &str, v: &str| {
         config::parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
     };
+    let positive = |flag: &str, v: &str| match duration(flag, v) {
+        Ok(d) if d.is_zero() => Err(anyhow::anyhow!("--{flag}: must be positive")),
+        other => other,
+    };
+    let budget = broker::budget::MemoryBudget::new(args.memory_budget);
     let retention_age = duration("retention-age", &args.retention_age)?;
     let append_timeout = duration("append-timeout", &args.append_timeout)?;
     if append_timeout.is_zero() {
@@ -124,6 +129,8 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
         // Replies are events from outside too: the ingress's limits hold for them.
         reply_limits: limits,
         max_reply_bytes: args.max_body_bytes,
+        // One account for the whole process.
+        budget: budget.clone(),
         ..Default::default()
     };
     if let Some(name) = &args.dispatcher_name {
@@ -142,6 +149,20 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
             max_body_bytes: args.max_body_bytes,
             append_timeout,
             limits,
+            body_read_timeout: positive("body-read-timeout", &args.body_read_timeout)?,
+            min_body_rate: args.min_body_rate,
+            max_discard_bytes: args.max_discard_bytes,
+            budget: budget.clone(),
+            server: ingress::ServerLimits {
+                max_connections: args.max_connections,
+                header_read_timeout: positive("header-read-timeout", &args.header_read_timeout)?,
+                idle_timeout: positive("idle-timeout", &args.idle_timeout)?,
+                http2_max_streams: args.http2_max_streams,
+                http2_max_pending_resets: args.http2_max_pending_resets,
+                http2_max_local_resets: args.http2_max_local_resets,
+                shutdown_timeout: positive("shutdown-timeout", &args.shutdown_timeout)?,
+            },
+            shutdown_delay: duration("shutdown-delay", &args.shutdown_delay)?,
         },
         dispatcher: dispatcher_opts,
     };
@@ -234,23 +255,34 @@ fn kafka_options(url: &str, args: &ServeArgs) -> anyhow::Result<KafkaOptions> {
     Ok(o)
 }
 
-/// First SIGTERM or SIGINT drains; a second one exits at once.
+/// First SIGTERM or SIGINT drains; a second one exits at once. SIGHUP, whose
+/// default action would end the process without draining, is logged and
+/// otherwise ignored until configuration reload exists.
 fn spawn_signal_handler(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(h)) => (t, h),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot install the signal handlers");
+            return;
+        }
+    };
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot install the SIGTERM handler");
-                    return;
-                }
-            };
-        for n in 0..2 {
+        let mut stops = 0;
+        loop {
             tokio::select! {
+                _ = hup.recv() => {
+                    tracing::warn!("SIGHUP received: configuration reload is not supported yet; ignored (the process keeps running)");
+                    continue;
+                }
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
-            if n == 0 {
+            stops += 1;
+            if stops == 1 {
                 tracing::info!("shutdown requested; draining (signal again to abort)");
                 shutdown.cancel();
             } else {

@@ -7,9 +7,11 @@
 //! - [`delivery`] decides retries and backoff as plain values.
 //! - [`channel`] is the storage boundary ([`channel::EventLog`]) and its backends.
 //! - [`telemetry`] names every metric and sets up logging.
+//! - [`budget`] is the one account of event bytes held in memory.
 //!
 //! The ingress and dispatcher crates depend on this one and never on each other.
 
+pub mod budget;
 pub mod channel;
 pub mod config;
 pub mod delivery;

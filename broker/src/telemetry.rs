@@ -37,6 +37,10 @@ pub enum RejectReason {
     /// The partition is at `--retention-bytes` and a trigger has not yet received
     /// its oldest events (503; see `ingress_retention_blocked`).
     retention_full,
+    /// The memory budget was used up (503, `--memory-budget`).
+    memory_budget,
+    /// The body did not arrive in time (408, `--body-read-timeout`).
+    body_timeout,
 }
 
 /// What finally happened to one delivery.
@@ -114,6 +118,26 @@ pub enum RedriveOutcome {
     undecodable,
 }
 
+/// Why the ingress (or admin) listener closed or refused a connection (`reason` of
+/// `triggerfish_ingress_connections_closed_total`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ConnectionClosed {
+    /// A request head was not complete within `--header-read-timeout`.
+    header_timeout,
+    /// No request for `--idle-timeout`.
+    idle_timeout,
+    /// `--max-connections` were open: answered 503 and closed.
+    over_limit,
+    /// Still open at the end of `--shutdown-timeout`.
+    shutdown,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    reason: ConnectionClosed,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RejectLabels {
     broker: Arc<str>,
@@ -159,6 +183,12 @@ pub struct Metrics {
     partitions: Family<BrokerLabels, Gauge>,
     unowned: Family<BrokerLabels, Gauge>,
     redriven: Family<RedriveLabels, Counter>,
+    connections: Gauge,
+    connections_closed: Family<ConnectionLabels, Counter>,
+    /// The memory budget's limit and use, in bytes (`--memory-budget`).
+    pub memory_budget: Gauge,
+    /// Event bytes held now under the memory budget.
+    pub memory_used: Gauge,
 }
 
 /// Pre-resolved ingress counters of one broker.
@@ -382,7 +412,35 @@ impl Metrics {
             "Time from the first attempt to the final outcome",
             latency.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "ingress_connections",
+            "Connections open on the ingress listener",
+            connections.clone(),
+        );
+        let connections_closed = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "ingress_connections_closed",
+            "Connections closed or refused by a limit, by reason",
+            connections_closed.clone(),
+        );
+        let memory_budget = Gauge::default();
+        registry.register(
+            "memory_budget_bytes",
+            "The memory budget for event bytes (--memory-budget)",
+            memory_budget.clone(),
+        );
+        let memory_used = Gauge::default();
+        registry.register(
+            "memory_used_bytes",
+            "Event bytes held under the memory budget: requests being read and stored, events queued or in flight to subscribers, replies being read",
+            memory_used.clone(),
+        );
         Metrics {
+            connections,
+            connections_closed,
+            memory_budget,
+            memory_used,
             registry,
             accepted,
             deduplicated,
@@ -401,6 +459,18 @@ impl Metrics {
             unowned,
             redriven,
         }
+    }
+
+    /// The gauge of open ingress connections.
+    pub fn connections_gauge(&self) -> Gauge {
+        self.connections.clone()
+    }
+
+    /// The counter of connections closed or refused for `reason`.
+    pub fn connections_closed(&self, reason: ConnectionClosed) -> Counter {
+        self.connections_closed
+            .get_or_create(&ConnectionLabels { reason })
+            .clone()
     }
 
     /// A shared handle.

@@ -54,6 +54,8 @@ pub struct BrokerRun {
     pub lane_queue: usize,
     /// How long a stopping lane waits for deliveries in flight.
     pub drain: Duration,
+    /// How many bytes of records a shared reader reads at once.
+    pub read_room: usize,
     /// Where malformed records go.
     pub malformed: Arc<crate::malformed::Sink>,
     /// How many partitions this process dispatches now.
@@ -228,6 +230,7 @@ impl Coordinator {
             shutdown: token.clone(),
             tasks: tasks.clone(),
             malformed: run.malformed.clone(),
+            read_room: run.read_room,
         };
         tasks.spawn(fanout::shared_reader(ctx.clone(), join_rx));
         for (i, rt) in run.triggers.iter().enumerate() {

@@ -5,8 +5,10 @@
 //! classified by [`broker::delivery::classify`]; waits come from the spec's backoff and
 //! any honoured `Retry-After`. Only `tokio::time` is used, so tests can pause time.
 
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use broker::budget::{Charge, MemoryBudget};
 use broker::delivery::{classify, DeliverySpec, Format, RetryDecision};
 use broker::event::{http as binding, Event};
 use bytes::Bytes;
@@ -111,21 +113,31 @@ pub async fn deliver(
     spec: &DeliverySpec,
     event: &Event,
 ) -> Delivery {
-    deliver_with(client, url, spec, event, MAX_RESPONSE_BYTES, |_| async {
-        Ok(())
-    })
+    let budget = MemoryBudget::unlimited();
+    deliver_with(
+        client,
+        url,
+        spec,
+        event,
+        MAX_RESPONSE_BYTES,
+        &budget,
+        |_| async { Ok(()) },
+    )
     .await
 }
 
 /// Like [`deliver`], reading response bodies up to `max_response` bytes, and a 2xx
 /// counts only once `on_success` accepted the response (used to store replies): an
-/// `Err` from it is a failed attempt, retried like a transport error.
+/// `Err` from it is a failed attempt, retried like a transport error. A response
+/// body's bytes are charged to `budget` while it is read and until `on_success`
+/// is done with it (waiting for room, within the attempt's timeout).
 pub async fn deliver_with<F, Fut>(
     client: &HttpClient,
     url: &Url,
     spec: &DeliverySpec,
     event: &Event,
     max_response: usize,
+    budget: &Arc<MemoryBudget>,
     mut on_success: F,
 ) -> Delivery
 where
@@ -166,7 +178,8 @@ where
             encode(&mut headers);
         }
         let sent = std::mem::take(&mut headers);
-        let mut attempt = attempt(client, url, spec, sent, body.clone(), max_response).await;
+        let (mut attempt, _charge) =
+            attempt(client, url, spec, sent, body.clone(), max_response, budget).await;
         n += 1;
         let mut decision = classify(attempt.status, &attempt.headers, SystemTime::now());
         if decision == RetryDecision::Success {
@@ -210,10 +223,17 @@ async fn attempt(
     mut headers: HeaderMap,
     body: Bytes,
     max_response: usize,
-) -> Attempt {
+    budget: &Arc<MemoryBudget>,
+) -> (Attempt, Charge) {
+    let mut charge = budget.empty();
     let (uri, host) = match target(url) {
         Ok(t) => t,
-        Err(e) => return transport_error(format!("cannot build request: {e}")),
+        Err(e) => {
+            return (
+                transport_error(format!("cannot build request: {e}")),
+                charge,
+            )
+        }
     };
     headers.insert(header::CONTENT_LENGTH, content_length(body.len()));
     if let Some(host) = host {
@@ -229,22 +249,7 @@ async fn attempt(
             .await
             .map_err(|e| transport_message(&e))?;
         let (parts, body) = resp.into_parts();
-        let (body, body_error) = match http_body_util::Limited::new(body, max_response)
-            .collect()
-            .await
-        {
-            Ok(c) => (c.to_bytes(), None),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => (
-                Bytes::new(),
-                Some(format!(
-                    "the response body exceeds the limit of {max_response} bytes (--max-body-bytes)"
-                )),
-            ),
-            Err(e) => (
-                Bytes::new(),
-                Some(format!("the response body could not be read in full: {e}")),
-            ),
-        };
+        let (body, body_error) = read_response(body, max_response, budget, &mut charge).await;
         Ok::<_, String>(Attempt {
             status: Some(parts.status),
             headers: parts.headers,
@@ -253,10 +258,59 @@ async fn attempt(
             body_error,
         })
     };
-    match tokio::time::timeout(spec.timeout, exchange).await {
+    let attempt = match tokio::time::timeout(spec.timeout, exchange).await {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => transport_error(e),
         Err(_) => transport_error(format!("no response within {:?}", spec.timeout)),
+    };
+    (attempt, charge)
+}
+
+/// Reads a response body of at most `max_response` bytes, charging its bytes to
+/// `budget` (into `charge`) as they arrive and waiting when the budget is full.
+async fn read_response(
+    mut body: hyper::body::Incoming,
+    max_response: usize,
+    budget: &Arc<MemoryBudget>,
+    charge: &mut Charge,
+) -> (Bytes, Option<String>) {
+    let too_large = || {
+        format!("the response body exceeds the limit of {max_response} bytes (--max-body-bytes)")
+    };
+    let mut frames: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                let e = format!("the response body could not be read in full: {e}");
+                return (Bytes::new(), Some(e));
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len += data.len();
+        if len > max_response {
+            return (Bytes::new(), Some(too_large()));
+        }
+        if !charge.try_grow(data.len()) {
+            let waited = budget.charge(data.len()).await;
+            charge.absorb(waited);
+        }
+        frames.push(data);
+    }
+    // Usually one frame: kept without a copy.
+    match frames.len() {
+        0 => (Bytes::new(), None),
+        1 => (frames.pop().unwrap_or_default(), None),
+        _ => {
+            let mut out = bytes::BytesMut::with_capacity(len);
+            for f in frames {
+                out.extend_from_slice(&f);
+            }
+            (out.freeze(), None)
+        }
     }
 }
 

@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use broker::channel::{BrokerLog, LogReader, Offset, Record, StartAt};
 use broker::config::BrokerId;
-use broker::event::Event;
 use broker::filter::{Filter, FilterIndex};
 use futures_util::FutureExt;
 use tokio::sync::mpsc::error::TrySendError;
@@ -34,13 +33,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::held::{batch_len, size_of, Held, LaneAccount, LaneCharge};
 use crate::malformed;
 
 /// What a lane receives.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Item {
-    /// A matching event at an offset.
-    Event(Offset, Arc<Event>),
+    /// A matching event at an offset, charged to its trigger's account until the
+    /// lane is done with it (the event's own bytes are charged to the budget once,
+    /// in the [`Held`] that lanes share).
+    Event(Offset, Arc<Held>, LaneCharge),
     /// No event below this offset remains to be sent.
     Skip(Offset),
 }
@@ -72,6 +74,8 @@ pub struct LaneInfo {
     pub trigger: Arc<str>,
     /// Its metrics (events skipped because retention deleted them).
     pub metrics: broker::telemetry::TriggerMetrics,
+    /// The bytes its lanes hold, against its fair share of the memory budget.
+    pub account: Arc<LaneAccount>,
 }
 
 struct Attached {
@@ -101,6 +105,8 @@ pub struct Partition {
     pub tasks: TaskTracker,
     /// Where malformed records go.
     pub malformed: Arc<malformed::Sink>,
+    /// How many bytes of records the shared reader reads at once.
+    pub read_room: usize,
 }
 
 impl Partition {
@@ -158,6 +164,10 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
     let mut last_skip = tokio::time::Instant::now();
     // Some attached lane's watermark is behind the reader's position.
     let mut stale = false;
+    // Batches are sized by bytes (see `held`): the last batch's length and its
+    // largest record.
+    let (mut last_len, mut largest) = (0usize, 0usize);
+    let mut matches = Vec::with_capacity(ctx.lanes.len());
     loop {
         tokio::select! {
             biased;
@@ -186,7 +196,7 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
                 last_skip = tokio::time::Instant::now();
                 stale = !send_skips(&mut attached, reader.position(), true);
             }
-            batch = reader.next_batch(BATCH) => {
+            batch = reader.next_batch(batch_len(ctx.read_room, largest, last_len, BATCH)) => {
                 let batch = match batch {
                     Ok(b) => b,
                     Err(e) => {
@@ -198,6 +208,7 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
                 let lanes = attached.iter().enumerate().filter(|(_, a)| a.is_some()).map(|(i, _)| i);
                 report_skipped(&ctx, reader.as_mut(), lanes, "shared");
                 let mut handled_malformed = false;
+                (last_len, largest) = (batch.len(), 0);
                 for record in batch {
                     if let Err(m) = &record.event {
                         if !ctx.malformed.handle(ctx.partition, record.offset, m, &ctx.shutdown).await {
@@ -206,7 +217,8 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
                         handled_malformed = true;
                         continue;
                     }
-                    fan_out(&ctx, &mut attached, record);
+                    largest = largest.max(approx_size(&record));
+                    fan_out(&ctx, &mut attached, record, &mut matches);
                 }
                 // The cursor moves at once past a dead-lettered record (so a restart
                 // does not store it again), else every few seconds.
@@ -245,30 +257,72 @@ fn send_skips(attached: &mut [Option<Attached>], pos: Offset, all: bool) -> bool
     up_to_date
 }
 
-fn fan_out(ctx: &Partition, attached: &mut [Option<Attached>], record: Record) {
+/// About the bytes a record read holds, for sizing read batches: its data and a
+/// fixed allowance for its attributes (which `--max-attribute-bytes` bounds).
+fn approx_size(record: &Record) -> usize {
+    let data = match &record.event {
+        Ok(e) => e.data().map_or(0, |d| d.len()),
+        Err(m) => m.data.as_ref().map_or(0, |d| d.len()),
+    };
+    data + 512
+}
+
+/// Offers `record` to every attached lane whose filter matches. `matches` is
+/// scratch space, reused across records.
+fn fan_out(
+    ctx: &Partition,
+    attached: &mut [Option<Attached>],
+    record: Record,
+    matches: &mut Vec<usize>,
+) {
     // Malformed records are the shared reader's (see `malformed`).
     let Ok(event) = record.event else { return };
-    let event = Arc::new(event);
     // Every trigger's filter is evaluated once per event; triggers pinned to another
     // exact `type` or `source` cost a hash lookup, not an evaluation.
-    ctx.index.for_each_match(&event, |i| {
+    matches.clear();
+    ctx.index.for_each_match(&event, |i| matches.push(i));
+    // Charged on the first match, once for all lanes; `None` inside: the budget
+    // could not hold it now.
+    let mut held: Option<Option<Arc<Held>>> = None;
+    let mut event = Some(event);
+    let mut size = 0;
+    for &i in matches.iter() {
         let slot = &mut attached[i];
-        let Some(a) = slot else { return };
+        let Some(a) = slot else { continue };
         if record.offset < a.skip_below {
-            return;
+            continue;
         }
-        match a.tx.try_send(Item::Event(record.offset, event.clone())) {
+        let shared = held.get_or_insert_with(|| {
+            let e = event.take().expect("taken once");
+            size = size_of(&e);
+            ctx.lanes[i]
+                .account
+                .budget()
+                .try_charge(size)
+                .map(|c| Arc::new(Held::new(e, c)))
+        });
+        let item = shared.as_ref().and_then(|h| {
+            let charge = ctx.lanes[i].account.try_charge(size)?;
+            Some(Item::Event(record.offset, h.clone(), charge))
+        });
+        let sent = match item {
+            Some(item) => a.tx.try_send(item),
+            // Over its share, or the budget is full: like a full queue.
+            None => Err(TrySendError::Full(Item::Skip(record.offset))),
+        };
+        match sent {
             Ok(()) => a.last_sent = record.offset + 1,
             Err(TrySendError::Full(_)) => {
                 // The lane is behind: hand its queue to a catch-up reader from here.
                 if let Some(a) = slot.take() {
                     tracing::debug!(broker = %ctx.broker(), partition = ctx.partition, trigger = %ctx.lanes[i].trigger, offset = record.offset, "lane detached to catch up on its own");
-                    ctx.tasks.spawn(catch_up(ctx.clone(), i, record.offset, a.tx));
+                    ctx.tasks
+                        .spawn(catch_up(ctx.clone(), i, record.offset, a.tx));
                 }
             }
             Err(TrySendError::Closed(_)) => *slot = None,
         }
-    });
+    }
 }
 
 async fn handle_join(ctx: &Partition, head: Offset, attached: &mut [Option<Attached>], join: Join) {
@@ -332,8 +386,17 @@ async fn backfill(
                 break;
             }
             if let Ok(e) = r.event {
-                if ctx.lanes[lane].filter.matches(&e) {
-                    items.push(Item::Event(r.offset, Arc::new(e)));
+                let info = &ctx.lanes[lane];
+                if info.filter.matches(&e) {
+                    // Within the trigger's share and the budget now, or not at all.
+                    let size = size_of(&e);
+                    let Some(charge) = info.account.try_charge(size) else {
+                        return false;
+                    };
+                    let Some(bytes) = info.account.budget().try_charge(size) else {
+                        return false;
+                    };
+                    items.push(Item::Event(r.offset, Arc::new(Held::new(e, bytes)), charge));
                 }
             }
         }
@@ -372,11 +435,14 @@ pub async fn catch_up(ctx: Partition, lane: usize, from: Offset, mut tx: mpsc::S
         return; // shutdown
     };
     let info = ctx.lanes[lane].clone();
+    // Batches sized by bytes, within half the trigger's share (see `held`).
+    let room = info.account.share() / 2;
+    let (mut last_len, mut largest) = (0usize, 0usize);
     loop {
         report_skipped(&ctx, reader.as_mut(), [lane], "catch-up");
         let batch = tokio::select! {
             () = ctx.shutdown.cancelled() => return,
-            b = reader.try_batch(BATCH) => b,
+            b = reader.try_batch(batch_len(room, largest, last_len, BATCH)) => b,
         };
         let batch = match batch {
             Ok(b) => b,
@@ -412,10 +478,24 @@ pub async fn catch_up(ctx: Partition, lane: usize, from: Offset, mut tx: mpsc::S
                 Err(_) => return,
             }
         }
+        last_len = batch.len();
+        largest = batch.iter().map(approx_size).max().unwrap_or(0);
         for r in batch {
             match r.event {
                 Ok(e) if info.filter.matches(&e) => {
-                    if !send(&ctx, &tx, Item::Event(r.offset, Arc::new(e))).await {
+                    let size = size_of(&e);
+                    // Waits for the trigger's share, then for the budget.
+                    let charged = async {
+                        let charge = info.account.charge(size).await;
+                        let bytes = info.account.budget().charge(size).await;
+                        (charge, bytes)
+                    };
+                    let (charge, bytes) = tokio::select! {
+                        () = ctx.shutdown.cancelled() => return,
+                        c = charged => c,
+                    };
+                    let item = Item::Event(r.offset, Arc::new(Held::new(e, bytes)), charge);
+                    if !send(&ctx, &tx, item).await {
                         return;
                     }
                 }

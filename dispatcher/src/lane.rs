@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoints::{Book, Mark};
 use crate::deliver::HttpClient;
 use crate::fanout::{Item, Partition};
+use crate::held::{Held, LaneCharge};
 use crate::settle::{after_panic, panic_message, settle, Settled};
 use crate::trigger::TriggerRuntime;
 
@@ -73,11 +74,14 @@ impl DoneTracker {
     }
 }
 
+/// An event waiting for its key, with its trigger's charge.
+type Waiting = (Offset, Arc<Held>, LaneCharge);
+
 /// Events held back in ordered mode because an event with the same partition key is
 /// in flight, in arrival (offset) order per key.
 #[derive(Default)]
 struct KeyQueues {
-    waiting: HashMap<Box<str>, VecDeque<(Offset, Arc<Event>)>>,
+    waiting: HashMap<Box<str>, VecDeque<Waiting>>,
     in_flight: HashSet<Box<str>>,
     len: usize,
 }
@@ -182,9 +186,9 @@ pub async fn run_lane(
                     // Ordered: the next event of this key may go now.
                     let next = keys.waiting.get_mut(&key).and_then(VecDeque::pop_front);
                     match next {
-                        Some((o, e)) => {
+                        Some((o, e, charge)) => {
                             keys.len -= 1;
-                            in_flight.push(settle_one(&rt, &client, o, e, Some(key)));
+                            in_flight.push(settle_one(&rt, &client, o, e, charge, Some(key)));
                         }
                         None => {
                             keys.waiting.remove(&key);
@@ -194,18 +198,18 @@ pub async fn run_lane(
                 }
             }
             item = rx.recv(), if in_flight.len() + keys.len < limit => match item {
-                Some(Item::Event(offset, event)) => {
+                Some(Item::Event(offset, event, charge)) => {
                     tracker.started(offset);
                     if !ordered {
-                        in_flight.push(settle_one(&rt, &client, offset, event, None));
+                        in_flight.push(settle_one(&rt, &client, offset, event, charge, None));
                     } else {
                         let key = key_of(&event);
                         if keys.in_flight.contains(&key) {
-                            keys.waiting.entry(key).or_default().push_back((offset, event));
+                            keys.waiting.entry(key).or_default().push_back((offset, event, charge));
                             keys.len += 1;
                         } else {
                             keys.in_flight.insert(key.clone());
-                            in_flight.push(settle_one(&rt, &client, offset, event, Some(key)));
+                            in_flight.push(settle_one(&rt, &client, offset, event, charge, Some(key)));
                         }
                     }
                 }
@@ -247,10 +251,13 @@ fn settle_one<'a>(
     rt: &'a TriggerRuntime,
     client: &'a HttpClient,
     offset: Offset,
-    event: Arc<Event>,
+    event: Arc<Held>,
+    charge: LaneCharge,
     key: Option<Box<str>>,
 ) -> InFlight<'a> {
     Box::pin(async move {
+        // The trigger's bytes for this event are given back once it is settled.
+        let _charge = charge;
         // A panic while encoding or delivering this event must not end the lane (and
         // with it the trigger): the event goes to the dead-letter log instead.
         let settled = match AssertUnwindSafe(settle(rt, client, &event))

@@ -42,6 +42,7 @@ mod coordinator;
 pub mod dead_letter;
 pub mod deliver;
 mod fanout;
+mod held;
 mod lane;
 mod malformed;
 pub mod settle;
@@ -86,6 +87,9 @@ pub struct DispatcherOptions {
     pub reply_limits: broker::event::EventLimits,
     /// The largest reply body read (the ingress's `--max-body-bytes`).
     pub max_reply_bytes: usize,
+    /// The process's account of event bytes in memory (`--memory-budget`); lanes
+    /// hold at most half of it, each trigger its fair share ([`held`]).
+    pub budget: Arc<broker::budget::MemoryBudget>,
     /// Test-only fault injection ([`settle::FaultHook`]); `None` in production.
     #[doc(hidden)]
     pub fault: Option<settle::FaultHook>,
@@ -102,6 +106,7 @@ impl Default for DispatcherOptions {
             fault: None,
             reply_limits: Default::default(),
             max_reply_bytes: deliver::MAX_RESPONSE_BYTES,
+            budget: broker::budget::MemoryBudget::unlimited(),
         }
     }
 }
@@ -150,6 +155,12 @@ pub async fn start(
     let lanes_done = CancellationToken::new();
     let client = deliver::client();
     let hand_over = broker::channel::lease::HandOver::for_drain(opts.drain_timeout);
+    // Each trigger's fair share of the lanes' part of the budget, and how much the
+    // shared readers read at once (see `held`).
+    let lanes_part = held::lanes_part(&opts.budget);
+    let all_triggers: usize = config.brokers.iter().map(|b| b.triggers.len()).sum();
+    let share = lanes_part / all_triggers.max(1);
+    let read_room = (lanes_part / 8).max(64 << 10);
     for broker in &config.brokers {
         let Some(logs) = logs.get(&broker.id) else {
             return Err(ChannelError::Invalid {
@@ -165,6 +176,7 @@ pub async fn start(
             fault: opts.fault.clone(),
             limits: opts.reply_limits,
             max_reply_bytes: opts.max_reply_bytes,
+            budget: opts.budget.clone(),
         });
         metrics
             .dead_letter_gauge(&broker.id.to_string())
@@ -185,6 +197,7 @@ pub async fn start(
                 filter: rt.cfg.filter.clone(),
                 trigger: Arc::from(rt.cfg.name.as_str()),
                 metrics: rt.metrics.clone(),
+                account: held::LaneAccount::new(share, opts.budget.clone()),
             })
             .collect();
         let index = Arc::new(broker::filter::FilterIndex::build(
@@ -218,6 +231,7 @@ pub async fn start(
             client: client.clone(),
             lane_queue: opts.lane_queue,
             drain: opts.drain_timeout,
+            read_room,
         });
         let mut coordinator = Coordinator::new(
             run.clone(),

@@ -105,6 +105,7 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) -> 
         &cfg.delivery,
         event,
         sinks.max_reply_bytes,
+        &sinks.budget,
         |attempt| {
             // Decided now: the future must not borrow the attempt.
             let reply = reply_event(attempt);

@@ -73,6 +73,7 @@ fn runtime(
             fault: None,
             limits: Default::default(),
             max_reply_bytes: 1 << 20,
+            budget: broker::budget::MemoryBudget::unlimited(),
         }),
     }
 }

@@ -48,6 +48,8 @@ pub struct BrokerSinks {
     pub limits: EventLimits,
     /// The largest reply body read (the ingress's `--max-body-bytes`).
     pub max_reply_bytes: usize,
+    /// Response bodies are charged here while they are read.
+    pub budget: Arc<broker::budget::MemoryBudget>,
 }
 
 /// Shutdown came before something could be stored.

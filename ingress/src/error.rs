@@ -23,10 +23,34 @@ pub enum IngressError {
     #[error("method {0} is not allowed")]
     MethodNotAllowed(String),
     /// The body exceeds the limit (413).
-    #[error("body exceeds the limit of {limit} bytes")]
+    #[error("body exceeds the limit of {limit} bytes (--max-body-bytes)")]
     TooLarge {
         /// The limit in bytes.
         limit: usize,
+        /// Whether the connection is closed after the answer (the body was larger
+        /// than `--max-discard-bytes`, or did not end in time, so it was not read to
+        /// its end).
+        close: bool,
+    },
+    /// The channel refused an event as too large for it (413): its own limit, not
+    /// the body limit (NATS `max_payload`, `--nats-max-msg-size`, a Kafka broker's
+    /// `message.max.bytes`).
+    #[error("{reason}; the channel's limit, not --max-body-bytes, refused it")]
+    ChannelTooLarge {
+        /// The channel's account, with the size and its limit.
+        reason: String,
+    },
+    /// The body did not arrive in time (408; the connection is closed).
+    #[error("the body did not arrive within {timeout:?} (--body-read-timeout plus the body's size at --min-body-rate)")]
+    BodyTimeout {
+        /// How long it had.
+        timeout: std::time::Duration,
+    },
+    /// The memory budget for event bytes is used up (503 with `Retry-After`).
+    #[error("the ingress holds its memory budget of {budget} bytes of events (--memory-budget); retry shortly")]
+    MemoryBudget {
+        /// The budget in bytes.
+        budget: usize,
     },
     /// The content type names an unsupported format (415).
     #[error("{0}")]
@@ -69,7 +93,11 @@ impl IngressError {
             IngressError::Invalid(_) | IngressError::Body(_) => StatusCode::BAD_REQUEST,
             IngressError::UnknownBroker(_) | IngressError::NotFound => StatusCode::NOT_FOUND,
             IngressError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::TooLarge { .. } | IngressError::ChannelTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            IngressError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            IngressError::MemoryBudget { .. } => StatusCode::SERVICE_UNAVAILABLE,
             IngressError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngressError::Unavailable { .. } | IngressError::RetentionFull { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -89,6 +117,9 @@ impl IngressError {
             IngressError::NotFound => "not found",
             IngressError::MethodNotAllowed(_) => "method not allowed",
             IngressError::TooLarge { .. } => "body too large",
+            IngressError::ChannelTooLarge { .. } => "event too large for the channel",
+            IngressError::BodyTimeout { .. } => "body timeout",
+            IngressError::MemoryBudget { .. } => "memory budget",
             IngressError::UnsupportedMediaType(_) => "unsupported media type",
             IngressError::Unavailable { .. } => "unavailable",
             IngressError::RetentionFull { .. } => "retention limit reached",
@@ -107,8 +138,13 @@ impl IntoResponse for IngressError {
             IngressError::MethodNotAllowed(_) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
             }
-            IngressError::Unavailable { .. } | IngressError::RetentionFull { .. } => {
+            IngressError::Unavailable { .. }
+            | IngressError::RetentionFull { .. }
+            | IngressError::MemoryBudget { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            IngressError::TooLarge { close: true, .. } | IngressError::BodyTimeout { .. } => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

@@ -15,6 +15,7 @@
 //! `{"error": ..., "detail": ...}`.
 
 mod error;
+pub mod server;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -28,15 +29,16 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use broker::budget::{Charge, MemoryBudget};
 use broker::channel::{BrokerLog, ChannelError};
 use broker::event::{self, http as binding, AttrValue, Event, EventLimits};
 use broker::telemetry::{IngressMetrics, Metrics, RejectReason};
 use bytes::Bytes;
 use http::{header, HeaderValue};
 use http_body_util::BodyExt;
-use tokio_util::sync::CancellationToken;
 
 pub use error::IngressError;
+pub use server::{serve, ServerLimits};
 
 /// Default request body limit: 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
@@ -50,7 +52,30 @@ pub struct IngressOptions {
     pub append_timeout: Duration,
     /// Limits on each event's attributes, checked before anything is stored.
     pub limits: EventLimits,
+    /// How long a body may take, on top of its size at [`Self::min_body_rate`].
+    pub body_read_timeout: Duration,
+    /// The slowest rate a body may arrive at, in bytes per second.
+    pub min_body_rate: u64,
+    /// How much of a body refused before it was read (413, or 503 for the memory
+    /// budget) is read and discarded so the client can read the answer instead of
+    /// a reset; a larger one is answered at once and the connection closed.
+    pub max_discard_bytes: u64,
+    /// The account of event bytes held in memory (`--memory-budget`).
+    pub budget: Arc<MemoryBudget>,
+    /// The listener's connection limits and timeouts.
+    pub server: ServerLimits,
+    /// How long `/readyz` answers 503 before the listener stops accepting, so that
+    /// load balancers stop sending first (`--shutdown-delay`; 0 here, PT2S for the
+    /// command).
+    pub shutdown_delay: Duration,
 }
+
+/// Default [`IngressOptions::min_body_rate`]: 64 KiB/s, so a 1 MiB body may take
+/// 16 s on top of [`IngressOptions::body_read_timeout`].
+pub const DEFAULT_MIN_BODY_RATE: u64 = 64 << 10;
+
+/// Default [`IngressOptions::max_discard_bytes`]: 8 MiB.
+pub const DEFAULT_MAX_DISCARD: u64 = 8 << 20;
 
 impl Default for IngressOptions {
     fn default() -> Self {
@@ -58,6 +83,12 @@ impl Default for IngressOptions {
             max_body_bytes: DEFAULT_MAX_BODY,
             append_timeout: Duration::from_secs(10),
             limits: EventLimits::default(),
+            body_read_timeout: Duration::from_secs(10),
+            min_body_rate: DEFAULT_MIN_BODY_RATE,
+            max_discard_bytes: DEFAULT_MAX_DISCARD,
+            budget: MemoryBudget::unlimited(),
+            server: ServerLimits::default(),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -221,7 +252,11 @@ async fn broker_endpoint(State(state): State<Arc<IngressState>>, req: Request<Bo
         Err(e) => {
             let reason = match &e {
                 IngressError::Invalid(_) | IngressError::Body(_) => RejectReason::invalid,
-                IngressError::TooLarge { .. } => RejectReason::too_large,
+                IngressError::TooLarge { .. } | IngressError::ChannelTooLarge { .. } => {
+                    RejectReason::too_large
+                }
+                IngressError::MemoryBudget { .. } => RejectReason::memory_budget,
+                IngressError::BodyTimeout { .. } => RejectReason::body_timeout,
                 IngressError::UnsupportedMediaType(_) => RejectReason::unsupported_media_type,
                 IngressError::Limit { error, .. } => error.reason(),
                 IngressError::RetentionFull { .. } => RejectReason::retention_full,
@@ -252,31 +287,124 @@ fn webhook_options(headers: &HeaderMap) -> Response {
     resp
 }
 
-async fn read_body(req: Request<Body>, limit: usize) -> Result<(HeaderMap, Bytes), IngressError> {
-    let (parts, body) = req.into_parts();
-    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| IngressError::Body("invalid Content-Length".into()))?;
-        if len > limit as u64 {
-            return Err(IngressError::TooLarge { limit });
+/// How many bytes of budget a request holds per body byte: the body, the stored
+/// encoding of its events, and for the JSON formats the decoded data (a copy; a
+/// binary-mode event's data is a slice of the body).
+fn budget_factor(mode: binding::Mode) -> usize {
+    match mode {
+        binding::Mode::Binary => 2,
+        binding::Mode::Structured | binding::Mode::Batched => 3,
+    }
+}
+
+/// Reads the body under the size limit, the read deadline and the memory budget.
+/// A body refused before its end is read on and discarded up to
+/// `--max-discard-bytes` within its deadline, so the client reads the answer
+/// (413, 503) rather than a reset; past that the answer closes the connection.
+async fn read_body(
+    opts: &IngressOptions,
+    headers: &HeaderMap,
+    mut body: Body,
+    factor: usize,
+) -> Result<(Bytes, Charge), IngressError> {
+    let limit = opts.max_body_bytes;
+    let declared: Option<u64> = match headers.get(header::CONTENT_LENGTH) {
+        Some(len) => Some(
+            len.to_str()
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| IngressError::Body("invalid Content-Length".into()))?,
+        ),
+        None => None,
+    };
+    let expected = declared.unwrap_or(limit as u64);
+    let timeout = opts.body_read_timeout
+        + Duration::from_secs_f64(expected as f64 / opts.min_body_rate.max(1) as f64);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut charge = opts.budget.empty();
+    let refused = match declared {
+        Some(len) if len > limit as u64 => Some(IngressError::TooLarge {
+            limit,
+            close: false,
+        }),
+        Some(len) if !charge.try_grow(len as usize * factor) => Some(IngressError::MemoryBudget {
+            budget: opts.budget.limit(),
+        }),
+        _ => None,
+    };
+    if let Some(refused) = refused {
+        return Err(discard(body, 0, refused, opts, deadline).await);
+    }
+    let mut buf = bytes::BytesMut::new();
+    let mut single: Option<Bytes> = None;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(IngressError::BodyTimeout { timeout }),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(IngressError::Body(e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let have = single.as_ref().map_or(buf.len(), Bytes::len);
+        if have + data.len() > limit {
+            let refused = IngressError::TooLarge {
+                limit,
+                close: false,
+            };
+            return Err(discard(body, (have + data.len()) as u64, refused, opts, deadline).await);
+        }
+        if declared.is_none() && !charge.try_grow(data.len() * factor) {
+            let refused = IngressError::MemoryBudget {
+                budget: opts.budget.limit(),
+            };
+            return Err(discard(body, (have + data.len()) as u64, refused, opts, deadline).await);
+        }
+        // One frame (the usual case) is kept as it is, without a copy.
+        match single.take() {
+            None if buf.is_empty() => single = Some(data),
+            None => buf.extend_from_slice(&data),
+            Some(first) => {
+                buf.reserve(first.len() + data.len());
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&data);
+            }
         }
     }
-    let collected = http_body_util::Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                IngressError::TooLarge { limit }
-            } else {
-                IngressError::Body(e.to_string())
+    let body = single.unwrap_or_else(|| buf.freeze());
+    Ok((body, charge))
+}
+
+/// Reads and drops the rest of a refused body (see [`read_body`]); the error to
+/// answer with, asking for the connection to be closed when the body was not read
+/// to its end.
+async fn discard(
+    mut body: Body,
+    mut seen: u64,
+    refused: IngressError,
+    opts: &IngressOptions,
+    deadline: tokio::time::Instant,
+) -> IngressError {
+    let finished = loop {
+        if seen > opts.max_discard_bytes {
+            break false;
+        }
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                seen += frame.data_ref().map_or(0, |d| d.len() as u64);
             }
-        })?;
-    Ok((parts.headers, collected.to_bytes()))
+            Ok(None) => break true,
+            Ok(Some(Err(_))) | Err(_) => break false,
+        }
+    };
+    match refused {
+        IngressError::TooLarge { limit, .. } => IngressError::TooLarge {
+            limit,
+            close: !finished,
+        },
+        other => other,
+    }
 }
 
 async fn accept(
@@ -284,15 +412,26 @@ async fn accept(
     entry: &BrokerEntry,
     req: Request<Body>,
 ) -> Result<usize, IngressError> {
-    let (headers, body) = read_body(req, state.opts.max_body_bytes).await?;
-    let decode_error = |e: binding::DecodeError| match e {
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    let limits = &state.opts.limits;
+    let decode_error = |e: binding::DecodeError, mode: Option<binding::Mode>| match e {
         binding::DecodeError::UnsupportedMediaType(_) => {
             IngressError::UnsupportedMediaType(e.to_string())
         }
         binding::DecodeError::Invalid(e) => IngressError::Invalid(e),
+        binding::DecodeError::TooManyAttributes(limit) => IngressError::Limit {
+            error: event::LimitError::AttributesWhileDecoding { limit },
+            headers: mode == Some(binding::Mode::Binary),
+        },
     };
-    let mode = binding::mode(&headers).map_err(decode_error)?;
-    let mut events = binding::decode_as(mode, &headers, body).map_err(decode_error)?;
+    let mode = binding::mode(&headers).map_err(|e| decode_error(e, None))?;
+    // Held until the append is confirmed: the body, its events and their encoding.
+    let (body, _charge) = read_body(&state.opts, &headers, body, budget_factor(mode)).await?;
+    // The exact count (with `knativearrivaltime`) is checked below; this bound only
+    // stops decoding early.
+    let mut events = binding::decode_bounded(mode, &headers, body, limits.max_attributes)
+        .map_err(|e| decode_error(e, Some(mode)))?;
     let batch = events.len() > 1 || mode == binding::Mode::Batched;
     for (i, e) in events.iter().enumerate() {
         event::validate(e).map_err(|mut err| {
@@ -336,8 +475,8 @@ async fn append(
     };
     match tokio::time::timeout(state.opts.append_timeout, entry.log.append(events)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(ChannelError::TooLarge { .. })) => Err(IngressError::TooLarge {
-            limit: state.opts.max_body_bytes,
+        Ok(Err(e @ ChannelError::TooLarge { .. })) => Err(IngressError::ChannelTooLarge {
+            reason: e.to_string(),
         }),
         Ok(Err(e @ ChannelError::RetentionFull { .. })) => {
             if let ChannelError::RetentionFull { trigger, .. } = &e {
@@ -356,18 +495,6 @@ async fn append(
             state.opts.append_timeout
         ))),
     }
-}
-
-/// Serves `router` on `listener` until `shutdown` fires, then stops accepting new
-/// connections and lets in-flight requests finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }
 
 #[cfg(test)]

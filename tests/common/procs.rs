@@ -78,6 +78,12 @@ impl Proc {
             .args(["--drain-seconds", "5"])
             .args(["--log", "warn"])
             .args(extra)
+            // No readiness grace before the listener stops, unless a test asks.
+            .args(if extra.contains(&"--shutdown-delay") {
+                &[][..]
+            } else {
+                &["--shutdown-delay", "PT0S"][..]
+            })
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -144,12 +150,18 @@ impl Proc {
     }
 
     /// SIGTERM, then waits for a clean exit.
-    pub async fn stop(mut self) {
-        let mut c = self.child.take().unwrap();
+    pub async fn stop(self) {
         let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
+            .args(["-TERM", &self.pid().to_string()])
             .status();
-        let status = tokio::task::spawn_blocking(move || {
+        let status = self.exited().await;
+        assert!(status.success(), "exit status {status}");
+    }
+
+    /// Waits up to 20 s for the process to exit (a signal was sent).
+    pub async fn exited(mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 if let Some(s) = c.try_wait().unwrap() {
@@ -163,8 +175,7 @@ impl Proc {
             }
         })
         .await
-        .unwrap();
-        assert!(status.success(), "exit status {status}");
+        .unwrap()
     }
 }
 

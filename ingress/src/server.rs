@@ -1,0 +1,379 @@
+//! The HTTP server loop of the ingress (and of the admin and health listeners), with
+//! the limits a listener facing every producer of a cluster needs, each a `serve`
+//! flag ([`ServerLimits`]):
+//!
+//! - **`--max-connections`**: past it a new connection is answered `503` with
+//!   `Retry-After` and closed (a canned response, written with a short deadline), so
+//!   a client sees why rather than a hang in the accept backlog.
+//! - **`--header-read-timeout`**: from the first byte of a request head to its end;
+//!   a client trickling its headers is closed when it runs out, whatever it sends.
+//! - **`--idle-timeout`**: a keep-alive connection with no request in flight and no
+//!   bytes for this long is closed gracefully.
+//! - **HTTP/2**: concurrent streams per connection, and the reset-flood guards
+//!   (pending-accept resets and locally caused resets, CVE-2023-44487 and
+//!   CVE-2024-27316 shapes) from hyper, with our defaults.
+//!
+//! The body read deadline (a minimum rate) is the handler's (`read_body` in the
+//! crate root): it knows the body's size.
+//!
+//! hyper's own header timeout is not used: it also runs while a keep-alive
+//! connection waits for its next request, so it could not be shorter than the idle
+//! timeout. Instead each connection's I/O marks when a request head began (the
+//! first byte read while no request is in flight) and when anything moved, and the
+//! connection's task checks both deadlines.
+//!
+//! [`serve`] stops on its token: no new connections, each open one is told to
+//! finish its request in flight and close, and after
+//! [`ServerLimits::shutdown_timeout`] those still open are dropped.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use broker::telemetry::{ConnectionClosed, Metrics};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::Service;
+
+/// Default of [`ServerLimits::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// The listener's limits (see the module docs).
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Longest time from a request head's first byte to its end.
+    pub header_read_timeout: Duration,
+    /// Longest time a connection may sit with no request and no bytes.
+    pub idle_timeout: Duration,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub http2_max_streams: u32,
+    /// Most HTTP/2 streams reset by the client before the server accepted them
+    /// (rapid reset) before the connection is closed.
+    pub http2_max_pending_resets: usize,
+    /// Most HTTP/2 streams the server had to reset because of client errors before
+    /// the connection is closed.
+    pub http2_max_local_resets: usize,
+    /// How long shutdown waits for requests in flight before dropping connections.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            http2_max_streams: 256,
+            http2_max_pending_resets: 20,
+            http2_max_local_resets: 256,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// At most this many refusals (over `--max-connections`) are written at once;
+/// beyond, a connection is closed without a response.
+const MAX_REFUSING: usize = 64;
+
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Milliseconds since [`EPOCH`], never 0 (0 means "not set").
+fn now_ms() -> u64 {
+    EPOCH.elapsed().as_millis() as u64 + 1
+}
+
+/// What a connection's I/O and service report to its task.
+#[derive(Default)]
+struct Activity {
+    /// When anything was last read or written, or a response completed.
+    last: AtomicU64,
+    /// When the current request head began (0: none being read).
+    head_started: AtomicU64,
+    /// Requests being handled.
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn read(&self) {
+        let now = now_ms();
+        self.last.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            let _ =
+                self.head_started
+                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_started.store(0, Ordering::Relaxed);
+    }
+
+    fn request_done(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.last.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// `Err(reason)` when a deadline has passed, else when to check again.
+    fn check(&self, limits: &ServerLimits) -> Result<Duration, ConnectionClosed> {
+        let now = now_ms();
+        let ms = |d: Duration| d.as_millis() as u64;
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            // A request's body has its own deadline (the handler's).
+            return Ok(limits.header_read_timeout.min(limits.idle_timeout));
+        }
+        let head = self.head_started.load(Ordering::Relaxed);
+        let (deadline, reason) = if head != 0 {
+            (
+                head + ms(limits.header_read_timeout),
+                ConnectionClosed::header_timeout,
+            )
+        } else {
+            (
+                self.last.load(Ordering::Relaxed) + ms(limits.idle_timeout),
+                ConnectionClosed::idle_timeout,
+            )
+        };
+        if now >= deadline {
+            Err(reason)
+        } else {
+            Ok(Duration::from_millis(deadline - now))
+        }
+    }
+}
+
+/// A TCP stream that reports reads and writes to its [`Activity`].
+struct Watched {
+    io: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            if n > 0 {
+                self.activity.last.store(now_ms(), Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            if n > 0 {
+                self.activity.last.store(now_ms(), Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+fn builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_streams)
+        .max_pending_accept_reset_streams(limits.http2_max_pending_resets)
+        .max_local_error_reset_streams(limits.http2_max_local_resets);
+    b
+}
+
+/// Serves `router` on `listener` under `limits` until `stop` fires, then stops
+/// accepting, lets requests in flight finish within
+/// [`ServerLimits::shutdown_timeout`], and drops what is left.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ServerLimits,
+    metrics: Option<Arc<Metrics>>,
+    stop: CancellationToken,
+) -> io::Result<()> {
+    let limits = Arc::new(limits);
+    let builder = Arc::new(builder(&limits));
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let tasks = TaskTracker::new();
+    let hard = CancellationToken::new();
+    let gauge = metrics.as_ref().map(|m| m.connections_gauge());
+    let closed = |reason| metrics.as_ref().map(|m| m.connections_closed(reason));
+    let over_limit = closed(ConnectionClosed::over_limit);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if let Some(c) = &over_limit {
+                c.inc();
+            }
+            if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                tasks.spawn(async move {
+                    refuse(stream).await;
+                    drop(permit);
+                });
+            }
+            continue;
+        };
+        let activity = Arc::new(Activity::default());
+        activity.last.store(now_ms(), Ordering::Relaxed);
+        let io = TokioIo::new(Watched {
+            io: stream,
+            activity: activity.clone(),
+        });
+        let router = router.clone();
+        let service_activity = activity.clone();
+        let service =
+            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let mut router = router.clone();
+                let activity = service_activity.clone();
+                activity.request_started();
+                async move {
+                    let response = router.call(req).await;
+                    activity.request_done();
+                    response
+                }
+            });
+        let builder = builder.clone();
+        let (stop, hard, limits) = (stop.clone(), hard.clone(), limits.clone());
+        let gauge = gauge.clone();
+        let closed_header = closed(ConnectionClosed::header_timeout);
+        let closed_idle = closed(ConnectionClosed::idle_timeout);
+        let closed_shutdown = closed(ConnectionClosed::shutdown);
+        tasks.spawn(async move {
+            if let Some(g) = &gauge {
+                g.inc();
+            }
+            let conn = builder.serve_connection(io, service);
+            tokio::pin!(conn);
+            let mut graceful = false;
+            let mut check =
+                tokio::time::Instant::now() + limits.header_read_timeout.min(limits.idle_timeout);
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    () = stop.cancelled(), if !graceful => {
+                        conn.as_mut().graceful_shutdown();
+                        graceful = true;
+                    }
+                    () = hard.cancelled() => {
+                        if let Some(c) = &closed_shutdown { c.inc(); }
+                        break;
+                    }
+                    () = tokio::time::sleep_until(check) => match activity.check(&limits) {
+                        Ok(next) => check = tokio::time::Instant::now() + next,
+                        Err(reason) => {
+                            let counter = match reason {
+                                ConnectionClosed::header_timeout => &closed_header,
+                                _ => &closed_idle,
+                            };
+                            if let Some(c) = counter { c.inc(); }
+                            tracing::debug!(?reason, "closing a connection");
+                            break;
+                        }
+                    },
+                }
+            }
+            if let Some(g) = &gauge {
+                g.dec();
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tasks.close();
+    if tokio::time::timeout(limits.shutdown_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout = ?limits.shutdown_timeout,
+            "requests still in flight at the end of --shutdown-timeout; closing their connections"
+        );
+        hard.cancel();
+        tasks.wait().await;
+    }
+    Ok(())
+}
+
+/// Answers a connection over `--max-connections` with a 503 and closes it.
+async fn refuse(mut stream: TcpStream) {
+    const BODY: &str = r#"{"error":"too many connections","detail":"the ingress has --max-connections open; retry shortly"}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        // Read what the client sent first (a request head, usually): closing with
+        // unread bytes would send a reset instead of the answer.
+        let mut buf = [0u8; 8192];
+        let _ = tokio::time::timeout(Duration::from_millis(100), async {
+            use tokio::io::AsyncReadExt;
+            let _ = stream.read(&mut buf).await;
+        })
+        .await;
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
