@@ -366,7 +366,10 @@ async fn read_body(
             None if buf.is_empty() => single = Some(data),
             None => buf.extend_from_slice(&data),
             Some(first) => {
-                buf.reserve(first.len() + data.len());
+                // The declared length at once: growing by doubling would allocate
+                // up to twice the body (more than was charged).
+                let want = declared.map_or(0, |n| n as usize);
+                buf.reserve(want.max(first.len() + data.len()));
                 buf.extend_from_slice(&first);
                 buf.extend_from_slice(&data);
             }

@@ -82,6 +82,9 @@ impl Default for ServerLimits {
     }
 }
 
+/// The most a connection's HTTP/1 read buffer holds.
+const READ_BUFFER: usize = 64 << 10;
+
 /// At most this many refusals (over `--max-connections`) are written at once;
 /// beyond, a connection is closed without a response.
 const MAX_REFUSING: usize = 64;
@@ -221,7 +224,10 @@ fn builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        .keep_alive(true);
+        .keep_alive(true)
+        // hyper's default read buffer grows to about 400 KiB per connection while a
+        // body streams in; 64 KiB keeps --max-connections × buffer small.
+        .max_buf_size(READ_BUFFER);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.http2_max_streams)
