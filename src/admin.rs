@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -76,6 +77,9 @@ impl AdminState {
     }
 }
 
+/// The largest admin request body read.
+const MAX_ADMIN_BODY: usize = 64 << 10;
+
 /// The admin routes.
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
@@ -85,6 +89,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
             get(redrive_status).post(redrive).delete(redrive_cancel),
         )
         .route("/admin/dlq/{namespace}/{broker}/{offset}", get(show))
+        // No admin request has a body worth more than this.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY))
         .with_state(state)
 }
 
@@ -104,6 +110,13 @@ impl IntoResponse for AdminError {
 
 fn error(status: StatusCode, msg: impl Into<String>) -> AdminError {
     AdminError(status, msg.into())
+}
+
+/// A query string that does not parse (a negative or too large number, say): 400
+/// with serde's account of it, as JSON like every other admin error.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, AdminError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))
 }
 
 fn internal(e: impl std::fmt::Display) -> AdminError {
@@ -143,8 +156,9 @@ fn listed_json(l: &Listed) -> serde_json::Value {
 async fn list(
     State(state): State<Arc<AdminState>>,
     Path((ns, name)): Path<(String, String)>,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, AdminError> {
+    let q = query(q)?;
     let logs = logs(&state, &ns, &name)?;
     let page = dead_letter::page(logs.dead_letters.as_ref(), q.from, q.limit.unwrap_or(100))
         .await
@@ -166,8 +180,16 @@ async fn list(
 
 async fn show(
     State(state): State<Arc<AdminState>>,
-    Path((ns, name, offset)): Path<(String, String, u64)>,
+    p: Result<Path<(String, String, u64)>, PathRejection>,
 ) -> Result<Response, AdminError> {
+    let (ns, name, offset) = p
+        .map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("the offset must be a whole number from 0 to {}", u64::MAX),
+            )
+        })?
+        .0;
     let logs = logs(&state, &ns, &name)?;
     let found = dead_letter::entry_at(logs.dead_letters.as_ref(), offset)
         .await
@@ -243,8 +265,9 @@ pub fn status_json(s: &RedriveStatus) -> serde_json::Value {
 async fn redrive(
     State(state): State<Arc<AdminState>>,
     Path((ns, name)): Path<(String, String)>,
-    Query(q): Query<RedriveQuery>,
+    q: Result<Query<RedriveQuery>, QueryRejection>,
 ) -> Result<Response, AdminError> {
+    let q = query(q)?;
     let to = match q.to.as_deref() {
         None | Some("subscriber") => RedriveTo::Subscriber,
         Some("broker") => RedriveTo::Broker,

@@ -311,8 +311,8 @@ pub struct ServeArgs {
     /// hyper and Apache accept.
     #[arg(long, env = "TRIGGERFISH_MAX_ATTRIBUTES", default_value_t = broker::event::limits::DEFAULT_MAX_ATTRIBUTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(5..=200))]
     pub max_attributes: usize,
-    /// Longest attribute name, in bytes.
-    #[arg(long, env = "TRIGGERFISH_MAX_ATTRIBUTE_NAME_BYTES", default_value_t = broker::event::limits::DEFAULT_MAX_NAME_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(20..=1024))]
+    /// Longest attribute name, in bytes (at most 255: the stored record's limit).
+    #[arg(long, env = "TRIGGERFISH_MAX_ATTRIBUTE_NAME_BYTES", default_value_t = broker::event::limits::DEFAULT_MAX_NAME_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(20..=broker::event::codec::MAX_NAME_BYTES as u64))]
     pub max_attribute_name_bytes: usize,
     /// Most bytes of attributes per event: names plus values as binary-mode headers
     /// carry them (percent-encoded). The default fits nginx's 8 KiB header lines and

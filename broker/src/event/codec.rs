@@ -17,6 +17,10 @@ use super::{known_name, AttrValue, DataKind, Event, Str};
 
 const VERSION: u8 = 1;
 
+/// The longest attribute name a record holds (its length is one byte): the upper
+/// bound of `--max-attribute-name-bytes`.
+pub const MAX_NAME_BYTES: usize = 255;
+
 /// Why a stored record could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed event record: {0}")]
@@ -46,9 +50,10 @@ pub fn encode(event: &Event, out: &mut Vec<u8>) {
     out.put_u8(event.data_kind() as u8);
     out.put_u16_le(event.attribute_count().min(u16::MAX as usize) as u16);
     for (name, value) in event.attributes().take(u16::MAX as usize) {
-        // Attribute names are validated ASCII; longer than 255 bytes cannot pass
-        // ingress limits, but truncate defensively rather than corrupt the record.
-        let name = &name.as_bytes()[..name.len().min(255)];
+        // Attribute names are validated ASCII; longer than [`MAX_NAME_BYTES`] cannot
+        // pass the ingress's limits (`--max-attribute-name-bytes` stops there), but
+        // truncate defensively rather than corrupt the record.
+        let name = &name.as_bytes()[..name.len().min(MAX_NAME_BYTES)];
         out.put_u8(name.len() as u8);
         out.put_slice(name);
         match value {
@@ -170,6 +175,27 @@ pub fn decode(record: &Bytes) -> Result<Event, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fuzzing (fuzz/http_structured, kafka_binding) found names over 255 bytes,
+    /// which a record cannot hold (its name length is a byte) and encoding cut
+    /// short: a different attribute after a restart. `--max-attribute-name-bytes`
+    /// allowed up to 1,024; it now stops at [`MAX_NAME_BYTES`], and a name of that
+    /// length round-trips.
+    #[test]
+    fn names_up_to_the_record_limit_round_trip_and_the_limit_refuses_longer() {
+        let mut e = Event::new();
+        e.set_str("specversion", "1.0");
+        e.set_str("a".repeat(MAX_NAME_BYTES), "v");
+        let mut out = Vec::new();
+        encode(&e, &mut out);
+        assert_eq!(decode(&Bytes::from(out)).expect("decodes"), e);
+        let limits = crate::event::EventLimits {
+            max_name_bytes: MAX_NAME_BYTES,
+            ..Default::default()
+        };
+        e.set_str("b".repeat(MAX_NAME_BYTES + 1), "v");
+        assert!(limits.check(&e).is_err());
+    }
 
     #[test]
     fn round_trip() {

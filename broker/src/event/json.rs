@@ -257,28 +257,39 @@ pub fn write_event(event: &Event, out: &mut Vec<u8>) {
         if !first {
             out.push(b',');
         }
-        match event.data_kind() {
-            DataKind::Json => {
-                out.extend_from_slice(b"\"data\":");
-                out.extend_from_slice(data);
-            }
-            DataKind::Text => {
-                out.extend_from_slice(b"\"data\":");
-                write_json_string(&String::from_utf8_lossy(data), out);
-            }
+        // Data goes in as JSON only when it is JSON text: a record from another
+        // producer (or a binary-mode body under a JSON content type) may say so and
+        // hold anything, and embedding it would send an unparseable event.
+        let as_json = match event.data_kind() {
+            DataKind::Json => is_json_text(data),
+            DataKind::Text => false,
             DataKind::Binary => {
-                let json_ct = event
+                event
                     .get_str(DATACONTENTTYPE)
-                    .is_some_and(is_json_media_type);
-                if json_ct && serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok() {
-                    out.extend_from_slice(b"\"data\":");
-                    out.extend_from_slice(data);
-                } else {
-                    out.extend_from_slice(b"\"data_base64\":\"");
-                    out.extend_from_slice(B64.encode(data).as_bytes());
-                    out.push(b'"');
-                }
+                    .is_some_and(is_json_media_type)
+                    && is_json_text(data)
             }
+        };
+        if as_json {
+            out.extend_from_slice(b"\"data\":");
+            out.extend_from_slice(data);
+        } else if event.data_kind() == DataKind::Text
+            && event
+                .get_str(DATACONTENTTYPE)
+                .is_some_and(|ct| !is_json_media_type(ct))
+        {
+            // A string member is text only under a non-JSON content type; a stored
+            // record may say text without one, and then it goes as bytes.
+            out.extend_from_slice(b"\"data\":");
+            write_json_string(&String::from_utf8_lossy(data), out);
+        } else {
+            if event.data_kind() == DataKind::Json && event.get(DATACONTENTTYPE).is_none() {
+                // Its content type was implied by the JSON member: say it.
+                out.extend_from_slice(b"\"datacontenttype\":\"application/json\",");
+            }
+            out.extend_from_slice(b"\"data_base64\":\"");
+            out.extend_from_slice(B64.encode(data).as_bytes());
+            out.push(b'"');
         }
     }
     out.push(b'}');
@@ -289,6 +300,14 @@ pub fn to_vec(event: &Event) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + event.data().map_or(0, |d| d.len()));
     write_event(event, &mut out);
     out
+}
+
+/// Whether `data` is one JSON value as UTF-8 text (serde_json skips over the
+/// contents of strings it ignores without checking their UTF-8, so that is checked
+/// first).
+fn is_json_text(data: &[u8]) -> bool {
+    std::str::from_utf8(data)
+        .is_ok_and(|t| serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok())
 }
 
 fn write_json_string(s: &str, out: &mut Vec<u8>) {
@@ -358,6 +377,47 @@ mod tests {
                 .attribute,
             "e500"
         );
+    }
+
+    /// Fuzzing (fuzz/http_binary, nats_binding, record_codec) found data that says
+    /// it is JSON and is not: a stored record of kind JSON with `{""a:1}`, and a
+    /// binary-mode body under `application/json` holding invalid UTF-8 inside a
+    /// string (serde_json's skipping parser does not check it). Embedded as they
+    /// were, the structured event was not JSON. Now they go as `data_base64`, and
+    /// the bytes come back unchanged.
+    #[test]
+    fn data_that_is_not_json_text_goes_as_base64() {
+        for (kind, data) in [
+            (DataKind::Json, &b"{\"\"a:1}"[..]),
+            (DataKind::Binary, &b"{\"\xdb\":1}"[..]),
+            (DataKind::Json, &b"{\"\xdb\":1}"[..]),
+            // Found by fuzz/record_codec: text data without a content type, which
+            // came back as JSON data.
+            (DataKind::Text, &b"{\"a\":1}"[..]),
+        ] {
+            // Without a content type, the one the JSON member implied is kept.
+            let mut bare = Event::new();
+            bare.set_str("specversion", "1.0");
+            bare.set_data(kind, Some(Bytes::copy_from_slice(data)));
+            let back = parse_event(&to_vec(&bare)).expect("parses");
+            assert_eq!(back.effective_content_type(), bare.effective_content_type());
+            let mut e = Event::new();
+            e.set_str("specversion", "1.0");
+            e.set_str("id", "1");
+            e.set_str("source", "/s");
+            e.set_str("type", "t");
+            e.set_str("datacontenttype", "application/json");
+            e.set_data(kind, Some(Bytes::copy_from_slice(data)));
+            let text = to_vec(&e);
+            let back = parse_event(&text).unwrap_or_else(|err| {
+                panic!(
+                    "{kind:?} {data:?}: {err:?} in {}",
+                    String::from_utf8_lossy(&text)
+                )
+            });
+            assert_eq!(back.data().map(|d| &d[..]), Some(data));
+            assert_eq!(back.data_kind(), DataKind::Binary, "as data_base64");
+        }
     }
 
     #[test]

@@ -39,6 +39,14 @@ pub fn check_name(name: &str) -> Result<(), EventError> {
             "attribute names may only contain lower-case letters a-z and digits 0-9",
         ));
     }
+    if name == "data" {
+        // CloudEvents 1.0 (spec.md, extension naming): reserved, and in structured
+        // mode it would collide with the event's data member.
+        return Err(EventError::new(
+            name,
+            "'data' is reserved for the event's data and cannot be an attribute name",
+        ));
+    }
     Ok(())
 }
 
@@ -199,7 +207,10 @@ fn check_media_type(ct: &str) -> Result<(), EventError> {
         };
         token(t) && token(s)
     });
-    if valid {
+    // Parameters too must be what a Content-Type header can carry: visible ASCII,
+    // spaces and tabs (binary mode would otherwise drop the attribute).
+    let header_safe = ct.bytes().all(|b| b == b'\t' || (0x20..=0x7e).contains(&b));
+    if valid && header_safe {
         Ok(())
     } else {
         Err(EventError::new(
@@ -289,6 +300,31 @@ mod tests {
         assert_eq!(validate(&e), Ok(()));
         e.set_str("dataschema", "/relative");
         assert_eq!(err_attr(&e), "dataschema");
+    }
+
+    /// Fuzzing (fuzz/http_structured) found `"datacontenttype":"text/A$;$ᗩ"`: a
+    /// valid essence with a parameter no header can carry, so binary mode dropped
+    /// the attribute.
+    #[test]
+    fn datacontenttype_parameters_must_fit_a_header() {
+        let mut e = minimal();
+        e.set_str("datacontenttype", "text/A$;$ᗩ");
+        assert_eq!(err_attr(&e), "datacontenttype");
+        e.set_str("datacontenttype", "text/plain; charset=\"utf-8\" ");
+        assert!(validate(&e).is_ok());
+    }
+
+    /// Fuzzing (fuzz/http_binary) found `ce-data: x`: an attribute named `data`,
+    /// which structured mode then wrote beside the data member, an event no parser
+    /// reads back. The spec reserves the name.
+    #[test]
+    fn data_is_not_an_attribute_name() {
+        let mut e = minimal();
+        e.set_str("data", "x");
+        assert_eq!(err_attr(&e), "data");
+        let mut e = minimal();
+        e.set_str("database", "x");
+        assert!(validate(&e).is_ok(), "only the name itself is reserved");
     }
 
     #[test]
