@@ -447,3 +447,56 @@ async fn admin_inputs_are_bounded() {
     server.shutdown();
     server.wait().await.unwrap();
 }
+
+/// Shutdown is bounded: a request still sending its body when the listener stops
+/// gets `--shutdown-timeout`, then its connection is dropped (its producer got no
+/// 202 and retries), and the server finishes stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_at_shutdown_are_bounded_by_the_shutdown_timeout() {
+    let sub = Subscriber::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), &sub);
+    opts.ingress.body_read_timeout = Duration::from_secs(60);
+    opts.ingress.server.shutdown_timeout = Duration::from_secs(1);
+    let server = start_with(opts).await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"POST /default/default HTTP/1.1\r\nHost: x\r\nce-specversion: 1.0\r\nce-id: late\r\nce-source: /t\r\nce-type: t\r\nContent-Length: 1000\r\n\r\nxx")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    server.shutdown();
+    let response = read_response(&mut s, Duration::from_secs(10)).await;
+    let closed_after = started.elapsed();
+    assert!(!response.contains("202"), "{response:?}");
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(3),
+        "closed after {closed_after:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), server.wait())
+        .await
+        .expect("the server stops")
+        .unwrap();
+    assert!(sub.received().is_empty());
+}
+
+/// Found by fuzzing: a structured event whose `datacontenttype` has a multi-byte
+/// character where `+json` would start panicked while decoding; it is a 400 now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_type_that_panicked_the_decoder_is_a_400() {
+    let sub = Subscriber::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(options(dir.path(), &sub)).await;
+    let body = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"x/܏lain","data":"d"}"#;
+    let (status, _, detail) = post(
+        server.addr,
+        "/default/default",
+        &[("content-type", "application/cloudevents+json")],
+        body,
+    )
+    .await;
+    assert_eq!(status, 400, "{detail}");
+    assert!(detail.contains("datacontenttype"), "{detail}");
+    server.shutdown();
+    server.wait().await.unwrap();
+}

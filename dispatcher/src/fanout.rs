@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::held::{batch_len, size_of, Held, LaneAccount, LaneCharge};
+use crate::held::{size_of, BatchSize, Held, LaneAccount, LaneCharge};
 use crate::malformed;
 
 /// What a lane receives.
@@ -164,9 +164,8 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
     let mut last_skip = tokio::time::Instant::now();
     // Some attached lane's watermark is behind the reader's position.
     let mut stale = false;
-    // Batches are sized by bytes (see `held`): the last batch's length and its
-    // largest record.
-    let (mut last_len, mut largest) = (0usize, 0usize);
+    // Batches are sized by bytes (see `held`).
+    let mut sizes = BatchSize::new(BATCH);
     let mut matches = Vec::with_capacity(ctx.lanes.len());
     loop {
         tokio::select! {
@@ -196,7 +195,7 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
                 last_skip = tokio::time::Instant::now();
                 stale = !send_skips(&mut attached, reader.position(), true);
             }
-            batch = reader.next_batch(batch_len(ctx.read_room, largest, last_len, BATCH)) => {
+            batch = reader.next_batch(sizes.next(ctx.read_room)) => {
                 let batch = match batch {
                     Ok(b) => b,
                     Err(e) => {
@@ -208,7 +207,8 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
                 let lanes = attached.iter().enumerate().filter(|(_, a)| a.is_some()).map(|(i, _)| i);
                 report_skipped(&ctx, reader.as_mut(), lanes, "shared");
                 let mut handled_malformed = false;
-                (last_len, largest) = (batch.len(), 0);
+                let mut largest = 0;
+                let read = batch.len();
                 for record in batch {
                     if let Err(m) = &record.event {
                         if !ctx.malformed.handle(ctx.partition, record.offset, m, &ctx.shutdown).await {
@@ -220,6 +220,7 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
                     largest = largest.max(approx_size(&record));
                     fan_out(&ctx, &mut attached, record, &mut matches);
                 }
+                sizes.saw(read, largest);
                 // The cursor moves at once past a dead-lettered record (so a restart
                 // does not store it again), else every few seconds.
                 let pos = reader.position();
@@ -437,12 +438,12 @@ pub async fn catch_up(ctx: Partition, lane: usize, from: Offset, mut tx: mpsc::S
     let info = ctx.lanes[lane].clone();
     // Batches sized by bytes, within half the trigger's share (see `held`).
     let room = info.account.share() / 2;
-    let (mut last_len, mut largest) = (0usize, 0usize);
+    let mut sizes = BatchSize::new(BATCH);
     loop {
         report_skipped(&ctx, reader.as_mut(), [lane], "catch-up");
         let batch = tokio::select! {
             () = ctx.shutdown.cancelled() => return,
-            b = reader.try_batch(batch_len(room, largest, last_len, BATCH)) => b,
+            b = reader.try_batch(sizes.next(room)) => b,
         };
         let batch = match batch {
             Ok(b) => b,
@@ -478,8 +479,10 @@ pub async fn catch_up(ctx: Partition, lane: usize, from: Offset, mut tx: mpsc::S
                 Err(_) => return,
             }
         }
-        last_len = batch.len();
-        largest = batch.iter().map(approx_size).max().unwrap_or(0);
+        sizes.saw(
+            batch.len(),
+            batch.iter().map(approx_size).max().unwrap_or(0),
+        );
         for r in batch {
             match r.event {
                 Ok(e) if info.filter.matches(&e) => {

@@ -147,14 +147,47 @@ impl Drop for LaneCharge {
     }
 }
 
-/// How many records a reader asks for next: as many as `room` bytes hold at the
-/// largest record size of its last batch (`largest`, 0 before the first), between
-/// 1 and `max`; before the first batch one record, then at most double the last.
-pub fn batch_len(room: usize, largest: usize, last: usize, max: usize) -> usize {
-    if largest == 0 {
-        return 1.max(last).min(max);
+/// How many records a reader asks for: as many as its room holds at the largest
+/// record size of its last batch, and while sizes are unknown or growing, at most
+/// double what it asked for last time a batch came back full (one record first).
+/// A batch that came back short (the reader is at the end of the log) does not
+/// shrink the next one.
+#[derive(Debug)]
+pub struct BatchSize {
+    asked: usize,
+    largest: usize,
+    max: usize,
+}
+
+impl BatchSize {
+    /// Starts at one record, never more than `max`.
+    pub fn new(max: usize) -> BatchSize {
+        BatchSize {
+            asked: 1,
+            largest: 0,
+            max: max.max(1),
+        }
     }
-    (room / largest).clamp(1, max).min(last.max(1) * 2)
+
+    /// The next batch's length for `room` bytes.
+    pub fn next(&mut self, room: usize) -> usize {
+        let fits = match self.largest {
+            0 => self.max,
+            largest => (room / largest).clamp(1, self.max),
+        };
+        self.asked.min(fits)
+    }
+
+    /// A batch of `len` records came back, the largest of `largest` bytes.
+    pub fn saw(&mut self, len: usize, largest: usize) {
+        if len == 0 {
+            return;
+        }
+        self.largest = largest.max(1);
+        if len >= self.asked {
+            self.asked = (self.asked * 2).min(self.max);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -186,14 +219,29 @@ mod tests {
 
     #[test]
     fn batches_grow_from_one_and_stay_within_room() {
-        assert_eq!(batch_len(1 << 20, 0, 0, 256), 1);
-        assert_eq!(batch_len(1 << 20, 100, 1, 256), 2, "doubling");
-        assert_eq!(batch_len(1 << 20, 100, 128, 256), 256);
+        let mut b = BatchSize::new(256);
+        assert_eq!(b.next(1 << 20), 1, "one record first");
+        b.saw(1, 100);
+        assert_eq!(b.next(1 << 20), 2, "doubling while full");
+        for _ in 0..10 {
+            let n = b.next(1 << 20);
+            b.saw(n, 100);
+        }
+        assert_eq!(b.next(1 << 20), 256, "up to the most");
+        b.saw(3, 100);
         assert_eq!(
-            batch_len(16 << 20, 1 << 20, 256, 256),
-            16,
-            "16 MiB of 1 MiB events"
+            b.next(1 << 20),
+            256,
+            "a short batch (at the end) does not shrink it"
         );
-        assert_eq!(batch_len(1 << 10, 1 << 20, 16, 256), 1, "at least one");
+        b.saw(256, 1 << 20);
+        assert_eq!(b.next(16 << 20), 16, "16 MiB of 1 MiB records");
+        assert_eq!(b.next(1 << 10), 1, "at least one");
+        b.saw(1, 100);
+        assert_eq!(
+            b.next(1 << 20),
+            256,
+            "small records again: back to the most"
+        );
     }
 }

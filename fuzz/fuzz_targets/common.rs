@@ -96,8 +96,7 @@ pub fn check_valid(e: &Event) {
     let (mut got, mut want) = (essence(&back), essence(e));
     // JSON data is a JSON value in structured mode: whitespace around it is not
     // kept (a binary-mode body of "\n{}" comes back as "{}").
-    let value = |d: &[u8]| serde_json::from_slice::<serde_json::Value>(d).ok();
-    if got.1 != want.1 && value(&got.1).is_some() && value(&got.1) == value(&want.1) {
+    if got.1 != want.1 && got.1 == want.1.trim_ascii() {
         (got.1, want.1) = (Vec::new(), Vec::new());
     }
     assert_eq!(got, want, "structured mode round trip");

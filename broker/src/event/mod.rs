@@ -379,8 +379,11 @@ pub fn is_json_media_type(ct: &str) -> bool {
     let Some((_, sub)) = essence.split_once('/') else {
         return false;
     };
-    sub.eq_ignore_ascii_case("json")
-        || (sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
+    // Compared as bytes: slicing the `str` panicked inside a multi-byte character
+    // (found by fuzz/http_structured: `"datacontenttype":"x/܏lain"`).
+    let sub = sub.as_bytes();
+    sub.eq_ignore_ascii_case(b"json")
+        || (sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case(b"+json"))
 }
 
 #[cfg(test)]
@@ -397,6 +400,10 @@ mod tests {
         assert!(!is_json_media_type("json"));
         assert!(!is_json_media_type("application/+json"));
         assert!(!is_json_media_type("text/plain"));
+        // Found by fuzzing: a multi-byte character where "+json" would start.
+        assert!(!is_json_media_type("x/\u{70f}lain"));
+        assert!(!is_json_media_type("a/\u{e9}\u{e9}\u{e9}\u{e9}"));
+        assert!(is_json_media_type("a/\u{e9}+json"));
     }
 
     #[test]
