@@ -239,7 +239,9 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
         }
         // 2. Stop accepting; requests in flight finish within --shutdown-timeout.
         stop_listeners.cancel();
-        let served = served.await.context("ingress task failed")?;
+        // Not `?`: the dispatcher below drains and writes its checkpoints whatever
+        // happened to the listener.
+        let served = served.await.context("ingress task failed");
         if let Some((_, task)) = admin {
             let _ = task.await;
         }
@@ -253,7 +255,7 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
         drop(logs);
         drop(log);
         tracing::info!("shutdown complete");
-        served.context("server failed")
+        served?.context("server failed")
     });
     Ok(Running {
         addr,

@@ -95,6 +95,15 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
         Ok(d) if d.is_zero() => Err(anyhow::anyhow!("--{flag}: must be positive")),
         other => other,
     };
+    // A request of the largest body (three times its size for the JSON formats)
+    // must fit the budget with room to spare, or it would get 503 for ever.
+    if args.memory_budget < args.max_body_bytes.saturating_mul(4) {
+        anyhow::bail!(
+            "--memory-budget {} is less than four times --max-body-bytes {}: the largest request could never be held",
+            args.memory_budget,
+            args.max_body_bytes
+        );
+    }
     let budget = broker::budget::MemoryBudget::new(args.memory_budget);
     let retention_age = duration("retention-age", &args.retention_age)?;
     let append_timeout = duration("append-timeout", &args.append_timeout)?;

@@ -178,7 +178,7 @@ where
             encode(&mut headers);
         }
         let sent = std::mem::take(&mut headers);
-        let (mut attempt, _charge) =
+        let (mut attempt, charge) =
             attempt(client, url, spec, sent, body.clone(), max_response, budget).await;
         n += 1;
         let mut decision = classify(attempt.status, &attempt.headers, SystemTime::now());
@@ -209,6 +209,10 @@ where
                 }
             }
         };
+        // The response is not needed past this attempt: its bytes go back to the
+        // budget before the backoff, not after it.
+        attempt.body = Bytes::new();
+        drop(charge);
         let wait = spec.wait_before_retry(n, retry_after);
         tracing::debug!(url = %url, event_id = event.id(), attempt = n, status = ?attempt.status,
             error = attempt.error.as_deref().unwrap_or(""), wait_ms = wait.as_millis() as u64, "delivery failed; will retry");

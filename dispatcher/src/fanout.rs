@@ -295,7 +295,7 @@ fn fan_out(
         }
         let shared = held.get_or_insert_with(|| {
             let e = event.take().expect("taken once");
-            size = size_of(&e);
+            size = size_of(&e, ctx.lanes[i].account.budget());
             ctx.lanes[i]
                 .account
                 .budget()
@@ -390,7 +390,7 @@ async fn backfill(
                 let info = &ctx.lanes[lane];
                 if info.filter.matches(&e) {
                     // Within the trigger's share and the budget now, or not at all.
-                    let size = size_of(&e);
+                    let size = size_of(&e, info.account.budget());
                     let Some(charge) = info.account.try_charge(size) else {
                         return false;
                     };
@@ -486,7 +486,7 @@ pub async fn catch_up(ctx: Partition, lane: usize, from: Offset, mut tx: mpsc::S
         for r in batch {
             match r.event {
                 Ok(e) if info.filter.matches(&e) => {
-                    let size = size_of(&e);
+                    let size = size_of(&e, info.account.budget());
                     // Waits for the trigger's share, then for the budget.
                     let charged = async {
                         let charge = info.account.charge(size).await;

@@ -33,9 +33,12 @@ pub fn lanes_part(budget: &MemoryBudget) -> usize {
     budget.limit() / 2
 }
 
-/// The bytes an event is charged for: its stored encoding's length.
-pub fn size_of(event: &Event) -> usize {
-    codec::encoded_len(event)
+/// The bytes an event is charged for: its stored encoding's length, but never more
+/// than the lanes' part of `budget`, so that a charge can always be granted once
+/// the others are released (an event from another producer on a shared channel can
+/// be larger than a small dispatcher's whole budget).
+pub fn size_of(event: &Event, budget: &MemoryBudget) -> usize {
+    codec::encoded_len(event).min(lanes_part(budget).max(1))
 }
 
 /// An event held by one or more lanes, its bytes charged to the budget.

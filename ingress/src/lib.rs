@@ -317,7 +317,12 @@ async fn read_body(
         ),
         None => None,
     };
-    let expected = declared.unwrap_or(limit as u64);
+    // What will be read: the body up to the limit, or for a refused one at most
+    // --max-discard-bytes; never the declared length itself (a Content-Length of
+    // 10^12 must not buy a deadline of months).
+    let expected = declared
+        .unwrap_or(limit as u64)
+        .min((limit as u64).max(opts.max_discard_bytes));
     let timeout = opts.body_read_timeout
         + Duration::from_secs_f64(expected as f64 / opts.min_body_rate.max(1) as f64);
     let deadline = tokio::time::Instant::now() + timeout;

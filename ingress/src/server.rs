@@ -37,6 +37,7 @@ use axum::Router;
 use broker::telemetry::{ConnectionClosed, Metrics};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -77,7 +78,7 @@ impl Default for ServerLimits {
             http2_max_streams: 256,
             http2_max_pending_resets: 20,
             http2_max_local_resets: 256,
-            shutdown_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -127,7 +128,31 @@ impl Activity {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.last.store(now_ms(), Ordering::Relaxed);
     }
+}
 
+/// Ends a request's count when its future ends, however it ends: hyper drops the
+/// future of an HTTP/2 stream the client reset, and a count left behind would keep
+/// the connection from its idle and header deadlines for good.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_done();
+    }
+}
+
+/// Counts a connection in the gauge while it lives (a panic in its task too).
+struct Open(Option<Gauge>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.dec();
+        }
+    }
+}
+
+impl Activity {
     /// `Err(reason)` when a deadline has passed, else when to check again.
     fn check(&self, limits: &ServerLimits) -> Result<Duration, ConnectionClosed> {
         let now = now_ms();
@@ -294,9 +319,10 @@ pub async fn serve(
                 let mut router = router.clone();
                 let activity = service_activity.clone();
                 activity.request_started();
+                let guard = InFlight(activity);
                 async move {
                     let response = router.call(req).await;
-                    activity.request_done();
+                    drop(guard);
                     response
                 }
             });
@@ -310,6 +336,7 @@ pub async fn serve(
             if let Some(g) = &gauge {
                 g.inc();
             }
+            let _open = Open(gauge.clone());
             let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
             let mut graceful = false;
@@ -339,9 +366,6 @@ pub async fn serve(
                         }
                     },
                 }
-            }
-            if let Some(g) = &gauge {
-                g.dec();
             }
             drop(slot);
         });
