@@ -189,6 +189,32 @@ pub struct Metrics {
     pub memory_budget: Gauge,
     /// Event bytes held now under the memory budget.
     pub memory_used: Gauge,
+    lag: Family<TriggerLabels, Gauge>,
+    reloads: Family<ReloadLabels, Counter>,
+    /// The generation of the config applied last (1 at start, +1 per reload that
+    /// changed something or not).
+    pub config_generation: Gauge,
+    /// How long the last config apply took, in seconds.
+    pub config_apply_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+/// How a config reload ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReloadOutcome {
+    /// Loaded, validated and applied.
+    applied,
+    /// Unchanged: nothing to apply.
+    unchanged,
+    /// Refused: the config is invalid; the previous one keeps running.
+    invalid,
+    /// Valid, but applying it failed (a channel error); retried on the next reload.
+    failed,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    outcome: ReloadOutcome,
 }
 
 /// Pre-resolved ingress counters of one broker.
@@ -249,6 +275,8 @@ pub struct TriggerMetrics {
     pub dead_letter_entries: Gauge,
     /// Seconds from the first attempt to the final outcome.
     pub latency: Histogram,
+    /// Events behind on the partitions this process dispatches.
+    pub lag: Gauge,
     /// Rare outcomes, whose series are created when first counted: a thousand
     /// idle triggers would otherwise hold four more series each (about 1.3 MiB of
     /// the 20 MiB idle budget, R9).
@@ -436,7 +464,35 @@ impl Metrics {
             "Event bytes held under the memory budget: requests being read and stored, events queued or in flight to subscribers, replies being read",
             memory_used.clone(),
         );
+        let lag = Family::<TriggerLabels, Gauge>::default();
+        registry.register(
+            "trigger_lag_events",
+            "Events appended to the partitions this process dispatches that the trigger has not passed yet (an upper bound where offsets have gaps)",
+            lag.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads (file change, SIGHUP, POST /admin/v1/reload), by outcome",
+            reloads.clone(),
+        );
+        let config_generation = Gauge::default();
+        registry.register(
+            "config_generation",
+            "Generation of the config running now",
+            config_generation.clone(),
+        );
+        let config_apply_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "config_apply_seconds",
+            "How long applying the last changed config took",
+            config_apply_seconds.clone(),
+        );
         Metrics {
+            lag,
+            reloads,
+            config_generation,
+            config_apply_seconds,
             connections,
             connections_closed,
             memory_budget,
@@ -471,6 +527,16 @@ impl Metrics {
         self.connections_closed
             .get_or_create(&ConnectionLabels { reason })
             .clone()
+    }
+
+    /// Counts a config reload.
+    pub fn config_reload(&self, outcome: ReloadOutcome) {
+        self.reloads.get_or_create(&ReloadLabels { outcome }).inc();
+    }
+
+    /// Reloads counted with `outcome` so far.
+    pub fn config_reloads(&self, outcome: ReloadOutcome) -> u64 {
+        self.reloads.get_or_create(&ReloadLabels { outcome }).get()
     }
 
     /// A shared handle.
@@ -541,6 +607,7 @@ impl Metrics {
             replies_stored: r(ReplyOutcome::stored),
             replies_dropped_ttl: r(ReplyOutcome::dropped_ttl),
             latency: self.latency.get_or_create(&labels).clone(),
+            lag: self.lag.get_or_create(&labels).clone(),
             dead_letter_entries: self.dead_letter_gauge(&broker),
         }
     }

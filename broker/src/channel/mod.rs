@@ -432,7 +432,41 @@ pub trait BrokerLog: Send + Sync + 'static {
         }
         self.store_checkpoint(trigger, &missing, true).await
     }
+
+    /// [`BrokerLog::init_checkpoint`] for many triggers at once (a reload that adds
+    /// ten thousand triggers): the same guarantee for each, returning once all are
+    /// stored. The default runs [`INIT_CONCURRENCY`] of them at a time (a round trip
+    /// each on a shared backend); the embedded log writes every file and syncs once.
+    async fn init_checkpoints(
+        &self,
+        triggers: &[(String, Vec<(u32, Offset)>)],
+    ) -> Result<(), ChannelError> {
+        for chunk in triggers.chunks(INIT_CONCURRENCY) {
+            let mut inits = futures_util::stream::FuturesUnordered::new();
+            for (name, initial) in chunk {
+                inits.push(self.init_checkpoint(name, initial));
+            }
+            while let Some(r) = futures_util::StreamExt::next(&mut inits).await {
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a trigger's stored checkpoint (every partition's), once the trigger
+    /// was removed from the config longer than the grace period ago: re-added later,
+    /// it starts afresh at the end of the log. Deleting one that does not exist is
+    /// not an error. The default keeps it (the Kafka checkpoint topic has no
+    /// deletion yet: there a trigger re-added after its grace period resumes where
+    /// it stopped).
+    async fn delete_checkpoint(&self, trigger: &str) -> Result<(), ChannelError> {
+        let _ = trigger;
+        Ok(())
+    }
 }
+
+/// Start checkpoints [`BrokerLog::init_checkpoints`] stores at once by default.
+pub const INIT_CONCURRENCY: usize = 64;
 
 /// Reads one partition in offset order.
 #[async_trait]

@@ -115,6 +115,26 @@ pub struct TriggerConfig {
     pub concurrency: usize,
     /// Annotations as written.
     pub annotations: BTreeMap<String, String>,
+    /// A hash of the trigger's `spec` as written, so that a reload can tell a
+    /// changed filter from an unchanged one without comparing compiled filters
+    /// ([`TriggerConfig::same_as`]).
+    pub spec_hash: u64,
+}
+
+impl TriggerConfig {
+    /// Whether `other` runs exactly like `self`: same broker, spec (filter,
+    /// subscriber), effective delivery (a broker's default included), order and
+    /// concurrency. Annotations that change nothing else (`kubectl`'s
+    /// `last-applied-configuration`) and metadata do not count.
+    pub fn same_as(&self, other: &TriggerConfig) -> bool {
+        self.name == other.name
+            && self.broker == other.broker
+            && self.spec_hash == other.spec_hash
+            && self.subscriber == other.subscriber
+            && self.delivery == other.delivery
+            && self.order == other.order
+            && self.concurrency == other.concurrency
+    }
 }
 
 /// A validated configuration.
@@ -429,6 +449,12 @@ fn parse_trigger(
     ctx: &mut Ctx<'_>,
     opts: &LoadOptions,
 ) -> Option<(TriggerConfig, bool)> {
+    let spec_hash = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        value.get("spec").hash(&mut h);
+        h.finish()
+    };
     let raw: RawTrigger = deserialize(value, ctx)?;
     let namespace = raw.metadata.namespace.unwrap_or_else(|| "default".into());
     let name = raw.metadata.name.unwrap_or_default();
@@ -535,6 +561,7 @@ fn parse_trigger(
             order,
             concurrency,
             annotations,
+            spec_hash,
         },
         own_delivery,
     ))

@@ -57,6 +57,11 @@ impl Checkpoints {
         self.lock().offsets.insert(name.to_owned(), offsets);
     }
 
+    /// Forgets `name`'s checkpoint (its file was deleted).
+    pub fn remove(&self, name: &str) {
+        self.lock().offsets.remove(name);
+    }
+
     /// Names the checkpoints that hold retention from now on (each already loaded
     /// with [`Checkpoints::set`]; one that is not counts as 0).
     pub fn set_live(&self, names: Vec<String>) {

@@ -570,6 +570,83 @@ impl BrokerLog for EmbeddedBroker {
         self.checkpoints.set(trigger, offsets);
         Ok(())
     }
+
+    /// Writes every new trigger's file, then syncs the file system once (`syncfs`):
+    /// ten thousand start checkpoints took 6.7 s synced one by one (issue 15).
+    async fn init_checkpoints(
+        &self,
+        triggers: &[(String, Vec<(u32, Offset)>)],
+    ) -> Result<(), ChannelError> {
+        let _serialised = self.store_lock.lock().await;
+        let mut writes: Vec<(String, Vec<Option<Offset>>, PathBuf, Vec<u8>)> = Vec::new();
+        for (name, initial) in triggers {
+            let mut offsets = self.cached_checkpoint(name)?;
+            let mut missing = false;
+            for &(p, o) in initial {
+                self.partition(p)?;
+                let slot = &mut offsets[p as usize];
+                if slot.is_none() {
+                    *slot = Some(o);
+                    missing = true;
+                }
+            }
+            if missing {
+                let body = serde_json::to_vec(&CheckpointFile {
+                    offsets: offsets.clone(),
+                })
+                .map_err(|e| ChannelError::Internal(e.to_string()))?;
+                writes.push((name.clone(), offsets, self.checkpoint_path(name), body));
+            }
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let dir = self.dir.join("checkpoints");
+        let sync = self.fsync != FsyncPolicy::Never;
+        let files: Vec<(PathBuf, Vec<u8>)> = writes
+            .iter_mut()
+            .map(|(_, _, path, body)| (std::mem::take(path), std::mem::take(body)))
+            .collect();
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            for (path, body) in &files {
+                let tmp = path.with_extension("json.tmp");
+                let mut f = File::create(&tmp)?;
+                f.write_all(body)?;
+                drop(f);
+                std::fs::rename(&tmp, path)?;
+            }
+            if sync {
+                // Every file's data and every rename, in one call.
+                let d = File::open(&dir)?;
+                rustix::fs::syncfs(&d)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ChannelError::Internal(format!("checkpoint task failed: {e}")))?;
+        written.map_err(|e| self.io(e))?;
+        for (name, offsets, _, _) in writes {
+            self.checkpoints.set(&name, offsets);
+        }
+        Ok(())
+    }
+
+    async fn delete_checkpoint(&self, trigger: &str) -> Result<(), ChannelError> {
+        let _serialised = self.store_lock.lock().await;
+        let path = self.checkpoint_path(trigger);
+        let dir = self.dir.join("checkpoints");
+        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => segment::sync_dir(&dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(|e| ChannelError::Internal(format!("checkpoint task failed: {e}")))?;
+        removed.map_err(|e| self.io(e))?;
+        self.checkpoints.remove(trigger);
+        Ok(())
+    }
 }
 
 impl EmbeddedBroker {

@@ -201,6 +201,24 @@ impl Checkpoints {
         }
     }
 
+    /// Deletes every partition's key of `trigger` (a delete marker: a later
+    /// `create` of a re-added trigger succeeds, a read finds nothing).
+    pub(super) async fn delete(&self, trigger: &str, partitions: u32) -> Result<(), ChannelError> {
+        let deletes = (0..partitions).map(|p| async move {
+            let key = self.key(trigger, p)?;
+            tokio::time::timeout(self.timeout, self.store.delete(&key))
+                .await
+                .map_err(|_| self.unavailable(trigger, "timed out deleting it"))?
+                .map_err(|e| self.unavailable(trigger, e))?;
+            self.revisions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            Ok::<(), ChannelError>(())
+        });
+        try_join_all(deletes).await.map(drop)
+    }
+
     fn known_revision(&self, key: &str) -> Option<u64> {
         self.revisions
             .lock()

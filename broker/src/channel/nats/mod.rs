@@ -664,6 +664,10 @@ impl BrokerLog for NatsBroker {
         self.checkpoints.init(trigger, initial).await
     }
 
+    async fn delete_checkpoint(&self, trigger: &str) -> Result<(), ChannelError> {
+        self.checkpoints.delete(trigger, self.partitions()).await
+    }
+
     fn leases(&self, owner: &str, hand_over: HandOver) -> Arc<dyn PartitionLeases> {
         let scope = lease::Scope {
             broker: &self.id,
