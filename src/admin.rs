@@ -21,7 +21,6 @@
 //! back to the end of the log with the new error; entries of other triggers move to
 //! the end unchanged; the cursor is stored after every batch.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -31,7 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
-use broker::config::{BrokerId, Config};
+use broker::config::BrokerId;
 use broker::event::json;
 use broker::event::{ERROR_CODE, ERROR_DATA, ERROR_DEST, ERROR_TRIGGER, REASON};
 use broker::telemetry::Metrics;
@@ -40,13 +39,42 @@ use dispatcher::dead_letter::{
 };
 use dispatcher::BrokerLogs;
 use serde::Deserialize;
+
+use crate::reload::Reloader;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+/// Where the ingress is, for the brokers' addresses in status.
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    /// The ingress's (or, for a dispatcher-only process, the health endpoint's)
+    /// listening address.
+    pub ingress: std::net::SocketAddr,
+    /// `--advertise-url`: the base URL producers use, when set.
+    pub advertise: Option<String>,
+}
+
+impl Addresses {
+    /// The URL of a broker: `<base>/<namespace>/<name>`.
+    pub fn broker_url(&self, id: &BrokerId) -> String {
+        let base = match &self.advertise {
+            Some(a) => a.trim_end_matches('/').to_owned(),
+            None => {
+                let mut a = self.ingress;
+                if a.ip().is_unspecified() {
+                    a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{a}")
+            }
+        };
+        format!("{base}/{}/{}", id.namespace, id.name)
+    }
+}
+
 /// Shared state of the admin API.
 pub struct AdminState {
-    config: Config,
-    logs: HashMap<BrokerId, BrokerLogs>,
+    pub(crate) reloader: Arc<Reloader>,
+    pub(crate) addresses: Addresses,
     redrives: Redrives,
 }
 
@@ -54,25 +82,16 @@ impl AdminState {
     /// Builds the state. `owner` names this process in the dead-letter logs' redrive
     /// leases; `shutdown` cancels running redrives.
     pub fn new(
-        config: Config,
-        logs: HashMap<BrokerId, BrokerLogs>,
+        reloader: Arc<Reloader>,
+        addresses: Addresses,
         metrics: Arc<Metrics>,
         owner: &str,
         shutdown: CancellationToken,
     ) -> AdminState {
-        AdminState::with_redrives(config, logs, Redrives::new(owner, metrics, shutdown))
-    }
-
-    /// Builds the state around given redrives (tests inject faults through them).
-    pub fn with_redrives(
-        config: Config,
-        logs: HashMap<BrokerId, BrokerLogs>,
-        redrives: Redrives,
-    ) -> AdminState {
         AdminState {
-            config,
-            logs,
-            redrives,
+            reloader,
+            addresses,
+            redrives: Redrives::new(owner, metrics, shutdown),
         }
     }
 }
@@ -89,13 +108,19 @@ pub fn router(state: Arc<AdminState>) -> Router {
             get(redrive_status).post(redrive).delete(redrive_cancel),
         )
         .route("/admin/dlq/{namespace}/{broker}/{offset}", get(show))
+        .route("/admin/v1/brokers", get(crate::status::brokers))
+        .route("/admin/v1/triggers", get(crate::status::triggers))
+        .route(
+            "/admin/v1/reload",
+            axum::routing::post(crate::status::reload),
+        )
         // No admin request has a body worth more than this.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY))
         .with_state(state)
 }
 
 /// An admin request failure: a status and what went wrong.
-struct AdminError(StatusCode, String);
+pub(crate) struct AdminError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
@@ -108,13 +133,13 @@ impl IntoResponse for AdminError {
     }
 }
 
-fn error(status: StatusCode, msg: impl Into<String>) -> AdminError {
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> AdminError {
     AdminError(status, msg.into())
 }
 
 /// A query string that does not parse (a negative or too large number, say): 400
 /// with serde's account of it, as JSON like every other admin error.
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, AdminError> {
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, AdminError> {
     q.map(|Query(q)| q)
         .map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))
 }
@@ -123,10 +148,13 @@ fn internal(e: impl std::fmt::Display) -> AdminError {
     error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-fn logs<'a>(state: &'a AdminState, ns: &str, name: &str) -> Result<&'a BrokerLogs, AdminError> {
+fn logs(state: &AdminState, ns: &str, name: &str) -> Result<BrokerLogs, AdminError> {
     state
+        .reloader
+        .live()
         .logs
         .get(&BrokerId::new(ns, name))
+        .cloned()
         .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no broker {ns}/{name}")))
 }
 
@@ -279,7 +307,8 @@ async fn redrive(
         }
     };
     let logs = logs(&state, &ns, &name)?;
-    let Some(config) = state.config.broker(&ns, &name) else {
+    let live = state.reloader.live();
+    let Some(config) = live.config.broker(&ns, &name) else {
         return Err(error(
             StatusCode::NOT_FOUND,
             format!("no broker {ns}/{name}"),

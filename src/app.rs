@@ -32,7 +32,8 @@ use broker::channel::EventLog;
 use dispatcher::BrokerLogs;
 
 use crate::admin;
-use broker::config::Config;
+use crate::reload::{self, Live, Parts, Reloader};
+use broker::config::{Config, LoadOptions};
 use broker::telemetry::Metrics;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -67,10 +68,19 @@ impl Role {
 pub struct ServerOptions {
     /// Brokers and triggers.
     pub config: Config,
+    /// Where `config` was read from, for reloads (`None`: it cannot be reloaded).
+    pub config_path: Option<std::path::PathBuf>,
+    /// How the config is read.
+    pub load_options: LoadOptions,
+    /// Reload when the config file or directory changes (`--config-watch`).
+    pub watch_config: bool,
     /// Ingress listen address (port 0 picks a free one).
     pub listen: SocketAddr,
     /// Admin API address (dead-letter log); `None` disables it.
     pub admin_listen: Option<SocketAddr>,
+    /// The URL brokers are addressed at, as status shows it (`--advertise-url`);
+    /// `None`: `http://` and the ingress's listening address.
+    pub advertise_url: Option<String>,
     /// Where brokers are stored.
     pub storage: Storage,
     /// What this process runs.
@@ -90,6 +100,8 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     /// Metrics registry (also served at `/metrics`).
     pub metrics: Arc<Metrics>,
+    /// The running config, and reloading it.
+    pub reloader: Arc<Reloader>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -126,21 +138,7 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
     let log = connect(&opts.storage, opts.role).await?;
     let mut logs: HashMap<_, BrokerLogs> = HashMap::new();
     for b in &opts.config.brokers {
-        let events = log
-            .open(&b.id, broker::channel::LogKind::Events)
-            .await
-            .with_context(|| format!("opening broker {}", b.id))?;
-        let dead_letters = log
-            .open(&b.id, broker::channel::LogKind::DeadLetters)
-            .await
-            .with_context(|| format!("opening the dead-letter log of broker {}", b.id))?;
-        logs.insert(
-            b.id.clone(),
-            BrokerLogs {
-                events,
-                dead_letters,
-            },
-        );
+        logs.insert(b.id.clone(), reload::open_logs(log.as_ref(), &b.id).await?);
     }
     let metrics = Metrics::shared();
     opts.ingress
@@ -151,7 +149,7 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
     let stop_listeners = CancellationToken::new();
     let stop_dispatch = CancellationToken::new();
     let dispatcher = if opts.role.dispatcher() {
-        Some(
+        Some(Arc::new(tokio::sync::Mutex::new(
             dispatcher::start(
                 &opts.config,
                 &logs,
@@ -160,7 +158,7 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
                 stop_dispatch.clone(),
             )
             .await?,
-        )
+        )))
     } else {
         for b in &opts.config.brokers {
             if let Some(l) = logs.get(&b.id) {
@@ -184,6 +182,31 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
     } else {
         (health_router(metrics.clone(), ready.clone()), None)
     };
+    let reloader = Reloader::new(
+        opts.config_path.clone(),
+        opts.load_options.clone(),
+        Live {
+            config: opts.config.clone(),
+            generation: 1,
+            logs: logs.clone(),
+        },
+        Parts {
+            channel: log.clone(),
+            dispatcher: dispatcher.clone(),
+            ingress: ingress_state.clone(),
+        },
+        metrics.clone(),
+    );
+    if let (true, Some(path)) = (opts.watch_config, &opts.config_path) {
+        reload::watch(reloader.clone(), path, stop_listeners.clone());
+    }
+    if let Some(d) = &dispatcher {
+        spawn_expiry(
+            d.clone(),
+            opts.dispatcher.removed_trigger_grace,
+            stop_listeners.clone(),
+        );
+    }
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
@@ -196,8 +219,11 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
                 .with_context(|| format!("cannot listen on {a} (admin)"))?;
             let admin_addr = l.local_addr()?;
             let admin = Arc::new(admin::AdminState::new(
-                opts.config.clone(),
-                logs.clone(),
+                reloader.clone(),
+                admin::Addresses {
+                    ingress: addr,
+                    advertise: opts.advertise_url.clone(),
+                },
                 metrics.clone(),
                 &opts.dispatcher.owner,
                 stop_dispatch.clone(),
@@ -223,8 +249,11 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
         stop_listeners.clone(),
     ));
     let delay = opts.ingress.shutdown_delay;
+    let closing = reloader.clone();
     let task = tokio::spawn(async move {
         shutdown.cancelled().await;
+        // No reload starts from now on (one running finishes first).
+        closing.close().await;
         // 1. Not ready, while still serving: load balancers take us out first.
         if let Some(state) = &ingress_state {
             state.set_ready(false);
@@ -250,7 +279,7 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
         stop_dispatch.cancel();
         if let Some(dispatcher) = dispatcher {
             tracing::info!("draining deliveries");
-            dispatcher.wait().await;
+            dispatcher.lock().await.wait().await;
         }
         drop(logs);
         drop(log);
@@ -261,9 +290,35 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
         addr,
         admin_addr,
         metrics,
+        reloader,
         shutdown: shutdown_token,
         task,
     })
+}
+
+/// Deletes removed triggers' slots and checkpoints once their grace period is over,
+/// checking every tenth of it (between 100 ms and 30 s).
+fn spawn_expiry(
+    dispatcher: Arc<tokio::sync::Mutex<dispatcher::Dispatcher>>,
+    grace: std::time::Duration,
+    stop: CancellationToken,
+) {
+    let every = (grace / 10).clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(30),
+    );
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let gone = dispatcher.lock().await.expire().await;
+            for t in gone {
+                tracing::info!(trigger = %t, "grace period over: checkpoint deleted");
+            }
+        }
+    });
 }
 
 /// `/healthz`, `/readyz` and `/metrics` of a dispatcher-only process.

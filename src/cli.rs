@@ -44,6 +44,34 @@ pub enum Command {
         #[command(subcommand)]
         command: FilterCommand,
     },
+    /// Show every broker and trigger of a running server: Ready, address, lag,
+    /// deliveries, the last delivery error (through the admin API).
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The admin API of the running server.
+    #[arg(
+        long,
+        env = "TRIGGERFISH_ADMIN",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub admin: String,
+    /// Only this broker, as NAMESPACE/NAME.
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// Output: an aligned table, or the API's JSON.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: StatusOutput,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StatusOutput {
+    /// Aligned columns.
+    Table,
+    /// `{"brokers": ..., "triggers": ...}` as the admin API answers.
+    Json,
 }
 
 /// The server roles; all take the same flags (same config, same storage).
@@ -255,6 +283,23 @@ pub struct ServeArgs {
     /// Do not serve the admin API.
     #[arg(long)]
     pub no_admin: bool,
+    /// Reload the config when its file or directory changes (also on SIGHUP and
+    /// `POST /admin/v1/reload`, always): `true` or `false`.
+    #[arg(long, env = "TRIGGERFISH_CONFIG_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub config_watch: bool,
+    /// How long a trigger removed from the config keeps its checkpoint (and its
+    /// hold on the embedded log's retention): re-added within it, it resumes where
+    /// it stopped instead of skipping the events in between (ISO 8601).
+    #[arg(
+        long,
+        env = "TRIGGERFISH_REMOVED_TRIGGER_GRACE",
+        default_value = "PT1H"
+    )]
+    pub removed_trigger_grace: String,
+    /// The base URL producers reach the ingress at, shown as each broker's address
+    /// in status (default: http:// and --listen).
+    #[arg(long, env = "TRIGGERFISH_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// `knativebrokerttl` given to events without one; each reply hop decrements it
     /// and a reply reaching 0 is dropped.
     #[arg(long, env = "TRIGGERFISH_MAX_TTL", default_value_t = 255, value_parser = clap::value_parser!(i32).range(1..))]

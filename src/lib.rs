@@ -4,3 +4,5 @@
 
 pub mod admin;
 pub mod app;
+pub mod reload;
+pub mod status;

@@ -7,6 +7,7 @@ mod dlq;
 mod filter_cmd;
 mod send;
 mod serve;
+mod status_cmd;
 
 use std::process::ExitCode;
 
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
                 command: cli::ConfigCommand::Check(args),
             } => serve::check(args),
             cli::Command::Filter { command } => filter_cmd::run(command),
+            cli::Command::Status(args) => status_cmd::run(args).await,
         }
     });
     match result {

@@ -140,6 +140,7 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
         max_reply_bytes: args.max_body_bytes,
         // One account for the whole process.
         budget: budget.clone(),
+        removed_trigger_grace: duration("removed-trigger-grace", &args.removed_trigger_grace)?,
         ..Default::default()
     };
     if let Some(name) = &args.dispatcher_name {
@@ -148,8 +149,17 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
         }
         dispatcher_opts.owner = name.clone();
     }
+    if let Some(u) = &args.advertise_url {
+        reqwest::Url::parse(u).map_err(|e| anyhow::anyhow!("--advertise-url {u}: {e}"))?;
+    }
     let opts = ServerOptions {
         config,
+        config_path: Some(args.config.clone()),
+        load_options: LoadOptions {
+            cluster_domain: args.common.cluster_domain.clone(),
+        },
+        watch_config: args.config_watch,
+        advertise_url: args.advertise_url.clone(),
         listen: args.listen,
         admin_listen: (!args.no_admin).then_some(args.admin_listen),
         storage,
@@ -176,8 +186,16 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
         dispatcher: dispatcher_opts,
     };
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone());
+    let mut hups = spawn_signal_handler(shutdown.clone());
     let running = app::start(opts, shutdown).await?;
+    // SIGHUP reloads (one at a time; those that came during one run once after it).
+    let reloader = running.reloader.clone();
+    tokio::spawn(async move {
+        while hups.recv().await.is_some() {
+            while hups.try_recv().is_ok() {}
+            reloader.reload("signal").await;
+        }
+    });
     // Scripts read these lines; a closed stdout must not take the server down.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "listening on http://{}", running.addr);
@@ -264,11 +282,12 @@ fn kafka_options(url: &str, args: &ServeArgs) -> anyhow::Result<KafkaOptions> {
     Ok(o)
 }
 
-/// First SIGTERM or SIGINT drains; a second one exits at once. SIGHUP, whose
-/// default action would end the process without draining, is logged and
-/// otherwise ignored until configuration reload exists.
-fn spawn_signal_handler(shutdown: CancellationToken) {
+/// First SIGTERM or SIGINT drains; a second one exits at once. SIGHUP (whose
+/// default action would end the process) asks for a config reload: each one is
+/// sent on the returned channel, handled once the server runs.
+fn spawn_signal_handler(shutdown: CancellationToken) -> tokio::sync::mpsc::UnboundedReceiver<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    let (hups, asked) = tokio::sync::mpsc::unbounded_channel();
     let (mut term, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::hangup()),
@@ -276,7 +295,7 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
         (Ok(t), Ok(h)) => (t, h),
         (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "cannot install the signal handlers");
-            return;
+            return asked;
         }
     };
     tokio::spawn(async move {
@@ -284,7 +303,8 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = hup.recv() => {
-                    tracing::warn!("SIGHUP received: configuration reload is not supported yet; ignored (the process keeps running)");
+                    tracing::info!("SIGHUP received: reloading the config");
+                    let _ = hups.send(());
                     continue;
                 }
                 _ = term.recv() => {}
@@ -300,4 +320,5 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
             }
         }
     });
+    asked
 }

@@ -300,6 +300,10 @@ async fn a_full_channel_answers_503_with_retry_after() {
     let yaml = broker_with_triggers(&[("all", "", sub.url("/all"))]);
     let opts = triggerfish::app::ServerOptions {
         config: config(&yaml),
+        config_path: None,
+        load_options: Default::default(),
+        watch_config: false,
+        advertise_url: None,
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: None,
         storage: triggerfish::app::Storage::Embedded {

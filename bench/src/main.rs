@@ -308,6 +308,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let opts = ServerOptions {
         config,
+        config_path: Some(a.config.clone()),
+        load_options: Default::default(),
+        watch_config: true,
+        advertise_url: None,
         listen: a.listen,
         admin_listen: (!a.no_admin).then(|| SocketAddr::from(([127, 0, 0, 1], 0))),
         storage: app::Storage::embedded(a.data_dir),

@@ -52,12 +52,46 @@ impl Mark {
     }
 }
 
-/// What the book's lock guards: the stored marks and ownership.
-struct Stored {
-    /// `[trigger * partitions + partition]`: the offset last stored.
+/// One trigger's done marks, one per partition, shared by the trigger's lanes
+/// (their writer) and the book (their reader). A trigger keeps its marks while it
+/// is in the book, across config changes and its removal's grace period, which is
+/// what lets a trigger re-added within it resume where it stopped.
+#[derive(Debug)]
+pub struct Marks {
+    name: Arc<str>,
+    marks: Box<[Mark]>,
+}
+
+impl Marks {
+    /// The trigger's name (its checkpoint's).
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The done mark on `partition`.
+    pub fn mark(&self, partition: u32) -> &Mark {
+        &self.marks[partition as usize]
+    }
+
+    /// Every partition's reached offset.
+    pub fn reached(&self) -> Vec<Offset> {
+        self.marks.iter().map(Mark::reached).collect()
+    }
+}
+
+/// One trigger's stored state.
+struct Entry {
+    marks: Arc<Marks>,
+    /// Per partition: the offset last stored.
     offsets: Vec<Offset>,
-    /// Per trigger, when its checkpoints were last stored.
-    at: Vec<Instant>,
+    /// When its checkpoints were last stored.
+    at: Instant,
+}
+
+/// What the book's lock guards: the triggers' stored marks and ownership.
+struct Stored {
+    /// By slot (the trigger's place in its broker's roster); `None` where free.
+    triggers: Vec<Option<Entry>>,
     /// Per partition, the epoch of this process's lease on it, while it owns it.
     owned: Vec<Option<Epoch>>,
 }
@@ -65,53 +99,72 @@ struct Stored {
 /// The checkpoint book of one broker; see the module docs.
 pub struct Book {
     log: Arc<dyn BrokerLog>,
-    names: Box<[Arc<str>]>,
     partitions: usize,
-    marks: Box<[Mark]>,
     stored: tokio::sync::Mutex<Stored>,
     skips_stored_every: Duration,
 }
 
 impl Book {
-    /// A book for `names` (triggers in lane order) starting at `starts` (per trigger,
-    /// per partition: the stored checkpoints), owning no partition yet.
-    pub fn new(
-        log: Arc<dyn BrokerLog>,
-        names: Vec<Arc<str>>,
-        starts: &[Vec<Offset>],
-        skips_stored_every: Duration,
-    ) -> Book {
+    /// An empty book, owning no partition yet.
+    pub fn new(log: Arc<dyn BrokerLog>, skips_stored_every: Duration) -> Book {
         let partitions = log.partitions() as usize;
-        let offsets: Vec<Offset> = (0..names.len())
-            .flat_map(|t| {
-                (0..partitions)
-                    .map(move |p| starts.get(t).and_then(|s| s.get(p)).copied().unwrap_or(0))
-            })
-            .collect();
-        let marks = offsets
-            .iter()
-            .map(|&o| Mark {
-                reached: AtomicU64::new(o),
-                delivered: AtomicBool::new(false),
-            })
-            .collect();
         Book {
             stored: tokio::sync::Mutex::new(Stored {
-                offsets,
-                at: vec![Instant::now(); names.len()],
+                triggers: Vec::new(),
                 owned: vec![None; partitions],
             }),
             log,
-            names: names.into(),
             partitions,
-            marks,
             skips_stored_every,
         }
     }
 
-    /// The done mark of trigger `t` (lane index) on `partition`.
-    pub fn mark(&self, t: usize, partition: u32) -> &Mark {
-        &self.marks[t * self.partitions + partition as usize]
+    /// Adds trigger `name` at `slot`, starting at `starts` (per partition: its stored
+    /// checkpoint), and returns its marks. A slot in use is replaced.
+    pub async fn add(&self, slot: usize, name: Arc<str>, starts: &[Offset]) -> Arc<Marks> {
+        let offsets: Vec<Offset> = (0..self.partitions)
+            .map(|p| starts.get(p).copied().unwrap_or(0))
+            .collect();
+        let marks = Arc::new(Marks {
+            name,
+            marks: offsets
+                .iter()
+                .map(|&o| Mark {
+                    reached: AtomicU64::new(o),
+                    delivered: AtomicBool::new(false),
+                })
+                .collect(),
+        });
+        let mut st = self.stored.lock().await;
+        if st.triggers.len() <= slot {
+            st.triggers.resize_with(slot + 1, || None);
+        }
+        st.triggers[slot] = Some(Entry {
+            marks: marks.clone(),
+            offsets,
+            at: Instant::now(),
+        });
+        marks
+    }
+
+    /// Removes the trigger at `slot` (its grace period is over): its checkpoints are
+    /// written no more.
+    pub async fn remove(&self, slot: usize) {
+        let mut st = self.stored.lock().await;
+        if let Some(e) = st.triggers.get_mut(slot) {
+            *e = None;
+        }
+    }
+
+    /// Whether this process owns `partition` now (writes its checkpoints).
+    pub async fn owned(&self) -> Vec<bool> {
+        self.stored
+            .lock()
+            .await
+            .owned
+            .iter()
+            .map(Option::is_some)
+            .collect()
     }
 
     /// Loads the stored checkpoints of `leases`' partitions (another process may have
@@ -122,10 +175,16 @@ impl Book {
         let partitions: Vec<u32> = leases.iter().map(|l| l.partition).collect();
         let mut st = self.stored.lock().await;
         type Loaded = (usize, Result<Vec<Option<Offset>>, ChannelError>);
-        let loads: Vec<Loaded> = futures_util::stream::iter(0..self.names.len())
-            .map(|t| {
+        let names: Vec<(usize, Arc<str>)> = st
+            .triggers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| Some((i, e.as_ref()?.marks.name.clone())))
+            .collect();
+        let loads: Vec<Loaded> = futures_util::stream::iter(names)
+            .map(|(t, name)| {
                 // Owned, so the future is `Send` for any borrow of the book.
-                let (log, name) = (self.log.clone(), self.names[t].clone());
+                let log = self.log.clone();
                 async move { (t, log.load_checkpoint(&name).await) }
             })
             .buffer_unordered(CONCURRENCY)
@@ -136,13 +195,18 @@ impl Book {
             loaded.push((t, r?));
         }
         for (t, stored) in loaded {
+            let Some(entry) = st.triggers.get_mut(t).and_then(Option::as_mut) else {
+                continue;
+            };
             for &p in &partitions {
-                // `init_checkpoints` gave every partition one when the dispatcher started.
+                // Every trigger got a start on every partition when it was added.
                 let Some(offset) = stored.get(p as usize).copied().flatten() else {
                     continue;
                 };
-                let i = t * self.partitions + p as usize;
-                if let (Some(mark), Some(slot)) = (self.marks.get(i), st.offsets.get_mut(i)) {
+                if let (Some(mark), Some(slot)) = (
+                    entry.marks.marks.get(p as usize),
+                    entry.offsets.get_mut(p as usize),
+                ) {
                     mark.reached.store(offset, Ordering::Release);
                     *slot = offset;
                 }
@@ -163,7 +227,17 @@ impl Book {
         let mine: Vec<usize> = (0..self.partitions)
             .filter(|&p| st.owned[p].is_some())
             .collect();
-        self.store(&mut st, &mine, durable).await;
+        self.store(&mut st, &mine, durable, None).await;
+    }
+
+    /// Writes the checkpoints of the trigger at `slot` on every owned partition
+    /// durably (its lanes stopped: it was removed).
+    pub async fn flush_one(&self, slot: usize) {
+        let mut st = self.stored.lock().await;
+        let mine: Vec<usize> = (0..self.partitions)
+            .filter(|&p| st.owned[p].is_some())
+            .collect();
+        self.store(&mut st, &mine, true, Some(slot)).await;
     }
 
     /// Writes the final checkpoints of `partitions`, whose lanes have stopped,
@@ -175,13 +249,13 @@ impl Book {
             .map(|&p| p as usize)
             .filter(|&p| st.owned.get(p).is_some_and(Option::is_some))
             .collect();
-        self.store(&mut st, &mine, true).await;
+        self.store(&mut st, &mine, true, None).await;
         for p in mine {
             st.owned[p] = None;
         }
     }
 
-    async fn store(&self, st: &mut Stored, mine: &[usize], durable: bool) {
+    async fn store(&self, st: &mut Stored, mine: &[usize], durable: bool, only: Option<usize>) {
         if mine.is_empty() {
             return;
         }
@@ -191,52 +265,60 @@ impl Book {
         // and losing such a move costs only a re-scan of events filtered out again.
         let now = Instant::now();
         let mut pending = Vec::new();
-        for t in 0..self.names.len() {
-            let row = t * self.partitions;
+        let owned = &st.owned;
+        for (t, entry) in st.triggers.iter().enumerate() {
+            let Some(entry) = entry else { continue };
+            if only.is_some_and(|o| o != t) {
+                continue;
+            }
+            let marks = &entry.marks.marks;
             // Every partition's mark is taken (no short cut), so none is left set for
             // a store that is about to happen anyway.
             let delivered = mine.iter().fold(false, |any, &p| {
-                any | self.marks[row + p].delivered.swap(false, Ordering::AcqRel)
+                any | marks[p].delivered.swap(false, Ordering::AcqRel)
             });
-            let stale = now.duration_since(st.at[t]) >= self.skips_stored_every;
+            let stale = now.duration_since(entry.at) >= self.skips_stored_every;
             let due = durable || delivered || stale;
             let updates: Vec<CheckpointUpdate> = mine
                 .iter()
                 .filter_map(|&p| {
-                    let reached = self.marks[row + p].reached();
-                    let epoch = st.owned[p]?;
-                    (durable || (due && st.offsets[row + p] != reached))
+                    let reached = marks[p].reached();
+                    let epoch = owned[p]?;
+                    (durable || (due && entry.offsets[p] != reached))
                         .then_some(CheckpointUpdate::new(p as u32, reached, epoch))
                 })
                 .collect();
             if !updates.is_empty() {
-                pending.push((t, updates, delivered));
+                pending.push((t, entry.marks.clone(), updates, delivered));
             } else if delivered {
                 // Nothing to store after all: keep the mark for the next flush.
-                self.restore_delivered(t, mine.iter().copied());
+                restore_delivered(&entry.marks, mine.iter().copied());
             }
         }
         let log = &self.log;
-        let names = &self.names;
         let results: Vec<_> = futures_util::stream::iter(pending)
-            .map(|(t, updates, delivered)| async move {
+            .map(|(t, marks, updates, delivered)| async move {
                 // A checkpoint that moved past deliveries is synced (with the embedded
                 // log's `--fsync always`, on a par with the events it covers); one that
                 // moved only past filtered-out events is not: losing it costs a re-scan.
                 let r = log
-                    .store_checkpoint(&names[t], &updates, durable || delivered)
+                    .store_checkpoint(&marks.name, &updates, durable || delivered)
                     .await;
-                (t, updates, delivered, r)
+                (t, marks, updates, delivered, r)
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        for (t, updates, delivered, result) in results {
+        for (t, marks, updates, delivered, result) in results {
             match result {
                 Ok(()) => {
-                    st.at[t] = now;
-                    for u in updates {
-                        st.offsets[t * self.partitions + u.partition as usize] = u.offset;
+                    // Still the same trigger (not removed and re-added meanwhile:
+                    // the lock is held, so it is).
+                    if let Some(entry) = st.triggers.get_mut(t).and_then(Option::as_mut) {
+                        entry.at = now;
+                        for u in updates {
+                            entry.offsets[u.partition as usize] = u.offset;
+                        }
                     }
                 }
                 Err(ChannelError::Fenced {
@@ -249,30 +331,28 @@ impl Book {
                     // of its checkpoints (the coordinator stops it at its next refresh).
                     if let Some(o) = st.owned.get_mut(partition as usize) {
                         if o.take().is_some() {
-                            tracing::warn!(broker = %log.broker(), trigger = %names[t], partition, epoch, current,
+                            tracing::warn!(broker = %log.broker(), trigger = %marks.name, partition, epoch, current,
                                 "partition has a newer owner; its checkpoints are no longer written from here");
                         }
                     }
                     if delivered {
-                        self.restore_delivered(t, updates.iter().map(|u| u.partition as usize));
+                        restore_delivered(&marks, updates.iter().map(|u| u.partition as usize));
                     }
                 }
                 Err(e) => {
                     if delivered {
-                        self.restore_delivered(t, updates.iter().map(|u| u.partition as usize));
+                        restore_delivered(&marks, updates.iter().map(|u| u.partition as usize));
                     }
-                    tracing::warn!(broker = %log.broker(), trigger = %names[t], error = %e, "cannot store checkpoint; will retry");
+                    tracing::warn!(broker = %log.broker(), trigger = %marks.name, error = %e, "cannot store checkpoint; will retry");
                 }
             }
         }
     }
+}
 
-    fn restore_delivered(&self, t: usize, partitions: impl Iterator<Item = usize>) {
-        for p in partitions {
-            self.marks[t * self.partitions + p]
-                .delivered
-                .store(true, Ordering::Release);
-        }
+fn restore_delivered(marks: &Marks, partitions: impl Iterator<Item = usize>) {
+    for p in partitions {
+        marks.marks[p].delivered.store(true, Ordering::Release);
     }
 }
 
@@ -290,19 +370,38 @@ mod tests {
         Lease { partition, epoch }
     }
 
-    fn book(log: &Arc<Recording>) -> Book {
-        Book::new(
-            log.clone(),
-            vec!["a".into(), "b".into()],
-            &[vec![10, 20], vec![30, 40]],
-            Duration::from_secs(5),
-        )
+    struct Two {
+        book: Book,
+        marks: [Arc<Marks>; 2],
+    }
+
+    impl Two {
+        fn mark(&self, t: usize, partition: u32) -> &Mark {
+            self.marks[t].mark(partition)
+        }
+    }
+
+    impl std::ops::Deref for Two {
+        type Target = Book;
+        fn deref(&self) -> &Book {
+            &self.book
+        }
+    }
+
+    async fn book(log: &Arc<Recording>) -> Two {
+        let book = Book::new(log.clone(), Duration::from_secs(5));
+        let a = book.add(0, "a".into(), &[10, 20]).await;
+        let b = book.add(1, "b".into(), &[30, 40]).await;
+        Two {
+            book,
+            marks: [a, b],
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn flush_stores_moved_marks_of_owned_partitions_only() {
         let log = Recording::new(2);
-        let book = book(&log);
+        let book = book(&log).await;
         book.flush(true).await;
         assert!(
             log.take_stores().is_empty(),
@@ -347,7 +446,7 @@ mod tests {
     #[tokio::test]
     async fn acquire_loads_what_another_process_stored_since() {
         let log = Recording::new(2);
-        let book = book(&log);
+        let book = book(&log).await;
         log.stored.lock().unwrap().insert(("b".into(), 1), 44);
         book.acquire(&[lease(1, 2)]).await.unwrap();
         assert_eq!(book.mark(1, 1).reached(), 44, "moved on by another process");
@@ -370,7 +469,7 @@ mod tests {
     #[tokio::test]
     async fn a_fenced_partition_is_written_no_more() {
         let log = Recording::new(2);
-        let book = book(&log);
+        let book = book(&log).await;
         book.acquire(&[lease(0, 3), lease(1, 3)]).await.unwrap();
         book.mark(0, 0).publish(11, true);
         book.flush(false).await;

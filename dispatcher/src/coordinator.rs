@@ -30,9 +30,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::deliver::HttpClient;
-use crate::fanout::{self, LaneInfo, Partition};
+use crate::fanout::{self, Partition};
 use crate::lane;
-use crate::trigger::TriggerRuntime;
+use crate::roster::{SlotHandle, Table};
 
 /// Everything needed to run any partition of one broker.
 pub struct BrokerRun {
@@ -40,12 +40,8 @@ pub struct BrokerRun {
     pub id: BrokerId,
     /// Its event log.
     pub log: Arc<dyn BrokerLog>,
-    /// Its triggers, in lane order.
-    pub triggers: Vec<Arc<TriggerRuntime>>,
-    /// Lane descriptions (filters) for the readers.
-    pub lanes: Arc<[LaneInfo]>,
-    /// The filter index over `lanes`.
-    pub index: Arc<broker::filter::FilterIndex>,
+    /// Its triggers as configured now ([`crate::roster`]).
+    pub table: tokio::sync::watch::Receiver<Arc<Table>>,
     /// Its checkpoints.
     pub book: Arc<crate::checkpoints::Book>,
     /// The delivery client.
@@ -68,6 +64,9 @@ struct Running {
     epoch: Epoch,
     token: CancellationToken,
     tasks: TaskTracker,
+    ctx: Partition,
+    /// The slots whose lanes run here, by slot.
+    spawned: Vec<Option<Arc<SlotHandle>>>,
 }
 
 /// Keeps the set of running partitions equal to the set of leased ones.
@@ -196,9 +195,17 @@ impl Coordinator {
 
     /// Runs until shutdown, then stops every partition and releases the leases.
     pub async fn run(mut self) {
+        let mut tables = self.run.table.clone();
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => break,
+                // New triggers: their lanes start on every running partition.
+                Ok(()) = tables.changed() => {
+                    let table = tables.borrow_and_update().clone();
+                    for r in self.running.values_mut() {
+                        spawn_lanes(&self.run, r, &table);
+                    }
+                }
                 () = tokio::time::sleep(self.leases.renew_every()) => self.step().await,
             }
         }
@@ -219,13 +226,12 @@ impl Coordinator {
         let run = &self.run;
         let token = self.shutdown.child_token();
         let tasks = TaskTracker::new();
-        let (join_tx, join_rx) = mpsc::channel(run.lanes.len().max(1));
+        let (join_tx, join_rx) = mpsc::channel(64);
         let ctx = Partition {
             log: run.log.clone(),
             partition: p,
             epoch,
-            lanes: run.lanes.clone(),
-            index: run.index.clone(),
+            table: run.table.clone(),
             joins: join_tx,
             shutdown: token.clone(),
             tasks: tasks.clone(),
@@ -233,25 +239,17 @@ impl Coordinator {
             read_room: run.read_room,
         };
         tasks.spawn(fanout::shared_reader(ctx.clone(), join_rx));
-        for (i, rt) in run.triggers.iter().enumerate() {
-            let spec = lane::LaneSpec {
-                ctx: ctx.clone(),
-                lane: i,
-                queue: run.lane_queue,
-                client: run.client.clone(),
-                drain: run.drain,
-            };
-            tasks.spawn(lane::supervise(rt.clone(), run.book.clone(), p, spec));
-        }
-        tracing::info!(broker = %run.id, partition = p, epoch, triggers = run.triggers.len(), "dispatching partition");
-        self.running.insert(
-            p,
-            Running {
-                epoch,
-                token,
-                tasks,
-            },
-        );
+        let mut running = Running {
+            epoch,
+            token,
+            tasks,
+            ctx,
+            spawned: Vec::new(),
+        };
+        let table = run.table.borrow().clone();
+        spawn_lanes(run, &mut running, &table);
+        tracing::info!(broker = %run.id, partition = p, epoch, triggers = running.spawned.iter().flatten().count(), "dispatching partition");
+        self.running.insert(p, running);
     }
 
     /// Stops partitions without holding up lease renewal: their lanes drain, their
@@ -283,5 +281,31 @@ impl Coordinator {
             leases.release(&released).await;
         });
         self.stopping.push((ids, handle));
+    }
+}
+
+/// Starts the lanes of the table's slots that do not run on this partition yet (a
+/// slot reused after a deleted one is a new slot).
+fn spawn_lanes(run: &BrokerRun, r: &mut Running, table: &Table) {
+    if r.spawned.len() < table.slots.len() {
+        r.spawned.resize_with(table.slots.len(), || None);
+    }
+    for (slot, handle) in table.slots.iter().enumerate() {
+        let Some(handle) = handle else { continue };
+        if r.spawned[slot]
+            .as_ref()
+            .is_some_and(|h| Arc::ptr_eq(h, handle))
+        {
+            continue;
+        }
+        r.spawned[slot] = Some(handle.clone());
+        let spec = lane::LaneSpec {
+            ctx: r.ctx.clone(),
+            queue: run.lane_queue,
+            client: run.client.clone(),
+            drain: run.drain,
+        };
+        r.tasks
+            .spawn(lane::supervise(handle.clone(), r.ctx.partition, spec));
     }
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use broker::channel::{BrokerLog, LogReader, Offset, Record, StartAt};
 use broker::config::BrokerId;
-use broker::filter::{Filter, FilterIndex};
+use broker::filter::Filter;
 use futures_util::FutureExt;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::held::{size_of, BatchSize, Held, LaneAccount, LaneCharge};
 use crate::malformed;
+use crate::roster::Table;
 
 /// What a lane receives.
 #[derive(Debug)]
@@ -60,14 +61,17 @@ const MAX_BACKFILL: u64 = 4096;
 /// A request to (re)attach a lane to the shared reader.
 pub struct Join {
     lane: usize,
+    info: Arc<LaneInfo>,
     from: Offset,
     tx: mpsc::Sender<Item>,
     reply: oneshot::Sender<Result<(), mpsc::Sender<Item>>>,
 }
 
-/// What the shared reader and catch-up readers need to know about a lane.
-#[derive(Clone)]
+/// What the shared reader and catch-up readers need to know about a lane: one
+/// incarnation of a trigger (a config change makes a new one).
 pub struct LaneInfo {
+    /// Which incarnation: unique in the process, increasing.
+    pub incarnation: u64,
     /// The trigger's compiled filter.
     pub filter: Filter,
     /// Trigger name, for logs.
@@ -79,6 +83,7 @@ pub struct LaneInfo {
 }
 
 struct Attached {
+    info: Arc<LaneInfo>,
     tx: mpsc::Sender<Item>,
     skip_below: Offset,
     last_sent: Offset,
@@ -93,10 +98,8 @@ pub struct Partition {
     pub partition: u32,
     /// The epoch of this process's lease on it (its checkpoints are written with it).
     pub epoch: broker::channel::Epoch,
-    /// Lanes by index.
-    pub lanes: Arc<[LaneInfo]>,
-    /// The lanes' filters, indexed by exact `type`/`source` (positions as in `lanes`).
-    pub index: Arc<FilterIndex>,
+    /// The broker's triggers as configured now: the readers follow its changes.
+    pub table: tokio::sync::watch::Receiver<Arc<Table>>,
     /// Where rejoin requests go.
     pub joins: mpsc::Sender<Join>,
     /// Stops everything.
@@ -160,13 +163,16 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
     }
     let mut cursor = start;
     let mut cursor_stored = tokio::time::Instant::now();
-    let mut attached: Vec<Option<Attached>> = (0..ctx.lanes.len()).map(|_| None).collect();
+    let mut tables = ctx.table.clone();
+    let mut table = tables.borrow_and_update().clone();
+    let mut attached: Vec<Option<Attached>> = Vec::new();
+    resync(&table, &mut attached);
     let mut last_skip = tokio::time::Instant::now();
     // Some attached lane's watermark is behind the reader's position.
     let mut stale = false;
     // Batches are sized by bytes (see `held`).
     let mut sizes = BatchSize::new(BATCH);
-    let mut matches = Vec::with_capacity(ctx.lanes.len());
+    let mut matches = Vec::new();
     loop {
         tokio::select! {
             biased;
@@ -177,8 +183,18 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
                 }
                 break;
             }
+            // The config changed: lanes of removed or changed triggers are let go
+            // (their lanes stopped taking events already), new ones join.
+            Ok(()) = tables.changed() => {
+                table = tables.borrow_and_update().clone();
+                resync(&table, &mut attached);
+            }
             Some(join) = joins.recv() => {
-                handle_join(&ctx, reader.position(), &mut attached, join).await;
+                if tables.has_changed().unwrap_or(false) {
+                    table = tables.borrow_and_update().clone();
+                    resync(&table, &mut attached);
+                }
+                handle_join(&ctx, &table, reader.position(), &mut attached, join).await;
             }
             // Idle: the cursor passes what was read, so that it never holds back
             // retention (which deletes only what every cursor passed) while the
@@ -204,7 +220,7 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
                         continue;
                     }
                 };
-                let lanes = attached.iter().enumerate().filter(|(_, a)| a.is_some()).map(|(i, _)| i);
+                let lanes = attached.iter().flatten().map(|a| &*a.info);
                 report_skipped(&ctx, reader.as_mut(), lanes, "shared");
                 let mut handled_malformed = false;
                 let mut largest = 0;
@@ -218,7 +234,7 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
                         continue;
                     }
                     largest = largest.max(approx_size(&record));
-                    fan_out(&ctx, &mut attached, record, &mut matches);
+                    fan_out(&ctx, &table, &mut attached, record, &mut matches);
                 }
                 sizes.saw(read, largest);
                 // The cursor moves at once past a dead-lettered record (so a restart
@@ -236,6 +252,22 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
                 }
                 stale = !send_skips(&mut attached, reader.position(), refresh);
             }
+        }
+    }
+}
+
+/// Lets go of attached lanes whose trigger incarnation is no longer the table's
+/// (changed or removed) and makes room for new slots.
+fn resync(table: &Table, attached: &mut Vec<Option<Attached>>) {
+    if attached.len() < table.lanes.len() {
+        attached.resize_with(table.lanes.len(), || None);
+    }
+    for (slot, a) in attached.iter_mut().enumerate() {
+        let current = table.lanes.get(slot).and_then(Option::as_ref);
+        if a.as_ref()
+            .is_some_and(|a| current.map(|c| c.incarnation) != Some(a.info.incarnation))
+        {
+            *a = None;
         }
     }
 }
@@ -272,6 +304,7 @@ fn approx_size(record: &Record) -> usize {
 /// scratch space, reused across records.
 fn fan_out(
     ctx: &Partition,
+    table: &Table,
     attached: &mut [Option<Attached>],
     record: Record,
     matches: &mut Vec<usize>,
@@ -281,29 +314,31 @@ fn fan_out(
     // Every trigger's filter is evaluated once per event; triggers pinned to another
     // exact `type` or `source` cost a hash lookup, not an evaluation.
     matches.clear();
-    ctx.index.for_each_match(&event, |i| matches.push(i));
+    table.for_each_match(&event, |i| matches.push(i));
     // Charged on the first match, once for all lanes; `None` inside: the budget
     // could not hold it now.
     let mut held: Option<Option<Arc<Held>>> = None;
     let mut event = Some(event);
     let mut size = 0;
     for &i in matches.iter() {
-        let slot = &mut attached[i];
+        let Some(slot) = attached.get_mut(i) else {
+            continue;
+        };
         let Some(a) = slot else { continue };
         if record.offset < a.skip_below {
             continue;
         }
+        let account = &a.info.account;
         let shared = held.get_or_insert_with(|| {
             let e = event.take().expect("taken once");
-            size = size_of(&e, ctx.lanes[i].account.budget());
-            ctx.lanes[i]
-                .account
+            size = size_of(&e, account.budget());
+            account
                 .budget()
                 .try_charge(size)
                 .map(|c| Arc::new(Held::new(e, c)))
         });
         let item = shared.as_ref().and_then(|h| {
-            let charge = ctx.lanes[i].account.try_charge(size)?;
+            let charge = account.try_charge(size)?;
             Some(Item::Event(record.offset, h.clone(), charge))
         });
         let sent = match item {
@@ -316,9 +351,9 @@ fn fan_out(
             Err(TrySendError::Full(_)) => {
                 // The lane is behind: hand its queue to a catch-up reader from here.
                 if let Some(a) = slot.take() {
-                    tracing::debug!(broker = %ctx.broker(), partition = ctx.partition, trigger = %ctx.lanes[i].trigger, offset = record.offset, "lane detached to catch up on its own");
+                    tracing::debug!(broker = %ctx.broker(), partition = ctx.partition, trigger = %a.info.trigger, offset = record.offset, "lane detached to catch up on its own");
                     ctx.tasks
-                        .spawn(catch_up(ctx.clone(), i, record.offset, a.tx));
+                        .spawn(catch_up(ctx.clone(), i, a.info, record.offset, a.tx));
                 }
             }
             Err(TrySendError::Closed(_)) => *slot = None,
@@ -326,15 +361,42 @@ fn fan_out(
     }
 }
 
-async fn handle_join(ctx: &Partition, head: Offset, attached: &mut [Option<Attached>], join: Join) {
+async fn handle_join(
+    ctx: &Partition,
+    table: &Table,
+    head: Offset,
+    attached: &mut [Option<Attached>],
+    join: Join,
+) {
     let Join {
         lane,
+        info,
         from,
         tx,
         reply,
     } = join;
+    let current = table
+        .lanes
+        .get(lane)
+        .and_then(Option::as_ref)
+        .map(|l| l.incarnation);
+    match current {
+        // The table does not show this incarnation yet (it is published just after
+        // the lanes are told): the catch-up reader asks again shortly.
+        Some(c) if c < info.incarnation => {
+            let _ = reply.send(Err(tx));
+            return;
+        }
+        Some(c) if c == info.incarnation && !tx.is_closed() => {}
+        // A changed or removed trigger's old lane: its catch-up reader ends.
+        _ => return,
+    }
+    let Some(slot) = attached.get_mut(lane) else {
+        return;
+    };
     if from >= head {
-        attached[lane] = Some(Attached {
+        *slot = Some(Attached {
+            info,
             tx,
             skip_below: from,
             last_sent: from,
@@ -343,9 +405,10 @@ async fn handle_join(ctx: &Partition, head: Offset, attached: &mut [Option<Attac
         return;
     }
     // Back-fill [from, head) for this lane alone, then attach.
-    let filled = backfill(ctx, lane, from, head, &tx).await;
+    let filled = backfill(ctx, &info, from, head, &tx).await;
     if filled {
-        attached[lane] = Some(Attached {
+        *slot = Some(Attached {
+            info,
             tx,
             skip_below: head,
             last_sent: head,
@@ -358,7 +421,7 @@ async fn handle_join(ctx: &Partition, head: Offset, attached: &mut [Option<Attac
 
 async fn backfill(
     ctx: &Partition,
-    lane: usize,
+    info: &LaneInfo,
     from: Offset,
     head: Offset,
     tx: &mpsc::Sender<Item>,
@@ -381,13 +444,12 @@ async fn backfill(
             break;
         }
         read += batch.len() as u64;
-        report_skipped(ctx, reader.as_mut(), [lane], "back-fill");
+        report_skipped(ctx, reader.as_mut(), [info], "back-fill");
         for r in batch {
             if r.offset >= head {
                 break;
             }
             if let Ok(e) = r.event {
-                let info = &ctx.lanes[lane];
                 if info.filter.matches(&e) {
                     // Within the trigger's share and the budget now, or not at all.
                     let size = size_of(&e, info.account.budget());
@@ -430,17 +492,37 @@ async fn open_reader(ctx: &Partition, start: StartAt, what: &str) -> Option<Box<
     }
 }
 
-/// Reads the log for one lane from `from` until it can rejoin the shared reader.
-pub async fn catch_up(ctx: Partition, lane: usize, from: Offset, mut tx: mpsc::Sender<Item>) {
+/// Reads the log for one lane (trigger incarnation `info`) from `from` until it can
+/// rejoin the shared reader; ends when the lane does (its queue's receiver goes).
+pub async fn catch_up(
+    ctx: Partition,
+    lane: usize,
+    info: Arc<LaneInfo>,
+    from: Offset,
+    tx: mpsc::Sender<Item>,
+) {
+    let ended = tx.clone();
+    tokio::select! {
+        () = ended.closed() => {}
+        () = read_for(ctx, lane, info, from, tx) => {}
+    }
+}
+
+async fn read_for(
+    ctx: Partition,
+    lane: usize,
+    info: Arc<LaneInfo>,
+    from: Offset,
+    mut tx: mpsc::Sender<Item>,
+) {
     let Some(mut reader) = open_reader(&ctx, StartAt::Offset(from), "catch-up").await else {
         return; // shutdown
     };
-    let info = ctx.lanes[lane].clone();
     // Batches sized by bytes, within half the trigger's share (see `held`).
     let room = info.account.share() / 2;
     let mut sizes = BatchSize::new(BATCH);
     loop {
-        report_skipped(&ctx, reader.as_mut(), [lane], "catch-up");
+        report_skipped(&ctx, reader.as_mut(), [&*info], "catch-up");
         let batch = tokio::select! {
             () = ctx.shutdown.cancelled() => return,
             b = reader.try_batch(sizes.next(room)) => b,
@@ -458,6 +540,7 @@ pub async fn catch_up(ctx: Partition, lane: usize, from: Offset, mut tx: mpsc::S
             let (reply, answer) = oneshot::channel();
             let join = Join {
                 lane,
+                info: info.clone(),
                 from: reader.position(),
                 tx,
                 reply,
@@ -516,19 +599,18 @@ pub async fn catch_up(ctx: Partition, lane: usize, from: Offset, mut tx: mpsc::S
 /// Counts and logs, for each of `lanes`, the offsets `reader` passed over because
 /// retention had deleted them: never a silent move up (README, "What happens to an
 /// accepted event").
-fn report_skipped(
+fn report_skipped<'a>(
     ctx: &Partition,
     reader: &mut dyn LogReader,
-    lanes: impl IntoIterator<Item = usize>,
+    lanes: impl IntoIterator<Item = &'a LaneInfo>,
     what: &str,
 ) {
     let Some(s) = reader.take_skipped() else {
         return;
     };
     let mut any = false;
-    for i in lanes {
+    for lane in lanes {
         any = true;
-        let lane = &ctx.lanes[i];
         lane.metrics.skipped(s.count);
         tracing::error!(broker = %ctx.broker(), partition = ctx.partition, trigger = %lane.trigger,
             from = s.from, to = s.to, skipped = s.count, reader = what,

@@ -70,7 +70,8 @@ impl Deref for Held {
 #[derive(Debug)]
 pub struct LaneAccount {
     held: AtomicUsize,
-    share: usize,
+    /// Changes when triggers are added or removed.
+    share: AtomicUsize,
     released: Notify,
     budget: Arc<MemoryBudget>,
 }
@@ -80,7 +81,7 @@ impl LaneAccount {
     pub fn new(share: usize, budget: Arc<MemoryBudget>) -> Arc<LaneAccount> {
         Arc::new(LaneAccount {
             held: AtomicUsize::new(0),
-            share: share.max(1),
+            share: AtomicUsize::new(share.max(1)),
             released: Notify::new(),
             budget,
         })
@@ -93,7 +94,16 @@ impl LaneAccount {
 
     /// The share in bytes.
     pub fn share(&self) -> usize {
-        self.share
+        self.share.load(Ordering::Relaxed)
+    }
+
+    /// Sets the share (the number of triggers changed); a larger one lets waiting
+    /// readers go on.
+    pub fn set_share(&self, share: usize) {
+        let old = self.share.swap(share.max(1), Ordering::Relaxed);
+        if share > old {
+            self.released.notify_waiters();
+        }
     }
 
     /// Bytes held now.
@@ -106,7 +116,7 @@ impl LaneAccount {
         let mut held = self.held.load(Ordering::Relaxed);
         loop {
             // Always one event, however large, so that the trigger progresses.
-            if held != 0 && held.saturating_add(bytes) > self.share {
+            if held != 0 && held.saturating_add(bytes) > self.share() {
                 return false;
             }
             match self.held.compare_exchange_weak(

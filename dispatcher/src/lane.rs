@@ -28,10 +28,11 @@ use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoints::{Book, Mark};
+use crate::checkpoints::Mark;
 use crate::deliver::HttpClient;
 use crate::fanout::{Item, Partition};
 use crate::held::{Held, LaneCharge};
+use crate::roster::{Run, SlotHandle};
 use crate::settle::{after_panic, panic_message, settle, Settled};
 use crate::trigger::TriggerRuntime;
 
@@ -95,8 +96,6 @@ fn key_of(event: &Event) -> Box<str> {
 pub struct LaneSpec {
     /// The partition's readers (the lane's catch-up reader is spawned there).
     pub ctx: Partition,
-    /// The lane's index among the broker's triggers.
-    pub lane: usize,
     /// Its queue length.
     pub queue: usize,
     /// The delivery client.
@@ -105,22 +104,57 @@ pub struct LaneSpec {
     pub drain: Duration,
 }
 
-/// Runs one lane (and feeds it from a catch-up reader at its checkpoint) until the
-/// partition stops. A lane that ends for any other reason (a panic outside a
-/// delivery, its readers gone) is logged at ERROR, counted
-/// (`triggerfish_dispatcher_lane_failures{kind="restart"}`) and started again from
-/// its checkpoint, after a backoff of 100 ms doubling to 5 s: events it had in
-/// flight are delivered again, none is skipped.
-pub async fn supervise(rt: Arc<TriggerRuntime>, book: Arc<Book>, partition: u32, spec: LaneSpec) {
+/// Why [`run_lane`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneEnd {
+    /// The partition stops (shutdown, handed over, lost).
+    Stopped,
+    /// The trigger changed, was removed or deleted: every event the lane took is
+    /// settled (within the drain timeout) and its mark is exact.
+    Changed,
+    /// Its queue closed (its readers are gone).
+    Closed,
+}
+
+/// Runs the lanes of one trigger slot on one partition, one incarnation after
+/// another, until the partition stops or the slot is deleted:
+///
+/// - while the trigger is [`Run::Active`], a lane fed by a catch-up reader from
+///   its done mark (which joins the shared reader at the end of the log);
+/// - on a config change, that lane stops taking events, settles the ones it took
+///   and the next incarnation starts from the mark it left: each event is handled
+///   under exactly one of the two configs, none twice, none skipped;
+/// - while the trigger is [`Run::Removed`] (its grace period), nothing runs and the
+///   mark stays where it stopped, for a re-add to resume from.
+///
+/// A lane that ends for any other reason (a panic outside a delivery, its readers
+/// gone) is logged at ERROR, counted (`triggerfish_dispatcher_lane_failures{kind=
+/// "restart"}`) and started again from its mark after a backoff of 100 ms doubling
+/// to 5 s: events it had in flight are delivered again, none is skipped.
+pub async fn supervise(slot: Arc<SlotHandle>, partition: u32, spec: LaneSpec) {
     let token = spec.ctx.shutdown.clone();
+    let mut runs = slot.subscribe();
     let mut wait = Duration::from_millis(100);
     loop {
-        let mark = book.mark(spec.lane, partition);
+        let run = runs.borrow_and_update().clone();
+        let rt = match run {
+            Run::Active(rt) => rt,
+            Run::Deleted => return,
+            Run::Removed => {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    changed = runs.changed() => if changed.is_err() { return },
+                }
+                continue;
+            }
+        };
+        let mark = slot.marks.mark(partition);
         let from = mark.reached();
         let (tx, rx) = mpsc::channel(spec.queue.max(1));
         spec.ctx.tasks.spawn(crate::fanout::catch_up(
             spec.ctx.clone(),
-            spec.lane,
+            slot.slot,
+            rt.lane.clone(),
             from,
             tx,
         ));
@@ -129,8 +163,9 @@ pub async fn supervise(rt: Arc<TriggerRuntime>, book: Arc<Book>, partition: u32,
             partition,
             mark,
             rx,
-            spec.client.clone(),
-            token.clone(),
+            &spec.client,
+            &token,
+            &mut runs,
             spec.drain,
         ))
         .catch_unwind()
@@ -139,7 +174,12 @@ pub async fn supervise(rt: Arc<TriggerRuntime>, book: Arc<Book>, partition: u32,
             return;
         }
         let why = match ended {
-            Ok(()) => "its event queue closed".to_owned(),
+            Ok(LaneEnd::Changed) => {
+                wait = Duration::from_millis(100);
+                continue;
+            }
+            Ok(LaneEnd::Stopped) => return,
+            Ok(LaneEnd::Closed) => "its event queue closed".to_owned(),
             Err(panic) => format!("it panicked: {}", panic_message(&*panic)),
         };
         rt.metrics.lane_failure(LaneFailure::restart);
@@ -153,27 +193,33 @@ pub async fn supervise(rt: Arc<TriggerRuntime>, book: Arc<Book>, partition: u32,
     }
 }
 
-/// Runs one lane from its done mark until shutdown, then waits up to `drain` for
-/// deliveries in flight.
+/// Runs one lane from its done mark until the partition stops (`shutdown`) or the
+/// trigger changes (`runs`), then waits up to `drain` for deliveries in flight. On a
+/// change, events waiting for their key are settled too, so that the mark is exact
+/// and the next incarnation redelivers nothing.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_lane(
     rt: Arc<TriggerRuntime>,
     partition: u32,
     mark: &Mark,
     mut rx: mpsc::Receiver<Item>,
-    client: HttpClient,
-    shutdown: CancellationToken,
+    client: &HttpClient,
+    shutdown: &CancellationToken,
+    runs: &mut tokio::sync::watch::Receiver<Run>,
     drain: Duration,
-) {
+) -> LaneEnd {
     let ordered = rt.cfg.order == DeliveryOrder::Ordered;
     let limit = rt.cfg.concurrency.max(1);
     let mut tracker = DoneTracker::new(mark.reached());
     let mut in_flight: FuturesUnordered<InFlight<'_>> = FuturesUnordered::new();
     let mut keys = KeyQueues::default();
     let publish = |t: &DoneTracker, delivered: bool| mark.publish(t.checkpoint(), delivered);
-    loop {
+    let rt = &*rt;
+    let end = loop {
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => break LaneEnd::Stopped,
+            _ = runs.changed() => break LaneEnd::Changed,
             Some((offset, key, settled)) = in_flight.next(), if !in_flight.is_empty() => {
                 if settled == Settled::Abandoned {
                     // Shutdown: not done (delivered again after a restart), and no
@@ -183,25 +229,14 @@ pub async fn run_lane(
                 tracker.done(offset);
                 publish(&tracker, true);
                 if let Some(key) = key {
-                    // Ordered: the next event of this key may go now.
-                    let next = keys.waiting.get_mut(&key).and_then(VecDeque::pop_front);
-                    match next {
-                        Some((o, e, charge)) => {
-                            keys.len -= 1;
-                            in_flight.push(settle_one(&rt, &client, o, e, charge, Some(key)));
-                        }
-                        None => {
-                            keys.waiting.remove(&key);
-                            keys.in_flight.remove(&key);
-                        }
-                    }
+                    next_of_key(rt, client, &mut keys, &mut in_flight, key);
                 }
             }
             item = rx.recv(), if in_flight.len() + keys.len < limit => match item {
                 Some(Item::Event(offset, event, charge)) => {
                     tracker.started(offset);
                     if !ordered {
-                        in_flight.push(settle_one(&rt, &client, offset, event, charge, None));
+                        in_flight.push(settle_one(rt, client, offset, event, charge, None));
                     } else {
                         let key = key_of(&event);
                         if keys.in_flight.contains(&key) {
@@ -209,7 +244,7 @@ pub async fn run_lane(
                             keys.len += 1;
                         } else {
                             keys.in_flight.insert(key.clone());
-                            in_flight.push(settle_one(&rt, &client, offset, event, charge, Some(key)));
+                            in_flight.push(settle_one(rt, client, offset, event, charge, Some(key)));
                         }
                     }
                 }
@@ -217,27 +252,54 @@ pub async fn run_lane(
                     tracker.skip_to(offset);
                     publish(&tracker, false);
                 }
-                None => break,
+                None => break LaneEnd::Closed,
             }
         }
-    }
+    };
     // Draining: no new events; let deliveries in flight finish within the deadline.
-    // Events still waiting for their key are not started (redelivered after restart).
+    // On shutdown, events still waiting for their key are not started (redelivered
+    // after restart); on a change they are, so that none is delivered twice.
+    let whole = end == LaneEnd::Changed;
     let deadline = tokio::time::sleep(drain);
     tokio::pin!(deadline);
     while !in_flight.is_empty() {
         tokio::select! {
-            Some((offset, _, settled)) = in_flight.next() => {
+            Some((offset, key, settled)) = in_flight.next() => {
                 if settled != Settled::Abandoned {
                     tracker.done(offset);
                     publish(&tracker, true);
+                    if let (true, Some(key)) = (whole, key) {
+                        next_of_key(rt, client, &mut keys, &mut in_flight, key);
+                    }
                 }
             }
             () = &mut deadline => {
                 tracing::warn!(trigger = %rt.cfg.name, partition, in_flight = in_flight.len(),
-                    "shutdown deadline reached; unfinished deliveries will be redelivered after restart");
+                    "drain deadline reached; unfinished deliveries will be delivered again");
                 break;
             }
+        }
+    }
+    end
+}
+
+/// Ordered: the event of `key` in flight is done; the next one of that key goes.
+fn next_of_key<'a>(
+    rt: &'a TriggerRuntime,
+    client: &'a HttpClient,
+    keys: &mut KeyQueues,
+    in_flight: &mut FuturesUnordered<InFlight<'a>>,
+    key: Box<str>,
+) {
+    let next = keys.waiting.get_mut(&key).and_then(VecDeque::pop_front);
+    match next {
+        Some((o, e, charge)) => {
+            keys.len -= 1;
+            in_flight.push(settle_one(rt, client, o, e, charge, Some(key)));
+        }
+        None => {
+            keys.waiting.remove(&key);
+            keys.in_flight.remove(&key);
         }
     }
 }

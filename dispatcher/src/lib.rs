@@ -45,14 +45,17 @@ mod fanout;
 mod held;
 mod lane;
 mod malformed;
+pub mod roster;
 pub mod settle;
 #[cfg(test)]
 mod settle_tests;
+pub mod status;
 #[cfg(test)]
 mod test_logs;
 mod trigger;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,8 +66,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use coordinator::{BrokerRun, Coordinator};
-use fanout::LaneInfo;
-use trigger::TriggerRuntime;
+use roster::{Changes, Roster};
+pub use trigger::{DeliveryError, Health};
 
 /// How often changed checkpoints are written.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
@@ -90,6 +93,10 @@ pub struct DispatcherOptions {
     /// The process's account of event bytes in memory (`--memory-budget`); lanes
     /// hold at most half of it, each trigger its fair share ([`held`]).
     pub budget: Arc<broker::budget::MemoryBudget>,
+    /// How long a removed trigger keeps its checkpoint (and, on the embedded log,
+    /// its hold on retention): re-added within it, it resumes where it stopped
+    /// (`--removed-trigger-grace`).
+    pub removed_trigger_grace: Duration,
     /// Test-only fault injection ([`settle::FaultHook`]); `None` in production.
     #[doc(hidden)]
     pub fault: Option<settle::FaultHook>,
@@ -107,25 +114,229 @@ impl Default for DispatcherOptions {
             reply_limits: Default::default(),
             max_reply_bytes: deliver::MAX_RESPONSE_BYTES,
             budget: broker::budget::MemoryBudget::unlimited(),
+            removed_trigger_grace: Duration::from_secs(3600),
         }
     }
 }
 
-/// A running dispatcher.
+/// A running dispatcher: every broker's triggers, changed in place by
+/// [`Dispatcher::apply`].
 pub struct Dispatcher {
+    opts: DispatcherOptions,
+    metrics: Arc<Metrics>,
+    client: deliver::HttpClient,
+    hand_over: broker::channel::lease::HandOver,
+    incarnations: Arc<AtomicU64>,
+    shutdown: CancellationToken,
     tasks: TaskTracker,
-    flushers: TaskTracker,
-    lanes_done: CancellationToken,
+    brokers: BTreeMap<BrokerId, BrokerHandle>,
+    generation: u64,
+}
+
+/// One broker as the dispatcher runs it.
+struct BrokerHandle {
+    roster: Roster,
+    logs: BrokerLogs,
+    /// Its coordinator, once the broker had a trigger (a broker without triggers
+    /// reads nothing); cancelled when the broker is removed.
+    running: Option<CancellationToken>,
+    /// Removed from the config: its dispatching stopped; data and checkpoints stay.
+    removed: bool,
+}
+
+/// What one [`Dispatcher::apply`] did.
+#[derive(Debug, Default, Clone)]
+pub struct Applied {
+    /// The config generation applied.
+    pub generation: u64,
+    /// Brokers whose dispatching started.
+    pub brokers_added: Vec<String>,
+    /// Brokers whose dispatching stopped.
+    pub brokers_removed: Vec<String>,
+    /// Trigger changes, named `namespace/broker/trigger`.
+    pub triggers: Changes,
+    /// How long it took.
+    pub took: Duration,
 }
 
 impl Dispatcher {
     /// Waits until shutdown completes: lanes drained, final checkpoints written.
-    pub async fn wait(self) {
+    pub async fn wait(&self) {
         self.tasks.close();
         self.tasks.wait().await;
-        self.lanes_done.cancel();
-        self.flushers.close();
-        self.flushers.wait().await;
+    }
+
+    /// The generation of the config applied last.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Brings every broker to `config` (generation `generation`), touching only what
+    /// changed ([`roster`]): new brokers start dispatching (once they have a
+    /// trigger), removed ones stop after draining, and each broker's triggers are
+    /// added, changed, removed or resumed. `logs` holds every configured broker's
+    /// opened logs. New triggers start at the end of the log, stored durably (in
+    /// one batch per broker) before this returns. On error (a start point could
+    /// not be stored), the brokers applied before it keep their new triggers and
+    /// the rest their old ones; applying the same config again completes it.
+    pub async fn apply(
+        &mut self,
+        config: &Config,
+        logs: &HashMap<BrokerId, BrokerLogs>,
+        generation: u64,
+    ) -> Result<Applied, ChannelError> {
+        let began = std::time::Instant::now();
+        let mut applied = Applied {
+            generation,
+            ..Applied::default()
+        };
+        // Each trigger's fair share of the lanes' part of the budget (see `held`).
+        let all_triggers: usize = config.brokers.iter().map(|b| b.triggers.len()).sum();
+        let share = held::lanes_part(&self.opts.budget) / all_triggers.max(1);
+        for broker in &config.brokers {
+            if !self.brokers.contains_key(&broker.id) {
+                let Some(logs) = logs.get(&broker.id) else {
+                    return Err(ChannelError::Invalid {
+                        reason: format!("no log opened for broker {}", broker.id),
+                    });
+                };
+                let handle = self.broker_handle(logs).await?;
+                self.brokers.insert(broker.id.clone(), handle);
+            }
+            let handle = self.brokers.get_mut(&broker.id).expect("inserted above");
+            let changes = handle.roster.apply(&broker.triggers, generation).await?;
+            handle.roster.set_share(share);
+            if handle.removed {
+                handle.removed = false;
+                applied.brokers_added.push(broker.id.to_string());
+            }
+            applied.triggers.extend(&broker.id, changes);
+            if handle.running.is_none() && handle.roster.configured() > 0 {
+                let token = self.start_broker(&broker.id).await;
+                if let Some(h) = self.brokers.get_mut(&broker.id) {
+                    h.running = Some(token);
+                }
+                applied.brokers_added.push(broker.id.to_string());
+            }
+        }
+        for (id, handle) in &mut self.brokers {
+            if handle.removed || config.broker(&id.namespace, &id.name).is_some() {
+                continue;
+            }
+            handle.removed = true;
+            handle.roster.remove_all();
+            if let Some(token) = handle.running.take() {
+                // Its lanes settle what they took, final checkpoints are written,
+                // leases released.
+                token.cancel();
+            }
+            applied.brokers_removed.push(id.to_string());
+        }
+        self.generation = generation;
+        applied.took = began.elapsed();
+        Ok(applied)
+    }
+
+    /// Deletes the slots and checkpoints of triggers removed longer than the grace
+    /// period ago; returns their names (`namespace/broker/trigger`).
+    pub async fn expire(&mut self) -> Vec<String> {
+        let mut gone = Vec::new();
+        for (id, h) in &mut self.brokers {
+            for t in h.roster.expire(self.opts.removed_trigger_grace).await {
+                gone.push(format!("{id}/{t}"));
+            }
+        }
+        gone
+    }
+
+    /// What status shows of every broker this process dispatches (or `only`).
+    pub async fn status(&self, only: Option<&BrokerId>) -> Vec<status::BrokerStatus> {
+        let mut out = Vec::new();
+        for (id, h) in &self.brokers {
+            if only.is_some_and(|o| o != id) || h.removed {
+                continue;
+            }
+            out.push(
+                status::broker(id, &h.roster, h.logs.events.as_ref(), h.running.is_some()).await,
+            );
+        }
+        out
+    }
+
+    async fn broker_handle(&self, logs: &BrokerLogs) -> Result<BrokerHandle, ChannelError> {
+        let id = logs.events.broker().clone();
+        let sinks = Arc::new(settle::BrokerSinks {
+            events: logs.events.clone(),
+            dead_letters: logs.dead_letters.clone(),
+            max_ttl: self.opts.max_ttl,
+            shutdown: self.shutdown.clone(),
+            fault: self.opts.fault.clone(),
+            limits: self.opts.reply_limits,
+            max_reply_bytes: self.opts.max_reply_bytes,
+            budget: self.opts.budget.clone(),
+        });
+        self.metrics
+            .dead_letter_gauge(&id.to_string())
+            .set(dead_letter::backlog(logs.dead_letters.as_ref()).await? as i64);
+        let book = Arc::new(checkpoints::Book::new(
+            logs.events.clone(),
+            self.opts.skips_stored_every,
+        ));
+        Ok(BrokerHandle {
+            roster: Roster::new(
+                logs.events.clone(),
+                book,
+                sinks,
+                self.metrics.clone(),
+                self.incarnations.clone(),
+            ),
+            logs: logs.clone(),
+            running: None,
+            removed: false,
+        })
+    }
+
+    /// Starts the coordinator of a broker; the first lease refresh happens before
+    /// this returns.
+    async fn start_broker(&self, id: &BrokerId) -> CancellationToken {
+        let h = &self.brokers[id];
+        let log = &h.logs.events;
+        let broker = id.to_string();
+        let token = self.shutdown.child_token();
+        let malformed = Arc::new(malformed::Sink {
+            events: h.logs.events.clone(),
+            dead_letters: h.logs.dead_letters.clone(),
+            counter: self.metrics.malformed_counter(&broker),
+            backlog: self.metrics.dead_letter_gauge(&broker),
+        });
+        let read_room = (held::lanes_part(&self.opts.budget) / 8).max(64 << 10);
+        let run = Arc::new(BrokerRun {
+            id: id.clone(),
+            malformed,
+            partitions_gauge: self.metrics.partitions_gauge(&broker),
+            unowned_gauge: self.metrics.unowned_partitions_gauge(&broker),
+            log: log.clone(),
+            table: h.roster.tables(),
+            book: h.roster.book().clone(),
+            client: self.client.clone(),
+            lane_queue: self.opts.lane_queue,
+            drain: self.opts.drain_timeout,
+            read_room,
+        });
+        let mut coordinator = Coordinator::new(
+            run,
+            log.leases(&self.opts.owner, self.hand_over),
+            token.clone(),
+        );
+        coordinator.step().await;
+        self.tasks.spawn(run_broker(
+            coordinator,
+            h.roster.book().clone(),
+            h.roster.tables(),
+            log.clone(),
+        ));
+        tracing::info!(broker = %id, triggers = h.roster.configured(), partitions = log.partitions(), "dispatching");
+        token
     }
 }
 
@@ -138,116 +349,47 @@ pub struct BrokerLogs {
     pub dead_letters: Arc<dyn BrokerLog>,
 }
 
-/// Starts dispatching every broker of `config`. `logs` holds each broker's opened
-/// logs. New triggers start at the current end of the log, and that position is stored
-/// durably before this returns, so events accepted after it are never missed. The
-/// partitions this process dispatches come from the log's partition leases (all of
-/// them for the embedded log); the first lease refresh happens before this returns.
+/// Starts dispatching every broker of `config` (as generation 1). `logs` holds each
+/// broker's opened logs. New triggers start at the current end of the log, and that
+/// position is stored durably before this returns, so events accepted after it are
+/// never missed. The partitions this process dispatches come from the log's
+/// partition leases (all of them for the embedded log); the first lease refresh
+/// happens before this returns.
 pub async fn start(
     config: &Config,
     logs: &HashMap<BrokerId, BrokerLogs>,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     opts: &DispatcherOptions,
     shutdown: CancellationToken,
 ) -> Result<Dispatcher, ChannelError> {
-    let tasks = TaskTracker::new();
-    let flushers = TaskTracker::new();
-    let lanes_done = CancellationToken::new();
-    let client = deliver::client();
-    let hand_over = broker::channel::lease::HandOver::for_drain(opts.drain_timeout);
-    // Each trigger's fair share of the lanes' part of the budget, and how much the
-    // shared readers read at once (see `held`).
-    let lanes_part = held::lanes_part(&opts.budget);
-    let all_triggers: usize = config.brokers.iter().map(|b| b.triggers.len()).sum();
-    let share = lanes_part / all_triggers.max(1);
-    let read_room = (lanes_part / 8).max(64 << 10);
-    for broker in &config.brokers {
-        let Some(logs) = logs.get(&broker.id) else {
-            return Err(ChannelError::Invalid {
-                reason: format!("no log opened for broker {}", broker.id),
-            });
-        };
-        let log = &logs.events;
-        let sinks = Arc::new(settle::BrokerSinks {
-            events: logs.events.clone(),
-            dead_letters: logs.dead_letters.clone(),
-            max_ttl: opts.max_ttl,
-            shutdown: shutdown.clone(),
-            fault: opts.fault.clone(),
-            limits: opts.reply_limits,
-            max_reply_bytes: opts.max_reply_bytes,
-            budget: opts.budget.clone(),
-        });
-        metrics
-            .dead_letter_gauge(&broker.id.to_string())
-            .set(dead_letter::backlog(logs.dead_letters.as_ref()).await? as i64);
-        let (triggers, starts) = start_points(broker, log.as_ref(), metrics, &sinks).await?;
-        // Retention keeps what a trigger (or the malformed-record scan) has not passed.
-        let mut holders: Vec<String> = triggers.iter().map(|t| t.cfg.name.clone()).collect();
-        if !holders.is_empty() {
-            holders.push(malformed::MALFORMED_CURSOR.to_owned());
-        }
-        log.retain_for(&holders).await?;
-        if triggers.is_empty() {
-            continue;
-        }
-        let lanes: Arc<[LaneInfo]> = triggers
-            .iter()
-            .map(|rt| LaneInfo {
-                filter: rt.cfg.filter.clone(),
-                trigger: Arc::from(rt.cfg.name.as_str()),
-                metrics: rt.metrics.clone(),
-                account: held::LaneAccount::new(share, opts.budget.clone()),
-            })
-            .collect();
-        let index = Arc::new(broker::filter::FilterIndex::build(
-            &lanes.iter().map(|l| &l.filter).collect::<Vec<_>>(),
-        ));
-        let book = Arc::new(checkpoints::Book::new(
-            log.clone(),
-            triggers
-                .iter()
-                .map(|t| Arc::from(t.cfg.name.as_str()))
-                .collect(),
-            &starts,
-            opts.skips_stored_every,
-        ));
-        let malformed = Arc::new(malformed::Sink {
-            events: logs.events.clone(),
-            dead_letters: logs.dead_letters.clone(),
-            counter: metrics.malformed_counter(&broker.id.to_string()),
-            backlog: metrics.dead_letter_gauge(&broker.id.to_string()),
-        });
-        let run = Arc::new(BrokerRun {
-            id: broker.id.clone(),
-            malformed,
-            partitions_gauge: metrics.partitions_gauge(&broker.id.to_string()),
-            unowned_gauge: metrics.unowned_partitions_gauge(&broker.id.to_string()),
-            log: log.clone(),
-            triggers,
-            lanes,
-            index,
-            book: book.clone(),
-            client: client.clone(),
-            lane_queue: opts.lane_queue,
-            drain: opts.drain_timeout,
-            read_room,
-        });
-        let mut coordinator = Coordinator::new(
-            run.clone(),
-            log.leases(&opts.owner, hand_over),
-            shutdown.clone(),
-        );
-        coordinator.step().await;
-        tasks.spawn(coordinator.run());
-        flushers.spawn(flush_checkpoints(book, lanes_done.clone()));
-        tracing::info!(broker = %broker.id, triggers = broker.triggers.len(), partitions = log.partitions(), "dispatching");
-    }
-    Ok(Dispatcher {
-        tasks,
-        flushers,
-        lanes_done,
-    })
+    let mut d = Dispatcher {
+        opts: opts.clone(),
+        metrics: metrics.clone(),
+        client: deliver::client(),
+        hand_over: broker::channel::lease::HandOver::for_drain(opts.drain_timeout),
+        incarnations: Arc::new(AtomicU64::new(0)),
+        shutdown,
+        tasks: TaskTracker::new(),
+        brokers: BTreeMap::new(),
+        generation: 0,
+    };
+    d.apply(config, logs, 1).await?;
+    Ok(d)
+}
+
+/// Runs a broker's coordinator and its checkpoint flusher until the broker stops
+/// (shutdown, or removed from the config).
+async fn run_broker(
+    coordinator: Coordinator,
+    book: Arc<checkpoints::Book>,
+    tables: tokio::sync::watch::Receiver<Arc<roster::Table>>,
+    log: Arc<dyn BrokerLog>,
+) {
+    let done = CancellationToken::new();
+    let flusher = tokio::spawn(flush_checkpoints(book, tables, log, done.clone()));
+    coordinator.run().await;
+    done.cancel();
+    let _ = flusher.await;
 }
 
 /// A process name unique enough among replicas: host name and process id.
@@ -261,71 +403,43 @@ pub fn default_owner() -> String {
 pub use dead_letter::REDRIVE_CURSOR;
 
 /// Gives every trigger of `broker` a checkpoint on each partition that has none: the
-/// current end of the log, stored durably (where another process has not stored one
-/// first). Returns each trigger's checkpoints as stored. Events accepted after this
-/// returns are delivered to these triggers; the ingress role calls it too, so that the
-/// order in which ingress and dispatcher processes start does not matter.
+/// current end of the log, stored durably in one batch (where another process has
+/// not stored one first). Events accepted after this returns are delivered to these
+/// triggers; the ingress role calls it (on start and on each reload), so that the
+/// order in which ingress and dispatcher processes start or reload does not matter.
 pub async fn init_checkpoints(
     broker: &BrokerConfig,
     log: &dyn BrokerLog,
-) -> Result<Vec<Vec<Offset>>, ChannelError> {
-    let mut out = Vec::with_capacity(broker.triggers.len());
-    let mut ends: Option<Vec<Offset>> = None;
-    for t in &broker.triggers {
-        let mut loaded = log.load_checkpoint(&t.name).await?;
-        let missing: Vec<u32> = (0..log.partitions())
-            .filter(|&p| loaded.get(p as usize).copied().flatten().is_none())
-            .collect();
-        if !missing.is_empty() {
-            if ends.is_none() {
-                let mut e = Vec::with_capacity(log.partitions() as usize);
-                for p in 0..log.partitions() {
-                    e.push(log.end_offset(p).await?);
-                }
-                ends = Some(e);
-            }
-            let ends = ends.as_deref().unwrap_or_default();
-            let initial: Vec<(u32, Offset)> = missing
-                .iter()
-                .map(|&p| (p, ends.get(p as usize).copied().unwrap_or(0)))
-                .collect();
-            log.init_checkpoint(&t.name, &initial).await?;
-            // Read back: where another process stored one first, it won.
-            loaded = log.load_checkpoint(&t.name).await?;
-            tracing::info!(broker = %broker.id, trigger = %t.name, partitions = ?missing, "new trigger starts at the end of the log");
-        }
-        out.push(loaded.into_iter().map(|o| o.unwrap_or(0)).collect());
+) -> Result<(), ChannelError> {
+    if broker.triggers.is_empty() {
+        return Ok(());
     }
-    Ok(out)
-}
-
-async fn start_points(
-    broker: &BrokerConfig,
-    log: &dyn BrokerLog,
-    metrics: &Metrics,
-    sinks: &Arc<settle::BrokerSinks>,
-) -> Result<(Vec<Arc<TriggerRuntime>>, Vec<Vec<Offset>>), ChannelError> {
-    let broker_name = broker.id.to_string();
-    let starts = init_checkpoints(broker, log).await?;
-    let out = broker
+    let mut initial = Vec::with_capacity(log.partitions() as usize);
+    for p in 0..log.partitions() {
+        initial.push((p, log.end_offset(p).await?));
+    }
+    let inits: Vec<(String, Vec<(u32, Offset)>)> = broker
         .triggers
         .iter()
-        .map(|t| {
-            Arc::new(TriggerRuntime {
-                cfg: t.clone(),
-                metrics: metrics.trigger(&broker_name, &t.name),
-                sinks: sinks.clone(),
-            })
-        })
+        .map(|t| (t.name.clone(), initial.clone()))
         .collect();
-    Ok((out, starts))
+    log.init_checkpoints(&inits).await
 }
 
+/// How often the lag gauges are brought up to date.
+const LAG_EVERY: Duration = Duration::from_secs(2);
+
 /// Writes changed checkpoints every [`CHECKPOINT_EVERY`] until `done`, then once more
-/// durably.
-async fn flush_checkpoints(book: Arc<checkpoints::Book>, done: CancellationToken) {
+/// durably; sets the triggers' lag gauges every [`LAG_EVERY`].
+async fn flush_checkpoints(
+    book: Arc<checkpoints::Book>,
+    tables: tokio::sync::watch::Receiver<Arc<roster::Table>>,
+    log: Arc<dyn BrokerLog>,
+    done: CancellationToken,
+) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lag_at = tokio::time::Instant::now();
     loop {
         let last = tokio::select! {
             () = done.cancelled() => true,
@@ -334,6 +448,11 @@ async fn flush_checkpoints(book: Arc<checkpoints::Book>, done: CancellationToken
         book.flush(last).await;
         if last {
             break;
+        }
+        if lag_at.elapsed() >= LAG_EVERY {
+            lag_at = tokio::time::Instant::now();
+            let table = tables.borrow().clone();
+            status::set_lag_gauges(&table, &book, log.as_ref()).await;
         }
     }
 }

@@ -139,6 +139,14 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) -> 
     if d.attempts == 0 {
         rt.metrics.lane_failure(LaneFailure::undeliverable);
     }
+    rt.health.failed(
+        d.last.status.map(|s| s.as_u16()),
+        match (&d.last.error, d.last.status) {
+            (Some(e), _) => e.clone(),
+            (None, Some(s)) => format!("the subscriber answered {s} ({} attempts)", d.attempts),
+            (None, None) => "no response".to_owned(),
+        },
+    );
     let dead = entry_for(event, cfg.subscriber.as_str(), &d.last);
     tracing::warn!(
         broker = %cfg.broker, trigger = %cfg.name, event_id = event.id(),

@@ -61,9 +61,22 @@ fn runtime(
         order: DeliveryOrder::Unordered,
         concurrency: 1,
         annotations: Default::default(),
+        spec_hash: 0,
     };
+    let metrics = Metrics::new().trigger("ns/b", "t");
     TriggerRuntime {
-        metrics: Metrics::new().trigger("ns/b", "t"),
+        lane: Arc::new(crate::fanout::LaneInfo {
+            incarnation: 1,
+            filter: cfg.filter.clone(),
+            trigger: "t".into(),
+            metrics: metrics.clone(),
+            account: crate::held::LaneAccount::new(
+                1 << 20,
+                broker::budget::MemoryBudget::unlimited(),
+            ),
+        }),
+        health: Arc::default(),
+        metrics,
         cfg,
         sinks: Arc::new(BrokerSinks {
             events,

@@ -2,8 +2,8 @@
 //! the state [`crate::lane`] and [`crate::settle`] share (a leaf module, so that
 //! neither imports the other's).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use broker::channel::{BrokerLog, ChannelError};
 use broker::config::TriggerConfig;
@@ -11,14 +11,55 @@ use broker::event::{Event, EventLimits};
 use broker::telemetry::TriggerMetrics;
 use tokio_util::sync::CancellationToken;
 
-/// A trigger as the dispatcher runs it.
+/// One incarnation of a trigger as the dispatcher runs it (a config change makes
+/// a new one, [`crate::roster`]).
 pub struct TriggerRuntime {
     /// Its config.
     pub cfg: TriggerConfig,
+    /// What its readers need (filter, incarnation, budget account).
+    pub lane: Arc<crate::fanout::LaneInfo>,
     /// Its metrics.
     pub metrics: TriggerMetrics,
     /// Where its replies and dead letters go.
     pub sinks: Arc<BrokerSinks>,
+    /// Its delivery health (shared by its incarnations).
+    pub health: Arc<Health>,
+}
+
+/// The last delivery that failed for good, for status.
+#[derive(Debug, Clone)]
+pub struct DeliveryError {
+    /// When.
+    pub at: SystemTime,
+    /// The subscriber's status code; `None` for a transport error or timeout.
+    pub status: Option<u16>,
+    /// What happened.
+    pub message: String,
+}
+
+/// What status shows of a trigger's deliveries beyond its counters.
+#[derive(Debug, Default)]
+pub struct Health {
+    last_error: Mutex<Option<DeliveryError>>,
+}
+
+impl Health {
+    /// Records a delivery that failed for good.
+    pub fn failed(&self, status: Option<u16>, message: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(DeliveryError {
+            at: SystemTime::now(),
+            status,
+            message,
+        });
+    }
+
+    /// The last delivery that failed for good.
+    pub fn last_error(&self) -> Option<DeliveryError> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// A test-only fault: called with each event just before its delivery. A hook that

@@ -99,9 +99,13 @@ struct BrokerEntry {
     name: String,
 }
 
+/// Brokers by namespace, then name.
+type BrokerMap = HashMap<String, HashMap<String, Arc<BrokerEntry>>>;
+
 /// Shared state of the ingress.
 pub struct IngressState {
-    brokers: HashMap<String, HashMap<String, BrokerEntry>>,
+    /// Replaced as a whole when the config changes ([`IngressState::set_brokers`]).
+    brokers: std::sync::RwLock<Arc<BrokerMap>>,
     unknown: IngressMetrics,
     metrics: Arc<Metrics>,
     opts: IngressOptions,
@@ -115,22 +119,8 @@ impl IngressState {
         metrics: Arc<Metrics>,
         opts: IngressOptions,
     ) -> IngressState {
-        let mut brokers: HashMap<String, HashMap<String, BrokerEntry>> = HashMap::new();
-        for log in logs {
-            let id = log.broker().clone();
-            let name = id.to_string();
-            let entry = BrokerEntry {
-                metrics: metrics.ingress(&name),
-                log,
-                name,
-            };
-            brokers
-                .entry(id.namespace)
-                .or_default()
-                .insert(id.name, entry);
-        }
         IngressState {
-            brokers,
+            brokers: std::sync::RwLock::new(Arc::new(broker_map(logs, &metrics))),
             unknown: metrics.ingress(""),
             metrics,
             opts,
@@ -138,10 +128,41 @@ impl IngressState {
         }
     }
 
+    /// Serves exactly these brokers from now on (a config reload): a new one is
+    /// served at once, a removed one answers 404; requests already past the lookup
+    /// finish on the log they found.
+    pub fn set_brokers(&self, logs: Vec<Arc<dyn BrokerLog>>) {
+        let map = Arc::new(broker_map(logs, &self.metrics));
+        *self.brokers.write().unwrap_or_else(|p| p.into_inner()) = map;
+    }
+
+    fn lookup(&self, namespace: &str, name: &str) -> Option<Arc<BrokerEntry>> {
+        let map = self.brokers.read().unwrap_or_else(|p| p.into_inner());
+        map.get(namespace).and_then(|m| m.get(name)).cloned()
+    }
+
     /// Marks the ingress as not ready (draining): `/readyz` answers 503.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
+}
+
+fn broker_map(logs: Vec<Arc<dyn BrokerLog>>, metrics: &Metrics) -> BrokerMap {
+    let mut brokers = BrokerMap::new();
+    for log in logs {
+        let id = log.broker().clone();
+        let name = id.to_string();
+        let entry = Arc::new(BrokerEntry {
+            metrics: metrics.ingress(&name),
+            log,
+            name,
+        });
+        brokers
+            .entry(id.namespace)
+            .or_default()
+            .insert(id.name, entry);
+    }
+    brokers
 }
 
 /// The ingress HTTP routes.
@@ -232,14 +253,11 @@ async fn broker_endpoint(State(state): State<Arc<IngressState>>, req: Request<Bo
         &Method::OPTIONS => return webhook_options(req.headers()),
         other => return IngressError::MethodNotAllowed(other.to_string()).into_response(),
     }
-    let Some(entry) = state
-        .brokers
-        .get(namespace.as_ref())
-        .and_then(|m| m.get(name.as_ref()))
-    else {
+    let Some(entry) = state.lookup(namespace.as_ref(), name.as_ref()) else {
         state.unknown.reject(RejectReason::unknown_broker, 1);
         return IngressError::UnknownBroker(format!("{namespace}/{name}")).into_response();
     };
+    let entry = &*entry;
     match accept(&state, entry, req).await {
         Ok(n) => {
             entry.metrics.accepted.inc_by(n as u64);

@@ -207,6 +207,10 @@ pub fn broker_with_triggers(triggers: &[(&str, &str, String)]) -> String {
 pub fn server_options(yaml: &str, data_dir: &Path) -> ServerOptions {
     ServerOptions {
         config: config(yaml),
+        config_path: None,
+        load_options: Default::default(),
+        watch_config: false,
+        advertise_url: None,
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         storage: app::Storage::embedded(data_dir),
