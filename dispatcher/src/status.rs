@@ -4,8 +4,10 @@
 //! Lag is measured against the log's end: on a partition this process owns, from
 //! the trigger's live done mark; on one another replica owns, from the stored
 //! checkpoint (at most [`crate::CHECKPOINT_EVERY`] behind that replica's mark).
-//! `behind` is the difference of offsets, exact where offsets are dense (the
-//! embedded log, Kafka) and an upper bound where they can have gaps (NATS). The age
+//! `behind` is the difference between the partition's end
+//! ([`BrokerLog::partition_end`]) and the checkpoint: exact where offsets are dense
+//! (the embedded log, Kafka), an upper bound where they have gaps (NATS with several
+//! partitions), and 0 once the trigger has passed every record either way. The age
 //! of the oldest undelivered event is read from the event at the checkpoint (its
 //! `knativearrivaltime`), for at most [`AGE_READS`] partitions per call.
 
@@ -86,7 +88,7 @@ pub(crate) async fn broker(
     let owned = roster.book().owned().await;
     let mut ends = Vec::with_capacity(owned.len());
     for p in 0..log.partitions() {
-        ends.push(log.end_offset(p).await.ok());
+        ends.push(log.partition_end(p).await.ok());
     }
     let mut age_reads = AGE_READS;
     let mut triggers = Vec::new();
@@ -173,7 +175,7 @@ pub(crate) async fn set_lag_gauges(table: &Table, book: &Book, log: &dyn BrokerL
     let mut ends = Vec::with_capacity(owned.len());
     for (p, &mine) in owned.iter().enumerate() {
         ends.push(if mine {
-            log.end_offset(p as u32).await.ok()
+            log.partition_end(p as u32).await.ok()
         } else {
             None
         });

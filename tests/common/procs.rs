@@ -70,10 +70,12 @@ impl Proc {
     ) -> Proc {
         let log = std::fs::File::create(dir.join(format!("{role}-{}.log", unique("p")))).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_triggerfish"));
-        cmd.arg(role)
-            .arg("--config")
-            .arg(dir.join("config.yaml"))
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        cmd.arg(role);
+        // `dir/config.yaml` unless the test names its own.
+        if !extra.contains(&"--config") {
+            cmd.arg("--config").arg(dir.join("config.yaml"));
+        }
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(storage)
             .args(["--drain-seconds", "5"])
             .args(["--log", "warn"])

@@ -381,6 +381,14 @@ pub trait BrokerLog: Send + Sync + 'static {
     /// The offset the next event appended to `partition` will get.
     async fn end_offset(&self, partition: u32) -> Result<Offset, ChannelError>;
 
+    /// The offset just past the last record of `partition`: equal to
+    /// [`BrokerLog::end_offset`] where offsets are dense; where they have gaps (NATS
+    /// with several partitions sharing one sequence) it tells a trigger that has
+    /// passed every record of its partition from one that has not (lag, status).
+    async fn partition_end(&self, partition: u32) -> Result<Offset, ChannelError> {
+        self.end_offset(partition).await
+    }
+
     /// A reader over one partition.
     async fn reader(
         &self,

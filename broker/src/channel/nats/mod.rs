@@ -611,6 +611,29 @@ impl BrokerLog for NatsBroker {
         Ok(self.stream_state().await?.last_sequence)
     }
 
+    async fn partition_end(&self, partition: u32) -> Result<Offset, ChannelError> {
+        let subject = self.check_partition(partition)?.to_owned();
+        if self.subjects.len() == 1 {
+            return self.end_offset(partition).await;
+        }
+        let stream = tokio::time::timeout(self.timeout, self.js.get_stream(&self.stream))
+            .await
+            .map_err(|_| self.unavailable("timed out reading the stream"))?
+            .map_err(|e| self.unavailable(format!("stream {}: {e}", self.stream)))?;
+        let last = tokio::time::timeout(
+            self.timeout,
+            stream.get_last_raw_message_by_subject(&subject),
+        )
+        .await
+        .map_err(|_| self.unavailable("timed out reading a partition's last message"))?;
+        match last {
+            // A record of sequence s has offset s - 1: the partition ends at s.
+            Ok(m) => Ok(m.sequence),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(self.unavailable(format!("partition {partition}: {e}"))),
+        }
+    }
+
     async fn reader(
         &self,
         partition: u32,
