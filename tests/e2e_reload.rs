@@ -75,8 +75,11 @@ impl Layout {
 
 /// Events posted one after another (`e<i>`, type `a` for even `i`, `b` for odd),
 /// with when each was accepted, until stopped.
+/// An accepted event: id, type, when the 202 came.
+type Sent = (String, &'static str, Instant);
+
 struct Producer {
-    sent: Arc<Mutex<Vec<(String, &'static str, Instant)>>>,
+    sent: Arc<Mutex<Vec<Sent>>>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -91,7 +94,7 @@ impl Producer {
             let mut i = 0usize;
             while !st.load(Ordering::Relaxed) {
                 let id = format!("e{i}");
-                let ty = if i % 2 == 0 { "a" } else { "b" };
+                let ty = if i.is_multiple_of(2) { "a" } else { "b" };
                 let r = client
                     .post(format!("http://{addr}/default/default"))
                     .header("ce-specversion", "1.0")
@@ -133,7 +136,7 @@ impl Producer {
         .await;
     }
 
-    async fn stop(self) -> Vec<(String, &'static str, Instant)> {
+    async fn stop(self) -> Vec<Sent> {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap();
         std::mem::take(&mut *self.sent.lock().unwrap())
