@@ -18,8 +18,11 @@
 //! instead of the `serve` role. `triggerfish-bench nats --url nats://...` compares the
 //! ingress on NATS JetStream with raw JetStream publishing (`nats`);
 //! `triggerfish-bench kafka --bootstrap HOST:PORT` the ingress on Kafka with a raw
-//! rdkafka producer loop (`kafka`).
+//! rdkafka producer loop (`kafka`). `triggerfish-bench config-scale` measures what a
+//! large config costs: start, RSS per idle trigger, reload apply times
+//! (`config_scale`).
 
+mod config_scale;
 mod figures;
 mod kafka;
 mod load;
@@ -81,6 +84,10 @@ struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 enum Role {
+    /// What a large config costs: start with N triggers, RSS per idle trigger, and
+    /// the load and apply time of reloads adding N triggers, one, and changing one
+    /// (needs a built `triggerfish` binary).
+    ConfigScale(config_scale::ConfigScaleArgs),
     /// Ingress accepted events/s on NATS JetStream beside raw JetStream publishing of
     /// the same payload (needs a nats-server and a built `triggerfish` binary).
     Nats(nats::NatsArgs),
@@ -164,6 +171,7 @@ fn main() -> anyhow::Result<()> {
             Some(role) => {
                 exit_after_max_lifetime();
                 match role {
+                    Role::ConfigScale(a) => config_scale::run(a).await,
                     Role::Nats(a) => nats::run(a).await,
                     Role::Kafka(a) => kafka::run(a).await,
                     Role::Serve(a) => serve(a).await,

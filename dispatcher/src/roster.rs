@@ -524,3 +524,144 @@ impl Roster {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::test_logs::Recording;
+    use broker::config::{DeliveryOrder, TriggerConfig};
+    use broker::delivery::DeliverySpec;
+    use broker::filter::Filter;
+
+    fn trigger(name: &str, spec_hash: u64) -> TriggerConfig {
+        TriggerConfig {
+            name: name.into(),
+            broker: BrokerId::new("ns", "b"),
+            filter: Filter::match_all(),
+            subscriber: url::Url::parse("http://127.0.0.1:9/").unwrap(),
+            delivery: DeliverySpec::broker_default(),
+            order: DeliveryOrder::Unordered,
+            concurrency: 1,
+            annotations: Default::default(),
+            spec_hash,
+        }
+    }
+
+    fn roster(log: &Arc<Recording>) -> Roster {
+        let sinks = Arc::new(BrokerSinks {
+            events: log.clone(),
+            dead_letters: log.clone(),
+            max_ttl: 255,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            fault: None,
+            limits: Default::default(),
+            max_reply_bytes: 1 << 20,
+            budget: broker::budget::MemoryBudget::unlimited(),
+        });
+        Roster::new(
+            log.clone(),
+            Arc::new(Book::new(log.clone(), Duration::from_secs(5))),
+            sinks,
+            Arc::new(Metrics::new()),
+            Arc::new(AtomicU64::new(0)),
+        )
+    }
+
+    fn slot<'a>(r: &'a Roster, name: &str) -> &'a SlotHandle {
+        &r.slots[r.by_name[name]].as_ref().unwrap().handle
+    }
+
+    fn incarnation(r: &Roster, name: &str) -> Option<u64> {
+        match slot(r, name).run() {
+            Run::Active(rt) => Some(rt.lane.incarnation),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_difference_is_applied() {
+        let log = Recording::new(2);
+        log.end.store(10, std::sync::atomic::Ordering::Relaxed);
+        let mut r = roster(&log);
+        let mut tables = r.tables();
+        let c = r
+            .apply(&[trigger("a", 1), trigger("b", 1)], 1)
+            .await
+            .unwrap();
+        assert_eq!(c.added, ["a", "b"]);
+        assert!(tables.has_changed().unwrap());
+        tables.borrow_and_update();
+        // Both starts stored at the end of the log, in one batch.
+        assert_eq!(slot(&r, "a").marks.reached(), [10, 10]);
+        assert_eq!(
+            log.load_checkpoint("b").await.unwrap(),
+            [Some(10), Some(10)]
+        );
+        let (a1, b1) = (incarnation(&r, "a"), incarnation(&r, "b"));
+
+        // The same config again: nothing changes, not even the table.
+        let c = r
+            .apply(&[trigger("a", 1), trigger("b", 1)], 2)
+            .await
+            .unwrap();
+        assert!(c.is_empty());
+        assert!(!tables.has_changed().unwrap());
+        assert_eq!(incarnation(&r, "a"), a1);
+
+        // `a` changed: a new incarnation of `a` only.
+        let c = r
+            .apply(&[trigger("a", 2), trigger("b", 1)], 3)
+            .await
+            .unwrap();
+        assert_eq!(c.changed, ["a"]);
+        assert_ne!(incarnation(&r, "a"), a1);
+        assert_eq!(incarnation(&r, "b"), b1);
+        let table = tables.borrow_and_update().clone();
+        assert_eq!(table.lanes.iter().flatten().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_removed_trigger_resumes_within_its_grace_period_and_starts_afresh_after() {
+        let log = Recording::new(1);
+        let mut r = roster(&log);
+        r.apply(&[trigger("keep", 1), trigger("gone", 1)], 1)
+            .await
+            .unwrap();
+        // `gone` delivered up to 40, then is removed.
+        slot(&r, "gone").marks.mark(0).publish(40, true);
+        let c = r.apply(&[trigger("keep", 1)], 2).await.unwrap();
+        assert_eq!(c.removed, ["gone"]);
+        assert!(matches!(slot(&r, "gone").run(), Run::Removed));
+        // Retention still holds it.
+        assert!(r.retained.as_ref().unwrap().contains(&"gone".to_owned()));
+        log.end.store(100, std::sync::atomic::Ordering::Relaxed);
+
+        // Re-added within the grace period: it resumes at 40, not at the end (100).
+        let c = r
+            .apply(&[trigger("keep", 1), trigger("gone", 1)], 3)
+            .await
+            .unwrap();
+        assert_eq!(c.resumed, ["gone"]);
+        assert_eq!(slot(&r, "gone").marks.reached(), [40]);
+        assert!(
+            r.expire(Duration::ZERO).await.is_empty(),
+            "configured: never expires"
+        );
+
+        // Removed again and past its grace period: slot and checkpoint deleted, and
+        // no longer held by retention.
+        r.apply(&[trigger("keep", 1)], 4).await.unwrap();
+        assert!(r.expire(Duration::from_secs(3600)).await.is_empty());
+        assert_eq!(r.expire(Duration::ZERO).await, ["gone"]);
+        assert_eq!(*log.deleted.lock().unwrap(), ["gone"]);
+        assert!(!r.retained.as_ref().unwrap().contains(&"gone".to_owned()));
+        // Added once more: a new trigger, at the end of the log.
+        let c = r
+            .apply(&[trigger("keep", 1), trigger("gone", 1)], 5)
+            .await
+            .unwrap();
+        assert_eq!(c.added, ["gone"]);
+        assert_eq!(slot(&r, "gone").marks.reached(), [100]);
+    }
+}

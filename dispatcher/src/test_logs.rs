@@ -23,6 +23,10 @@ pub struct Recording {
     pub fail_appends: AtomicBool,
     /// Every event appended.
     pub appended: Mutex<Vec<Event>>,
+    /// What `end_offset` answers for every partition.
+    pub end: AtomicU64,
+    /// Checkpoints deleted.
+    pub deleted: Mutex<Vec<String>>,
 }
 
 impl Recording {
@@ -35,6 +39,8 @@ impl Recording {
             fence: AtomicU64::new(0),
             fail_appends: AtomicBool::new(false),
             appended: Mutex::default(),
+            end: AtomicU64::new(0),
+            deleted: Mutex::default(),
         })
     }
 
@@ -64,7 +70,12 @@ impl BrokerLog for Recording {
         Ok(())
     }
     async fn end_offset(&self, _partition: u32) -> Result<Offset, ChannelError> {
-        Ok(0)
+        Ok(self.end.load(Ordering::Relaxed))
+    }
+    async fn delete_checkpoint(&self, trigger: &str) -> Result<(), ChannelError> {
+        self.stored.lock().unwrap().retain(|(t, _), _| t != trigger);
+        self.deleted.lock().unwrap().push(trigger.to_owned());
+        Ok(())
     }
     async fn reader(&self, _p: u32, _s: StartAt) -> Result<Box<dyn LogReader>, ChannelError> {
         Err(ChannelError::Internal("no reader".into()))

@@ -710,6 +710,61 @@ struct CheckpointFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::EventLog;
+
+    async fn broker(dir: &Path) -> (EmbeddedLog, Arc<dyn BrokerLog>) {
+        let opts = EmbeddedOptions {
+            partitions: 2,
+            ..EmbeddedOptions::default()
+        };
+        let log = EmbeddedLog::open(dir, opts).expect("open");
+        let b = log
+            .open(&BrokerId::new("default", "b"), LogKind::Events)
+            .await
+            .expect("broker");
+        (log, b)
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_starts_is_stored_durably_and_never_replaces_a_stored_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (_log, b) = broker(dir.path()).await;
+            // Ten events on each partition: checkpoints past the end would be
+            // clamped back to it on reopening.
+            for i in 0..20 {
+                let mut e = crate::event::Event::new();
+                for (k, v) in [("specversion", "1.0"), ("source", "/t"), ("type", "t")] {
+                    e.set_str(k, v);
+                }
+                e.set_str("id", &format!("e{i}"));
+                b.append(std::slice::from_ref(&e)).await.expect("append");
+            }
+            b.store_checkpoint("old", &[CheckpointUpdate::unleased(0, 7)], true)
+                .await
+                .expect("store");
+            let batch: Vec<(String, Vec<(u32, Offset)>)> = ["old", "new1", "new2"]
+                .iter()
+                .map(|n| (n.to_string(), vec![(0, 3), (1, 4)]))
+                .collect();
+            b.init_checkpoints(&batch).await.expect("init");
+        }
+        // Reopened (as after a crash): what the batch stored is there.
+        let (_log, b) = broker(dir.path()).await;
+        assert_eq!(b.load_checkpoint("old").await.unwrap(), [Some(7), Some(4)]);
+        assert_eq!(b.load_checkpoint("new1").await.unwrap(), [Some(3), Some(4)]);
+        assert_eq!(b.load_checkpoint("new2").await.unwrap(), [Some(3), Some(4)]);
+        b.delete_checkpoint("new1").await.expect("delete");
+        b.delete_checkpoint("never-was")
+            .await
+            .expect("deleting nothing");
+        assert_eq!(b.load_checkpoint("new1").await.unwrap(), [None, None]);
+        drop(b);
+        drop(_log);
+        let (_log, b) = broker(dir.path()).await;
+        assert_eq!(b.load_checkpoint("new1").await.unwrap(), [None, None]);
+        assert_eq!(b.load_checkpoint("new2").await.unwrap(), [Some(3), Some(4)]);
+    }
 
     #[test]
     fn fsync_policies_parse() {
