@@ -708,6 +708,7 @@ struct CheckpointFile {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::channel::EventLog;
@@ -737,7 +738,7 @@ mod tests {
                 for (k, v) in [("specversion", "1.0"), ("source", "/t"), ("type", "t")] {
                     e.set_str(k, v);
                 }
-                e.set_str("id", &format!("e{i}"));
+                e.set_str("id", format!("e{i}"));
                 b.append(std::slice::from_ref(&e)).await.expect("append");
             }
             b.store_checkpoint("old", &[CheckpointUpdate::unleased(0, 7)], true)
