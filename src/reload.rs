@@ -115,11 +115,6 @@ impl Reloader {
         self.live.borrow().clone()
     }
 
-    /// Follows the config running.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Live>> {
-        self.live.subscribe()
-    }
-
     /// How the last reload went.
     pub fn last(&self) -> Option<ReloadStatus> {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()

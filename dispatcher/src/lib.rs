@@ -130,7 +130,6 @@ pub struct Dispatcher {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     brokers: BTreeMap<BrokerId, BrokerHandle>,
-    generation: u64,
 }
 
 /// One broker as the dispatcher runs it.
@@ -164,11 +163,6 @@ impl Dispatcher {
     pub async fn wait(&self) {
         self.tasks.close();
         self.tasks.wait().await;
-    }
-
-    /// The generation of the config applied last.
-    pub fn generation(&self) -> u64 {
-        self.generation
     }
 
     /// Brings every broker to `config` (generation `generation`), touching only what
@@ -232,7 +226,6 @@ impl Dispatcher {
             }
             applied.brokers_removed.push(id.to_string());
         }
-        self.generation = generation;
         applied.took = began.elapsed();
         Ok(applied)
     }
@@ -371,7 +364,6 @@ pub async fn start(
         shutdown,
         tasks: TaskTracker::new(),
         brokers: BTreeMap::new(),
-        generation: 0,
     };
     d.apply(config, logs, 1).await?;
     Ok(d)

@@ -117,11 +117,6 @@ impl Table {
         }
     }
 
-    /// Whether any trigger is configured.
-    pub fn any_lanes(&self) -> bool {
-        !self.positions.is_empty()
-    }
-
     /// Calls `f` with the slot of every configured trigger whose filter matches.
     pub fn for_each_match(&self, event: &Event, mut f: impl FnMut(usize)) {
         self.index.for_each_match(event, |i| f(self.positions[i]));
