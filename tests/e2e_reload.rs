@@ -462,6 +462,9 @@ async fn nats_separate_processes_reload_their_own_copies() {
         prefix.as_str(),
         "--partitions",
         "2",
+        // Test-sized streams: JetStream reserves each stream's max bytes.
+        "--nats-max-bytes",
+        "67108864",
     ];
     let dispatcher = Proc::start(
         "dispatcher",

@@ -104,6 +104,9 @@ async fn a_dispatcher_joining_and_one_leaving_keep_per_key_order_and_single_owne
         prefix.as_str(),
         "--partitions",
         PARTITIONS,
+        // Test-sized streams: JetStream reserves each stream's max bytes.
+        "--nats-max-bytes",
+        "67108864",
     ];
     let lease = ["--nats-lease-ttl", "PT3S"];
     // The buckets exist (as the processes will open them) before anything is
@@ -111,6 +114,7 @@ async fn a_dispatcher_joining_and_one_leaving_keep_per_key_order_and_single_owne
     let mut opts = NatsOptions::from_url(&url).unwrap();
     opts.prefix = prefix.clone();
     opts.lease_ttl = Duration::from_secs(3);
+    opts.limits.max_bytes = Some(64 << 20);
     drop(NatsLog::connect(opts).await.unwrap());
     let client = async_nats::connect(url.trim_start_matches("nats://"))
         .await

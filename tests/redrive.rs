@@ -373,6 +373,8 @@ async fn on_nats_one_redrive_per_log_across_replicas_and_undecodable_entries_are
     let connect = || async {
         let mut o = NatsOptions::from_url(&url).unwrap();
         o.prefix = prefix.clone();
+        // Test-sized streams: JetStream reserves each stream's max bytes.
+        o.limits.max_bytes = Some(64 << 20);
         NatsLog::connect(o).await.unwrap()
     };
     let (a, b) = (connect().await, connect().await);
