@@ -182,6 +182,7 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     partitions: Family<BrokerLabels, Gauge>,
     unowned: Family<BrokerLabels, Gauge>,
+    parked: Family<BrokerLabels, Gauge>,
     redriven: Family<RedriveLabels, Counter>,
     connections: Gauge,
     connections_closed: Family<ConnectionLabels, Counter>,
@@ -356,6 +357,7 @@ impl Metrics {
         let failures = Family::<FailureLabels, Counter>::default();
         let partitions = Family::<BrokerLabels, Gauge>::default();
         let unowned = Family::<BrokerLabels, Gauge>::default();
+        let parked = Family::<BrokerLabels, Gauge>::default();
         let redriven = Family::<RedriveLabels, Counter>::default();
         let latency = Family::<TriggerLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(0.0005, 2.0, 18))) as fn() -> Histogram,
@@ -419,6 +421,11 @@ impl Metrics {
             "dispatcher_unowned_partitions",
             "Partitions of the broker that no dispatcher process owns, as this process last saw them",
             unowned.clone(),
+        );
+        registry.register(
+            "dispatcher_parked_lanes",
+            "Lanes (trigger x partition) of the broker idle enough to hold no queue or task state",
+            parked.clone(),
         );
         registry.register(
             "dead_letter_redriven",
@@ -513,6 +520,7 @@ impl Metrics {
             failures,
             partitions,
             unowned,
+            parked,
             redriven,
         }
     }
@@ -624,6 +632,15 @@ impl Metrics {
     /// The gauge of a broker's partitions that no dispatcher process owns.
     pub fn unowned_partitions_gauge(&self, broker: &str) -> Gauge {
         self.unowned
+            .get_or_create(&BrokerLabels {
+                broker: broker.into(),
+            })
+            .clone()
+    }
+
+    /// The gauge of a broker's parked lanes.
+    pub fn parked_lanes_gauge(&self, broker: &str) -> Gauge {
+        self.parked
             .get_or_create(&BrokerLabels {
                 broker: broker.into(),
             })

@@ -77,6 +77,21 @@ impl Marks {
     pub fn reached(&self) -> Vec<Offset> {
         self.marks.iter().map(Mark::reached).collect()
     }
+
+    /// Marks outside a book, for tests.
+    #[cfg(test)]
+    pub(crate) fn at(name: &str, reached: &[Offset]) -> Arc<Marks> {
+        Arc::new(Marks {
+            name: name.into(),
+            marks: reached
+                .iter()
+                .map(|&o| Mark {
+                    reached: AtomicU64::new(o),
+                    delivered: AtomicBool::new(false),
+                })
+                .collect(),
+        })
+    }
 }
 
 /// One trigger's stored state.

@@ -48,6 +48,10 @@ pub struct BrokerRun {
     pub client: HttpClient,
     /// Queue length of each lane.
     pub lane_queue: usize,
+    /// How long a lane idles before it parks.
+    pub park_after: Duration,
+    /// The broker's parked lanes.
+    pub parked_gauge: prometheus_client::metrics::gauge::Gauge,
     /// How long a stopping lane waits for deliveries in flight.
     pub drain: Duration,
     /// How many bytes of records a shared reader reads at once.
@@ -64,7 +68,8 @@ struct Running {
     epoch: Epoch,
     token: CancellationToken,
     tasks: TaskTracker,
-    ctx: Partition,
+    /// What its lanes share (its readers' context among it).
+    spec: Arc<lane::LaneSpec>,
     /// The slots whose lanes run here, by slot.
     spawned: Vec<Option<Arc<SlotHandle>>>,
 }
@@ -203,7 +208,7 @@ impl Coordinator {
                 Ok(()) = tables.changed() => {
                     let table = tables.borrow_and_update().clone();
                     for r in self.running.values_mut() {
-                        spawn_lanes(&self.run, r, &table);
+                        spawn_lanes(r, &table);
                     }
                 }
                 () = tokio::time::sleep(self.leases.renew_every()) => self.step().await,
@@ -237,17 +242,25 @@ impl Coordinator {
             tasks: tasks.clone(),
             malformed: run.malformed.clone(),
             read_room: run.read_room,
+            lane_queue: run.lane_queue,
+            parked: run.parked_gauge.clone(),
         };
         tasks.spawn(fanout::shared_reader(ctx.clone(), join_rx));
+        let spec = Arc::new(lane::LaneSpec {
+            ctx,
+            client: run.client.clone(),
+            drain: run.drain,
+            park_after: run.park_after,
+        });
         let mut running = Running {
             epoch,
             token,
             tasks,
-            ctx,
+            spec,
             spawned: Vec::new(),
         };
         let table = run.table.borrow().clone();
-        spawn_lanes(run, &mut running, &table);
+        spawn_lanes(&mut running, &table);
         tracing::info!(broker = %run.id, partition = p, epoch, triggers = running.spawned.iter().flatten().count(), "dispatching partition");
         self.running.insert(p, running);
     }
@@ -286,7 +299,7 @@ impl Coordinator {
 
 /// Starts the lanes of the table's slots that do not run on this partition yet (a
 /// slot reused after a deleted one is a new slot).
-fn spawn_lanes(run: &BrokerRun, r: &mut Running, table: &Table) {
+fn spawn_lanes(r: &mut Running, table: &Table) {
     if r.spawned.len() < table.slots.len() {
         r.spawned.resize_with(table.slots.len(), || None);
     }
@@ -299,13 +312,10 @@ fn spawn_lanes(run: &BrokerRun, r: &mut Running, table: &Table) {
             continue;
         }
         r.spawned[slot] = Some(handle.clone());
-        let spec = lane::LaneSpec {
-            ctx: r.ctx.clone(),
-            queue: run.lane_queue,
-            client: run.client.clone(),
-            drain: run.drain,
-        };
-        r.tasks
-            .spawn(lane::supervise(handle.clone(), r.ctx.partition, spec));
+        r.tasks.spawn(lane::supervise(
+            handle.clone(),
+            r.spec.ctx.partition,
+            r.spec.clone(),
+        ));
     }
 }

@@ -18,6 +18,14 @@
 //! sender over, or (when it is behind) takes it with "skip below" set. Both readers
 //! also send [`Item::Skip`] watermarks so a lane's checkpoint moves past events that
 //! did not match its filter.
+//!
+//! An attached lane that has had nothing to do for [`crate::lane::PARK_AFTER`]
+//! *parks*: it hands its empty queue back to the shared reader ([`Park`]) and its
+//! task shrinks to a wait for a wake-up, so an idle trigger costs neither a queue nor
+//! a lane's working state (10,000 idle triggers were 33 MiB of it). While a lane is
+//! parked the shared reader moves its done mark itself (nothing of it is in flight,
+//! so the mark is exactly the reader's position), and on its next match gives it a
+//! new queue holding that event. Only one of the two ever moves a lane's mark.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,6 +66,54 @@ const SKIP_EVERY: Duration = Duration::from_millis(200);
 /// The most events a rejoin may back-fill; beyond that the lane keeps catching up.
 const MAX_BACKFILL: u64 = 4096;
 
+/// What lanes and their catch-up readers ask of the shared reader.
+pub enum Request {
+    /// Attach a caught-up lane.
+    Join(Join),
+    /// Park an idle attached lane.
+    Park(Park),
+    /// Attach a lane that starts where the reader is, parked: no queue, no catch-up.
+    Attach(Attach),
+}
+
+/// A request to attach a starting lane parked: granted when its mark is at (or past)
+/// the reader's position and its incarnation is the table's, so that a trigger at
+/// the end of the log never holds a queue (10,000 new triggers start this way).
+pub struct Attach {
+    /// The lane's slot.
+    pub lane: usize,
+    /// Its trigger incarnation.
+    pub info: Arc<LaneInfo>,
+    /// Its mark.
+    pub from: Offset,
+    /// Its marks (the reader moves the partition's one while it is parked).
+    pub marks: Arc<crate::checkpoints::Marks>,
+    /// Where its queue goes on its first match.
+    pub wake: oneshot::Sender<mpsc::Receiver<Item>>,
+    /// Whether it was attached (else it catches up as usual).
+    pub reply: oneshot::Sender<bool>,
+}
+
+/// A request to park an attached lane whose queue is empty and which has nothing in
+/// flight: the shared reader takes over its mark and `wake`s it with a new queue on
+/// its next match. Refused (the queue comes back) when its queue is not empty, the
+/// lane is detached or the incarnation is no longer the table's.
+pub struct Park {
+    /// The lane's slot.
+    pub lane: usize,
+    /// Its trigger incarnation.
+    pub incarnation: u64,
+    /// Its queue, empty when it asked.
+    pub rx: mpsc::Receiver<Item>,
+    /// Its marks (the reader moves the partition's one while it is parked).
+    pub marks: Arc<crate::checkpoints::Marks>,
+    /// Where the new queue goes on the next match; dropped when the lane must start
+    /// again from its mark instead (its trigger changed, the reader restarted).
+    pub wake: oneshot::Sender<mpsc::Receiver<Item>>,
+    /// The answer: parked, or the queue back.
+    pub reply: oneshot::Sender<Result<(), mpsc::Receiver<Item>>>,
+}
+
 /// A request to (re)attach a lane to the shared reader.
 pub struct Join {
     lane: usize,
@@ -84,9 +140,49 @@ pub struct LaneInfo {
 
 struct Attached {
     info: Arc<LaneInfo>,
-    tx: mpsc::Sender<Item>,
+    feed: Feed,
     skip_below: Offset,
     last_sent: Offset,
+}
+
+/// How an attached lane gets its events.
+enum Feed {
+    /// Through its queue (its lane task runs).
+    Queue(mpsc::Sender<Item>),
+    /// It is parked: its mark is moved here; a match wakes it with a new queue.
+    Parked {
+        marks: Arc<crate::checkpoints::Marks>,
+        wake: oneshot::Sender<mpsc::Receiver<Item>>,
+        _counted: Counted,
+    },
+}
+
+impl Attached {
+    fn queued(info: Arc<LaneInfo>, tx: mpsc::Sender<Item>, at: Offset) -> Attached {
+        Attached {
+            info,
+            feed: Feed::Queue(tx),
+            skip_below: at,
+            last_sent: at,
+        }
+    }
+
+    /// The queue of this lane, waking it with a new one if it is parked; `None` when
+    /// the parked lane is gone.
+    fn queue(&mut self, len: usize) -> Option<&mpsc::Sender<Item>> {
+        if let Feed::Parked { .. } = self.feed {
+            let (tx, rx) = mpsc::channel(len.max(1));
+            let Feed::Parked { wake, .. } = std::mem::replace(&mut self.feed, Feed::Queue(tx))
+            else {
+                return None;
+            };
+            wake.send(rx).ok()?;
+        }
+        match &self.feed {
+            Feed::Queue(tx) => Some(tx),
+            Feed::Parked { .. } => None,
+        }
+    }
 }
 
 /// Context shared by the readers of one partition.
@@ -100,8 +196,8 @@ pub struct Partition {
     pub epoch: broker::channel::Epoch,
     /// The broker's triggers as configured now: the readers follow its changes.
     pub table: tokio::sync::watch::Receiver<Arc<Table>>,
-    /// Where rejoin requests go.
-    pub joins: mpsc::Sender<Join>,
+    /// Where rejoin and park requests go.
+    pub joins: mpsc::Sender<Request>,
     /// Stops everything.
     pub shutdown: CancellationToken,
     /// Tracks the partition's tasks (catch-up readers are spawned here).
@@ -110,6 +206,26 @@ pub struct Partition {
     pub malformed: Arc<malformed::Sink>,
     /// How many bytes of records the shared reader reads at once.
     pub read_room: usize,
+    /// A lane's queue length.
+    pub lane_queue: usize,
+    /// The broker's parked lanes (`triggerfish_dispatcher_parked_lanes`).
+    pub parked: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// Counts a parked lane while it exists.
+struct Counted(prometheus_client::metrics::gauge::Gauge);
+
+impl Counted {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Counted {
+        gauge.inc();
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Partition {
@@ -122,7 +238,7 @@ impl Partition {
 /// logged at ERROR and started again at the end of the log: the lanes it fed lose
 /// their queue's sender, so their supervisors ([`crate::lane::supervise`]) restart
 /// them from their checkpoints, and they catch up and rejoin; nothing is skipped.
-pub async fn shared_reader(ctx: Partition, mut joins: mpsc::Receiver<Join>) {
+pub async fn shared_reader(ctx: Partition, mut joins: mpsc::Receiver<Request>) {
     loop {
         let ran = AssertUnwindSafe(read_shared(&ctx, &mut joins))
             .catch_unwind()
@@ -138,7 +254,7 @@ pub async fn shared_reader(ctx: Partition, mut joins: mpsc::Receiver<Join>) {
     }
 }
 
-async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
+async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Request>) {
     let ctx = ctx.clone();
     let Some(mut reader) = open_reader(&ctx, StartAt::End, "shared").await else {
         return; // shutdown
@@ -166,7 +282,7 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
     let mut tables = ctx.table.clone();
     let mut table = tables.borrow_and_update().clone();
     let mut attached: Vec<Option<Attached>> = Vec::new();
-    resync(&table, &mut attached);
+    resync(&table, &mut attached, ctx.partition, reader.position());
     let mut last_skip = tokio::time::Instant::now();
     // Some attached lane's watermark is behind the reader's position.
     let mut stale = false;
@@ -187,14 +303,22 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
             // (their lanes stopped taking events already), new ones join.
             Ok(()) = tables.changed() => {
                 table = tables.borrow_and_update().clone();
-                resync(&table, &mut attached);
+                resync(&table, &mut attached, ctx.partition, reader.position());
             }
-            Some(join) = joins.recv() => {
+            Some(request) = joins.recv() => {
                 if tables.has_changed().unwrap_or(false) {
                     table = tables.borrow_and_update().clone();
-                    resync(&table, &mut attached);
+                    resync(&table, &mut attached, ctx.partition, reader.position());
                 }
-                handle_join(&ctx, &table, reader.position(), &mut attached, join).await;
+                match request {
+                    Request::Join(join) => {
+                        handle_join(&ctx, &table, reader.position(), &mut attached, join).await;
+                    }
+                    Request::Park(park) => handle_park(&ctx.parked, &mut attached, park),
+                    Request::Attach(a) => {
+                        handle_attach(&ctx.parked, &table, reader.position(), &mut attached, a);
+                    }
+                }
             }
             // Idle: the cursor passes what was read, so that it never holds back
             // retention (which deletes only what every cursor passed) while the
@@ -209,7 +333,7 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
             // Idle: bring watermarks up to date so checkpoints pass filtered-out events.
             () = tokio::time::sleep_until(last_skip + SKIP_EVERY), if stale => {
                 last_skip = tokio::time::Instant::now();
-                stale = !send_skips(&mut attached, reader.position(), true);
+                stale = !send_skips(&mut attached, ctx.partition, reader.position(), true);
             }
             batch = reader.next_batch(sizes.next(ctx.read_room)) => {
                 let batch = match batch {
@@ -250,15 +374,18 @@ async fn read_shared(ctx: &Partition, joins: &mut mpsc::Receiver<Join>) {
                 if refresh {
                     last_skip = tokio::time::Instant::now();
                 }
-                stale = !send_skips(&mut attached, reader.position(), refresh);
+                stale = !send_skips(&mut attached, ctx.partition, reader.position(), refresh);
             }
         }
     }
 }
 
 /// Lets go of attached lanes whose trigger incarnation is no longer the table's
-/// (changed or removed) and makes room for new slots.
-fn resync(table: &Table, attached: &mut Vec<Option<Attached>>) {
+/// (changed or removed) and makes room for new slots. A parked lane let go has had
+/// every event up to `pos` judged by its old filter (a match would have woken it):
+/// its mark moves there, so the next incarnation starts with the events read after
+/// the change.
+fn resync(table: &Table, attached: &mut Vec<Option<Attached>>, partition: u32, pos: Offset) {
     if attached.len() < table.lanes.len() {
         attached.resize_with(table.lanes.len(), || None);
     }
@@ -267,27 +394,131 @@ fn resync(table: &Table, attached: &mut Vec<Option<Attached>>) {
         if a.as_ref()
             .is_some_and(|a| current.map(|c| c.incarnation) != Some(a.info.incarnation))
         {
-            *a = None;
+            if let Some(Attached {
+                feed: Feed::Parked { marks, wake, .. },
+                last_sent,
+                skip_below,
+                ..
+            }) = a.take()
+            {
+                if pos > last_sent && pos > skip_below {
+                    marks.mark(partition).publish(pos, false);
+                }
+                // Only now: the woken lane starts from its mark.
+                drop(wake);
+            }
         }
     }
 }
 
 /// Sends `Skip(pos)` to attached lanes whose watermark is behind: all of them with
-/// `all`, else only those far behind. Returns whether every lane is up to date.
-fn send_skips(attached: &mut [Option<Attached>], pos: Offset, all: bool) -> bool {
+/// `all`, else only those far behind; a parked lane's mark is moved here instead.
+/// Returns whether every lane is up to date.
+fn send_skips(attached: &mut [Option<Attached>], partition: u32, pos: Offset, all: bool) -> bool {
     let mut up_to_date = true;
     for a in attached.iter_mut().flatten() {
         if a.last_sent >= pos || pos <= a.skip_below {
             continue;
         }
-        if (all || pos - a.last_sent >= BATCH as u64 * 4) && a.tx.try_send(Item::Skip(pos)).is_ok()
-        {
+        if !all && pos - a.last_sent < BATCH as u64 * 4 {
+            up_to_date = false;
+            continue;
+        }
+        let sent = match &a.feed {
+            Feed::Queue(tx) => tx.try_send(Item::Skip(pos)).is_ok(),
+            // Nothing of it is in flight: everything below `pos` is done for it.
+            Feed::Parked { marks, .. } => {
+                marks.mark(partition).publish(pos, false);
+                true
+            }
+        };
+        if sent {
             a.last_sent = pos;
         } else {
             up_to_date = false;
         }
     }
     up_to_date
+}
+
+/// Attaches the lane of `attach` parked if it starts at the reader's position or
+/// past it, in the table's incarnation.
+fn handle_attach(
+    parked: &prometheus_client::metrics::gauge::Gauge,
+    table: &Table,
+    head: Offset,
+    attached: &mut [Option<Attached>],
+    attach: Attach,
+) {
+    let Attach {
+        lane,
+        info,
+        from,
+        marks,
+        wake,
+        reply,
+    } = attach;
+    let current = table
+        .lanes
+        .get(lane)
+        .and_then(Option::as_ref)
+        .map(|l| l.incarnation);
+    let slot = attached.get_mut(lane);
+    match slot {
+        Some(slot) if current == Some(info.incarnation) && from >= head => {
+            *slot = Some(Attached {
+                info,
+                feed: Feed::Parked {
+                    marks,
+                    wake,
+                    _counted: Counted::new(parked),
+                },
+                skip_below: from,
+                last_sent: from,
+            });
+            let _ = reply.send(true);
+        }
+        _ => {
+            let _ = reply.send(false);
+        }
+    }
+}
+
+/// Parks the lane of `park` if it is attached with that incarnation and its queue is
+/// empty (this reader is its only sender, so nothing can arrive meanwhile); else
+/// hands the queue back.
+fn handle_park(
+    parked: &prometheus_client::metrics::gauge::Gauge,
+    attached: &mut [Option<Attached>],
+    park: Park,
+) {
+    let Park {
+        lane,
+        incarnation,
+        rx,
+        marks,
+        wake,
+        reply,
+    } = park;
+    let a = attached.get_mut(lane).and_then(Option::as_mut);
+    match a {
+        Some(a)
+            if a.info.incarnation == incarnation
+                && matches!(a.feed, Feed::Queue(_))
+                && rx.is_empty() =>
+        {
+            // The queue (sender here, receiver in `rx`) is freed now.
+            a.feed = Feed::Parked {
+                marks,
+                wake,
+                _counted: Counted::new(parked),
+            };
+            let _ = reply.send(Ok(()));
+        }
+        _ => {
+            let _ = reply.send(Err(rx));
+        }
+    }
 }
 
 /// About the bytes a record read holds, for sizing read batches: its data and a
@@ -341,8 +572,13 @@ fn fan_out(
             let charge = account.try_charge(size)?;
             Some(Item::Event(record.offset, h.clone(), charge))
         });
+        let Some(tx) = a.queue(ctx.lane_queue) else {
+            // A parked lane whose task is gone.
+            *slot = None;
+            continue;
+        };
         let sent = match item {
-            Some(item) => a.tx.try_send(item),
+            Some(item) => tx.try_send(item),
             // Over its share, or the budget is full: like a full queue.
             None => Err(TrySendError::Full(Item::Skip(record.offset))),
         };
@@ -350,10 +586,15 @@ fn fan_out(
             Ok(()) => a.last_sent = record.offset + 1,
             Err(TrySendError::Full(_)) => {
                 // The lane is behind: hand its queue to a catch-up reader from here.
-                if let Some(a) = slot.take() {
-                    tracing::debug!(broker = %ctx.broker(), partition = ctx.partition, trigger = %a.info.trigger, offset = record.offset, "lane detached to catch up on its own");
+                if let Some(Attached {
+                    info,
+                    feed: Feed::Queue(tx),
+                    ..
+                }) = slot.take()
+                {
+                    tracing::debug!(broker = %ctx.broker(), partition = ctx.partition, trigger = %info.trigger, offset = record.offset, "lane detached to catch up on its own");
                     ctx.tasks
-                        .spawn(catch_up(ctx.clone(), i, a.info, record.offset, a.tx));
+                        .spawn(catch_up(ctx.clone(), i, info, record.offset, tx));
                 }
             }
             Err(TrySendError::Closed(_)) => *slot = None,
@@ -395,24 +636,14 @@ async fn handle_join(
         return;
     };
     if from >= head {
-        *slot = Some(Attached {
-            info,
-            tx,
-            skip_below: from,
-            last_sent: from,
-        });
+        *slot = Some(Attached::queued(info, tx, from));
         let _ = reply.send(Ok(()));
         return;
     }
     // Back-fill [from, head) for this lane alone, then attach.
     let filled = backfill(ctx, &info, from, head, &tx).await;
     if filled {
-        *slot = Some(Attached {
-            info,
-            tx,
-            skip_below: head,
-            last_sent: head,
-        });
+        *slot = Some(Attached::queued(info, tx, head));
         let _ = reply.send(Ok(()));
     } else {
         let _ = reply.send(Err(tx));
@@ -545,7 +776,7 @@ async fn read_for(
                 tx,
                 reply,
             };
-            if ctx.joins.send(join).await.is_err() {
+            if ctx.joins.send(Request::Join(join)).await.is_err() {
                 return; // shared reader gone: shutting down
             }
             match answer.await {
@@ -627,5 +858,135 @@ async fn send(ctx: &Partition, tx: &mpsc::Sender<Item>, item: Item) -> bool {
     tokio::select! {
         () = ctx.shutdown.cancelled() => false,
         r = tx.send(item) => r.is_ok(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::checkpoints::Marks;
+    use prometheus_client::metrics::gauge::Gauge;
+
+    fn info(incarnation: u64) -> Arc<LaneInfo> {
+        Arc::new(LaneInfo {
+            incarnation,
+            filter: Filter::match_all(),
+            trigger: "t".into(),
+            metrics: broker::telemetry::Metrics::new().trigger("ns/b", "t"),
+            account: LaneAccount::new(1 << 20, broker::budget::MemoryBudget::unlimited()),
+        })
+    }
+
+    type Woken = oneshot::Receiver<mpsc::Receiver<Item>>;
+    type Answer = oneshot::Receiver<Result<(), mpsc::Receiver<Item>>>;
+
+    fn park(
+        incarnation: u64,
+        rx: mpsc::Receiver<Item>,
+        marks: &Arc<Marks>,
+    ) -> (Park, Woken, Answer) {
+        let (wake, woken) = oneshot::channel();
+        let (reply, answer) = oneshot::channel();
+        let p = Park {
+            lane: 0,
+            incarnation,
+            rx,
+            marks: marks.clone(),
+            wake,
+            reply,
+        };
+        (p, woken, answer)
+    }
+
+    fn parked(attached: &[Option<Attached>]) -> bool {
+        matches!(
+            attached[0],
+            Some(Attached {
+                feed: Feed::Parked { .. },
+                ..
+            })
+        )
+    }
+
+    /// The race parking must not lose: the reader queued an event after the lane
+    /// asked to park. The lane gets its queue back, event included.
+    #[test]
+    fn a_lane_whose_queue_is_not_empty_is_not_parked_and_keeps_its_events() {
+        let gauge = Gauge::default();
+        let marks = Marks::at("t", &[10]);
+        let (tx, rx) = mpsc::channel(4);
+        let mut attached = vec![Some(Attached::queued(info(1), tx.clone(), 10))];
+        tx.try_send(Item::Skip(12)).unwrap();
+        let (p, _woken, mut answer) = park(1, rx, &marks);
+        handle_park(&gauge, &mut attached, p);
+        let mut back = answer.try_recv().unwrap().expect_err("refused");
+        assert!(
+            matches!(back.try_recv(), Ok(Item::Skip(12))),
+            "the event is still there"
+        );
+        assert!(!parked(&attached));
+        assert_eq!(gauge.get(), 0);
+    }
+
+    #[test]
+    fn a_detached_lane_or_an_old_incarnation_is_not_parked() {
+        let gauge = Gauge::default();
+        let marks = Marks::at("t", &[0]);
+        // Detached (a catch-up reader feeds it).
+        let mut attached: Vec<Option<Attached>> = vec![None];
+        let (_tx, rx) = mpsc::channel(4);
+        let (p, _w, mut answer) = park(1, rx, &marks);
+        handle_park(&gauge, &mut attached, p);
+        assert!(answer.try_recv().unwrap().is_err());
+        // Attached in incarnation 2, asked by incarnation 1.
+        let (tx, rx) = mpsc::channel(4);
+        attached[0] = Some(Attached::queued(info(2), tx, 0));
+        let (p, _w, mut answer) = park(1, rx, &marks);
+        handle_park(&gauge, &mut attached, p);
+        assert!(answer.try_recv().unwrap().is_err());
+        assert!(!parked(&attached));
+    }
+
+    /// Parked: the reader moves the mark; the next match wakes the lane with a queue
+    /// holding it; a trigger change lets the parked lane go with its mark at the
+    /// reader's position (everything before was judged by the old filter).
+    #[test]
+    fn a_parked_lane_has_its_mark_moved_and_is_woken_with_its_next_event() {
+        let gauge = Gauge::default();
+        let marks = Marks::at("t", &[0, 5]);
+        let (tx, rx) = mpsc::channel(4);
+        let mut attached = vec![Some(Attached::queued(info(1), tx, 5))];
+        let (p, mut woken, mut answer) = park(1, rx, &marks);
+        handle_park(&gauge, &mut attached, p);
+        assert!(answer.try_recv().unwrap().is_ok());
+        assert!(parked(&attached));
+        assert_eq!(gauge.get(), 1);
+        // Watermarks: the mark itself (partition 1), no queue.
+        assert!(send_skips(&mut attached, 1, 40, true));
+        assert_eq!(marks.mark(1).reached(), 40);
+        assert_eq!(marks.mark(0).reached(), 0, "another partition's mark");
+        // A match: woken with a queue.
+        let a = attached[0].as_mut().unwrap();
+        let tx = a.queue(4).unwrap().clone();
+        tx.try_send(Item::Skip(41)).unwrap();
+        let mut rx = woken.try_recv().unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Item::Skip(41))));
+        assert!(!parked(&attached));
+        assert_eq!(gauge.get(), 0, "counted while parked only");
+
+        // Parked again, then its trigger changes: mark at the reader's position.
+        let (p, mut woken, mut answer) = park(1, rx, &marks);
+        handle_park(&gauge, &mut attached, p);
+        assert!(answer.try_recv().unwrap().is_ok());
+        let table = Table::build(Vec::new(), Vec::new());
+        resync(&table, &mut attached, 1, 77);
+        assert!(attached[0].is_none());
+        assert_eq!(marks.mark(1).reached(), 77);
+        assert!(
+            woken.try_recv().is_err(),
+            "the wake is dropped: start from the mark"
+        );
+        assert_eq!(gauge.get(), 0);
     }
 }

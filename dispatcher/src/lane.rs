@@ -25,12 +25,12 @@ use broker::event::Event;
 use broker::telemetry::LaneFailure;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::checkpoints::Mark;
 use crate::deliver::HttpClient;
-use crate::fanout::{Item, Partition};
+use crate::fanout::{Attach, Item, Park, Partition, Request};
 use crate::held::{Held, LaneCharge};
 use crate::roster::{Run, SlotHandle};
 use crate::settle::{after_panic, panic_message, settle, Settled};
@@ -92,21 +92,31 @@ fn key_of(event: &Event) -> Box<str> {
     event.partition_key(&mut buf).unwrap_or("").into()
 }
 
-/// What a lane needs besides its trigger: see [`supervise`].
+/// How long an attached lane has nothing to do (no event received or in flight;
+/// watermarks do not count) before it parks (see [`crate::fanout`]): long enough
+/// that a trigger with steady traffic keeps its queue, short enough that idle ones
+/// soon cost little.
+pub const PARK_AFTER: Duration = Duration::from_secs(2);
+
+/// What the lanes of one partition share besides their trigger: see [`supervise`].
 pub struct LaneSpec {
-    /// The partition's readers (the lane's catch-up reader is spawned there).
+    /// The partition's readers (the lane's catch-up reader is spawned there, its
+    /// queue's length is there).
     pub ctx: Partition,
-    /// Its queue length.
-    pub queue: usize,
     /// The delivery client.
     pub client: HttpClient,
     /// How long a stopping lane waits for deliveries in flight.
     pub drain: Duration,
+    /// How long an attached lane idles before it parks ([`PARK_AFTER`]).
+    pub park_after: Duration,
 }
 
 /// Why [`run_lane`] returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum LaneEnd {
+    /// It was idle and parked: the shared reader moves its mark and sends a new queue
+    /// here on its next match (or drops this, and the lane starts from its mark).
+    Parked(oneshot::Receiver<mpsc::Receiver<Item>>),
     /// The partition stops (shutdown, handed over, lost).
     Stopped,
     /// The trigger changed, was removed or deleted: every event the lane took is
@@ -131,44 +141,68 @@ pub enum LaneEnd {
 /// gone) is logged at ERROR, counted (`triggerfish_dispatcher_lane_failures{kind=
 /// "restart"}`) and started again from its mark after a backoff of 100 ms doubling
 /// to 5 s: events it had in flight are delivered again, none is skipped.
-pub async fn supervise(slot: Arc<SlotHandle>, partition: u32, spec: LaneSpec) {
-    let token = spec.ctx.shutdown.clone();
+///
+/// The task is small while its lane is parked or its trigger removed: the lane's
+/// working state is boxed and exists only while it runs.
+pub async fn supervise(slot: Arc<SlotHandle>, partition: u32, spec: Arc<LaneSpec>) {
+    let token = &spec.ctx.shutdown;
     let mut runs = slot.subscribe();
     let mut wait = Duration::from_millis(100);
+    // The queue a parked lane was woken with, and the incarnation it was parked in.
+    let mut woken: Option<(u64, mpsc::Receiver<Item>)> = None;
     loop {
         let run = runs.borrow_and_update().clone();
         let rt = match run {
             Run::Active(rt) => rt,
             Run::Deleted => return,
             Run::Removed => {
-                tokio::select! {
-                    () = token.cancelled() => return,
-                    changed = runs.changed() => if changed.is_err() { return },
+                let changed = Box::pin(async {
+                    tokio::select! {
+                        () = token.cancelled() => false,
+                        changed = runs.changed() => changed.is_ok(),
+                    }
+                })
+                .await;
+                if !changed {
+                    return;
                 }
                 continue;
             }
         };
         let mark = slot.marks.mark(partition);
         let from = mark.reached();
-        let (tx, rx) = mpsc::channel(spec.queue.max(1));
-        spec.ctx.tasks.spawn(crate::fanout::catch_up(
-            spec.ctx.clone(),
-            slot.slot,
-            rt.lane.clone(),
-            from,
-            tx,
-        ));
-        let ended = AssertUnwindSafe(run_lane(
-            rt.clone(),
-            partition,
-            mark,
-            rx,
-            &spec.client,
-            &token,
-            &mut runs,
-            spec.drain,
-        ))
-        .catch_unwind()
+        let rx = match woken.take() {
+            // Woken in this incarnation: the shared reader feeds the queue.
+            Some((incarnation, rx)) if incarnation == rt.lane.incarnation => rx,
+            // New, changed (what a queue from the old incarnation holds is read
+            // again from the mark), restarted: parked at once when the mark is where
+            // the shared reader is, else a catch-up reader from the mark.
+            _ => {
+                let parked = Box::pin(attach_parked(&spec.ctx, &slot, &rt, from)).await;
+                if let Some(wake) = parked {
+                    if let Ok(rx) = wake.await {
+                        woken = Some((rt.lane.incarnation, rx));
+                    }
+                    if token.is_cancelled() {
+                        return;
+                    }
+                    continue;
+                }
+                let (tx, rx) = mpsc::channel(spec.ctx.lane_queue.max(1));
+                spec.ctx.tasks.spawn(crate::fanout::catch_up(
+                    spec.ctx.clone(),
+                    slot.slot,
+                    rt.lane.clone(),
+                    from,
+                    tx,
+                ));
+                rx
+            }
+        };
+        let ended = Box::pin(
+            AssertUnwindSafe(run_lane(rt.clone(), partition, &slot, rx, &spec, &mut runs))
+                .catch_unwind(),
+        )
         .await;
         if token.is_cancelled() {
             return;
@@ -178,6 +212,18 @@ pub async fn supervise(slot: Arc<SlotHandle>, partition: u32, spec: LaneSpec) {
                 wait = Duration::from_millis(100);
                 continue;
             }
+            Ok(LaneEnd::Parked(wake)) => {
+                wait = Duration::from_millis(100);
+                // A dropped wake: the trigger changed or the reader restarted (or
+                // the partition stops): start again from the mark.
+                if let Ok(rx) = wake.await {
+                    woken = Some((rt.lane.incarnation, rx));
+                }
+                if token.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
             Ok(LaneEnd::Stopped) => return,
             Ok(LaneEnd::Closed) => "its event queue closed".to_owned(),
             Err(panic) => format!("it panicked: {}", panic_message(&*panic)),
@@ -185,29 +231,84 @@ pub async fn supervise(slot: Arc<SlotHandle>, partition: u32, spec: LaneSpec) {
         rt.metrics.lane_failure(LaneFailure::restart);
         tracing::error!(broker = %rt.cfg.broker, trigger = %rt.cfg.name, partition, checkpoint = from,
             "lane ended while its partition is dispatched ({why}); restarting it from its checkpoint");
-        tokio::select! {
-            () = token.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+        let stop = Box::pin(async {
+            tokio::select! {
+                () = token.cancelled() => true,
+                () = tokio::time::sleep(wait) => false,
+            }
+        })
+        .await;
+        if stop {
+            return;
         }
         wait = (wait * 2).min(Duration::from_secs(5));
     }
 }
 
-/// Runs one lane from its done mark until the partition stops (`shutdown`) or the
-/// trigger changes (`runs`), then waits up to `drain` for deliveries in flight. On a
-/// change, events waiting for their key are settled too, so that the mark is exact
-/// and the next incarnation redelivers nothing.
-#[allow(clippy::too_many_arguments)]
+/// Asks the shared reader to attach this starting lane parked at `from`: where its
+/// first queue comes when granted.
+async fn attach_parked(
+    ctx: &Partition,
+    slot: &SlotHandle,
+    rt: &TriggerRuntime,
+    from: Offset,
+) -> Option<oneshot::Receiver<mpsc::Receiver<Item>>> {
+    let (wake, woken) = oneshot::channel();
+    let (reply, answer) = oneshot::channel();
+    let attach = Attach {
+        lane: slot.slot,
+        info: rt.lane.clone(),
+        from,
+        marks: slot.marks.clone(),
+        wake,
+        reply,
+    };
+    ctx.joins.send(Request::Attach(attach)).await.ok()?;
+    answer.await.unwrap_or(false).then_some(woken)
+}
+
+/// Asks the shared reader to park this lane: `Ok` with where its next queue comes,
+/// `Err(Some(rx))` refused (keep going), `Err(None)` the reader is gone.
+async fn park(
+    ctx: &Partition,
+    slot: &SlotHandle,
+    incarnation: u64,
+    rx: mpsc::Receiver<Item>,
+) -> Result<oneshot::Receiver<mpsc::Receiver<Item>>, Option<mpsc::Receiver<Item>>> {
+    let (wake, woken) = oneshot::channel();
+    let (reply, answer) = oneshot::channel();
+    let park = Park {
+        lane: slot.slot,
+        incarnation,
+        rx,
+        marks: slot.marks.clone(),
+        wake,
+        reply,
+    };
+    if ctx.joins.send(Request::Park(park)).await.is_err() {
+        return Err(None);
+    }
+    match answer.await {
+        Ok(Ok(())) => Ok(woken),
+        Ok(Err(rx)) => Err(Some(rx)),
+        Err(_) => Err(None),
+    }
+}
+
+/// Runs one lane from its done mark until the partition stops, the trigger changes
+/// (`runs`) or it parks, then waits up to the drain timeout for deliveries in flight.
+/// On a change, events waiting for their key are settled too, so that the mark is
+/// exact and the next incarnation redelivers nothing.
 pub async fn run_lane(
     rt: Arc<TriggerRuntime>,
     partition: u32,
-    mark: &Mark,
+    slot: &SlotHandle,
     mut rx: mpsc::Receiver<Item>,
-    client: &HttpClient,
-    shutdown: &CancellationToken,
+    spec: &LaneSpec,
     runs: &mut tokio::sync::watch::Receiver<Run>,
-    drain: Duration,
 ) -> LaneEnd {
+    let (client, shutdown, drain) = (&spec.client, &spec.ctx.shutdown, spec.drain);
+    let mark: &Mark = slot.marks.mark(partition);
     let ordered = rt.cfg.order == DeliveryOrder::Ordered;
     let limit = rt.cfg.concurrency.max(1);
     let mut tracker = DoneTracker::new(mark.reached());
@@ -215,12 +316,27 @@ pub async fn run_lane(
     let mut keys = KeyQueues::default();
     let publish = |t: &DoneTracker, delivered: bool| mark.publish(t.checkpoint(), delivered);
     let rt = &*rt;
+    // When it last had something to do.
+    let mut busy = Instant::now();
     let end = loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break LaneEnd::Stopped,
             _ = runs.changed() => break LaneEnd::Changed,
+            () = tokio::time::sleep_until(busy + spec.park_after),
+                if in_flight.is_empty() && keys.len == 0 => {
+                match park(&spec.ctx, slot, rt.lane.incarnation, rx).await {
+                    // Nothing is in flight, nothing waits: the mark is exact.
+                    Ok(wake) => return LaneEnd::Parked(wake),
+                    Err(Some(back)) => {
+                        rx = back;
+                        busy = Instant::now();
+                    }
+                    Err(None) => break LaneEnd::Closed,
+                }
+            }
             Some((offset, key, settled)) = in_flight.next(), if !in_flight.is_empty() => {
+                busy = Instant::now();
                 if settled == Settled::Abandoned {
                     // Shutdown: not done (delivered again after a restart), and no
                     // later event of its key may go before it.
@@ -234,6 +350,7 @@ pub async fn run_lane(
             }
             item = rx.recv(), if in_flight.len() + keys.len < limit => match item {
                 Some(Item::Event(offset, event, charge)) => {
+                    busy = Instant::now();
                     tracker.started(offset);
                     if !ordered {
                         in_flight.push(settle_one(rt, client, offset, event, charge, None));
@@ -259,7 +376,7 @@ pub async fn run_lane(
     // Draining: no new events; let deliveries in flight finish within the deadline.
     // On shutdown, events still waiting for their key are not started (redelivered
     // after restart); on a change they are, so that none is delivered twice.
-    let whole = end == LaneEnd::Changed;
+    let whole = matches!(end, LaneEnd::Changed);
     let deadline = tokio::time::sleep(drain);
     tokio::pin!(deadline);
     while !in_flight.is_empty() {

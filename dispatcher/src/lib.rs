@@ -97,6 +97,9 @@ pub struct DispatcherOptions {
     /// its hold on retention): re-added within it, it resumes where it stopped
     /// (`--removed-trigger-grace`).
     pub removed_trigger_grace: Duration,
+    /// How long a lane has nothing to do before it parks (see [`fanout`]):
+    /// [`lane::PARK_AFTER`] unless a test wants many park and wake cycles.
+    pub lane_park_after: Duration,
     /// Test-only fault injection ([`settle::FaultHook`]); `None` in production.
     #[doc(hidden)]
     pub fault: Option<settle::FaultHook>,
@@ -115,6 +118,7 @@ impl Default for DispatcherOptions {
             max_reply_bytes: deliver::MAX_RESPONSE_BYTES,
             budget: broker::budget::MemoryBudget::unlimited(),
             removed_trigger_grace: Duration::from_secs(3600),
+            lane_park_after: lane::PARK_AFTER,
         }
     }
 }
@@ -313,6 +317,8 @@ impl Dispatcher {
             book: h.roster.book().clone(),
             client: self.client.clone(),
             lane_queue: self.opts.lane_queue,
+            park_after: self.opts.lane_park_after,
+            parked_gauge: self.metrics.parked_lanes_gauge(&broker),
             drain: self.opts.drain_timeout,
             read_room,
         });

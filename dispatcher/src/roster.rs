@@ -101,7 +101,10 @@ pub struct Table {
 }
 
 impl Table {
-    fn build(slots: Vec<Option<Arc<SlotHandle>>>, lanes: Vec<Option<Arc<LaneInfo>>>) -> Table {
+    pub(crate) fn build(
+        slots: Vec<Option<Arc<SlotHandle>>>,
+        lanes: Vec<Option<Arc<LaneInfo>>>,
+    ) -> Table {
         let positions: Vec<usize> = lanes
             .iter()
             .enumerate()
