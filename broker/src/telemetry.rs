@@ -254,39 +254,35 @@ impl IngressMetrics {
     }
 }
 
-/// Pre-resolved delivery metrics of one trigger.
+/// The delivery metrics of one trigger: one shared allocation (the lane, its
+/// runtime and its slot all hold it). The series every trigger moves (deliveries,
+/// attempts, retries, lag) exist from the start; the others are created when first
+/// counted: idle triggers would otherwise hold about a kilobyte of series each
+/// (a latency histogram of 18 buckets, five more counters).
 #[derive(Clone)]
-pub struct TriggerMetrics {
+pub struct TriggerMetrics(Arc<TriggerSeries>);
+
+impl std::ops::Deref for TriggerMetrics {
+    type Target = TriggerSeries;
+    fn deref(&self) -> &TriggerSeries {
+        &self.0
+    }
+}
+
+/// See [`TriggerMetrics`].
+pub struct TriggerSeries {
     /// Deliveries that ended with a 2xx.
     pub delivered: Counter,
-    /// Deliveries that failed and went to the dead-letter sink.
-    pub dead_lettered: Counter,
-    /// Deliveries that failed and went to the broker's dead-letter log.
-    pub dead_letter_log: Counter,
     /// Every HTTP attempt to the subscriber, retries included.
     pub attempts: Counter,
     /// Retries (attempts after the first).
     pub retries: Counter,
-    /// Replies appended to the broker.
-    pub replies_stored: Counter,
-    /// Replies dropped because their TTL ran out.
-    pub replies_dropped_ttl: Counter,
-
     /// Entries waiting in the broker's dead-letter log.
     pub dead_letter_entries: Gauge,
-    /// Seconds from the first attempt to the final outcome.
-    pub latency: Histogram,
     /// Events behind on the partitions this process dispatches.
     pub lag: Gauge,
-    /// Rare outcomes, whose series are created when first counted: a thousand
-    /// idle triggers would otherwise hold four more series each (about 1.3 MiB of
-    /// the 20 MiB idle budget, R9).
-    rare: RareSeries,
-}
-
-/// Families and labels of a trigger's rarely counted series.
-#[derive(Clone)]
-struct RareSeries {
+    deliveries: Family<DeliveryLabels, Counter>,
+    latency: Family<TriggerLabels, Histogram>,
     failures: Family<FailureLabels, Counter>,
     skipped: Family<TriggerLabels, Counter>,
     replies: Family<ReplyLabels, Counter>,
@@ -294,15 +290,84 @@ struct RareSeries {
     trigger: Arc<str>,
 }
 
-impl TriggerMetrics {
+impl TriggerSeries {
+    fn labels(&self) -> TriggerLabels {
+        TriggerLabels {
+            broker: self.broker.clone(),
+            trigger: self.trigger.clone(),
+        }
+    }
+
+    fn delivery_labels(&self, outcome: Outcome) -> DeliveryLabels {
+        DeliveryLabels {
+            broker: self.broker.clone(),
+            trigger: self.trigger.clone(),
+            outcome,
+        }
+    }
+
+    fn reply(&self, outcome: ReplyOutcome) {
+        self.replies
+            .get_or_create(&ReplyLabels {
+                broker: self.broker.clone(),
+                trigger: self.trigger.clone(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Counts a delivery that failed and went to the trigger's dead-letter sink.
+    pub fn dead_lettered(&self) {
+        self.deliveries
+            .get_or_create(&self.delivery_labels(Outcome::dead_lettered))
+            .inc();
+    }
+
+    /// Counts a delivery that failed and went to the broker's dead-letter log.
+    pub fn dead_letter_logged(&self) {
+        self.deliveries
+            .get_or_create(&self.delivery_labels(Outcome::dead_letter_log))
+            .inc();
+    }
+
+    /// Deliveries that went to the dead-letter sink and to the dead-letter log.
+    pub fn dead_letter_counts(&self) -> (u64, u64) {
+        let get = |o| {
+            self.deliveries
+                .get(&self.delivery_labels(o))
+                .map_or(0, |c| c.get())
+        };
+        (get(Outcome::dead_lettered), get(Outcome::dead_letter_log))
+    }
+
+    /// Counts a reply appended to the broker.
+    pub fn reply_stored(&self) {
+        self.reply(ReplyOutcome::stored);
+    }
+
+    /// Counts a reply dropped because its TTL ran out.
+    pub fn reply_dropped_ttl(&self) {
+        self.reply(ReplyOutcome::dropped_ttl);
+    }
+
+    /// Counts a reply that could not be stored (the event went to the dead-letter
+    /// log).
+    pub fn reply_dead_lettered(&self) {
+        self.reply(ReplyOutcome::dead_lettered);
+    }
+
+    /// Records the seconds from the first attempt to the final outcome.
+    pub fn observe_latency(&self, seconds: f64) {
+        self.latency.get_or_create(&self.labels()).observe(seconds);
+    }
+
     /// Counts a lane failure: a panic or an undeliverable event (both dead-lettered),
     /// or a lane restart.
     pub fn lane_failure(&self, kind: LaneFailure) {
-        let r = &self.rare;
-        r.failures
+        self.failures
             .get_or_create(&FailureLabels {
-                broker: r.broker.clone(),
-                trigger: r.trigger.clone(),
+                broker: self.broker.clone(),
+                trigger: self.trigger.clone(),
                 kind,
             })
             .inc();
@@ -310,26 +375,7 @@ impl TriggerMetrics {
 
     /// Counts offsets this trigger never read: retention deleted them first.
     pub fn skipped(&self, n: u64) {
-        let r = &self.rare;
-        r.skipped
-            .get_or_create(&TriggerLabels {
-                broker: r.broker.clone(),
-                trigger: r.trigger.clone(),
-            })
-            .inc_by(n);
-    }
-
-    /// Counts a reply that could not be stored (the event went to the dead-letter
-    /// log).
-    pub fn reply_dead_lettered(&self) {
-        let r = &self.rare;
-        r.replies
-            .get_or_create(&ReplyLabels {
-                broker: r.broker.clone(),
-                trigger: r.trigger.clone(),
-                outcome: ReplyOutcome::dead_lettered,
-            })
-            .inc();
+        self.skipped.get_or_create(&self.labels()).inc_by(n);
     }
 }
 
@@ -577,47 +623,32 @@ impl Metrics {
     pub fn trigger(&self, broker: &str, trigger: &str) -> TriggerMetrics {
         // One copy of each name, shared by the trigger's series.
         let (broker, trigger): (Arc<str>, Arc<str>) = (broker.into(), trigger.into());
-        let d = |outcome| {
-            self.deliveries
-                .get_or_create(&DeliveryLabels {
-                    broker: broker.clone(),
-                    trigger: trigger.clone(),
-                    outcome,
-                })
-                .clone()
-        };
         let labels = TriggerLabels {
             broker: broker.clone(),
             trigger: trigger.clone(),
         };
-        let r = |outcome| {
-            self.replies
-                .get_or_create(&ReplyLabels {
-                    broker: broker.clone(),
-                    trigger: trigger.clone(),
-                    outcome,
-                })
-                .clone()
-        };
-        TriggerMetrics {
-            rare: RareSeries {
-                failures: self.failures.clone(),
-                skipped: self.skipped.clone(),
-                replies: self.replies.clone(),
+        let delivered = self
+            .deliveries
+            .get_or_create(&DeliveryLabels {
                 broker: broker.clone(),
                 trigger: trigger.clone(),
-            },
-            delivered: d(Outcome::delivered),
-            dead_lettered: d(Outcome::dead_lettered),
-            dead_letter_log: d(Outcome::dead_letter_log),
+                outcome: Outcome::delivered,
+            })
+            .clone();
+        TriggerMetrics(Arc::new(TriggerSeries {
+            delivered,
             attempts: self.attempts.get_or_create(&labels).clone(),
             retries: self.retries.get_or_create(&labels).clone(),
-            replies_stored: r(ReplyOutcome::stored),
-            replies_dropped_ttl: r(ReplyOutcome::dropped_ttl),
-            latency: self.latency.get_or_create(&labels).clone(),
             lag: self.lag.get_or_create(&labels).clone(),
             dead_letter_entries: self.dead_letter_gauge(&broker),
-        }
+            deliveries: self.deliveries.clone(),
+            latency: self.latency.clone(),
+            failures: self.failures.clone(),
+            skipped: self.skipped.clone(),
+            replies: self.replies.clone(),
+            broker,
+            trigger,
+        }))
     }
 
     /// The gauge of entries waiting in a broker's dead-letter log.
@@ -715,7 +746,18 @@ mod tests {
         ing.reject(RejectReason::invalid, 2);
         let t = m.trigger("default/b", "t1");
         t.delivered.inc();
-        t.latency.observe(0.01);
+        let idle = m.encode();
+        assert!(
+            !idle.contains("delivery_duration_seconds_count{"),
+            "no histogram before the first delivery: {idle}"
+        );
+        assert!(
+            idle.contains(r#"triggerfish_dispatcher_attempts_total{broker="default/b",trigger="t1"} 0"#),
+            "{idle}"
+        );
+        t.observe_latency(0.01);
+        t.dead_letter_logged();
+        assert_eq!(t.dead_letter_counts(), (0, 1));
         let text = m.encode();
         assert!(
             text.contains(r#"triggerfish_ingress_events_accepted_total{broker="default/b"} 3"#),

@@ -159,7 +159,7 @@ pub async fn supervise(slot: Arc<SlotHandle>, partition: u32, spec: Arc<LaneSpec
                 let changed = Box::pin(async {
                     tokio::select! {
                         () = token.cancelled() => false,
-                        changed = runs.changed() => changed.is_ok(),
+                        () = runs.changed() => true,
                     }
                 })
                 .await;
@@ -305,7 +305,7 @@ pub async fn run_lane(
     slot: &SlotHandle,
     mut rx: mpsc::Receiver<Item>,
     spec: &LaneSpec,
-    runs: &mut tokio::sync::watch::Receiver<Run>,
+    runs: &mut crate::roster::RunWatch<'_>,
 ) -> LaneEnd {
     let (client, shutdown, drain) = (&spec.client, &spec.ctx.shutdown, spec.drain);
     let mark: &Mark = slot.marks.mark(partition);
@@ -322,7 +322,7 @@ pub async fn run_lane(
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break LaneEnd::Stopped,
-            _ = runs.changed() => break LaneEnd::Changed,
+            () = runs.changed() => break LaneEnd::Changed,
             () = tokio::time::sleep_until(busy + spec.park_after),
                 if in_flight.is_empty() && keys.len == 0 => {
                 match park(&spec.ctx, slot, rt.lane.incarnation, rx).await {

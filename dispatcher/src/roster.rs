@@ -73,18 +73,84 @@ pub struct SlotHandle {
     pub metrics: TriggerMetrics,
     /// Its delivery health.
     pub health: Arc<Health>,
-    run: watch::Sender<Run>,
+    run: RunCell,
 }
 
 impl SlotHandle {
     /// Follows what the slot runs.
-    pub fn subscribe(&self) -> watch::Receiver<Run> {
-        self.run.subscribe()
+    pub fn subscribe(&self) -> RunWatch<'_> {
+        RunWatch {
+            cell: &self.run,
+            seen: 0,
+        }
     }
 
     /// What the slot runs now.
     pub fn run(&self) -> Run {
-        self.run.borrow().clone()
+        self.run.lock().1.clone()
+    }
+}
+
+/// What a slot runs, with a version, and a way to wait for it to change: the part
+/// of a `tokio::sync::watch` channel a slot needs, inline in the slot (a watch
+/// channel is a 360-byte allocation of its own, mostly an eight-way notifier).
+struct RunCell {
+    run: std::sync::Mutex<(u64, Run)>,
+    changed: tokio::sync::Notify,
+}
+
+impl RunCell {
+    fn new(run: Run) -> RunCell {
+        RunCell {
+            run: std::sync::Mutex::new((1, run)),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Run)> {
+        self.run.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send_replace(&self, run: Run) {
+        {
+            let mut g = self.lock();
+            g.0 += 1;
+            g.1 = run;
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+/// One follower of what a slot runs (see [`SlotHandle::subscribe`]).
+pub struct RunWatch<'a> {
+    cell: &'a RunCell,
+    seen: u64,
+}
+
+impl RunWatch<'_> {
+    /// What the slot runs now, marked seen.
+    pub fn borrow_and_update(&mut self) -> Run {
+        let g = self.cell.lock();
+        self.seen = g.0;
+        g.1.clone()
+    }
+
+    /// Waits until the slot runs something not seen yet, and marks it seen.
+    pub async fn changed(&mut self) {
+        loop {
+            let notified = self.cell.changed.notified();
+            tokio::pin!(notified);
+            // Registered before the version is read, so no change is missed.
+            notified.as_mut().enable();
+            {
+                let g = self.cell.lock();
+                if g.0 != self.seen {
+                    self.seen = g.0;
+                    return;
+                }
+            }
+            notified.await;
+        }
     }
 }
 
@@ -317,7 +383,7 @@ impl Roster {
             }
             let name: Arc<str> = Arc::from(t.name.as_str());
             let marks = self.book.add(slot, name.clone(), &start).await;
-            let (run, _) = watch::channel(Run::Removed);
+            let run = RunCell::new(Run::Removed);
             let handle = Arc::new(SlotHandle {
                 slot,
                 name: name.clone(),

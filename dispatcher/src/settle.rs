@@ -66,10 +66,10 @@ impl Settled {
                 match replied {
                     Replied::Nothing => {}
                     Replied::Stored => {
-                        m.replies_stored.inc();
+                        m.reply_stored();
                     }
                     Replied::DroppedTtl => {
-                        m.replies_dropped_ttl.inc();
+                        m.reply_dropped_ttl();
                     }
                     Replied::DeadLettered => {
                         m.reply_dead_lettered();
@@ -78,10 +78,10 @@ impl Settled {
                 }
             }
             Settled::ToSink => {
-                m.dead_lettered.inc();
+                m.dead_lettered();
             }
             Settled::ToLog => {
-                m.dead_letter_log.inc();
+                m.dead_letter_logged();
                 m.dead_letter_entries.inc();
             }
             Settled::Abandoned => {}
@@ -129,7 +129,7 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) -> 
     rt.metrics
         .retries
         .inc_by(u64::from(d.attempts.saturating_sub(1)));
-    rt.metrics.latency.observe(d.elapsed.as_secs_f64());
+    rt.metrics.observe_latency(d.elapsed.as_secs_f64());
     if d.delivered {
         return match replied.into_inner().unwrap_or_else(|p| p.into_inner()) {
             Ok(r) => Settled::Delivered(r),

@@ -117,12 +117,12 @@ async fn a_refused_event_goes_to_the_dead_letter_log_and_is_counted_once() {
     assert_eq!(settled, Settled::ToLog);
     assert_eq!(dead.appended.lock().unwrap().len(), 1);
     assert_eq!(
-        rt.metrics.dead_letter_log.get(),
+        rt.metrics.dead_letter_counts().1,
         0,
         "settle itself counts nothing"
     );
     settled.count(&rt.metrics);
-    assert_eq!(rt.metrics.dead_letter_log.get(), 1);
+    assert_eq!(rt.metrics.dead_letter_counts().1, 1);
     assert_eq!(rt.metrics.delivered.get(), 0);
 }
 
@@ -157,6 +157,6 @@ async fn shutdown_while_the_dead_letter_log_is_down_abandons_the_event() {
         .unwrap();
     assert_eq!(settled, Settled::Abandoned);
     settled.count(&rt.metrics);
-    assert_eq!(rt.metrics.dead_letter_log.get(), 0);
+    assert_eq!(rt.metrics.dead_letter_counts().1, 0);
     assert!(dead.appended.lock().unwrap().is_empty());
 }

@@ -135,7 +135,10 @@ pub(crate) async fn broker(
             changed_in: v.changed_in,
             partitions,
             delivered: m.delivered.get(),
-            dead_lettered: m.dead_lettered.get() + m.dead_letter_log.get(),
+            dead_lettered: {
+                let (sink, log) = m.dead_letter_counts();
+                sink + log
+            },
             retried: m.retries.get(),
             last_error: v.handle.health.last_error(),
         });
