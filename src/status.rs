@@ -283,7 +283,7 @@ fn config_fields(
 }
 
 fn trigger_json(broker: &BrokerId, t: &TriggerStatus, generation: u64) -> Value {
-    let mut v = config_fields(broker, &t.name, t.config.as_ref(), generation);
+    let mut v = config_fields(broker, &t.name, t.config.as_deref(), generation);
     let conditions = match &t.config {
         Some(cfg) => vec![
             condition("Ready", true, "Ready", "dispatching"),

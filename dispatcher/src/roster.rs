@@ -239,7 +239,7 @@ pub struct TriggerView {
     /// Its slot (lanes, marks, metrics).
     pub handle: Arc<SlotHandle>,
     /// Its config; `None` while removed.
-    pub config: Option<TriggerConfig>,
+    pub config: Option<Arc<TriggerConfig>>,
     /// How long ago it was removed.
     pub removed_for: Option<Duration>,
     /// The config generation that last added or changed it.
@@ -336,7 +336,7 @@ impl Roster {
             .collect()
     }
 
-    fn runtime(&self, cfg: &TriggerConfig, handle: &SlotHandle) -> Arc<TriggerRuntime> {
+    fn runtime(&self, cfg: &Arc<TriggerConfig>, handle: &SlotHandle) -> Arc<TriggerRuntime> {
         let incarnation = self.incarnations.fetch_add(1, Ordering::Relaxed) + 1;
         Arc::new(TriggerRuntime {
             lane: Arc::new(LaneInfo {
@@ -358,11 +358,11 @@ impl Roster {
     /// stored) nothing changed.
     pub async fn apply(
         &mut self,
-        triggers: &[TriggerConfig],
+        triggers: &[Arc<TriggerConfig>],
         generation: u64,
     ) -> Result<Changes, ChannelError> {
         let now = Instant::now();
-        let new: Vec<&TriggerConfig> = triggers
+        let new: Vec<&Arc<TriggerConfig>> = triggers
             .iter()
             .filter(|t| !self.by_name.contains_key(t.name.as_str()))
             .collect();
@@ -540,7 +540,7 @@ impl Roster {
     /// Stores the start of every new trigger that has none (the end of the log on
     /// each partition) in one batch, then reads back what is stored: another
     /// process may have stored one first, or the trigger may have run before.
-    async fn store_starts(&self, new: &[&TriggerConfig]) -> Result<Vec<Vec<Offset>>, ChannelError> {
+    async fn store_starts(&self, new: &[&Arc<TriggerConfig>]) -> Result<Vec<Vec<Offset>>, ChannelError> {
         if new.is_empty() {
             return Ok(Vec::new());
         }
@@ -598,8 +598,8 @@ mod tests {
     use broker::delivery::DeliverySpec;
     use broker::filter::Filter;
 
-    fn trigger(name: &str, spec_hash: u64) -> TriggerConfig {
-        TriggerConfig {
+    fn trigger(name: &str, spec_hash: u64) -> Arc<TriggerConfig> {
+        Arc::new(TriggerConfig {
             name: name.into(),
             broker: BrokerId::new("ns", "b"),
             filter: Filter::match_all(),
@@ -609,7 +609,7 @@ mod tests {
             concurrency: 1,
             annotations: Default::default(),
             spec_hash,
-        }
+        })
     }
 
     fn roster(log: &Arc<Recording>) -> Roster {

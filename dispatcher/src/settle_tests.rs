@@ -77,7 +77,7 @@ fn runtime(
         }),
         health: Arc::default(),
         metrics,
-        cfg,
+        cfg: Arc::new(cfg),
         sinks: Arc::new(BrokerSinks {
             events,
             dead_letters,

@@ -46,7 +46,7 @@ pub struct TriggerStatus {
     /// Its name.
     pub name: String,
     /// Its config; `None` while removed (within its grace period).
-    pub config: Option<TriggerConfig>,
+    pub config: Option<std::sync::Arc<TriggerConfig>>,
     /// How long ago it was removed.
     pub removed_for: Option<Duration>,
     /// The config generation that last added or changed it.

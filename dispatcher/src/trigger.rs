@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 /// a new one, [`crate::roster`]).
 pub struct TriggerRuntime {
     /// Its config.
-    pub cfg: TriggerConfig,
+    pub cfg: Arc<TriggerConfig>,
     /// What its readers need (filter, incarnation, budget account).
     pub lane: Arc<crate::fanout::LaneInfo>,
     /// Its metrics.
