@@ -752,7 +752,9 @@ mod tests {
             "no histogram before the first delivery: {idle}"
         );
         assert!(
-            idle.contains(r#"triggerfish_dispatcher_attempts_total{broker="default/b",trigger="t1"} 0"#),
+            idle.contains(
+                r#"triggerfish_dispatcher_attempts_total{broker="default/b",trigger="t1"} 0"#
+            ),
             "{idle}"
         );
         t.observe_latency(0.01);

@@ -231,7 +231,8 @@ impl Coordinator {
         let run = &self.run;
         let token = self.shutdown.child_token();
         let tasks = TaskTracker::new();
-        let (join_tx, join_rx) = mpsc::channel(64);
+        // Room for a burst of starting lanes asking to attach (10,000 triggers).
+        let (join_tx, join_rx) = mpsc::channel(1024);
         let ctx = Partition {
             log: run.log.clone(),
             partition: p,

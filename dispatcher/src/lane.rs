@@ -32,7 +32,7 @@ use crate::checkpoints::Mark;
 use crate::deliver::HttpClient;
 use crate::fanout::{Attach, Item, Park, Partition, Request};
 use crate::held::{Held, LaneCharge};
-use crate::roster::{Run, SlotHandle};
+use crate::roster::{Run, RunWatch, SlotHandle};
 use crate::settle::{after_panic, panic_message, settle, Settled};
 use crate::trigger::TriggerRuntime;
 
@@ -145,104 +145,136 @@ pub enum LaneEnd {
 /// The task is small while its lane is parked or its trigger removed: the lane's
 /// working state is boxed and exists only while it runs.
 pub async fn supervise(slot: Arc<SlotHandle>, partition: u32, spec: Arc<LaneSpec>) {
-    let token = &spec.ctx.shutdown;
-    let mut runs = slot.subscribe();
-    let mut wait = Duration::from_millis(100);
-    // The queue a parked lane was woken with, and the incarnation it was parked in.
-    let mut woken: Option<(u64, mpsc::Receiver<Item>)> = None;
+    let mut state = Supervision {
+        seen: 0,
+        wait: Duration::from_millis(100),
+        woken: None,
+    };
     loop {
-        let run = runs.borrow_and_update().clone();
-        let rt = match run {
-            Run::Active(rt) => rt,
-            Run::Deleted => return,
-            Run::Removed => {
-                let changed = Box::pin(async {
-                    tokio::select! {
-                        () = token.cancelled() => false,
-                        () = runs.changed() => true,
-                    }
-                })
-                .await;
-                if !changed {
-                    return;
-                }
-                continue;
-            }
-        };
-        let mark = slot.marks.mark(partition);
-        let from = mark.reached();
-        let rx = match woken.take() {
-            // Woken in this incarnation: the shared reader feeds the queue.
-            Some((incarnation, rx)) if incarnation == rt.lane.incarnation => rx,
-            // New, changed (what a queue from the old incarnation holds is read
-            // again from the mark), restarted: parked at once when the mark is where
-            // the shared reader is, else a catch-up reader from the mark.
-            _ => {
-                let parked = Box::pin(attach_parked(&spec.ctx, &slot, &rt, from)).await;
-                if let Some(wake) = parked {
-                    if let Ok(rx) = wake.await {
-                        woken = Some((rt.lane.incarnation, rx));
-                    }
-                    if token.is_cancelled() {
-                        return;
-                    }
-                    continue;
-                }
-                let (tx, rx) = mpsc::channel(spec.ctx.lane_queue.max(1));
-                spec.ctx.tasks.spawn(crate::fanout::catch_up(
-                    spec.ctx.clone(),
-                    slot.slot,
-                    rt.lane.clone(),
-                    from,
-                    tx,
-                ));
-                rx
-            }
-        };
-        let ended = Box::pin(
-            AssertUnwindSafe(run_lane(rt.clone(), partition, &slot, rx, &spec, &mut runs))
-                .catch_unwind(),
-        )
-        .await;
-        if token.is_cancelled() {
-            return;
-        }
-        let why = match ended {
-            Ok(LaneEnd::Changed) => {
-                wait = Duration::from_millis(100);
-                continue;
-            }
-            Ok(LaneEnd::Parked(wake)) => {
-                wait = Duration::from_millis(100);
+        // Everything but the wait of a parked lane runs boxed: the task itself
+        // stays small (a 256-byte tokio task instead of 384 per idle lane).
+        let next = Box::pin(step(&slot, partition, &spec, &mut state)).await;
+        match next {
+            Next::Again => {}
+            Next::Stop => return,
+            Next::Parked(incarnation, wake) => {
                 // A dropped wake: the trigger changed or the reader restarted (or
                 // the partition stops): start again from the mark.
                 if let Ok(rx) = wake.await {
-                    woken = Some((rt.lane.incarnation, rx));
+                    state.woken = Some((incarnation, rx));
                 }
-                if token.is_cancelled() {
+                if spec.ctx.shutdown.is_cancelled() {
                     return;
                 }
-                continue;
             }
-            Ok(LaneEnd::Stopped) => return,
-            Ok(LaneEnd::Closed) => "its event queue closed".to_owned(),
-            Err(panic) => format!("it panicked: {}", panic_message(&*panic)),
-        };
-        rt.metrics.lane_failure(LaneFailure::restart);
-        tracing::error!(broker = %rt.cfg.broker, trigger = %rt.cfg.name, partition, checkpoint = from,
-            "lane ended while its partition is dispatched ({why}); restarting it from its checkpoint");
-        let stop = Box::pin(async {
-            tokio::select! {
-                () = token.cancelled() => true,
-                () = tokio::time::sleep(wait) => false,
-            }
-        })
-        .await;
-        if stop {
-            return;
         }
-        wait = (wait * 2).min(Duration::from_secs(5));
     }
+}
+
+/// What [`supervise`] keeps between its steps.
+struct Supervision {
+    /// The slot's run version last seen.
+    seen: u64,
+    /// The restart backoff.
+    wait: Duration,
+    /// The queue a parked lane was woken with, and the incarnation it was parked in.
+    woken: Option<(u64, mpsc::Receiver<Item>)>,
+}
+
+/// What [`supervise`] does after a [`step`].
+enum Next {
+    Again,
+    Stop,
+    /// Parked in this incarnation: wait for the queue of its next match.
+    Parked(u64, oneshot::Receiver<mpsc::Receiver<Item>>),
+}
+
+/// One turn of [`supervise`]: runs the slot's lane until it changes, parks or ends.
+async fn step(
+    slot: &Arc<SlotHandle>,
+    partition: u32,
+    spec: &LaneSpec,
+    st: &mut Supervision,
+) -> Next {
+    let mut runs = slot.watch_from(st.seen);
+    let next = turn(slot, partition, spec, &mut runs, st).await;
+    st.seen = runs.seen();
+    next
+}
+
+async fn turn(
+    slot: &Arc<SlotHandle>,
+    partition: u32,
+    spec: &LaneSpec,
+    runs: &mut RunWatch<'_>,
+    st: &mut Supervision,
+) -> Next {
+    let token = &spec.ctx.shutdown;
+    let run = runs.borrow_and_update();
+    let rt = match run {
+        Run::Active(rt) => rt,
+        Run::Deleted => return Next::Stop,
+        Run::Removed => {
+            tokio::select! {
+                () = token.cancelled() => return Next::Stop,
+                () = runs.changed() => return Next::Again,
+            }
+        }
+    };
+    let mark = slot.marks.mark(partition);
+    let from = mark.reached();
+    let rx = match st.woken.take() {
+        // Woken in this incarnation: the shared reader feeds the queue.
+        Some((incarnation, rx)) if incarnation == rt.lane.incarnation => rx,
+        // New, changed (what a queue from the old incarnation holds is read again
+        // from the mark), restarted: parked at once when the mark is where the
+        // shared reader is, else a catch-up reader from the mark.
+        _ => {
+            if let Some(wake) = attach_parked(&spec.ctx, slot, &rt, from).await {
+                return Next::Parked(rt.lane.incarnation, wake);
+            }
+            let (tx, rx) = mpsc::channel(spec.ctx.lane_queue.max(1));
+            spec.ctx.tasks.spawn(crate::fanout::catch_up(
+                spec.ctx.clone(),
+                slot.slot,
+                rt.lane.clone(),
+                from,
+                tx,
+            ));
+            rx
+        }
+    };
+    // Boxed: the lane's working state exists only while it runs (a turn that only
+    // parks allocates little, and frees it at once).
+    let ended = Box::pin(
+        AssertUnwindSafe(run_lane(rt.clone(), partition, slot, rx, spec, runs)).catch_unwind(),
+    )
+    .await;
+    if token.is_cancelled() {
+        return Next::Stop;
+    }
+    let why = match ended {
+        Ok(LaneEnd::Changed) => {
+            st.wait = Duration::from_millis(100);
+            return Next::Again;
+        }
+        Ok(LaneEnd::Parked(wake)) => {
+            st.wait = Duration::from_millis(100);
+            return Next::Parked(rt.lane.incarnation, wake);
+        }
+        Ok(LaneEnd::Stopped) => return Next::Stop,
+        Ok(LaneEnd::Closed) => "its event queue closed".to_owned(),
+        Err(panic) => format!("it panicked: {}", panic_message(&*panic)),
+    };
+    rt.metrics.lane_failure(LaneFailure::restart);
+    tracing::error!(broker = %rt.cfg.broker, trigger = %rt.cfg.name, partition, checkpoint = from,
+        "lane ended while its partition is dispatched ({why}); restarting it from its checkpoint");
+    tokio::select! {
+        () = token.cancelled() => return Next::Stop,
+        () = tokio::time::sleep(st.wait) => {}
+    }
+    st.wait = (st.wait * 2).min(Duration::from_secs(5));
+    Next::Again
 }
 
 /// Asks the shared reader to attach this starting lane parked at `from`: where its
@@ -263,7 +295,15 @@ async fn attach_parked(
         wake,
         reply,
     };
-    ctx.joins.send(Request::Attach(attach)).await.ok()?;
+    // Without a send future in this one's state when there is room (the usual case):
+    // every starting lane passes here.
+    match ctx.joins.try_send(Request::Attach(attach)) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(request)) => {
+            Box::pin(ctx.joins.send(request)).await.ok()?;
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => return None,
+    }
     answer.await.unwrap_or(false).then_some(woken)
 }
 

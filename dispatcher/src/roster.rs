@@ -77,11 +77,12 @@ pub struct SlotHandle {
 }
 
 impl SlotHandle {
-    /// Follows what the slot runs.
-    pub fn subscribe(&self) -> RunWatch<'_> {
+    /// Follows what the slot runs, from version `seen` ([`RunWatch::seen`]; 0: not
+    /// seen anything yet).
+    pub fn watch_from(&self, seen: u64) -> RunWatch<'_> {
         RunWatch {
             cell: &self.run,
-            seen: 0,
+            seen,
         }
     }
 
@@ -128,6 +129,11 @@ pub struct RunWatch<'a> {
 }
 
 impl RunWatch<'_> {
+    /// The version last seen.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
     /// What the slot runs now, marked seen.
     pub fn borrow_and_update(&mut self) -> Run {
         let g = self.cell.lock();
@@ -540,7 +546,10 @@ impl Roster {
     /// Stores the start of every new trigger that has none (the end of the log on
     /// each partition) in one batch, then reads back what is stored: another
     /// process may have stored one first, or the trigger may have run before.
-    async fn store_starts(&self, new: &[&Arc<TriggerConfig>]) -> Result<Vec<Vec<Offset>>, ChannelError> {
+    async fn store_starts(
+        &self,
+        new: &[&Arc<TriggerConfig>],
+    ) -> Result<Vec<Vec<Offset>>, ChannelError> {
         if new.is_empty() {
             return Ok(Vec::new());
         }
@@ -604,7 +613,7 @@ mod tests {
             broker: BrokerId::new("ns", "b"),
             filter: Filter::match_all(),
             subscriber: url::Url::parse("http://127.0.0.1:9/").unwrap(),
-            delivery: DeliverySpec::broker_default(),
+            delivery: DeliverySpec::broker_default().into(),
             order: DeliveryOrder::Unordered,
             concurrency: 1,
             annotations: Default::default(),

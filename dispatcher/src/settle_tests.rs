@@ -57,7 +57,7 @@ fn runtime(
         broker: BrokerId::new("ns", "b"),
         filter: Filter::match_all(),
         subscriber,
-        delivery: DeliverySpec::broker_default(),
+        delivery: DeliverySpec::broker_default().into(),
         order: DeliveryOrder::Unordered,
         concurrency: 1,
         annotations: Default::default(),

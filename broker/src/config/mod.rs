@@ -89,7 +89,7 @@ pub struct BrokerConfig {
     /// Namespace and name.
     pub id: BrokerId,
     /// The broker's delivery (its own, or the default when it has none).
-    pub delivery: DeliverySpec,
+    pub delivery: std::sync::Arc<DeliverySpec>,
     /// Annotations as written.
     pub annotations: BTreeMap<String, String>,
     /// Triggers bound to this broker, sorted by name. Shared: the dispatcher runs
@@ -109,7 +109,7 @@ pub struct TriggerConfig {
     /// Resolved subscriber URL.
     pub subscriber: Url,
     /// Effective delivery: the trigger's own, else its broker's.
-    pub delivery: DeliverySpec,
+    pub delivery: std::sync::Arc<DeliverySpec>,
     /// Delivery order.
     pub order: DeliveryOrder,
     /// Bound on concurrent deliveries (per partition).
@@ -438,7 +438,7 @@ fn parse_broker(
     };
     (ctx.errors.len() == before).then(|| BrokerConfig {
         id: BrokerId::new(namespace, name),
-        delivery,
+        delivery: delivery.into(),
         annotations: raw.metadata.annotations,
         triggers: Vec::new(),
     })
@@ -558,7 +558,7 @@ fn parse_trigger(
             broker: BrokerId::new(namespace, broker),
             filter,
             subscriber: subscriber?,
-            delivery,
+            delivery: delivery.into(),
             order,
             concurrency,
             annotations,

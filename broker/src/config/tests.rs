@@ -110,7 +110,7 @@ fn broker_without_delivery_gets_knative_default() {
     let c = parse("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b}\n")
         .expect("valid");
     assert_eq!(c.brokers[0].id.namespace, "default");
-    assert_eq!(c.brokers[0].delivery, DeliverySpec::broker_default());
+    assert_eq!(*c.brokers[0].delivery, DeliverySpec::broker_default());
     assert_eq!(c.brokers[0].delivery.retry, 10);
 }
 
