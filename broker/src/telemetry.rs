@@ -5,13 +5,19 @@
 //! URLs. Hot paths do not look metrics up per event: callers resolve handles once per
 //! broker or trigger ([`Metrics::ingress`], [`Metrics::trigger`]) and increment those.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, MetricEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// Why the ingress refused an event.
@@ -171,26 +177,19 @@ pub struct Metrics {
     deduplicated: Family<BrokerLabels, Counter>,
     rejected: Family<RejectLabels, Counter>,
     retention_blocked: Family<TriggerLabels, Counter>,
-    skipped: Family<TriggerLabels, Counter>,
-    deliveries: Family<DeliveryLabels, Counter>,
-    attempts: Family<TriggerLabels, Counter>,
-    retries: Family<TriggerLabels, Counter>,
-    replies: Family<ReplyLabels, Counter>,
-    latency: Family<TriggerLabels, Histogram>,
     dead_letter_entries: Family<BrokerLabels, Gauge>,
     malformed: Family<BrokerLabels, Counter>,
-    failures: Family<FailureLabels, Counter>,
     partitions: Family<BrokerLabels, Gauge>,
     unowned: Family<BrokerLabels, Gauge>,
     parked: Family<BrokerLabels, Gauge>,
     redriven: Family<RedriveLabels, Counter>,
+    triggers: Arc<TriggerSet>,
     connections: Gauge,
     connections_closed: Family<ConnectionLabels, Counter>,
     /// The memory budget's limit and use, in bytes (`--memory-budget`).
     pub memory_budget: Gauge,
     /// Event bytes held now under the memory budget.
     pub memory_used: Gauge,
-    lag: Family<TriggerLabels, Gauge>,
     reloads: Family<ReloadLabels, Counter>,
     /// The generation of the config applied last (1 at start, +1 per reload that
     /// changed something or not).
@@ -255,10 +254,13 @@ impl IngressMetrics {
 }
 
 /// The delivery metrics of one trigger: one shared allocation (the lane, its
-/// runtime and its slot all hold it). The series every trigger moves (deliveries,
-/// attempts, retries, lag) exist from the start; the others are created when first
-/// counted: idle triggers would otherwise hold about a kilobyte of series each
-/// (a latency histogram of 18 buckets, five more counters).
+/// runtime and its slot all hold it), with its counters inline. They are not
+/// entries of registered families: [`TriggerSet`] writes every trigger's series at
+/// scrape time, so an idle trigger costs this allocation and one map entry, not a
+/// hash-map entry and a counter allocation per series (about 600 bytes at 10,000
+/// triggers). Series every trigger moves (deliveries, attempts, retries, lag) are
+/// written from the start; the others once they are non-zero, and the latency
+/// histogram (18 buckets) is created on the first delivery.
 #[derive(Clone)]
 pub struct TriggerMetrics(Arc<TriggerSeries>);
 
@@ -269,25 +271,75 @@ impl std::ops::Deref for TriggerMetrics {
     }
 }
 
+/// A monotonic count of one trigger's series.
+#[derive(Default)]
+pub struct Count(AtomicU64);
+
+impl Count {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Adds `n`.
+    pub fn inc_by(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// The count now.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A level (a gauge) of one trigger's series.
+#[derive(Default)]
+pub struct Level(AtomicI64);
+
+impl Level {
+    /// Sets the level.
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    /// The level now.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// See [`TriggerMetrics`].
 pub struct TriggerSeries {
     /// Deliveries that ended with a 2xx.
-    pub delivered: Counter,
+    pub delivered: Count,
     /// Every HTTP attempt to the subscriber, retries included.
-    pub attempts: Counter,
+    pub attempts: Count,
     /// Retries (attempts after the first).
-    pub retries: Counter,
-    /// Entries waiting in the broker's dead-letter log.
+    pub retries: Count,
+    /// Entries waiting in the broker's dead-letter log (the broker's gauge).
     pub dead_letter_entries: Gauge,
     /// Events behind on the partitions this process dispatches.
-    pub lag: Gauge,
-    deliveries: Family<DeliveryLabels, Counter>,
-    latency: Family<TriggerLabels, Histogram>,
-    failures: Family<FailureLabels, Counter>,
-    skipped: Family<TriggerLabels, Counter>,
-    replies: Family<ReplyLabels, Counter>,
+    pub lag: Level,
+    to_sink: Count,
+    to_log: Count,
+    replies: [Count; 3],
+    failures: [Count; 3],
+    skipped: Count,
+    latency: std::sync::OnceLock<Histogram>,
     broker: Arc<str>,
     trigger: Arc<str>,
+}
+
+const REPLY_OUTCOMES: [ReplyOutcome; 3] = [
+    ReplyOutcome::stored,
+    ReplyOutcome::dropped_ttl,
+    ReplyOutcome::dead_lettered,
+];
+const LANE_FAILURES: [LaneFailure; 3] = [
+    LaneFailure::panic,
+    LaneFailure::undeliverable,
+    LaneFailure::restart,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
 }
 
 impl TriggerSeries {
@@ -298,84 +350,248 @@ impl TriggerSeries {
         }
     }
 
-    fn delivery_labels(&self, outcome: Outcome) -> DeliveryLabels {
-        DeliveryLabels {
-            broker: self.broker.clone(),
-            trigger: self.trigger.clone(),
-            outcome,
-        }
-    }
-
-    fn reply(&self, outcome: ReplyOutcome) {
-        self.replies
-            .get_or_create(&ReplyLabels {
-                broker: self.broker.clone(),
-                trigger: self.trigger.clone(),
-                outcome,
-            })
-            .inc();
-    }
-
     /// Counts a delivery that failed and went to the trigger's dead-letter sink.
     pub fn dead_lettered(&self) {
-        self.deliveries
-            .get_or_create(&self.delivery_labels(Outcome::dead_lettered))
-            .inc();
+        self.to_sink.inc();
     }
 
     /// Counts a delivery that failed and went to the broker's dead-letter log.
     pub fn dead_letter_logged(&self) {
-        self.deliveries
-            .get_or_create(&self.delivery_labels(Outcome::dead_letter_log))
-            .inc();
+        self.to_log.inc();
     }
 
     /// Deliveries that went to the dead-letter sink and to the dead-letter log.
     pub fn dead_letter_counts(&self) -> (u64, u64) {
-        let get = |o| {
-            self.deliveries
-                .get(&self.delivery_labels(o))
-                .map_or(0, |c| c.get())
-        };
-        (get(Outcome::dead_lettered), get(Outcome::dead_letter_log))
+        (self.to_sink.get(), self.to_log.get())
     }
 
     /// Counts a reply appended to the broker.
     pub fn reply_stored(&self) {
-        self.reply(ReplyOutcome::stored);
+        self.replies[0].inc();
     }
 
     /// Counts a reply dropped because its TTL ran out.
     pub fn reply_dropped_ttl(&self) {
-        self.reply(ReplyOutcome::dropped_ttl);
+        self.replies[1].inc();
     }
 
     /// Counts a reply that could not be stored (the event went to the dead-letter
     /// log).
     pub fn reply_dead_lettered(&self) {
-        self.reply(ReplyOutcome::dead_lettered);
+        self.replies[2].inc();
     }
 
     /// Records the seconds from the first attempt to the final outcome.
     pub fn observe_latency(&self, seconds: f64) {
-        self.latency.get_or_create(&self.labels()).observe(seconds);
+        self.latency.get_or_init(latency_histogram).observe(seconds);
     }
 
     /// Counts a lane failure: a panic or an undeliverable event (both dead-lettered),
     /// or a lane restart.
     pub fn lane_failure(&self, kind: LaneFailure) {
-        self.failures
-            .get_or_create(&FailureLabels {
-                broker: self.broker.clone(),
-                trigger: self.trigger.clone(),
-                kind,
-            })
-            .inc();
+        let i = LANE_FAILURES.iter().position(|k| *k == kind).unwrap_or(0);
+        self.failures[i].inc();
     }
 
     /// Counts offsets this trigger never read: retention deleted them first.
     pub fn skipped(&self, n: u64) {
-        self.skipped.get_or_create(&self.labels()).inc_by(n);
+        self.skipped.inc_by(n);
+    }
+}
+
+/// Every trigger's series, by broker and trigger name: a [`Collector`] of the
+/// registry that writes them at scrape time in name order. Entries stay after a
+/// trigger is removed (as family entries would), so a trigger re-added under its
+/// name counts on from where it stopped.
+#[derive(Default)]
+struct TriggerSet(std::sync::Mutex<BTreeMap<Arc<str>, BrokerTriggers>>);
+
+/// One broker's trigger series by trigger name.
+type BrokerTriggers = BTreeMap<Arc<str>, TriggerMetrics>;
+
+impl std::fmt::Debug for TriggerSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TriggerSet")
+    }
+}
+
+impl TriggerSet {
+    fn get_or_create(
+        &self,
+        broker: &str,
+        trigger: &str,
+        dead_letter: impl FnOnce() -> Gauge,
+    ) -> TriggerMetrics {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let triggers = match map.get_mut(broker) {
+            Some(t) => t,
+            None => map.entry(broker.into()).or_default(),
+        };
+        if let Some(m) = triggers.get(trigger) {
+            return m.clone();
+        }
+        // One copy of the broker's name, shared by its triggers' series.
+        let broker = map
+            .get_key_value(broker)
+            .map_or_else(|| Arc::from(broker), |(k, _)| k.clone());
+        let trigger: Arc<str> = trigger.into();
+        let m = TriggerMetrics(Arc::new(TriggerSeries {
+            delivered: Count::default(),
+            attempts: Count::default(),
+            retries: Count::default(),
+            dead_letter_entries: dead_letter(),
+            lag: Level::default(),
+            to_sink: Count::default(),
+            to_log: Count::default(),
+            replies: Default::default(),
+            failures: Default::default(),
+            skipped: Count::default(),
+            latency: std::sync::OnceLock::new(),
+            broker: broker.clone(),
+            trigger: trigger.clone(),
+        }));
+        if let Some(t) = map.get_mut(&broker) {
+            t.insert(trigger, m.clone());
+        }
+        m
+    }
+
+    /// Writes one metric: `each` writes a series' samples (none, one or several).
+    fn family(
+        &self,
+        enc: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        ty: MetricType,
+        each: impl Fn(&TriggerSeries, &mut MetricEncoder) -> Result<(), std::fmt::Error>,
+    ) -> Result<(), std::fmt::Error> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut metric = enc.encode_descriptor(name, help, None, ty)?;
+        for m in map.values().flat_map(|t| t.values()) {
+            each(m, &mut metric)?;
+        }
+        Ok(())
+    }
+}
+
+fn counter_sample(
+    metric: &mut MetricEncoder,
+    labels: &impl EncodeLabelSet,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(v).encode(metric.encode_family(labels)?)
+}
+
+/// One sample per kind whose count is not zero, labelled by `labels(kind)`.
+fn nonzero_samples<K: Copy, L: EncodeLabelSet>(
+    metric: &mut MetricEncoder,
+    kinds: &[K],
+    counts: &[Count],
+    labels: impl Fn(K) -> L,
+) -> Result<(), std::fmt::Error> {
+    for (kind, c) in kinds.iter().zip(counts) {
+        let v = c.get();
+        if v > 0 {
+            counter_sample(metric, &labels(*kind), v)?;
+        }
+    }
+    Ok(())
+}
+
+impl Collector for TriggerSet {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let outcomes = [
+            (Outcome::delivered, true),
+            (Outcome::dead_lettered, false),
+            (Outcome::dead_letter_log, false),
+        ];
+        self.family(
+            &mut enc,
+            "dispatcher_deliveries",
+            "Deliveries by final outcome",
+            MetricType::Counter,
+            |m, metric| {
+                let counts = [m.delivered.get(), m.to_sink.get(), m.to_log.get()];
+                for ((outcome, always), v) in outcomes.iter().zip(counts) {
+                    if *always || v > 0 {
+                        let labels = DeliveryLabels {
+                            broker: m.broker.clone(),
+                            trigger: m.trigger.clone(),
+                            outcome: *outcome,
+                        };
+                        counter_sample(metric, &labels, v)?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        self.family(
+            &mut enc,
+            "dispatcher_attempts",
+            "HTTP delivery attempts, retries included",
+            MetricType::Counter,
+            |m, metric| counter_sample(metric, &m.labels(), m.attempts.get()),
+        )?;
+        self.family(
+            &mut enc,
+            "dispatcher_retries",
+            "Delivery attempts after the first",
+            MetricType::Counter,
+            |m, metric| counter_sample(metric, &m.labels(), m.retries.get()),
+        )?;
+        self.family(
+            &mut enc,
+            "dispatcher_replies",
+            "Reply events by outcome",
+            MetricType::Counter,
+            |m, metric| {
+                nonzero_samples(metric, &REPLY_OUTCOMES, &m.replies, |outcome| ReplyLabels {
+                    broker: m.broker.clone(),
+                    trigger: m.trigger.clone(),
+                    outcome,
+                })
+            },
+        )?;
+        self.family(
+            &mut enc,
+            "dispatcher_events_skipped",
+            "Offsets a trigger never read because retention had deleted them (--retention-delete-undelivered, or the NATS/Kafka engine's own retention)",
+            MetricType::Counter,
+            |m, metric| match m.skipped.get() {
+                0 => Ok(()),
+                v => counter_sample(metric, &m.labels(), v),
+            },
+        )?;
+        self.family(
+            &mut enc,
+            "dispatcher_lane_failures",
+            "Events whose delivery panicked or could not be sent over HTTP (both dead-lettered), and lane restarts",
+            MetricType::Counter,
+            |m, metric| {
+                nonzero_samples(metric, &LANE_FAILURES, &m.failures, |kind| FailureLabels {
+                    broker: m.broker.clone(),
+                    trigger: m.trigger.clone(),
+                    kind,
+                })
+            },
+        )?;
+        self.family(
+            &mut enc,
+            "dispatcher_delivery_duration_seconds",
+            "Time from the first attempt to the final outcome",
+            MetricType::Histogram,
+            |m, metric| match m.latency.get() {
+                None => Ok(()),
+                Some(h) => h.encode(metric.encode_family(&m.labels())?),
+            },
+        )?;
+        self.family(
+            &mut enc,
+            "trigger_lag_events",
+            "Events appended to the partitions this process dispatches that the trigger has not passed yet (an upper bound where offsets have gaps)",
+            MetricType::Gauge,
+            |m, metric| ConstGauge::new(m.lag.get()).encode(metric.encode_family(&m.labels())?),
+        )
     }
 }
 
@@ -393,21 +609,12 @@ impl Metrics {
         let deduplicated = Family::<BrokerLabels, Counter>::default();
         let rejected = Family::<RejectLabels, Counter>::default();
         let retention_blocked = Family::<TriggerLabels, Counter>::default();
-        let skipped = Family::<TriggerLabels, Counter>::default();
-        let deliveries = Family::<DeliveryLabels, Counter>::default();
-        let attempts = Family::<TriggerLabels, Counter>::default();
-        let retries = Family::<TriggerLabels, Counter>::default();
-        let replies = Family::<ReplyLabels, Counter>::default();
         let dead_letter_entries = Family::<BrokerLabels, Gauge>::default();
         let malformed = Family::<BrokerLabels, Counter>::default();
-        let failures = Family::<FailureLabels, Counter>::default();
         let partitions = Family::<BrokerLabels, Gauge>::default();
         let unowned = Family::<BrokerLabels, Gauge>::default();
         let parked = Family::<BrokerLabels, Gauge>::default();
         let redriven = Family::<RedriveLabels, Counter>::default();
-        let latency = Family::<TriggerLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(exponential_buckets(0.0005, 2.0, 18))) as fn() -> Histogram,
-        );
         registry.register(
             "ingress_events_accepted",
             "Events stored durably and answered 202",
@@ -427,31 +634,6 @@ impl Metrics {
             "ingress_retention_blocked",
             "Events refused (503) because their partition is at --retention-bytes and this trigger has not received its oldest events",
             retention_blocked.clone(),
-        );
-        registry.register(
-            "dispatcher_events_skipped",
-            "Offsets a trigger never read because retention had deleted them (--retention-delete-undelivered, or the NATS/Kafka engine's own retention)",
-            skipped.clone(),
-        );
-        registry.register(
-            "dispatcher_deliveries",
-            "Deliveries by final outcome",
-            deliveries.clone(),
-        );
-        registry.register(
-            "dispatcher_attempts",
-            "HTTP delivery attempts, retries included",
-            attempts.clone(),
-        );
-        registry.register(
-            "dispatcher_retries",
-            "Delivery attempts after the first",
-            retries.clone(),
-        );
-        registry.register(
-            "dispatcher_replies",
-            "Reply events by outcome",
-            replies.clone(),
         );
         registry.register(
             "dead_letter_log_entries",
@@ -483,16 +665,6 @@ impl Metrics {
             "Stored records that are not valid CloudEvents, moved to the dead-letter log",
             malformed.clone(),
         );
-        registry.register(
-            "dispatcher_lane_failures",
-            "Events whose delivery panicked or could not be sent over HTTP (both dead-lettered), and lane restarts",
-            failures.clone(),
-        );
-        registry.register(
-            "dispatcher_delivery_duration_seconds",
-            "Time from the first attempt to the final outcome",
-            latency.clone(),
-        );
         let connections = Gauge::default();
         registry.register(
             "ingress_connections",
@@ -517,12 +689,6 @@ impl Metrics {
             "Event bytes held under the memory budget: requests being read and stored, events queued or in flight to subscribers, replies being read",
             memory_used.clone(),
         );
-        let lag = Family::<TriggerLabels, Gauge>::default();
-        registry.register(
-            "trigger_lag_events",
-            "Events appended to the partitions this process dispatches that the trigger has not passed yet (an upper bound where offsets have gaps)",
-            lag.clone(),
-        );
         let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "config_reloads",
@@ -541,8 +707,10 @@ impl Metrics {
             "How long applying the last changed config took",
             config_apply_seconds.clone(),
         );
+        let triggers = Arc::new(TriggerSet::default());
+        registry.register_collector(Box::new(triggers.clone()));
         Metrics {
-            lag,
+            triggers,
             reloads,
             config_generation,
             config_apply_seconds,
@@ -555,15 +723,8 @@ impl Metrics {
             deduplicated,
             rejected,
             retention_blocked,
-            skipped,
-            deliveries,
-            attempts,
-            retries,
-            replies,
-            latency,
             dead_letter_entries,
             malformed,
-            failures,
             partitions,
             unowned,
             parked,
@@ -619,36 +780,11 @@ impl Metrics {
         }
     }
 
-    /// Delivery metrics of one trigger.
+    /// Delivery metrics of one trigger: the same series for the same names, also
+    /// after the trigger was removed and added again.
     pub fn trigger(&self, broker: &str, trigger: &str) -> TriggerMetrics {
-        // One copy of each name, shared by the trigger's series.
-        let (broker, trigger): (Arc<str>, Arc<str>) = (broker.into(), trigger.into());
-        let labels = TriggerLabels {
-            broker: broker.clone(),
-            trigger: trigger.clone(),
-        };
-        let delivered = self
-            .deliveries
-            .get_or_create(&DeliveryLabels {
-                broker: broker.clone(),
-                trigger: trigger.clone(),
-                outcome: Outcome::delivered,
-            })
-            .clone();
-        TriggerMetrics(Arc::new(TriggerSeries {
-            delivered,
-            attempts: self.attempts.get_or_create(&labels).clone(),
-            retries: self.retries.get_or_create(&labels).clone(),
-            lag: self.lag.get_or_create(&labels).clone(),
-            dead_letter_entries: self.dead_letter_gauge(&broker),
-            deliveries: self.deliveries.clone(),
-            latency: self.latency.clone(),
-            failures: self.failures.clone(),
-            skipped: self.skipped.clone(),
-            replies: self.replies.clone(),
-            broker,
-            trigger,
-        }))
+        self.triggers
+            .get_or_create(broker, trigger, || self.dead_letter_gauge(broker))
     }
 
     /// The gauge of entries waiting in a broker's dead-letter log.
@@ -771,5 +907,62 @@ mod tests {
             text.contains("triggerfish_dispatcher_delivery_duration_seconds_count"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn trigger_series_are_one_family_per_metric_and_survive_readding() {
+        let m = Metrics::new();
+        let a = m.trigger("default/b", "a");
+        let b = m.trigger("default/b", "b");
+        let other = m.trigger("ns/c", "a");
+        a.delivered.inc_by(2);
+        b.attempts.inc();
+        other.lag.set(7);
+        b.reply_stored();
+        b.lane_failure(LaneFailure::restart);
+        b.skipped(3);
+        b.dead_lettered();
+        // The same names give the same series: a re-added trigger counts on.
+        drop(a);
+        let again = m.trigger("default/b", "a");
+        again.delivered.inc();
+        assert_eq!(again.delivered.get(), 3);
+        let text = m.encode();
+        for name in [
+            "dispatcher_deliveries",
+            "dispatcher_attempts",
+            "dispatcher_retries",
+            "dispatcher_replies",
+            "dispatcher_events_skipped",
+            "dispatcher_lane_failures",
+            "dispatcher_delivery_duration_seconds",
+            "trigger_lag_events",
+        ] {
+            let ty = format!("# TYPE triggerfish_{name} ");
+            assert_eq!(text.matches(&ty).count(), 1, "{name}: {text}");
+        }
+        for line in [
+            r#"triggerfish_dispatcher_deliveries_total{broker="default/b",trigger="a",outcome="delivered"} 3"#,
+            r#"triggerfish_dispatcher_deliveries_total{broker="default/b",trigger="b",outcome="dead_lettered"} 1"#,
+            r#"triggerfish_dispatcher_attempts_total{broker="default/b",trigger="b"} 1"#,
+            r#"triggerfish_dispatcher_retries_total{broker="ns/c",trigger="a"} 0"#,
+            r#"triggerfish_dispatcher_replies_total{broker="default/b",trigger="b",outcome="stored"} 1"#,
+            r#"triggerfish_dispatcher_events_skipped_total{broker="default/b",trigger="b"} 3"#,
+            r#"triggerfish_dispatcher_lane_failures_total{broker="default/b",trigger="b",kind="restart"} 1"#,
+            r#"triggerfish_trigger_lag_events{broker="ns/c",trigger="a"} 7"#,
+        ] {
+            assert!(text.contains(line), "{line} missing: {text}");
+        }
+        // Rare series only once counted.
+        for absent in [
+            r#"trigger="a",outcome="dead_lettered""#,
+            r#"trigger="a",outcome="stored""#,
+            r#"triggerfish_dispatcher_events_skipped_total{broker="default/b",trigger="a"}"#,
+            r#"kind="panic""#,
+        ] {
+            assert!(!text.contains(absent), "{absent} present: {text}");
+        }
+        // The broker's name is stored once for its triggers.
+        assert!(Arc::ptr_eq(&again.broker, &b.broker));
     }
 }
