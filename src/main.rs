@@ -14,12 +14,15 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// glibc's allocator settings for the servers: large blocks (event bodies) always
-/// come from mmap and go back to the system when freed, and two arenas instead of
+/// come from mmap and go back to the system when freed, and one arena instead of
 /// one per thread. With glibc's defaults the threshold for mmap rises with every
 /// large block freed, after which 1 MiB bodies come from arenas that keep their
 /// memory: under an overload of 1 MiB events the process held 230 MiB for a 64 MiB
-/// `--memory-budget` (155 MiB with these; tests/e2e_overload.rs).
-const MALLOC_TUNABLES: &str = "glibc.malloc.mmap_threshold=262144:glibc.malloc.arena_max=2";
+/// `--memory-budget` (120 MiB with these; tests/e2e_overload.rs). One arena rather
+/// than two: idle RSS with 10,000 triggers 2.7 instead of 3.1-3.4 KiB per trigger
+/// (a second arena holds its own free memory), R1 and R3 unchanged within noise
+/// (docs/benchmarks.md, "Config scale").
+const MALLOC_TUNABLES: &str = "glibc.malloc.mmap_threshold=262144:glibc.malloc.arena_max=1";
 
 /// glibc reads `GLIBC_TUNABLES` only when a process starts, and setting it needs no
 /// `unsafe` only before exec: a server command without it set re-executes itself
