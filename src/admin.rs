@@ -99,8 +99,8 @@ impl AdminState {
 /// The largest admin request body read.
 const MAX_ADMIN_BODY: usize = 64 << 10;
 
-/// The admin routes.
-pub fn router(state: Arc<AdminState>) -> Router {
+/// The admin routes, every one behind `auth` ([`crate::admin_auth`]).
+pub fn router(state: Arc<AdminState>, auth: Arc<crate::admin_auth::AdminAuth>) -> Router {
     Router::new()
         .route("/admin/dlq/{namespace}/{broker}", get(list))
         .route(
@@ -117,6 +117,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
         // No admin request has a body worth more than this.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY))
         .with_state(state)
+        // Outermost, so that unknown paths are refused the same way.
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::admin_auth::guard,
+        ))
 }
 
 /// An admin request failure: a status and what went wrong.

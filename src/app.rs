@@ -78,6 +78,8 @@ pub struct ServerOptions {
     pub listen: SocketAddr,
     /// Admin API address (dead-letter log); `None` disables it.
     pub admin_listen: Option<SocketAddr>,
+    /// Who may use the admin API (token, allowed hosts and origins).
+    pub admin_auth: crate::admin_auth::AdminAuthOptions,
     /// The URL brokers are addressed at, as status shows it (`--advertise-url`);
     /// `None`: `http://` and the ingress's listening address.
     pub advertise_url: Option<String>,
@@ -135,12 +137,21 @@ async fn connect(storage: &Storage, role: Role) -> anyhow::Result<Arc<dyn EventL
 /// Starts a server; it runs until `shutdown` fires.
 pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let shutdown_token = shutdown.clone();
+    let metrics = Metrics::shared();
+    // Before anything starts: an admin API off loopback without a token is refused.
+    let admin_auth = match opts.admin_listen {
+        Some(a) => Some(Arc::new(crate::admin_auth::AdminAuth::new(
+            &opts.admin_auth,
+            a,
+            metrics.clone(),
+        )?)),
+        None => None,
+    };
     let log = connect(&opts.storage, opts.role).await?;
     let mut logs: HashMap<_, BrokerLogs> = HashMap::new();
     for b in &opts.config.brokers {
         logs.insert(b.id.clone(), reload::open_logs(log.as_ref(), &b.id).await?);
     }
-    let metrics = Metrics::shared();
     opts.ingress
         .budget
         .report(metrics.memory_used.clone(), metrics.memory_budget.clone());
@@ -212,8 +223,8 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
     let addr = listener.local_addr()?;
     let limits = opts.ingress.server.clone();
-    let admin = match opts.admin_listen {
-        Some(a) => {
+    let admin = match opts.admin_listen.zip(admin_auth) {
+        Some((a, auth)) => {
             let l = tokio::net::TcpListener::bind(a)
                 .await
                 .with_context(|| format!("cannot listen on {a} (admin)"))?;
@@ -231,7 +242,9 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
             let token = stop_listeners.clone();
             let limits = limits.clone();
             let task = tokio::spawn(async move {
-                if let Err(e) = ingress::serve(l, admin::router(admin), limits, None, token).await {
+                if let Err(e) =
+                    ingress::serve(l, admin::router(admin, auth), limits, None, token).await
+                {
                     tracing::error!(error = %e, "admin server failed");
                 }
             });

@@ -58,6 +58,9 @@ pub struct StatusArgs {
         default_value = "http://127.0.0.1:8081"
     )]
     pub admin: String,
+    /// A file holding the admin API's bearer token (`serve --admin-token-file`).
+    #[arg(long, env = "TRIGGERFISH_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Only this broker, as NAMESPACE/NAME.
     #[arg(long)]
     pub broker: Option<String>,
@@ -166,6 +169,9 @@ pub struct DlqTarget {
         default_value = "http://127.0.0.1:8081"
     )]
     pub admin: String,
+    /// A file holding the admin API's bearer token (`serve --admin-token-file`).
+    #[arg(long, env = "TRIGGERFISH_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// The broker as NAMESPACE/NAME.
     #[arg(long, default_value = "default/default")]
     pub broker: String,
@@ -283,6 +289,26 @@ pub struct ServeArgs {
     /// Do not serve the admin API.
     #[arg(long)]
     pub no_admin: bool,
+    /// A file holding the admin API's bearer token (at least 16 characters; re-read
+    /// when it changes). Required when --admin-listen is not a loopback address.
+    #[arg(long, env = "TRIGGERFISH_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// A name the admin API is reached at (its `Host`), besides IP addresses and
+    /// `localhost`; `.suffix` admits every name under it. Repeatable.
+    #[arg(
+        long = "admin-allowed-host",
+        env = "TRIGGERFISH_ADMIN_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub admin_allowed_hosts: Vec<String>,
+    /// A browser origin (`https://ops.example.com`) allowed to call the admin API;
+    /// none by default. Repeatable.
+    #[arg(
+        long = "admin-allowed-origin",
+        env = "TRIGGERFISH_ADMIN_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub admin_allowed_origins: Vec<String>,
     /// Reload the config when its file or directory changes (also on SIGHUP and
     /// `POST /admin/v1/reload`, always): `true` or `false`.
     #[arg(long, env = "TRIGGERFISH_CONFIG_WATCH", default_value_t = true, action = clap::ArgAction::Set)]

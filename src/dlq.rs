@@ -52,7 +52,7 @@ fn exit(ok: bool) -> ExitCode {
 /// Runs one `dlq` subcommand; prints the server's JSON answer (for `redrive`, the
 /// final report, with progress on stderr meanwhile).
 pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
-    let client = reqwest::Client::new();
+    let client = triggerfish::admin_auth::client(target(&cmd).admin_token_file.as_deref())?;
     let req = match &cmd {
         DlqCommand::List {
             target,
@@ -102,6 +102,16 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
     let (status, v) = call(req).await?;
     print(&v);
     Ok(exit(status.is_success()))
+}
+
+fn target(cmd: &DlqCommand) -> &DlqTarget {
+    match cmd {
+        DlqCommand::List { target, .. }
+        | DlqCommand::Show { target, .. }
+        | DlqCommand::Status { target }
+        | DlqCommand::Cancel { target }
+        | DlqCommand::Redrive { target, .. } => target,
+    }
 }
 
 /// Polls a running redrive until it ends, drawing its progress on stderr; Ctrl-C

@@ -3,6 +3,7 @@
 //! end-to-end tests drive the same code in-process.
 
 pub mod admin;
+pub mod admin_auth;
 pub mod app;
 pub mod reload;
 pub mod status;

@@ -162,6 +162,11 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
         advertise_url: args.advertise_url.clone(),
         listen: args.listen,
         admin_listen: (!args.no_admin).then_some(args.admin_listen),
+        admin_auth: triggerfish::admin_auth::AdminAuthOptions {
+            token_file: args.admin_token_file.clone(),
+            allowed_hosts: args.admin_allowed_hosts.clone(),
+            allowed_origins: args.admin_allowed_origins.clone(),
+        },
         storage,
         role,
         ingress: ingress::IngressOptions {

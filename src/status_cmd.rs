@@ -29,7 +29,7 @@ async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
 
 /// Runs `triggerfish status`.
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let client = reqwest::Client::new();
+    let client = triggerfish::admin_auth::client(args.admin_token_file.as_deref())?;
     let base = args.admin.trim_end_matches('/');
     let query = match &args.broker {
         Some(b) => format!("?broker={b}"),

@@ -322,6 +322,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         advertise_url: None,
         listen: a.listen,
         admin_listen: (!a.no_admin).then(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        admin_auth: Default::default(),
         storage: app::Storage::embedded(a.data_dir),
         role: app::Role::Both,
         ingress: Default::default(),

@@ -20,6 +20,27 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+/// Why the admin API refused a request (`triggerfish_admin_refused_total`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AdminRefusal {
+    /// No bearer token where `--admin-token-file` is set.
+    no_token,
+    /// A token that is not the admin token.
+    bad_token,
+    /// A `Host` that is not this admin API's (DNS rebinding).
+    host,
+    /// An `Origin` not in `--admin-allowed-origin` (a browser page).
+    origin,
+    /// `Sec-Fetch-Site: cross-site` or `same-site` (a browser page of another site).
+    cross_site,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdminRefusalLabels {
+    reason: AdminRefusal,
+}
+
 /// Why the ingress refused an event.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -191,6 +212,7 @@ pub struct Metrics {
     /// Event bytes held now under the memory budget.
     pub memory_used: Gauge,
     reloads: Family<ReloadLabels, Counter>,
+    admin_refused: Family<AdminRefusalLabels, Counter>,
     /// The generation of the config applied last (1 at start, +1 per reload that
     /// changed something or not).
     pub config_generation: Gauge,
@@ -695,6 +717,12 @@ impl Metrics {
             "Config reloads (file change, SIGHUP, POST /admin/v1/reload), by outcome",
             reloads.clone(),
         );
+        let admin_refused = Family::<AdminRefusalLabels, Counter>::default();
+        registry.register(
+            "admin_refused",
+            "Admin API requests refused (no or a wrong token, a browser's request), by reason",
+            admin_refused.clone(),
+        );
         let config_generation = Gauge::default();
         registry.register(
             "config_generation",
@@ -712,6 +740,7 @@ impl Metrics {
         Metrics {
             triggers,
             reloads,
+            admin_refused,
             config_generation,
             config_apply_seconds,
             connections,
@@ -742,6 +771,13 @@ impl Metrics {
         self.connections_closed
             .get_or_create(&ConnectionLabels { reason })
             .clone()
+    }
+
+    /// Counts an admin API request refused.
+    pub fn admin_refused(&self, reason: AdminRefusal) {
+        self.admin_refused
+            .get_or_create(&AdminRefusalLabels { reason })
+            .inc();
     }
 
     /// Counts a config reload.

@@ -281,7 +281,7 @@ pub async fn serve(
     let closed = |reason| metrics.as_ref().map(|m| m.connections_closed(reason));
     let over_limit = closed(ConnectionClosed::over_limit);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -315,7 +315,10 @@ pub async fn serve(
         let router = router.clone();
         let service_activity = activity.clone();
         let service =
-            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                // The peer, for handlers' audit logs (`ConnectInfo<SocketAddr>`).
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
                 let mut router = router.clone();
                 let activity = service_activity.clone();
                 activity.request_started();

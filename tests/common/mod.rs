@@ -213,6 +213,7 @@ pub fn server_options(yaml: &str, data_dir: &Path) -> ServerOptions {
         advertise_url: None,
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        admin_auth: Default::default(),
         storage: app::Storage::embedded(data_dir),
         role: app::Role::Both,
         ingress: Default::default(),
