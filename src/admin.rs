@@ -52,6 +52,9 @@ pub struct Addresses {
     pub ingress: std::net::SocketAddr,
     /// `--advertise-url`: the base URL producers use, when set.
     pub advertise: Option<String>,
+    /// Whether the ingress speaks TLS (the address's scheme without
+    /// `--advertise-url`).
+    pub https: bool,
 }
 
 impl Addresses {
@@ -64,7 +67,8 @@ impl Addresses {
                 if a.ip().is_unspecified() {
                     a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
                 }
-                format!("http://{a}")
+                let scheme = if self.https { "https" } else { "http" };
+                format!("{scheme}://{a}")
             }
         };
         format!("{base}/{}/{}", id.namespace, id.name)

@@ -80,6 +80,10 @@ pub struct ServerOptions {
     pub admin_listen: Option<SocketAddr>,
     /// Who may use the admin API (token, allowed hosts and origins).
     pub admin_auth: crate::admin_auth::AdminAuthOptions,
+    /// TLS on the ingress listener (`--tls-cert`, `--tls-key`, `--tls-client-ca`).
+    pub tls: Option<ingress::tls::TlsOptions>,
+    /// TLS on the admin listener (`--admin-tls-*`, by default the ingress's).
+    pub admin_tls: Option<ingress::tls::TlsOptions>,
     /// The URL brokers are addressed at, as status shows it (`--advertise-url`);
     /// `None`: `http://` and the ingress's listening address.
     pub advertise_url: Option<String>,
@@ -145,6 +149,18 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
             a,
             metrics.clone(),
         )?)),
+        None => None,
+    };
+    // The TLS files too: a listener whose certificate does not load does not start.
+    let load_tls = |o: &Option<ingress::tls::TlsOptions>| {
+        o.clone()
+            .map(ingress::tls::Tls::load)
+            .transpose()
+            .map_err(anyhow::Error::from)
+    };
+    let tls = load_tls(&opts.tls)?;
+    let admin_tls = match opts.admin_listen {
+        Some(_) => load_tls(&opts.admin_tls)?,
         None => None,
     };
     let log = connect(&opts.storage, opts.role).await?;
@@ -218,6 +234,9 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
             stop_listeners.clone(),
         );
     }
+    for t in tls.iter().chain(&admin_tls) {
+        t.clone().watch(metrics.clone(), stop_listeners.clone());
+    }
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
@@ -234,6 +253,7 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
                 admin::Addresses {
                     ingress: addr,
                     advertise: opts.advertise_url.clone(),
+                    https: tls.is_some(),
                 },
                 metrics.clone(),
                 &opts.dispatcher.owner,
@@ -242,8 +262,15 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
             let token = stop_listeners.clone();
             let limits = limits.clone();
             let task = tokio::spawn(async move {
-                if let Err(e) =
-                    ingress::serve(l, admin::router(admin, auth), limits, None, token).await
+                if let Err(e) = ingress::serve(
+                    l,
+                    admin::router(admin, auth),
+                    limits,
+                    None,
+                    admin_tls,
+                    token,
+                )
+                .await
                 {
                     tracing::error!(error = %e, "admin server failed");
                 }
@@ -259,6 +286,7 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
         router,
         limits,
         Some(metrics.clone()),
+        tls,
         stop_listeners.clone(),
     ));
     let delay = opts.ingress.shutdown_delay;

@@ -289,6 +289,23 @@ pub struct ServeArgs {
     /// Do not serve the admin API.
     #[arg(long)]
     pub no_admin: bool,
+    /// PEM certificate chain of the ingress listener (with --tls-key): HTTPS only,
+    /// HTTP/1.1 and HTTP/2 by ALPN; re-read when the file changes.
+    #[arg(long, env = "TRIGGERFISH_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "TRIGGERFISH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: the ingress requires a client certificate issued by one
+    /// of them (mTLS). Needs --tls-cert.
+    #[arg(long, env = "TRIGGERFISH_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// PEM certificate chain of the admin listener (default: --tls-cert's).
+    #[arg(long, env = "TRIGGERFISH_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// PEM private key of --admin-tls-cert.
+    #[arg(long, env = "TRIGGERFISH_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
     /// A file holding the admin API's bearer token (at least 16 characters; re-read
     /// when it changes). Required when --admin-listen is not a loopback address.
     #[arg(long, env = "TRIGGERFISH_ADMIN_TOKEN_FILE")]

@@ -162,6 +162,16 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
         advertise_url: args.advertise_url.clone(),
         listen: args.listen,
         admin_listen: (!args.no_admin).then_some(args.admin_listen),
+        tls: tls_files(
+            args.tls_cert.as_ref(),
+            args.tls_key.as_ref(),
+            args.tls_client_ca.as_ref(),
+        ),
+        admin_tls: tls_files(
+            args.admin_tls_cert.as_ref().or(args.tls_cert.as_ref()),
+            args.admin_tls_key.as_ref().or(args.tls_key.as_ref()),
+            None,
+        ),
         admin_auth: triggerfish::admin_auth::AdminAuthOptions {
             token_file: args.admin_token_file.clone(),
             allowed_hosts: args.admin_allowed_hosts.clone(),
@@ -326,4 +336,18 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> tokio::sync::mpsc::Unbou
         }
     });
     asked
+}
+
+/// A listener's TLS files, when its certificate and key are given (clap requires
+/// both or neither).
+fn tls_files(
+    cert: Option<&std::path::PathBuf>,
+    key: Option<&std::path::PathBuf>,
+    client_ca: Option<&std::path::PathBuf>,
+) -> Option<ingress::tls::TlsOptions> {
+    Some(ingress::tls::TlsOptions {
+        cert: cert?.clone(),
+        key: key?.clone(),
+        client_ca: client_ca.cloned(),
+    })
 }

@@ -307,6 +307,8 @@ async fn a_full_channel_answers_503_with_retry_after() {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: None,
         admin_auth: Default::default(),
+        tls: None,
+        admin_tls: None,
         storage: triggerfish::app::Storage::Embedded {
             data_dir: dir.path().to_path_buf(),
             options: broker::channel::embedded::EmbeddedOptions {

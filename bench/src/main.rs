@@ -323,6 +323,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         listen: a.listen,
         admin_listen: (!a.no_admin).then(|| SocketAddr::from(([127, 0, 0, 1], 0))),
         admin_auth: Default::default(),
+        tls: None,
+        admin_tls: None,
         storage: app::Storage::embedded(a.data_dir),
         role: app::Role::Both,
         ingress: Default::default(),

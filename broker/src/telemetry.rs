@@ -158,6 +158,10 @@ pub enum ConnectionClosed {
     over_limit,
     /// Still open at the end of `--shutdown-timeout`.
     shutdown,
+    /// The TLS handshake failed (no or an untrusted client certificate under mTLS,
+    /// a client that does not speak TLS) or did not finish within
+    /// `--header-read-timeout`.
+    tls_handshake,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -213,6 +217,7 @@ pub struct Metrics {
     pub memory_used: Gauge,
     reloads: Family<ReloadLabels, Counter>,
     admin_refused: Family<AdminRefusalLabels, Counter>,
+    tls_reloads: Family<ReloadLabels, Counter>,
     /// The generation of the config applied last (1 at start, +1 per reload that
     /// changed something or not).
     pub config_generation: Gauge,
@@ -723,6 +728,12 @@ impl Metrics {
             "Admin API requests refused (no or a wrong token, a browser's request), by reason",
             admin_refused.clone(),
         );
+        let tls_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "TLS certificate and key files read again after they changed, by outcome (applied, or invalid: the previous pair stays)",
+            tls_reloads.clone(),
+        );
         let config_generation = Gauge::default();
         registry.register(
             "config_generation",
@@ -741,6 +752,7 @@ impl Metrics {
             triggers,
             reloads,
             admin_refused,
+            tls_reloads,
             config_generation,
             config_apply_seconds,
             connections,
@@ -777,6 +789,13 @@ impl Metrics {
     pub fn admin_refused(&self, reason: AdminRefusal) {
         self.admin_refused
             .get_or_create(&AdminRefusalLabels { reason })
+            .inc();
+    }
+
+    /// Counts a reload of a listener's TLS files.
+    pub fn tls_reload(&self, outcome: ReloadOutcome) {
+        self.tls_reloads
+            .get_or_create(&ReloadLabels { outcome })
             .inc();
     }
 

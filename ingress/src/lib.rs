@@ -16,6 +16,7 @@
 
 mod error;
 pub mod server;
+pub mod tls;
 
 use std::borrow::Cow;
 use std::collections::HashMap;

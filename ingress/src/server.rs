@@ -4,7 +4,10 @@
 //!
 //! - **`--max-connections`**: past it a new connection is answered `503` with
 //!   `Retry-After` and closed (a canned response, written with a short deadline), so
-//!   a client sees why rather than a hang in the accept backlog.
+//!   a client sees why rather than a hang in the accept backlog. On a TLS listener
+//!   it is closed without an answer (a TLS client could not read a plain one).
+//! - **TLS** ([`crate::tls`]): the handshake runs in the connection's task, within
+//!   `--header-read-timeout`, over the same watched stream.
 //! - **`--header-read-timeout`**: from the first byte of a request head to its end;
 //!   a client trickling its headers is closed when it runs out, whatever it sends.
 //! - **`--idle-timeout`**: a keep-alive connection with no request in flight and no
@@ -27,6 +30,7 @@
 //! [`ServerLimits::shutdown_timeout`] those still open are dropped.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -37,6 +41,7 @@ use axum::Router;
 use broker::telemetry::{ConnectionClosed, Metrics};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -263,12 +268,14 @@ fn builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
 
 /// Serves `router` on `listener` under `limits` until `stop` fires, then stops
 /// accepting, lets requests in flight finish within
-/// [`ServerLimits::shutdown_timeout`], and drops what is left.
+/// [`ServerLimits::shutdown_timeout`], and drops what is left. With `tls`, every
+/// connection is a TLS one ([`crate::tls`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServerLimits,
     metrics: Option<Arc<Metrics>>,
+    tls: Option<Arc<crate::tls::Tls>>,
     stop: CancellationToken,
 ) -> io::Result<()> {
     let limits = Arc::new(limits);
@@ -280,6 +287,7 @@ pub async fn serve(
     let gauge = metrics.as_ref().map(|m| m.connections_gauge());
     let closed = |reason| metrics.as_ref().map(|m| m.connections_closed(reason));
     let over_limit = closed(ConnectionClosed::over_limit);
+    let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config()));
     loop {
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
@@ -298,76 +306,66 @@ pub async fn serve(
             if let Some(c) = &over_limit {
                 c.inc();
             }
-            if let Ok(permit) = refusing.clone().try_acquire_owned() {
-                tasks.spawn(async move {
-                    refuse(stream).await;
-                    drop(permit);
-                });
+            // A TLS client would not read a plain-text answer: it is just closed.
+            if acceptor.is_none() {
+                if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                    tasks.spawn(async move {
+                        refuse(stream).await;
+                        drop(permit);
+                    });
+                }
             }
             continue;
         };
         let activity = Arc::new(Activity::default());
         activity.last.store(now_ms(), Ordering::Relaxed);
-        let io = TokioIo::new(Watched {
+        let watched = Watched {
             io: stream,
             activity: activity.clone(),
-        });
-        let router = router.clone();
-        let service_activity = activity.clone();
-        let service =
-            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                // The peer, for handlers' audit logs (`ConnectInfo<SocketAddr>`).
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                let mut router = router.clone();
-                let activity = service_activity.clone();
-                activity.request_started();
-                let guard = InFlight(activity);
-                async move {
-                    let response = router.call(req).await;
-                    drop(guard);
-                    response
-                }
-            });
-        let builder = builder.clone();
-        let (stop, hard, limits) = (stop.clone(), hard.clone(), limits.clone());
+        };
+        let conn = Conn {
+            builder: builder.clone(),
+            router: router.clone(),
+            activity,
+            limits: limits.clone(),
+            stop: stop.clone(),
+            hard: hard.clone(),
+            closed_header: closed(ConnectionClosed::header_timeout),
+            closed_idle: closed(ConnectionClosed::idle_timeout),
+            closed_shutdown: closed(ConnectionClosed::shutdown),
+            peer,
+        };
+        let acceptor = acceptor.clone();
+        let closed_tls = closed(ConnectionClosed::tls_handshake);
         let gauge = gauge.clone();
-        let closed_header = closed(ConnectionClosed::header_timeout);
-        let closed_idle = closed(ConnectionClosed::idle_timeout);
-        let closed_shutdown = closed(ConnectionClosed::shutdown);
         tasks.spawn(async move {
             if let Some(g) = &gauge {
                 g.inc();
             }
-            let _open = Open(gauge.clone());
-            let conn = builder.serve_connection(io, service);
-            tokio::pin!(conn);
-            let mut graceful = false;
-            let mut check =
-                tokio::time::Instant::now() + limits.header_read_timeout.min(limits.idle_timeout);
-            loop {
-                tokio::select! {
-                    _ = conn.as_mut() => break,
-                    () = stop.cancelled(), if !graceful => {
-                        conn.as_mut().graceful_shutdown();
-                        graceful = true;
-                    }
-                    () = hard.cancelled() => {
-                        if let Some(c) = &closed_shutdown { c.inc(); }
-                        break;
-                    }
-                    () = tokio::time::sleep_until(check) => match activity.check(&limits) {
-                        Ok(next) => check = tokio::time::Instant::now() + next,
-                        Err(reason) => {
-                            let counter = match reason {
-                                ConnectionClosed::header_timeout => &closed_header,
-                                _ => &closed_idle,
+            let _open = Open(gauge);
+            match acceptor {
+                None => conn.run(watched).await,
+                Some(acceptor) => {
+                    let (limit, hard) = (conn.limits.header_read_timeout, conn.hard.clone());
+                    let handshake = tokio::select! {
+                        r = tokio::time::timeout(limit, acceptor.accept(watched)) => r,
+                        () = hard.cancelled() => return,
+                    };
+                    match handshake {
+                        Ok(Ok(tls)) => conn.run(tls).await,
+                        failed => {
+                            if let Some(c) = &closed_tls {
+                                c.inc();
+                            }
+                            let error = match failed {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => {
+                                    format!("not finished within --header-read-timeout ({limit:?})")
+                                }
                             };
-                            if let Some(c) = counter { c.inc(); }
-                            tracing::debug!(?reason, "closing a connection");
-                            break;
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
                         }
-                    },
+                    }
                 }
             }
             drop(slot);
@@ -387,6 +385,88 @@ pub async fn serve(
         tasks.wait().await;
     }
     Ok(())
+}
+
+/// One connection's task: what it needs besides its stream.
+struct Conn {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    router: Router,
+    activity: Arc<Activity>,
+    limits: Arc<ServerLimits>,
+    stop: CancellationToken,
+    hard: CancellationToken,
+    closed_header: Option<Counter>,
+    closed_idle: Option<Counter>,
+    closed_shutdown: Option<Counter>,
+    peer: SocketAddr,
+}
+
+impl Conn {
+    /// Serves the connection's requests until it closes, a deadline passes or the
+    /// server stops.
+    async fn run<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            builder,
+            router,
+            activity,
+            limits,
+            stop,
+            hard,
+            closed_header,
+            closed_idle,
+            closed_shutdown,
+            peer,
+        } = self;
+        let service_activity = activity.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                // The peer, for handlers' audit logs (`ConnectInfo<SocketAddr>`).
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                let mut router = router.clone();
+                let activity = service_activity.clone();
+                activity.request_started();
+                let guard = InFlight(activity);
+                async move {
+                    let response = router.call(req).await;
+                    drop(guard);
+                    response
+                }
+            });
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let mut graceful = false;
+        let mut check =
+            tokio::time::Instant::now() + limits.header_read_timeout.min(limits.idle_timeout);
+        loop {
+            tokio::select! {
+                _ = conn.as_mut() => break,
+                () = stop.cancelled(), if !graceful => {
+                    conn.as_mut().graceful_shutdown();
+                    graceful = true;
+                }
+                () = hard.cancelled() => {
+                    if let Some(c) = &closed_shutdown { c.inc(); }
+                    break;
+                }
+                () = tokio::time::sleep_until(check) => match activity.check(&limits) {
+                    Ok(next) => check = tokio::time::Instant::now() + next,
+                    Err(reason) => {
+                        let counter = match reason {
+                            ConnectionClosed::header_timeout => &closed_header,
+                            _ => &closed_idle,
+                        };
+                        if let Some(c) = counter { c.inc(); }
+                        tracing::debug!(?reason, "closing a connection");
+                        break;
+                    }
+                },
+            }
+        }
+    }
 }
 
 /// Answers a connection over `--max-connections` with a 503 and closes it.

@@ -214,6 +214,8 @@ pub fn server_options(yaml: &str, data_dir: &Path) -> ServerOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         admin_auth: Default::default(),
+        tls: None,
+        admin_tls: None,
         storage: app::Storage::embedded(data_dir),
         role: app::Role::Both,
         ingress: Default::default(),
