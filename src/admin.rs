@@ -90,12 +90,13 @@ impl AdminState {
         addresses: Addresses,
         metrics: Arc<Metrics>,
         owner: &str,
+        client: dispatcher::deliver::HttpClient,
         shutdown: CancellationToken,
     ) -> AdminState {
         AdminState {
             reloader,
             addresses,
-            redrives: Redrives::new(owner, metrics, shutdown),
+            redrives: Redrives::new(owner, metrics, shutdown).with_client(client),
         }
     }
 }

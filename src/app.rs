@@ -234,6 +234,9 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
             stop_listeners.clone(),
         );
     }
+    if let Some(t) = &opts.dispatcher.delivery_token {
+        t.clone().watch(stop_listeners.clone());
+    }
     for t in tls.iter().chain(&admin_tls) {
         t.clone().watch(metrics.clone(), stop_listeners.clone());
     }
@@ -257,6 +260,7 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
                 },
                 metrics.clone(),
                 &opts.dispatcher.owner,
+                dispatcher::deliver::client().with_token(opts.dispatcher.delivery_token.clone()),
                 stop_dispatch.clone(),
             ));
             let token = stop_listeners.clone();

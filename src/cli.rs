@@ -306,6 +306,11 @@ pub struct ServeArgs {
     /// PEM private key of --admin-tls-cert.
     #[arg(long, env = "TRIGGERFISH_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
     pub admin_tls_key: Option<PathBuf>,
+    /// A file holding a bearer token (a projected service-account token, say) sent
+    /// as `Authorization: Bearer` with every delivery, dead-letter sink call and
+    /// redrive; re-read when it changes.
+    #[arg(long, env = "TRIGGERFISH_DELIVERY_TOKEN_FILE")]
+    pub delivery_token_file: Option<PathBuf>,
     /// A file holding the admin API's bearer token (at least 16 characters; re-read
     /// when it changes). Required when --admin-listen is not a loopback address.
     #[arg(long, env = "TRIGGERFISH_ADMIN_TOKEN_FILE")]

@@ -143,6 +143,10 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
         removed_trigger_grace: duration("removed-trigger-grace", &args.removed_trigger_grace)?,
         ..Default::default()
     };
+    if let Some(path) = &args.delivery_token_file {
+        dispatcher_opts.delivery_token =
+            Some(dispatcher::identity::BearerToken::load(path).map_err(anyhow::Error::msg)?);
+    }
     if let Some(name) = &args.dispatcher_name {
         if name.is_empty() {
             anyhow::bail!("--dispatcher-name: must not be empty");

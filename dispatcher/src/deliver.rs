@@ -15,15 +15,40 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 use url::{Position, Url};
 
 use crate::connector::Connector;
+use crate::identity::BearerToken;
 
 /// The shared HTTP client (connection pooling per subscriber host), for `http` and
-/// `https` subscribers; TLS trusts the system's root certificates.
-pub type HttpClient = Client<Connector, Full<Bytes>>;
+/// `https` subscribers; TLS trusts the system's root certificates. With a
+/// [`BearerToken`] (`--delivery-token-file`) every request it sends carries it.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<Connector, Full<Bytes>>,
+    token: Option<Arc<BearerToken>>,
+}
+
+impl HttpClient {
+    /// This client, sending `token` with every request (none: no identity).
+    pub fn with_token(mut self, token: Option<Arc<BearerToken>>) -> HttpClient {
+        self.token = token;
+        self
+    }
+
+    /// Sends a request, with the outgoing identity unless it has an
+    /// `Authorization` header of its own.
+    pub fn request(&self, mut req: Request<Full<Bytes>>) -> ResponseFuture {
+        if let Some(t) = &self.token {
+            if !req.headers().contains_key(header::AUTHORIZATION) {
+                req.headers_mut().insert(header::AUTHORIZATION, t.header());
+            }
+        }
+        self.inner.request(req)
+    }
+}
 
 /// `Prefer: reply` goes with every delivery (a `const`: parsing a header name from a
 /// `&str` costs about 550 instructions per request).
@@ -70,11 +95,12 @@ pub fn client() -> HttpClient {
                 .wrap_connector(http)
         }
     };
-    Client::builder(TokioExecutor::new())
+    let inner = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(30))
         // At least partitions × per-partition concurrency, or connections churn.
         .pool_max_idle_per_host(4096)
-        .build(Connector::new(connector))
+        .build(Connector::new(connector));
+    HttpClient { inner, token: None }
 }
 
 /// What one attempt produced.

@@ -43,6 +43,7 @@ pub mod dead_letter;
 pub mod deliver;
 mod fanout;
 mod held;
+pub mod identity;
 mod lane;
 mod malformed;
 pub mod roster;
@@ -100,6 +101,9 @@ pub struct DispatcherOptions {
     /// How long a lane has nothing to do before it parks (see [`fanout`]):
     /// [`lane::PARK_AFTER`] unless a test wants many park and wake cycles.
     pub lane_park_after: Duration,
+    /// The outgoing identity (`--delivery-token-file`): sent with every delivery,
+    /// dead-letter sink call and redrive.
+    pub delivery_token: Option<Arc<identity::BearerToken>>,
     /// Test-only fault injection ([`settle::FaultHook`]); `None` in production.
     #[doc(hidden)]
     pub fault: Option<settle::FaultHook>,
@@ -119,6 +123,7 @@ impl Default for DispatcherOptions {
             budget: broker::budget::MemoryBudget::unlimited(),
             removed_trigger_grace: Duration::from_secs(3600),
             lane_park_after: lane::PARK_AFTER,
+            delivery_token: None,
         }
     }
 }
@@ -364,7 +369,7 @@ pub async fn start(
     let mut d = Dispatcher {
         opts: opts.clone(),
         metrics: metrics.clone(),
-        client: deliver::client(),
+        client: deliver::client().with_token(opts.delivery_token.clone()),
         hand_over: broker::channel::lease::HandOver::for_drain(opts.drain_timeout),
         incarnations: Arc::new(AtomicU64::new(0)),
         shutdown,

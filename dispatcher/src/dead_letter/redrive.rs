@@ -287,6 +287,13 @@ impl Redrives {
         }
     }
 
+    /// Redrives sending through `client` (the dispatcher's, with its outgoing
+    /// identity).
+    pub fn with_client(mut self, client: HttpClient) -> Redrives {
+        self.client = client;
+        self
+    }
+
     /// With a test-only fault ([`RedriveFault`]).
     #[doc(hidden)]
     pub fn with_fault(mut self, fault: RedriveFault) -> Redrives {
