@@ -272,6 +272,7 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
                     limits,
                     None,
                     admin_tls,
+                    true,
                     token,
                 )
                 .await
@@ -291,6 +292,7 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
         limits,
         Some(metrics.clone()),
         tls,
+        false,
         stop_listeners.clone(),
     ));
     let delay = opts.ingress.shutdown_delay;

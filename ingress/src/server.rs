@@ -269,13 +269,16 @@ fn builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
 /// Serves `router` on `listener` under `limits` until `stop` fires, then stops
 /// accepting, lets requests in flight finish within
 /// [`ServerLimits::shutdown_timeout`], and drops what is left. With `tls`, every
-/// connection is a TLS one ([`crate::tls`]).
+/// connection is a TLS one ([`crate::tls`]). With `peer_info`, each request carries
+/// its peer's address (`ConnectInfo<SocketAddr>`, for the admin API's audit lines);
+/// the ingress does without it (an extensions map per request, about 3 % of R1).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServerLimits,
     metrics: Option<Arc<Metrics>>,
     tls: Option<Arc<crate::tls::Tls>>,
+    peer_info: bool,
     stop: CancellationToken,
 ) -> io::Result<()> {
     let limits = Arc::new(limits);
@@ -333,7 +336,7 @@ pub async fn serve(
             closed_header: closed(ConnectionClosed::header_timeout),
             closed_idle: closed(ConnectionClosed::idle_timeout),
             closed_shutdown: closed(ConnectionClosed::shutdown),
-            peer,
+            peer: peer_info.then_some(peer),
         };
         let acceptor = acceptor.clone();
         let closed_tls = closed(ConnectionClosed::tls_handshake);
@@ -398,7 +401,8 @@ struct Conn {
     closed_header: Option<Counter>,
     closed_idle: Option<Counter>,
     closed_shutdown: Option<Counter>,
-    peer: SocketAddr,
+    /// Put on each request as `ConnectInfo` when set.
+    peer: Option<SocketAddr>,
 }
 
 impl Conn {
@@ -424,8 +428,10 @@ impl Conn {
         let service =
             hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 // The peer, for handlers' audit logs (`ConnectInfo<SocketAddr>`).
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
+                if let Some(peer) = peer {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                }
                 let mut router = router.clone();
                 let activity = service_activity.clone();
                 activity.request_started();
