@@ -4,8 +4,8 @@
 //! TLS port fails its handshake; certificate files replaced while running are served
 //! to new handshakes while a connection opened before keeps working; a broken
 //! replacement keeps the previous pair; under mTLS a client without a certificate or
-//! with one of another CA is refused; bad files stop the server from starting with
-//! the flag named.
+//! with one of another CA is refused, and Python requests with a trusted one gets its
+//! 202; bad files stop the server from starting with the flag named.
 
 #![allow(clippy::unwrap_used)]
 
@@ -349,17 +349,53 @@ async fn under_mtls_a_client_needs_a_certificate_of_the_client_ca() {
     let untrusted = https_client(&ca, Some((&cert, &key)));
     assert!(post_event(&untrusted, addr, "m3").await.is_err());
 
-    sub.wait_until("the trusted client's event", Duration::from_secs(10), |r| {
-        r.iter().any(|r| r.header("ce-id") == Some("m1"))
-    })
+    // A client that is not ours: Python requests with the client certificate
+    // (`scripts/dev-services` installs requests from PyPI).
+    let client_cert = dir.path().join("client.crt");
+    let client_key = dir.path().join("client.key");
+    let (cert, key, _) = ca.issue("python-producer", &[], true);
+    replace(&client_cert, &cert);
+    replace(&client_key, &key);
+    let python = std::env::var("TRIGGERFISH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/https_client.py"
+        ))
+        .args([
+            &format!("https://localhost:{}/default/default", addr.port()),
+            files.ca.to_str().unwrap(),
+            client_cert.to_str().unwrap(),
+            client_key.to_str().unwrap(),
+            "py1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "python requests failed: {out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "202",
+        "{out:?}"
+    );
+
+    sub.wait_until(
+        "the trusted clients' events",
+        Duration::from_secs(10),
+        |r| {
+            ["m1", "py1"]
+                .iter()
+                .all(|id| r.iter().any(|r| r.header("ce-id") == Some(*id)))
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ids: Vec<_> = sub
+    let mut ids: Vec<_> = sub
         .received()
         .iter()
         .filter_map(|r| r.header("ce-id").map(str::to_owned))
         .collect();
-    assert_eq!(ids, ["m1"]);
+    ids.sort();
+    assert_eq!(ids, ["m1", "py1"]);
     // The admin listener does not ask for client certificates.
     let admin = server.admin_addr.unwrap();
     let status = anonymous
