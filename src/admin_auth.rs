@@ -88,11 +88,6 @@ impl AdminAuth {
         })
     }
 
-    /// Whether a request must present a token.
-    pub fn requires_token(&self) -> bool {
-        self.token.is_some()
-    }
-
     fn check(&self, headers: &HeaderMap, authority: Option<&str>) -> Result<(), Refusal> {
         if let Some(site) = headers.get("sec-fetch-site") {
             if matches!(site.as_bytes(), b"cross-site" | b"same-site") {

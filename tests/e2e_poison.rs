@@ -370,18 +370,6 @@ fn reply_headers(id: &str) -> axum::http::HeaderMap {
     h
 }
 
-/// The dead-letter log's pending entries, as the admin API lists them.
-async fn dead_letters(admin: std::net::SocketAddr) -> Vec<serde_json::Value> {
-    let listed: serde_json::Value =
-        reqwest::get(format!("http://{admin}/admin/dlq/default/default"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-    listed["entries"].as_array().unwrap().clone()
-}
-
 /// Replies over the body limit, too large for the channel, or invalid: the original
 /// is delivered once (never POSTed again to get a storable reply), and the event goes
 /// to the dead-letter log with the reason.
@@ -426,7 +414,7 @@ async fn replies_that_cannot_be_stored_are_dead_lettered_and_the_original_is_del
         metric(server.addr, DLQ).await == 3.0
     })
     .await;
-    let mut entries = dead_letters(admin).await;
+    let mut entries = common::dead_letters(admin).await;
     entries.sort_by_key(|e| e["id"].as_str().unwrap().to_owned());
     let ids: Vec<&str> = entries.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["invalid", "too-large", "too-long"]);
@@ -529,7 +517,7 @@ async fn a_reply_cut_short_is_dead_lettered_not_stored_without_its_data() {
         metric(server.addr, DLQ).await == 1.0
     })
     .await;
-    let entries = dead_letters(server.admin_addr.unwrap()).await;
+    let entries = common::dead_letters(server.admin_addr.unwrap()).await;
     assert_eq!(entries[0]["id"], "q1");
     assert_eq!(entries[0]["errorcode"], "200");
     assert_eq!(
@@ -609,7 +597,7 @@ async fn a_corrupt_sealed_segment_is_dead_lettered_once_and_the_rest_delivered()
         metric(server.addr, DLQ).await == 1.0
     })
     .await;
-    let entries = dead_letters(server.admin_addr.unwrap()).await;
+    let entries = common::dead_letters(server.admin_addr.unwrap()).await;
     assert_eq!(entries[0]["type"], "dev.triggerfish.malformed");
     assert_eq!(entries[0]["id"], "0-5");
     // The reason names the range: the rest of the first segment.

@@ -164,11 +164,6 @@ impl Tls {
         self.config.clone()
     }
 
-    /// Whether clients must present a certificate (`--tls-client-ca`).
-    pub fn requires_client_certificates(&self) -> bool {
-        self.opts.client_ca.is_some()
-    }
-
     /// Loads the certificate and key again if either file changed since they were
     /// last read: `Ok(true)` when a new pair is served from now on, `Ok(false)` when
     /// nothing changed, `Err` (the previous pair stays) when the new files do not

@@ -258,6 +258,19 @@ pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The pending entries of `default/default`'s dead-letter log, as the admin API
+/// lists them.
+pub async fn dead_letters(admin: SocketAddr) -> Vec<serde_json::Value> {
+    let listed: serde_json::Value =
+        reqwest::get(format!("http://{admin}/admin/dlq/default/default"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    listed["entries"].as_array().unwrap().clone()
+}
+
 /// Polls `f` until it returns true or the deadline passes.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
 where
