@@ -84,19 +84,20 @@ pub struct AdminState {
 
 impl AdminState {
     /// Builds the state. `owner` names this process in the dead-letter logs' redrive
-    /// leases; `shutdown` cancels running redrives.
+    /// leases; redrives call subscribers with `trust`'s clients; `shutdown` cancels
+    /// running redrives.
     pub fn new(
         reloader: Arc<Reloader>,
         addresses: Addresses,
         metrics: Arc<Metrics>,
         owner: &str,
-        client: dispatcher::deliver::HttpClient,
+        trust: Arc<dispatcher::trust::Trust>,
         shutdown: CancellationToken,
     ) -> AdminState {
         AdminState {
             reloader,
             addresses,
-            redrives: Redrives::new(owner, metrics, shutdown).with_client(client),
+            redrives: Redrives::new(owner, metrics, shutdown).with_trust(trust),
         }
     }
 }

@@ -93,6 +93,9 @@ pub struct ServerOptions {
     pub role: Role,
     /// Ingress settings.
     pub ingress: ingress::IngressOptions,
+    /// OIDC sender authentication (`--oidc-issuer`, `--oidc-jwks`); the verifier
+    /// is built (its keys fetched) when the server starts.
+    pub oidc: Option<ingress::auth::oidc::OidcOptions>,
     /// Dispatcher settings.
     pub dispatcher: dispatcher::DispatcherOptions,
 }
@@ -163,6 +166,26 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
         Some(_) => load_tls(&opts.admin_tls)?,
         None => None,
     };
+    let mut opts = opts;
+    if let Some(oidc) = opts.oidc.take() {
+        let verifier = ingress::auth::oidc::Verifier::new(oidc, metrics.clone())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        opts.ingress.auth.oidc = Some(verifier);
+    }
+    let identified = opts.ingress.auth.oidc.is_some()
+        || opts.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if !identified && opts.role.ingress() {
+        for b in opts
+            .config
+            .brokers
+            .iter()
+            .filter(|b| !b.policies.is_empty())
+        {
+            tracing::warn!(broker = %b.id,
+                "EventPolicies apply to this broker but no sender authentication is configured (--oidc-issuer, --oidc-jwks or --tls-client-ca): every request to it is refused (401)");
+        }
+    }
     let log = connect(&opts.storage, opts.role).await?;
     let mut logs: HashMap<_, BrokerLogs> = HashMap::new();
     for b in &opts.config.brokers {
@@ -201,7 +224,11 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
     let ready = Arc::new(AtomicBool::new(true));
     let (router, ingress_state) = if opts.role.ingress() {
         let state = Arc::new(ingress::IngressState::new(
-            logs.values().map(|l| l.events.clone()).collect(),
+            opts.config
+                .brokers
+                .iter()
+                .filter_map(|b| Some((logs.get(&b.id)?.events.clone(), b)))
+                .collect(),
             metrics.clone(),
             opts.ingress.clone(),
         ));
@@ -237,6 +264,9 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
     if let Some(t) = &opts.dispatcher.delivery_token {
         t.clone().watch(stop_listeners.clone());
     }
+    if let Some(v) = &opts.ingress.auth.oidc {
+        v.clone().watch(stop_listeners.clone());
+    }
     for t in tls.iter().chain(&admin_tls) {
         t.clone().watch(metrics.clone(), stop_listeners.clone());
     }
@@ -260,7 +290,10 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
                 },
                 metrics.clone(),
                 &opts.dispatcher.owner,
-                dispatcher::deliver::client().with_token(opts.dispatcher.delivery_token.clone()),
+                dispatcher::trust::Trust::new(
+                    opts.dispatcher.ca_bundle.as_ref(),
+                    opts.dispatcher.delivery_token.clone(),
+                ),
                 stop_dispatch.clone(),
             ));
             let token = stop_listeners.clone();

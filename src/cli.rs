@@ -267,6 +267,10 @@ pub struct CommonConfig {
 pub struct CheckArgs {
     /// A YAML file or a directory of YAML files with Broker and Trigger documents.
     pub path: PathBuf,
+    /// The sender flags `serve` would run with (same names and variables): the
+    /// check prints whom each broker admits under them.
+    #[command(flatten)]
+    pub senders: crate::sender_args::SenderArgs,
     #[command(flatten)]
     pub common: CommonConfig,
 }
@@ -311,6 +315,14 @@ pub struct ServeArgs {
     /// redrive; re-read when it changes.
     #[arg(long, env = "TRIGGERFISH_DELIVERY_TOKEN_FILE")]
     pub delivery_token_file: Option<PathBuf>,
+    /// A PEM file of CA certificates that HTTPS deliveries, dead-letter sink calls
+    /// and redrives trust besides the system's roots (a destination's `CACerts` add
+    /// to them for that destination). Read at start.
+    #[arg(long, env = "TRIGGERFISH_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Who may send: OIDC, the default authorization mode, rate limits.
+    #[command(flatten)]
+    pub senders: crate::sender_args::SenderArgs,
     /// A file holding the admin API's bearer token (at least 16 characters; re-read
     /// when it changes). Required when --admin-listen is not a loopback address.
     #[arg(long, env = "TRIGGERFISH_ADMIN_TOKEN_FILE")]

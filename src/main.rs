@@ -6,6 +6,7 @@ mod display;
 mod dlq;
 mod filter_cmd;
 mod send;
+mod sender_args;
 mod serve;
 mod status_cmd;
 

@@ -307,7 +307,7 @@ impl Reloader {
                 config
                     .brokers
                     .iter()
-                    .map(|b| logs[&b.id].events.clone())
+                    .map(|b| (logs[&b.id].events.clone(), b))
                     .collect(),
             );
         }
@@ -332,14 +332,24 @@ pub async fn open_logs(channel: &dyn EventLog, id: &BrokerId) -> anyhow::Result<
     })
 }
 
-/// Whether two configs run alike: the same brokers (delivery, annotations) with the
-/// same triggers ([`broker::config::TriggerConfig::same_as`]).
+/// Whether two configs run alike: the same EventPolicies, the same brokers
+/// (delivery, annotations, labels) with the same triggers ([`broker::config::TriggerConfig::same_as`]).
 fn same_config(a: &Config, b: &Config) -> bool {
-    a.brokers.len() == b.brokers.len()
+    let same_policy = |p: &std::sync::Arc<broker::config::EventPolicy>,
+                       q: &std::sync::Arc<broker::config::EventPolicy>| {
+        p.namespace == q.namespace && p.name == q.name && p.spec_hash == q.spec_hash
+    };
+    a.policies.len() == b.policies.len()
+        && a.policies
+            .iter()
+            .zip(&b.policies)
+            .all(|(p, q)| same_policy(p, q))
+        && a.brokers.len() == b.brokers.len()
         && a.brokers.iter().zip(&b.brokers).all(|(x, y)| {
             x.id == y.id
                 && x.delivery == y.delivery
                 && x.annotations == y.annotations
+                && x.labels == y.labels
                 && x.triggers.len() == y.triggers.len()
                 && x.triggers
                     .iter()

@@ -37,9 +37,19 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     for n in &config.notices {
         println!("notice: {n}");
     }
+    let auth = args.senders.auth()?;
+    let oidc = !(args.senders.oidc_issuers.is_empty() && args.senders.oidc_jwks.is_empty());
+    let mode = match auth.default_mode {
+        Some(m) => m,
+        None if oidc => ingress::auth::AuthorizationMode::AllowSameNamespace,
+        None => ingress::auth::AuthorizationMode::AllowAll,
+    };
     for b in &config.brokers {
         println!("broker {}", b.id);
         println!("  delivery: {}", describe_delivery(&b.delivery));
+        for line in describe_senders(b, mode, oidc, &auth) {
+            println!("  {line}");
+        }
         for t in &b.triggers {
             println!("  trigger {}", t.name);
             println!("    filter:     {}", t.filter.describe());
@@ -57,6 +67,57 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         config.brokers.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whom a broker admits, as `config check` prints it.
+fn describe_senders(
+    b: &config::BrokerConfig,
+    mode: ingress::auth::AuthorizationMode,
+    oidc: bool,
+    auth: &ingress::auth::AuthOptions,
+) -> Vec<String> {
+    use ingress::auth::AuthorizationMode as M;
+    let mut lines = Vec::new();
+    let how = if oidc {
+        "a bearer token for audience"
+    } else {
+        "(no OIDC: only mTLS client certificates identify senders) audience"
+    };
+    lines.push(format!("senders: {how} {}", ingress::auth::audience(&b.id)));
+    if b.policies.is_empty() {
+        lines.push(format!(
+            "  no EventPolicy; default mode {mode}: {}",
+            match mode {
+                M::AllowAll if oidc => "every authenticated sender".to_owned(),
+                M::AllowAll => "everyone".to_owned(),
+                M::DenyAll => "nobody".to_owned(),
+                M::AllowSameNamespace => format!("system:serviceaccount:{}:*", b.id.namespace),
+            }
+        ));
+    }
+    for p in &b.policies {
+        let from: Vec<String> = p.from.iter().map(|f| f.to_string()).collect();
+        let events = p.filter.as_ref().map_or_else(
+            || "any event".to_owned(),
+            |f| format!("events matching {}", f.describe()),
+        );
+        lines.push(format!(
+            "  EventPolicy {}: {} ({events})",
+            p.id(),
+            from.join(", ")
+        ));
+    }
+    let broker_rate = b.rate_limit.effective(auth.rate_limit);
+    let sender_rate = b.sender_rate_limit.effective(auth.sender_rate_limit);
+    let show = |r: Option<broker::config::rate::RateLimit>| {
+        r.map_or_else(|| "none".to_owned(), |r| r.to_string())
+    };
+    lines.push(format!(
+        "rate limit: {} for the broker, {} per sender",
+        show(broker_rate),
+        show(sender_rate)
+    ));
+    lines
 }
 
 fn describe_delivery(d: &broker::delivery::DeliverySpec) -> String {
@@ -147,6 +208,10 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
         dispatcher_opts.delivery_token =
             Some(dispatcher::identity::BearerToken::load(path).map_err(anyhow::Error::msg)?);
     }
+    if let Some(path) = &args.ca_bundle {
+        dispatcher_opts.ca_bundle =
+            Some(dispatcher::trust::read_bundle(path).map_err(anyhow::Error::msg)?);
+    }
     if let Some(name) = &args.dispatcher_name {
         if name.is_empty() {
             anyhow::bail!("--dispatcher-name: must not be empty");
@@ -201,7 +266,9 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
                 shutdown_timeout: positive("shutdown-timeout", &args.shutdown_timeout)?,
             },
             shutdown_delay: duration("shutdown-delay", &args.shutdown_delay)?,
+            auth: args.senders.auth()?,
         },
+        oidc: args.senders.oidc(args.ca_bundle.as_deref())?,
         dispatcher: dispatcher_opts,
     };
     let shutdown = CancellationToken::new();

@@ -319,6 +319,7 @@ async fn a_full_channel_answers_503_with_retry_after() {
         },
         role: triggerfish::app::Role::Both,
         ingress: Default::default(),
+        oidc: None,
         dispatcher: Default::default(),
     };
     let server = triggerfish::app::start(opts, tokio_util::sync::CancellationToken::new())

@@ -225,6 +225,67 @@ impl Harness {
         Ok(sut.rate)
     }
 
+    /// R1s: R1 with TLS and OIDC on ([`crate::secure`]); the baseline is `r1` of
+    /// the same run (measured here when not given).
+    pub async fn r1_secure(&mut self, r1: Option<f64>) -> anyhow::Result<f64> {
+        let plain = match r1 {
+            Some(r) => r,
+            None => {
+                let server = self
+                    .s
+                    .server
+                    .start(&config_yaml("", 0), &self.data_dir("r1s-plain"))
+                    .await?;
+                let (w, _) = self.drive_ingress(&server, self.closed()).await;
+                server.stop();
+                w.rate
+            }
+        };
+        let secured = crate::secure::prepare(&self.data_dir("r1s-files"))?;
+        let server = self
+            .s
+            .server
+            .start_with(&config_yaml("", 0), &self.data_dir("r1s"), &secured.args)
+            .await?;
+        let (name, value) = secured.authorization.clone();
+        let g = Generator::start_with(
+            server.addr,
+            Template::ingress(server.addr).with_header(name, value),
+            self.closed(),
+            self.epoch,
+            Some(secured.tls.clone()),
+        );
+        let w = measure(&self.s, &|| [g.ok(), g.failed()], Some(&server), &|on| {
+            g.record(on)
+        })
+        .await;
+        let lat = g.finish().await;
+        server.stop();
+        if w.rate2 > 0.0 {
+            anyhow::bail!(
+                "R1s: {:.0} requests/s failed (TLS or token refused?)",
+                w.rate2
+            );
+        }
+        self.report.rows.push(Row {
+            id: "R1s",
+            what: format!(
+                "R1 with TLS and OIDC on (ES256 token per request, keep-alive, {} conns)",
+                self.s.conns
+            ),
+            figure: w.rate,
+            baseline: Some(plain),
+            baseline_what: "R1 of this run (no TLS, no OIDC)".into(),
+            unit: "ev/s",
+            target: Target::RatioAtLeast(0.8),
+        });
+        self.report.detail(
+            "r1s",
+            json!({"triggerfish": w.json(), "response_ms": percentiles(lat), "r1": plain}),
+        );
+        Ok(w.rate)
+    }
+
     /// R4: dispatcher delivery rate from a pre-filled log vs a plain client loop.
     pub async fn r4(&mut self) -> anyhow::Result<f64> {
         // Baseline: the client loop in a child process, at the dispatcher's concurrency.

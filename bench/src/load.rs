@@ -46,6 +46,16 @@ pub struct Template {
     body: Bytes,
 }
 
+/// TLS for the generator's connections: the connector (its roots trust the
+/// server) and the name to verify.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// The rustls connector.
+    pub connector: tokio_rustls::TlsConnector,
+    /// The server name the certificate must carry.
+    pub name: rustls::pki_types::ServerName<'static>,
+}
+
 /// The event as a producer sends it: binary mode, 1 KiB of data.
 fn producer_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -106,6 +116,12 @@ impl Template {
         })
     }
 
+    /// The same requests with one more header (`Authorization`, say).
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Template {
+        self.headers.insert(name, value);
+        self
+    }
+
     fn request(&self, id: u64, due_ns: u64) -> anyhow::Result<Request<Full<Bytes>>> {
         let mut b = Request::builder().method(Method::POST).uri(&self.path);
         if let Some(h) = b.headers_mut() {
@@ -162,6 +178,18 @@ impl Generator {
     /// Starts `shape.conns` tasks sending `template` to `addr`; `epoch` is the origin
     /// of the `ce-benchsent` timestamps.
     pub fn start(addr: SocketAddr, template: Template, shape: Shape, epoch: Instant) -> Generator {
+        Generator::start_with(addr, template, shape, epoch, None)
+    }
+
+    /// [`Generator::start`], over TLS when `tls` is given (each connection's
+    /// handshake once, then keep-alive requests).
+    pub fn start_with(
+        addr: SocketAddr,
+        template: Template,
+        shape: Shape,
+        epoch: Instant,
+        tls: Option<ClientTls>,
+    ) -> Generator {
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
         let template = Arc::new(template);
@@ -182,6 +210,7 @@ impl Generator {
                     interval: interval.map(|iv| (iv, iv.mul_f64(i as f64 / conns as f64))),
                     ids: (i as u64) << 40,
                     limit: shape.limit,
+                    tls: tls.clone(),
                 };
                 tokio::spawn(task.run())
             })
@@ -234,6 +263,7 @@ struct Task {
     interval: Option<(Duration, Duration)>,
     ids: u64,
     limit: Option<u64>,
+    tls: Option<ClientTls>,
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -242,6 +272,13 @@ impl Task {
     async fn connect(&self) -> anyhow::Result<Sender> {
         let stream = TcpStream::connect(self.addr).await?;
         stream.set_nodelay(true)?;
+        if let Some(tls) = &self.tls {
+            let stream = tls.connector.connect(tls.name.clone(), stream).await?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            return Ok(sender);
+        }
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         Ok(sender)

@@ -29,6 +29,7 @@ mod load;
 mod nats;
 mod proc;
 mod report;
+mod secure;
 mod sink;
 
 use std::net::SocketAddr;
@@ -288,6 +289,10 @@ async fn run_once(
     } else {
         None
     };
+    if want("r1s") {
+        eprintln!("R1s: R1 with TLS and OIDC on, vs R1 ...");
+        h.r1_secure(r1).await?;
+    }
     let r4_base = if want("r4") {
         eprintln!("R4: dispatcher from a pre-filled log vs plain client loop ...");
         Some(h.r4().await?)
@@ -328,6 +333,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         storage: app::Storage::embedded(a.data_dir),
         role: app::Role::Both,
         ingress: Default::default(),
+        oidc: None,
         dispatcher: Default::default(),
     };
     let running = app::start(opts, CancellationToken::new()).await?;

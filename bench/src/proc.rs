@@ -163,6 +163,16 @@ pub struct ServerCmd {
 impl ServerCmd {
     /// Starts a server with `config_yaml` on `data_dir`.
     pub async fn start(&self, config_yaml: &str, data_dir: &Path) -> anyhow::Result<Child> {
+        self.start_with(config_yaml, data_dir, &[]).await
+    }
+
+    /// [`ServerCmd::start`] with more `serve` flags.
+    pub async fn start_with(
+        &self,
+        config_yaml: &str,
+        data_dir: &Path,
+        extra: &[String],
+    ) -> anyhow::Result<Child> {
         let config = data_dir.with_extension("yaml");
         std::fs::write(&config, config_yaml)
             .with_context(|| format!("writing {}", config.display()))?;
@@ -179,6 +189,7 @@ impl ServerCmd {
             "warn",
         ]
         .map(str::to_owned);
+        let args: Vec<String> = args.into_iter().chain(extra.iter().cloned()).collect();
         Child::spawn(&self.program, &args).await
     }
 }

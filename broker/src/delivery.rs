@@ -42,6 +42,8 @@ pub struct DeliverySpec {
     pub retry_after_max: Option<Duration>,
     /// Where events go when delivery fails for good.
     pub dead_letter_sink: Option<Url>,
+    /// The dead-letter sink's `CACerts`: trusted for it besides the system's roots.
+    pub dead_letter_sink_ca_certs: Option<crate::config::CaCerts>,
     /// Content mode for deliveries.
     pub format: Format,
 }
@@ -72,6 +74,7 @@ impl DeliverySpec {
             timeout: DEFAULT_TIMEOUT,
             retry_after_max: Some(DEFAULT_RETRY_AFTER_MAX),
             dead_letter_sink: None,
+            dead_letter_sink_ca_certs: None,
             format: Format::Binary,
         }
     }

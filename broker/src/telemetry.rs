@@ -68,6 +68,68 @@ pub enum RejectReason {
     memory_budget,
     /// The body did not arrive in time (408, `--body-read-timeout`).
     body_timeout,
+    /// No sender identity, or an invalid token (401; the reason in
+    /// `ingress_auth_refused_total`).
+    unauthenticated,
+    /// A sender no EventPolicy (or the default authorization mode) admits, or an
+    /// event a policy's filters refuse (403).
+    forbidden,
+    /// Over the broker's or the sender's rate limit (429).
+    rate_limited,
+}
+
+/// Why the ingress refused a sender (`triggerfish_ingress_auth_refused_total`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AuthRefusal {
+    /// No bearer token (and no client certificate identity) where one is needed.
+    missing_token,
+    /// Not a JWT, or one with claims of the wrong types.
+    malformed_token,
+    /// Signed with an algorithm other than RS256, ES256 or EdDSA, or another than
+    /// its key's.
+    algorithm,
+    /// An `iss` that is not a configured issuer.
+    unknown_issuer,
+    /// A `kid` its issuer's keys do not have, even after a refresh.
+    unknown_key,
+    /// The issuer's keys could not be fetched.
+    keys_unavailable,
+    /// A signature that does not verify.
+    bad_signature,
+    /// Past `exp` (beyond the clock skew).
+    expired,
+    /// Before `nbf` (beyond the clock skew).
+    not_yet_valid,
+    /// An `aud` that is not the broker's audience.
+    wrong_audience,
+    /// No applying EventPolicy admits the sender.
+    policy_sender,
+    /// The sender is admitted, but an event does not pass the policies' filters.
+    policy_filter,
+    /// The default authorization mode refuses the sender.
+    default_mode,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthRefusalLabels {
+    reason: AuthRefusal,
+}
+
+/// Which rate limit refused a request (`triggerfish_ingress_rate_limited_total`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RateScope {
+    /// The broker's own limit.
+    broker,
+    /// The limit per sender identity.
+    sender,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLabels {
+    broker: Arc<str>,
+    scope: RateScope,
 }
 
 /// What finally happened to one delivery.
@@ -218,6 +280,11 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     admin_refused: Family<AdminRefusalLabels, Counter>,
     tls_reloads: Family<ReloadLabels, Counter>,
+    auth_refused: Family<AuthRefusalLabels, Counter>,
+    rate_limited: Family<RateLabels, Counter>,
+    jwks_refreshes: Family<ReloadLabels, Counter>,
+    /// Verified tokens held in the OIDC token cache.
+    pub token_cache_entries: Gauge,
     /// The generation of the config applied last (1 at start, +1 per reload that
     /// changed something or not).
     pub config_generation: Gauge,
@@ -734,6 +801,30 @@ impl Metrics {
             "TLS certificate and key files read again after they changed, by outcome (applied, or invalid: the previous pair stays)",
             tls_reloads.clone(),
         );
+        let auth_refused = Family::<AuthRefusalLabels, Counter>::default();
+        registry.register(
+            "ingress_auth_refused",
+            "Ingress requests refused for their sender (401, 403), by reason",
+            auth_refused.clone(),
+        );
+        let rate_limited = Family::<RateLabels, Counter>::default();
+        registry.register(
+            "ingress_rate_limited",
+            "Ingress requests answered 429 by a rate limit, by broker and scope (broker, sender)",
+            rate_limited.clone(),
+        );
+        let jwks_refreshes = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "oidc_jwks_refreshes",
+            "OIDC issuers' keys fetched again (periodically or for an unknown kid), by outcome (applied, unchanged, failed)",
+            jwks_refreshes.clone(),
+        );
+        let token_cache_entries = Gauge::default();
+        registry.register(
+            "oidc_token_cache_entries",
+            "Verified tokens cached until they expire (--oidc-token-cache-size)",
+            token_cache_entries.clone(),
+        );
         let config_generation = Gauge::default();
         registry.register(
             "config_generation",
@@ -753,6 +844,10 @@ impl Metrics {
             reloads,
             admin_refused,
             tls_reloads,
+            auth_refused,
+            rate_limited,
+            jwks_refreshes,
+            token_cache_entries,
             config_generation,
             config_apply_seconds,
             connections,
@@ -795,6 +890,37 @@ impl Metrics {
     /// Counts a reload of a listener's TLS files.
     pub fn tls_reload(&self, outcome: ReloadOutcome) {
         self.tls_reloads
+            .get_or_create(&ReloadLabels { outcome })
+            .inc();
+    }
+
+    /// Counts a sender refused by the ingress.
+    pub fn auth_refused(&self, reason: AuthRefusal) {
+        self.auth_refused
+            .get_or_create(&AuthRefusalLabels { reason })
+            .inc();
+    }
+
+    /// Senders refused for `reason` so far.
+    pub fn auth_refusals(&self, reason: AuthRefusal) -> u64 {
+        self.auth_refused
+            .get_or_create(&AuthRefusalLabels { reason })
+            .get()
+    }
+
+    /// Counts a request answered 429 by a rate limit.
+    pub fn rate_limited(&self, broker: &str, scope: RateScope) {
+        self.rate_limited
+            .get_or_create(&RateLabels {
+                broker: broker.into(),
+                scope,
+            })
+            .inc();
+    }
+
+    /// Counts a refresh of an OIDC issuer's keys.
+    pub fn jwks_refresh(&self, outcome: ReloadOutcome) {
+        self.jwks_refreshes
             .get_or_create(&ReloadLabels { outcome })
             .inc();
     }

@@ -29,7 +29,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::deliver::HttpClient;
 use crate::fanout::{self, Partition};
 use crate::lane;
 use crate::roster::{SlotHandle, Table};
@@ -44,8 +43,6 @@ pub struct BrokerRun {
     pub table: tokio::sync::watch::Receiver<Arc<Table>>,
     /// Its checkpoints.
     pub book: Arc<crate::checkpoints::Book>,
-    /// The delivery client.
-    pub client: HttpClient,
     /// Queue length of each lane.
     pub lane_queue: usize,
     /// How long a lane idles before it parks.
@@ -249,7 +246,6 @@ impl Coordinator {
         tasks.spawn(fanout::shared_reader(ctx.clone(), join_rx));
         let spec = Arc::new(lane::LaneSpec {
             ctx,
-            client: run.client.clone(),
             drain: run.drain,
             park_after: run.park_after,
         });

@@ -22,31 +22,53 @@ use url::{Position, Url};
 use crate::connector::Connector;
 use crate::identity::BearerToken;
 
-/// The shared HTTP client (connection pooling per subscriber host), for `http` and
-/// `https` subscribers; TLS trusts the system's root certificates. With a
-/// [`BearerToken`] (`--delivery-token-file`) every request it sends carries it.
+/// An HTTP client (connection pooling per host), for `http` and `https`
+/// destinations; TLS trusts the root certificates it was built with ([`client`]:
+/// the system's; [`crate::trust`] adds `--ca-bundle` and destinations' `CACerts`).
+/// With a [`BearerToken`] (`--delivery-token-file`) every request it sends carries
+/// it. Clones share one connection pool, and the pool goes with the last clone.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<Connector, Full<Bytes>>,
+    inner: Arc<ClientInner>,
+}
+
+#[derive(Clone)]
+pub(crate) struct ClientInner {
+    client: Client<Connector, Full<Bytes>>,
     token: Option<Arc<BearerToken>>,
 }
 
 impl HttpClient {
     /// This client, sending `token` with every request (none: no identity).
     pub fn with_token(mut self, token: Option<Arc<BearerToken>>) -> HttpClient {
-        self.token = token;
+        Arc::make_mut(&mut self.inner).token = token;
         self
     }
 
     /// Sends a request, with the outgoing identity unless it has an
     /// `Authorization` header of its own.
     pub fn request(&self, mut req: Request<Full<Bytes>>) -> ResponseFuture {
-        if let Some(t) = &self.token {
+        if let Some(t) = &self.inner.token {
             if !req.headers().contains_key(header::AUTHORIZATION) {
                 req.headers_mut().insert(header::AUTHORIZATION, t.header());
             }
         }
-        self.inner.request(req)
+        self.inner.client.request(req)
+    }
+
+    /// Whether `self` and `other` are clones of one client (one connection pool).
+    pub fn same_pool(&self, other: &HttpClient) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// A handle that does not keep the client alive ([`crate::trust`]'s cache).
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<ClientInner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// The client behind a handle of [`HttpClient::downgrade`], while a clone lives.
+    pub(crate) fn upgrade(weak: &std::sync::Weak<ClientInner>) -> Option<HttpClient> {
+        weak.upgrade().map(|inner| HttpClient { inner })
     }
 }
 
@@ -68,39 +90,38 @@ pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// dead-lettered without an attempt.
 pub const MAX_SENDABLE_ATTRIBUTES: usize = 1024;
 
-/// Builds the client used for every delivery.
+/// A client trusting the system's root certificates only, without an identity
+/// (the dispatcher's clients come from [`crate::trust::Trust`]).
 pub fn client() -> HttpClient {
+    client_trusting(crate::trust::system_roots(), None)
+}
+
+/// A client whose TLS trusts `roots` and that sends `token` (if any).
+pub(crate) fn client_trusting(
+    roots: rustls::RootCertStore,
+    token: Option<Arc<BearerToken>>,
+) -> HttpClient {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
     http.enforce_http(false);
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let connector = match builder.with_native_roots() {
-        Ok(b) => b
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http),
-        Err(e) => {
-            tracing::warn!(error = %e, "no system root certificates; https subscribers will fail");
-            hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(
-                    rustls::ClientConfig::builder()
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth(),
-                )
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(http)
-        }
-    };
-    let inner = Client::builder(TokioExecutor::new())
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(30))
         // At least partitions × per-partition concurrency, or connections churn.
         .pool_max_idle_per_host(4096)
         .build(Connector::new(connector));
-    HttpClient { inner, token: None }
+    HttpClient {
+        inner: Arc::new(ClientInner { client, token }),
+    }
 }
 
 /// What one attempt produced.

@@ -29,7 +29,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::checkpoints::Mark;
-use crate::deliver::HttpClient;
 use crate::fanout::{Attach, Item, Park, Partition, Request};
 use crate::held::{Held, LaneCharge};
 use crate::roster::{Run, RunWatch, SlotHandle};
@@ -103,8 +102,6 @@ pub struct LaneSpec {
     /// The partition's readers (the lane's catch-up reader is spawned there, its
     /// queue's length is there).
     pub ctx: Partition,
-    /// The delivery client.
-    pub client: HttpClient,
     /// How long a stopping lane waits for deliveries in flight.
     pub drain: Duration,
     /// How long an attached lane idles before it parks ([`PARK_AFTER`]).
@@ -347,7 +344,7 @@ pub async fn run_lane(
     spec: &LaneSpec,
     runs: &mut crate::roster::RunWatch<'_>,
 ) -> LaneEnd {
-    let (client, shutdown, drain) = (&spec.client, &spec.ctx.shutdown, spec.drain);
+    let (shutdown, drain) = (&spec.ctx.shutdown, spec.drain);
     let mark: &Mark = slot.marks.mark(partition);
     let ordered = rt.cfg.order == DeliveryOrder::Ordered;
     let limit = rt.cfg.concurrency.max(1);
@@ -385,7 +382,7 @@ pub async fn run_lane(
                 tracker.done(offset);
                 publish(&tracker, true);
                 if let Some(key) = key {
-                    next_of_key(rt, client, &mut keys, &mut in_flight, key);
+                    next_of_key(rt, &mut keys, &mut in_flight, key);
                 }
             }
             item = rx.recv(), if in_flight.len() + keys.len < limit => match item {
@@ -393,7 +390,7 @@ pub async fn run_lane(
                     busy = Instant::now();
                     tracker.started(offset);
                     if !ordered {
-                        in_flight.push(settle_one(rt, client, offset, event, charge, None));
+                        in_flight.push(settle_one(rt, offset, event, charge, None));
                     } else {
                         let key = key_of(&event);
                         if keys.in_flight.contains(&key) {
@@ -401,7 +398,7 @@ pub async fn run_lane(
                             keys.len += 1;
                         } else {
                             keys.in_flight.insert(key.clone());
-                            in_flight.push(settle_one(rt, client, offset, event, charge, Some(key)));
+                            in_flight.push(settle_one(rt, offset, event, charge, Some(key)));
                         }
                     }
                 }
@@ -426,7 +423,7 @@ pub async fn run_lane(
                     tracker.done(offset);
                     publish(&tracker, true);
                     if let (true, Some(key)) = (whole, key) {
-                        next_of_key(rt, client, &mut keys, &mut in_flight, key);
+                        next_of_key(rt, &mut keys, &mut in_flight, key);
                     }
                 }
             }
@@ -443,7 +440,6 @@ pub async fn run_lane(
 /// Ordered: the event of `key` in flight is done; the next one of that key goes.
 fn next_of_key<'a>(
     rt: &'a TriggerRuntime,
-    client: &'a HttpClient,
     keys: &mut KeyQueues,
     in_flight: &mut FuturesUnordered<InFlight<'a>>,
     key: Box<str>,
@@ -452,7 +448,7 @@ fn next_of_key<'a>(
     match next {
         Some((o, e, charge)) => {
             keys.len -= 1;
-            in_flight.push(settle_one(rt, client, o, e, charge, Some(key)));
+            in_flight.push(settle_one(rt, o, e, charge, Some(key)));
         }
         None => {
             keys.waiting.remove(&key);
@@ -468,7 +464,6 @@ type InFlight<'a> = Pin<Box<dyn Future<Output = (Offset, Option<Box<str>>, Settl
 
 fn settle_one<'a>(
     rt: &'a TriggerRuntime,
-    client: &'a HttpClient,
     offset: Offset,
     event: Arc<Held>,
     charge: LaneCharge,
@@ -479,10 +474,7 @@ fn settle_one<'a>(
         let _charge = charge;
         // A panic while encoding or delivering this event must not end the lane (and
         // with it the trigger): the event goes to the dead-letter log instead.
-        let settled = match AssertUnwindSafe(settle(rt, client, &event))
-            .catch_unwind()
-            .await
-        {
+        let settled = match AssertUnwindSafe(settle(rt, &event)).catch_unwind().await {
             Ok(settled) => settled,
             Err(panic) => after_panic(rt, &event, &panic_message(&*panic)).await,
         };

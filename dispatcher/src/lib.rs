@@ -13,6 +13,8 @@
 //!   to the sink or to the broker's own dead-letter log.
 //! - [`deliver`]: the HTTP POST with the trigger's retry policy.
 //! - [`connector`]: the HTTP(S) connector of the delivery client.
+//! - [`trust`]: which CAs HTTPS calls trust (system roots, `--ca-bundle`, a
+//!   destination's `CACerts`): one client per trust set, picked per trigger.
 //! - [`dead_letter`]: the broker's own dead-letter log: its entries, storing them,
 //!   paged listing, and redrive as a background job in batches (the admin API's).
 //! - [`malformed`]: stored records that are not CloudEvents go to the dead-letter log
@@ -20,10 +22,10 @@
 //! - [`trigger`]: a trigger as it runs and where its replies and dead letters go, the
 //!   state `lane` and `settle` share (a leaf, so that neither imports the other).
 //!
-//! Only [`dead_letter`], [`deliver`] and [`settle`] are public (the admin API and
-//! tests use them); the rest is the crate's own. Imports go one way: `lib` →
+//! Only [`dead_letter`], [`deliver`], [`settle`] and [`trust`] are public (the admin
+//! API and tests use them); the rest is the crate's own. Imports go one way: `lib` →
 //! `coordinator` → `lane` → `fanout` → `malformed` → `settle` → `dead_letter` →
-//! `deliver`/`trigger`, with `checkpoints` a leaf.
+//! `deliver`/`trigger`, `trigger` → `trust` → `deliver`, with `checkpoints` a leaf.
 //!
 //! [`start`] wires it all for a config and returns a [`Dispatcher`] whose
 //! [`Dispatcher::wait`] returns after shutdown once lanes drained and the final
@@ -54,6 +56,7 @@ pub mod status;
 #[cfg(test)]
 mod test_logs;
 mod trigger;
+pub mod trust;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
@@ -104,6 +107,9 @@ pub struct DispatcherOptions {
     /// The outgoing identity (`--delivery-token-file`): sent with every delivery,
     /// dead-letter sink call and redrive.
     pub delivery_token: Option<Arc<identity::BearerToken>>,
+    /// CA certificates every HTTPS call trusts besides the system's roots
+    /// (`--ca-bundle`); a destination's `CACerts` add to them for it ([`trust`]).
+    pub ca_bundle: Option<broker::config::CaCerts>,
     /// Test-only fault injection ([`settle::FaultHook`]); `None` in production.
     #[doc(hidden)]
     pub fault: Option<settle::FaultHook>,
@@ -124,6 +130,7 @@ impl Default for DispatcherOptions {
             removed_trigger_grace: Duration::from_secs(3600),
             lane_park_after: lane::PARK_AFTER,
             delivery_token: None,
+            ca_bundle: None,
         }
     }
 }
@@ -133,7 +140,7 @@ impl Default for DispatcherOptions {
 pub struct Dispatcher {
     opts: DispatcherOptions,
     metrics: Arc<Metrics>,
-    client: deliver::HttpClient,
+    trust: Arc<trust::Trust>,
     hand_over: broker::channel::lease::HandOver,
     incarnations: Arc<AtomicU64>,
     shutdown: CancellationToken,
@@ -289,6 +296,7 @@ impl Dispatcher {
                 logs.events.clone(),
                 book,
                 sinks,
+                self.trust.clone(),
                 self.metrics.clone(),
                 self.incarnations.clone(),
             ),
@@ -320,7 +328,6 @@ impl Dispatcher {
             log: log.clone(),
             table: h.roster.tables(),
             book: h.roster.book().clone(),
-            client: self.client.clone(),
             lane_queue: self.opts.lane_queue,
             park_after: self.opts.lane_park_after,
             parked_gauge: self.metrics.parked_lanes_gauge(&broker),
@@ -369,7 +376,7 @@ pub async fn start(
     let mut d = Dispatcher {
         opts: opts.clone(),
         metrics: metrics.clone(),
-        client: deliver::client().with_token(opts.delivery_token.clone()),
+        trust: trust::Trust::new(opts.ca_bundle.as_ref(), opts.delivery_token.clone()),
         hand_over: broker::channel::lease::HandOver::for_drain(opts.drain_timeout),
         incarnations: Arc::new(AtomicU64::new(0)),
         shutdown,

@@ -46,6 +46,7 @@ use crate::checkpoints::{Book, Marks};
 use crate::fanout::LaneInfo;
 use crate::held::LaneAccount;
 use crate::trigger::{BrokerSinks, Health, TriggerRuntime};
+use crate::trust::Trust;
 
 /// What a trigger slot runs now.
 #[derive(Clone)]
@@ -258,6 +259,8 @@ pub struct Roster {
     log: Arc<dyn BrokerLog>,
     book: Arc<Book>,
     sinks: Arc<BrokerSinks>,
+    /// Where the triggers' HTTPS clients come from.
+    trust: Arc<Trust>,
     metrics: Arc<Metrics>,
     budget: Arc<broker::budget::MemoryBudget>,
     table: watch::Sender<Arc<Table>>,
@@ -279,6 +282,7 @@ impl Roster {
         log: Arc<dyn BrokerLog>,
         book: Arc<Book>,
         sinks: Arc<BrokerSinks>,
+        trust: Arc<Trust>,
         metrics: Arc<Metrics>,
         incarnations: Arc<AtomicU64>,
     ) -> Roster {
@@ -289,6 +293,7 @@ impl Roster {
             log,
             book,
             sinks,
+            trust,
             metrics,
             table,
             slots: Vec::new(),
@@ -356,6 +361,7 @@ impl Roster {
             metrics: handle.metrics.clone(),
             sinks: self.sinks.clone(),
             health: handle.health.clone(),
+            clients: self.trust.for_trigger(cfg),
         })
     }
 
@@ -618,6 +624,7 @@ mod tests {
             concurrency: 1,
             annotations: Default::default(),
             spec_hash,
+            subscriber_ca_certs: None,
         })
     }
 
@@ -636,6 +643,7 @@ mod tests {
             log.clone(),
             Arc::new(Book::new(log.clone(), Duration::from_secs(5))),
             sinks,
+            crate::trust::Trust::new(None, None),
             Arc::new(Metrics::new()),
             Arc::new(AtomicU64::new(0)),
         )

@@ -19,7 +19,7 @@ use futures_util::FutureExt;
 use http::header::CONTENT_TYPE;
 
 use crate::dead_letter::{entry_for, minimal_entry, printable, set_reason, store};
-use crate::deliver::{deliver, deliver_with, Attempt, HttpClient};
+use crate::deliver::{deliver, deliver_with, Attempt};
 use crate::trigger::{append_until_stored, Unstored};
 pub use crate::trigger::{Abandoned, BrokerSinks, FaultHook, TriggerRuntime};
 
@@ -91,7 +91,7 @@ impl Settled {
 
 /// Delivers and settles one event; returns how (not yet counted: the caller counts
 /// it with [`Settled::count`]).
-pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) -> Settled {
+pub async fn settle(rt: &TriggerRuntime, event: &Event) -> Settled {
     let cfg = &rt.cfg;
     let sinks = &rt.sinks;
     if let Some(fault) = &sinks.fault {
@@ -100,7 +100,7 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) -> 
     // The outcome of the accepted response's reply (one response is accepted).
     let replied = std::sync::Mutex::new(Ok(Replied::Nothing));
     let d = deliver_with(
-        client,
+        &rt.clients.subscriber,
         &cfg.subscriber,
         &cfg.delivery,
         event,
@@ -154,7 +154,7 @@ pub async fn settle(rt: &TriggerRuntime, client: &HttpClient, event: &Event) -> 
         attempts = d.attempts, "delivery failed for good; dead-lettering"
     );
     if let Some(sink) = &cfg.delivery.dead_letter_sink {
-        let sent = deliver(client, sink, &cfg.delivery, &dead).await;
+        let sent = deliver(&rt.clients.sink, sink, &cfg.delivery, &dead).await;
         if sent.delivered {
             return Settled::ToSink;
         }

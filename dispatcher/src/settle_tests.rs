@@ -62,6 +62,7 @@ fn runtime(
         concurrency: 1,
         annotations: Default::default(),
         spec_hash: 0,
+        subscriber_ca_certs: None,
     };
     let metrics = Metrics::new().trigger("ns/b", "t");
     TriggerRuntime {
@@ -77,6 +78,7 @@ fn runtime(
         }),
         health: Arc::default(),
         metrics,
+        clients: crate::trust::Trust::new(None, None).for_trigger(&cfg),
         cfg: Arc::new(cfg),
         sinks: Arc::new(BrokerSinks {
             events,
@@ -112,8 +114,7 @@ async fn a_refused_event_goes_to_the_dead_letter_log_and_is_counted_once() {
         dead.clone(),
         CancellationToken::new(),
     );
-    let client = crate::deliver::client();
-    let settled = settle(&rt, &client, &event()).await;
+    let settled = settle(&rt, &event()).await;
     assert_eq!(settled, Settled::ToLog);
     assert_eq!(dead.appended.lock().unwrap().len(), 1);
     assert_eq!(
@@ -139,10 +140,9 @@ async fn shutdown_while_the_dead_letter_log_is_down_abandons_the_event() {
         dead.clone(),
         shutdown.clone(),
     ));
-    let client = crate::deliver::client();
     let task = tokio::spawn({
         let rt = rt.clone();
-        async move { settle(&rt, &client, &event()).await }
+        async move { settle(&rt, &event()).await }
     });
     // It keeps retrying the store while the log is down...
     tokio::time::sleep(Duration::from_millis(300)).await;

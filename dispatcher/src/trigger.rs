@@ -24,6 +24,9 @@ pub struct TriggerRuntime {
     pub sinks: Arc<BrokerSinks>,
     /// Its delivery health (shared by its incarnations).
     pub health: Arc<Health>,
+    /// The clients its subscriber and dead-letter sink are called with (their
+    /// `CACerts` trusted, [`crate::trust`]).
+    pub clients: crate::trust::TriggerClients,
 }
 
 /// The last delivery that failed for good, for status.

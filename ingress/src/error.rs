@@ -84,6 +84,33 @@ pub enum IngressError {
     /// Reading the request body failed (400).
     #[error("cannot read request body: {0}")]
     Body(String),
+    /// No sender identity where the broker needs one, or a bearer token that does
+    /// not verify (401 with `WWW-Authenticate`).
+    #[error("{detail}")]
+    Unauthenticated {
+        /// The broker's OIDC audience (the `realm`).
+        audience: String,
+        /// Whether a token was presented and refused (`error="invalid_token"`).
+        invalid_token: bool,
+        /// Why, in one sentence (never the token).
+        detail: String,
+    },
+    /// A sender (or an event) the broker's EventPolicies or default authorization
+    /// mode do not admit (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Over a rate limit (429 with `Retry-After`).
+    #[error("broker {broker} is over its {scope} rate limit of {limit}; retry after {retry_after_secs} s")]
+    RateLimited {
+        /// The broker.
+        broker: String,
+        /// `broker` (all senders) or `sender` (this sender).
+        scope: &'static str,
+        /// The limit.
+        limit: String,
+        /// Whole seconds until a token is there.
+        retry_after_secs: u64,
+    },
 }
 
 impl IngressError {
@@ -106,6 +133,9 @@ impl IngressError {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
             IngressError::Limit { headers: false, .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            IngressError::Forbidden(_) => StatusCode::FORBIDDEN,
+            IngressError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -124,6 +154,9 @@ impl IngressError {
             IngressError::Unavailable { .. } => "unavailable",
             IngressError::RetentionFull { .. } => "retention limit reached",
             IngressError::Limit { .. } => "attribute limit exceeded",
+            IngressError::Unauthenticated { .. } => "unauthenticated",
+            IngressError::Forbidden(_) => "forbidden",
+            IngressError::RateLimited { .. } => "rate limited",
         }
     }
 }
@@ -134,6 +167,28 @@ impl IntoResponse for IngressError {
         let body = serde_json::json!({ "error": self.kind(), "detail": self.to_string() });
         let mut resp = (status, axum::Json(body)).into_response();
         let headers = resp.headers_mut();
+        match &self {
+            IngressError::Unauthenticated {
+                audience,
+                invalid_token,
+                ..
+            } => {
+                // RFC 6750 §3; the realm is the audience a token must be for.
+                let mut v = format!("Bearer realm=\"{}\"", audience.replace('"', ""));
+                if *invalid_token {
+                    v.push_str(", error=\"invalid_token\"");
+                }
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    headers.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            IngressError::RateLimited {
+                retry_after_secs, ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            _ => {}
+        }
         match self {
             IngressError::MethodNotAllowed(_) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));

@@ -14,6 +14,7 @@
 //! `error` maps each failure to exactly one status with a JSON body
 //! `{"error": ..., "detail": ...}`.
 
+pub mod auth;
 mod error;
 pub mod server;
 pub mod tls;
@@ -32,6 +33,7 @@ use axum::routing::get;
 use axum::Router;
 use broker::budget::{Charge, MemoryBudget};
 use broker::channel::{BrokerLog, ChannelError};
+use broker::config::BrokerConfig;
 use broker::event::{self, http as binding, AttrValue, Event, EventLimits};
 use broker::telemetry::{IngressMetrics, Metrics, RejectReason};
 use bytes::Bytes;
@@ -69,6 +71,8 @@ pub struct IngressOptions {
     /// load balancers stop sending first (`--shutdown-delay`; 0 here, PT2S for the
     /// command).
     pub shutdown_delay: Duration,
+    /// Who may send ([`auth`]): OIDC, the default authorization mode, rate limits.
+    pub auth: auth::AuthOptions,
 }
 
 /// Default [`IngressOptions::min_body_rate`]: 64 KiB/s, so a 1 MiB body may take
@@ -90,12 +94,14 @@ impl Default for IngressOptions {
             budget: MemoryBudget::unlimited(),
             server: ServerLimits::default(),
             shutdown_delay: Duration::ZERO,
+            auth: auth::AuthOptions::default(),
         }
     }
 }
 
 struct BrokerEntry {
     log: Arc<dyn BrokerLog>,
+    guard: auth::BrokerGuard,
     metrics: IngressMetrics,
     name: String,
 }
@@ -113,15 +119,23 @@ pub struct IngressState {
     ready: AtomicBool,
 }
 
+/// A broker the ingress serves: its log and its config (for who may send).
+pub type ServedBroker<'a> = (Arc<dyn BrokerLog>, &'a BrokerConfig);
+
 impl IngressState {
-    /// Builds the state from opened broker logs.
+    /// Builds the state from opened broker logs and their brokers' configs.
     pub fn new(
-        logs: Vec<Arc<dyn BrokerLog>>,
+        brokers: Vec<ServedBroker<'_>>,
         metrics: Arc<Metrics>,
         opts: IngressOptions,
     ) -> IngressState {
         IngressState {
-            brokers: std::sync::RwLock::new(Arc::new(broker_map(logs, &metrics))),
+            brokers: std::sync::RwLock::new(Arc::new(broker_map(
+                brokers,
+                &metrics,
+                &opts.auth,
+                &BrokerMap::new(),
+            ))),
             unknown: metrics.ingress(""),
             metrics,
             opts,
@@ -130,10 +144,22 @@ impl IngressState {
     }
 
     /// Serves exactly these brokers from now on (a config reload): a new one is
-    /// served at once, a removed one answers 404; requests already past the lookup
-    /// finish on the log they found.
-    pub fn set_brokers(&self, logs: Vec<Arc<dyn BrokerLog>>) {
-        let map = Arc::new(broker_map(logs, &self.metrics));
+    /// served at once, a removed one answers 404, a changed one's EventPolicies
+    /// and limits hold for the next request (its rate-limit buckets are kept when
+    /// their limits are unchanged); requests already past the lookup finish on the
+    /// log they found.
+    pub fn set_brokers(&self, brokers: Vec<ServedBroker<'_>>) {
+        let previous = self
+            .brokers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let map = Arc::new(broker_map(
+            brokers,
+            &self.metrics,
+            &self.opts.auth,
+            &previous,
+        ));
         *self.brokers.write().unwrap_or_else(|p| p.into_inner()) = map;
     }
 
@@ -148,22 +174,29 @@ impl IngressState {
     }
 }
 
-fn broker_map(logs: Vec<Arc<dyn BrokerLog>>, metrics: &Metrics) -> BrokerMap {
-    let mut brokers = BrokerMap::new();
-    for log in logs {
+fn broker_map(
+    brokers: Vec<ServedBroker<'_>>,
+    metrics: &Metrics,
+    auth: &auth::AuthOptions,
+    previous: &BrokerMap,
+) -> BrokerMap {
+    let mut map = BrokerMap::new();
+    for (log, config) in brokers {
         let id = log.broker().clone();
         let name = id.to_string();
+        let before = previous
+            .get(&id.namespace)
+            .and_then(|m| m.get(&id.name))
+            .map(|e| &e.guard);
         let entry = Arc::new(BrokerEntry {
             metrics: metrics.ingress(&name),
+            guard: auth::BrokerGuard::new(config, auth, before),
             log,
             name,
         });
-        brokers
-            .entry(id.namespace)
-            .or_default()
-            .insert(id.name, entry);
+        map.entry(id.namespace).or_default().insert(id.name, entry);
     }
-    brokers
+    map
 }
 
 /// The ingress HTTP routes.
@@ -259,7 +292,20 @@ async fn broker_endpoint(State(state): State<Arc<IngressState>>, req: Request<Bo
         return IngressError::UnknownBroker(format!("{namespace}/{name}")).into_response();
     };
     let entry = &*entry;
-    match accept(&state, entry, req).await {
+    let admission = if entry.guard.is_open() {
+        auth::Admission::default()
+    } else {
+        let client = req.extensions().get::<auth::ClientIdentity>();
+        match entry.guard.admit(req.headers(), client).await {
+            Ok(a) => a,
+            Err(refusal) => {
+                entry.guard.record(&refusal, &state.metrics);
+                entry.metrics.reject(reject_reason(&refusal.error), 1);
+                return refusal.error.into_response();
+            }
+        }
+    };
+    match accept(&state, entry, req, &admission).await {
         Ok(n) => {
             entry.metrics.accepted.inc_by(n as u64);
             let deduplicated = entry.log.take_deduplicated();
@@ -269,18 +315,7 @@ async fn broker_endpoint(State(state): State<Arc<IngressState>>, req: Request<Bo
             StatusCode::ACCEPTED.into_response()
         }
         Err(e) => {
-            let reason = match &e {
-                IngressError::Invalid(_) | IngressError::Body(_) => RejectReason::invalid,
-                IngressError::TooLarge { .. } | IngressError::ChannelTooLarge { .. } => {
-                    RejectReason::too_large
-                }
-                IngressError::MemoryBudget { .. } => RejectReason::memory_budget,
-                IngressError::BodyTimeout { .. } => RejectReason::body_timeout,
-                IngressError::UnsupportedMediaType(_) => RejectReason::unsupported_media_type,
-                IngressError::Limit { error, .. } => error.reason(),
-                IngressError::RetentionFull { .. } => RejectReason::retention_full,
-                _ => RejectReason::unavailable,
-            };
+            let reason = reject_reason(&e);
             entry.metrics.reject(reason, 1);
             if let IngressError::Unavailable { .. } | IngressError::RetentionFull { .. } = e {
                 tracing::warn!(broker = %entry.name, error = %e, "append failed; answered 503");
@@ -289,6 +324,25 @@ async fn broker_endpoint(State(state): State<Arc<IngressState>>, req: Request<Bo
             }
             e.into_response()
         }
+    }
+}
+
+/// The `ingress_rejected_total` reason of an error.
+fn reject_reason(e: &IngressError) -> RejectReason {
+    match e {
+        IngressError::Invalid(_) | IngressError::Body(_) => RejectReason::invalid,
+        IngressError::TooLarge { .. } | IngressError::ChannelTooLarge { .. } => {
+            RejectReason::too_large
+        }
+        IngressError::MemoryBudget { .. } => RejectReason::memory_budget,
+        IngressError::BodyTimeout { .. } => RejectReason::body_timeout,
+        IngressError::UnsupportedMediaType(_) => RejectReason::unsupported_media_type,
+        IngressError::Limit { error, .. } => error.reason(),
+        IngressError::RetentionFull { .. } => RejectReason::retention_full,
+        IngressError::Unauthenticated { .. } => RejectReason::unauthenticated,
+        IngressError::Forbidden(_) => RejectReason::forbidden,
+        IngressError::RateLimited { .. } => RejectReason::rate_limited,
+        _ => RejectReason::unavailable,
     }
 }
 
@@ -438,6 +492,7 @@ async fn accept(
     state: &IngressState,
     entry: &BrokerEntry,
     req: Request<Body>,
+    admission: &auth::Admission,
 ) -> Result<usize, IngressError> {
     let (parts, body) = req.into_parts();
     let headers = parts.headers;
@@ -487,6 +542,12 @@ async fn accept(
                 headers: mode == binding::Mode::Binary,
             })?;
     }
+    // The EventPolicies' filters hold for the events as stored too.
+    if let Err(refusal) = admission.check_events(&events) {
+        entry.guard.record(&refusal, &state.metrics);
+        return Err(refusal.error);
+    }
+    admission.charge(events.len().saturating_sub(1));
     append(state, entry, &events).await?;
     Ok(events.len())
 }

@@ -337,6 +337,7 @@ pub async fn serve(
             closed_idle: closed(ConnectionClosed::idle_timeout),
             closed_shutdown: closed(ConnectionClosed::shutdown),
             peer: peer_info.then_some(peer),
+            identity: None,
         };
         let acceptor = acceptor.clone();
         let closed_tls = closed(ConnectionClosed::tls_handshake);
@@ -355,7 +356,18 @@ pub async fn serve(
                         () = hard.cancelled() => return,
                     };
                     match handshake {
-                        Ok(Ok(tls)) => conn.run(tls).await,
+                        Ok(Ok(tls)) => {
+                            // mTLS: the verified client certificate's identity, for
+                            // EventPolicies (only connections that presented one).
+                            let identity = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| crate::auth::identity::certificate_identity(c))
+                                .map(|id| crate::auth::ClientIdentity(id.into()));
+                            conn.with_identity(identity).run(tls).await
+                        }
                         failed => {
                             if let Some(c) = &closed_tls {
                                 c.inc();
@@ -403,9 +415,16 @@ struct Conn {
     closed_shutdown: Option<Counter>,
     /// Put on each request as `ConnectInfo` when set.
     peer: Option<SocketAddr>,
+    /// Put on each request when set (a verified client certificate's identity).
+    identity: Option<crate::auth::ClientIdentity>,
 }
 
 impl Conn {
+    fn with_identity(mut self, identity: Option<crate::auth::ClientIdentity>) -> Conn {
+        self.identity = identity;
+        self
+    }
+
     /// Serves the connection's requests until it closes, a deadline passes or the
     /// server stops.
     async fn run<I>(self, io: I)
@@ -423,6 +442,7 @@ impl Conn {
             closed_idle,
             closed_shutdown,
             peer,
+            identity,
         } = self;
         let service_activity = activity.clone();
         let service =
@@ -431,6 +451,9 @@ impl Conn {
                 if let Some(peer) = peer {
                     req.extensions_mut()
                         .insert(axum::extract::ConnectInfo(peer));
+                }
+                if let Some(id) = &identity {
+                    req.extensions_mut().insert(id.clone());
                 }
                 let mut router = router.clone();
                 let activity = service_activity.clone();

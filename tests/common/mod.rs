@@ -4,6 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod pki;
 pub mod procs;
 
 use std::collections::HashMap;
@@ -219,6 +220,7 @@ pub fn server_options(yaml: &str, data_dir: &Path) -> ServerOptions {
         storage: app::Storage::embedded(data_dir),
         role: app::Role::Both,
         ingress: Default::default(),
+        oidc: None,
         dispatcher: dispatcher::DispatcherOptions {
             drain_timeout: Duration::from_secs(5),
             ..Default::default()

@@ -68,6 +68,11 @@ pub(super) fn parse_delivery(
             Ok(url) => spec.dead_letter_sink = Some(url),
             Err(reason) => ctx.err(&format!("{field}.deadLetterSink"), reason),
         }
+        spec.dead_letter_sink_ca_certs = super::ca_certs::parse_field(
+            dls.ca_certs.as_deref(),
+            &format!("{field}.deadLetterSink.CACerts"),
+            ctx,
+        );
     }
     spec
 }

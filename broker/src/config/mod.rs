@@ -6,7 +6,10 @@
 //! are skipped with a notice. Every problem is reported at once, each naming the file,
 //! the document, the object, the field and why ([`ConfigError`]).
 
+mod ca_certs;
 mod fields;
+pub mod policy;
+pub mod rate;
 mod raw;
 mod resolve;
 mod triggers;
@@ -20,8 +23,10 @@ use url::Url;
 
 use crate::delivery::DeliverySpec;
 use crate::filter::Filter;
+pub use ca_certs::CaCerts;
 pub use fields::parse_duration;
 use fields::{check_k8s_name, parse_delivery};
+pub use policy::EventPolicy;
 use raw::{RawBroker, RawTrigger};
 pub use resolve::resolve_destination;
 pub use triggers::{load_triggers, parse_triggers};
@@ -92,6 +97,17 @@ pub struct BrokerConfig {
     pub delivery: std::sync::Arc<DeliverySpec>,
     /// Annotations as written.
     pub annotations: BTreeMap<String, String>,
+    /// Labels as written (EventPolicy selectors match them).
+    pub labels: BTreeMap<String, String>,
+    /// The EventPolicies that apply to this broker (none: the default
+    /// authorization mode decides), sorted by namespace and name.
+    pub policies: Vec<std::sync::Arc<EventPolicy>>,
+    /// The ingress's limit on events per second from all senders
+    /// (`triggerfish.dev/rate-limit`).
+    pub rate_limit: rate::RateSetting,
+    /// The ingress's limit on events per second from each sender
+    /// (`triggerfish.dev/sender-rate-limit`).
+    pub sender_rate_limit: rate::RateSetting,
     /// Triggers bound to this broker, sorted by name. Shared: the dispatcher runs
     /// the very same `TriggerConfig` (a copy is about 0.5 KiB per trigger).
     pub triggers: Vec<std::sync::Arc<TriggerConfig>>,
@@ -108,6 +124,8 @@ pub struct TriggerConfig {
     pub filter: Filter,
     /// Resolved subscriber URL.
     pub subscriber: Url,
+    /// The subscriber's `CACerts`: trusted for it besides the system's roots.
+    pub subscriber_ca_certs: Option<CaCerts>,
     /// Effective delivery: the trigger's own, else its broker's.
     pub delivery: std::sync::Arc<DeliverySpec>,
     /// Delivery order.
@@ -132,6 +150,7 @@ impl TriggerConfig {
             && self.broker == other.broker
             && self.spec_hash == other.spec_hash
             && self.subscriber == other.subscriber
+            && self.subscriber_ca_certs == other.subscriber_ca_certs
             && self.delivery == other.delivery
             && self.order == other.order
             && self.concurrency == other.concurrency
@@ -143,6 +162,8 @@ impl TriggerConfig {
 pub struct Config {
     /// Brokers sorted by id.
     pub brokers: Vec<BrokerConfig>,
+    /// Every EventPolicy, sorted by namespace and name.
+    pub policies: Vec<std::sync::Arc<EventPolicy>>,
     /// Things skipped or worth knowing (other kinds, triggers without a broker).
     pub notices: Vec<String>,
 }
@@ -339,6 +360,7 @@ pub fn parse_sources(
     let mut brokers: BTreeMap<BrokerId, BrokerConfig> = BTreeMap::new();
     // (trigger, whether it has its own delivery, file, document)
     let mut triggers: Vec<(TriggerConfig, bool, PathBuf, usize)> = Vec::new();
+    let mut policies: Vec<EventPolicy> = Vec::new();
     for_each_document(sources, &mut errors, |value, api, kind, ctx| {
         let where_ = format!("{}: document {}", ctx.file.display(), ctx.document);
         match (api, kind) {
@@ -348,6 +370,15 @@ pub fn parse_sources(
                         ctx.err("metadata.name", format!("broker {} is defined twice", b.id));
                     } else {
                         brokers.insert(b.id.clone(), b);
+                    }
+                }
+            }
+            (policy::API_VERSION, "EventPolicy") => {
+                if let Some(p) = policy::parse_policy(value, ctx, &mut notices) {
+                    if policies.iter().any(|q: &EventPolicy| q.namespace == p.namespace && q.name == p.name) {
+                        ctx.err("metadata.name", format!("event policy {} is defined twice", p.id()));
+                    } else {
+                        policies.push(p);
                     }
                 }
             }
@@ -361,7 +392,7 @@ pub fn parse_sources(
                 "not a Kubernetes object: apiVersion and kind are required",
             ),
             (api, kind) => notices.push(format!(
-                "{where_}: skipped {kind} ({api}): not a Broker or Trigger of eventing.knative.dev/v1"
+                "{where_}: skipped {kind} ({api}): not a Broker or Trigger of eventing.knative.dev/v1 or an EventPolicy of {}", policy::API_VERSION
             )),
         }
     });
@@ -398,11 +429,32 @@ pub fn parse_sources(
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
+    policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let policies: Vec<std::sync::Arc<EventPolicy>> =
+        policies.into_iter().map(std::sync::Arc::new).collect();
+    for p in &policies {
+        for t in &p.to {
+            if let policy::PolicyTarget::Broker(name) = t {
+                if !brokers.contains_key(&BrokerId::new(p.namespace.clone(), name.clone())) {
+                    notices.push(format!(
+                        "EventPolicy {}: broker {}/{name} is not defined; that part of spec.to applies to nothing",
+                        p.id(),
+                        p.namespace
+                    ));
+                }
+            }
+        }
+    }
     let mut brokers: Vec<BrokerConfig> = brokers.into_values().collect();
     for b in &mut brokers {
         b.triggers.sort_by(|a, b| a.name.cmp(&b.name));
+        b.policies = policy::applying(&policies, &b.id.namespace, &b.id.name, &b.labels);
     }
-    Ok(Config { brokers, notices })
+    Ok(Config {
+        brokers,
+        policies,
+        notices,
+    })
 }
 
 fn deserialize<T: serde::de::DeserializeOwned>(
@@ -436,10 +488,27 @@ fn parse_broker(
         Some(d) => parse_delivery(d, &namespace, "spec.delivery", ctx, opts),
         None => DeliverySpec::broker_default(),
     };
+    let annotations = &raw.metadata.annotations;
+    let rate_limit = rate::parse_setting(
+        annotations,
+        rate::RATE_LIMIT_ANNOTATION,
+        rate::RATE_BURST_ANNOTATION,
+        ctx,
+    );
+    let sender_rate_limit = rate::parse_setting(
+        annotations,
+        rate::SENDER_RATE_LIMIT_ANNOTATION,
+        rate::SENDER_RATE_BURST_ANNOTATION,
+        ctx,
+    );
     (ctx.errors.len() == before).then(|| BrokerConfig {
+        rate_limit,
+        sender_rate_limit,
         id: BrokerId::new(namespace, name),
         delivery: delivery.into(),
         annotations: raw.metadata.annotations,
+        labels: raw.metadata.labels,
+        policies: Vec::new(),
         triggers: Vec::new(),
     })
 }
@@ -518,6 +587,11 @@ fn parse_trigger(
     let subscriber = resolve_destination(&spec.subscriber, &namespace, opts)
         .map_err(|reason| ctx.err("spec.subscriber", reason))
         .ok();
+    let subscriber_ca_certs = ca_certs::parse_field(
+        spec.subscriber.ca_certs.as_deref(),
+        "spec.subscriber.CACerts",
+        ctx,
+    );
     let annotations = raw.metadata.annotations;
     let delivery = match &spec.delivery {
         Some(d) => parse_delivery(d, &namespace, "spec.delivery", ctx, opts),
@@ -558,6 +632,7 @@ fn parse_trigger(
             broker: BrokerId::new(namespace, broker),
             filter,
             subscriber: subscriber?,
+            subscriber_ca_certs,
             delivery: delivery.into(),
             order,
             concurrency,

@@ -14,6 +14,8 @@ pub struct Metadata {
     pub namespace: Option<String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A Broker document.

@@ -3,7 +3,8 @@
 //! A redrive is a background job ([`Redrives::start`]) that streams the entries
 //! pending when it started, `[cursor, end)`, in batches of [`RedriveSpec::batch`]:
 //! it reads a batch, sends its entries (to each one's trigger's subscriber, up to
-//! [`RedriveSpec::concurrency`] at a time, with the trigger's retry policy; or to
+//! [`RedriveSpec::concurrency`] at a time, with the trigger's retry policy and its
+//! subscriber's `CACerts` trusted besides `--ca-bundle`, [`crate::trust`]; or to
 //! the broker again, as one append), appends the entries it keeps (failed again,
 //! another trigger's, a trigger no longer configured) to the end of the log, and then
 //! stores the cursor past the batch, durably. So memory holds one batch whatever the
@@ -40,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{backlog, cursor, entry_for, original, read_until, shrunk, REDRIVE_CURSOR};
 use crate::deliver::{deliver, HttpClient};
+use crate::trust::Trust;
 
 /// Entries per redrive batch, unless asked otherwise.
 pub const DEFAULT_BATCH: usize = 500;
@@ -254,7 +256,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// cancelled through the admin API.
 pub struct Redrives {
     owner: String,
-    client: HttpClient,
+    trust: Arc<Trust>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     jobs: Mutex<HashMap<BrokerId, Arc<Job>>>,
@@ -278,7 +280,7 @@ impl Redrives {
     pub fn new(owner: &str, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Redrives {
         Redrives {
             owner: owner.to_owned(),
-            client: crate::deliver::client(),
+            trust: Trust::new(None, None),
             metrics,
             shutdown,
             jobs: Mutex::default(),
@@ -287,10 +289,10 @@ impl Redrives {
         }
     }
 
-    /// Redrives sending through `client` (the dispatcher's, with its outgoing
-    /// identity).
-    pub fn with_client(mut self, client: HttpClient) -> Redrives {
-        self.client = client;
+    /// Redrives sending through the clients of `trust` (with the process's
+    /// `--ca-bundle` and outgoing identity).
+    pub fn with_trust(mut self, trust: Arc<Trust>) -> Redrives {
+        self.trust = trust;
         self
     }
 
@@ -397,11 +399,18 @@ impl Redrives {
         });
         tracing::info!(broker = %broker, job = job.status().id, from, end, to = spec.to.as_str(),
             trigger = spec.trigger.as_deref().unwrap_or("*"), "dead-letter redrive started");
+        // Each trigger's client, held for the job (one per distinct CACerts).
+        let clients = target
+            .config
+            .triggers
+            .iter()
+            .map(|t| self.trust.client(t.subscriber_ca_certs.as_ref()))
+            .collect();
         let run = Run {
             job: job.clone(),
             target,
             spec,
-            client: self.client.clone(),
+            clients,
             metrics: self.metrics.clone(),
             epoch,
             fault: self.fault.clone(),
@@ -453,7 +462,8 @@ struct Run {
     job: Arc<Job>,
     target: Target,
     spec: RedriveSpec,
-    client: HttpClient,
+    /// The client of each of `target.config.triggers`, in order.
+    clients: Vec<HttpClient>,
     metrics: Arc<Metrics>,
     epoch: Epoch,
     fault: Option<RedriveFault>,
@@ -639,17 +649,13 @@ impl Run {
     }
 
     async fn deliver(&self, entry: Event, trigger: &str) -> Outcome {
-        let Some(cfg) = self
-            .target
-            .config
-            .triggers
-            .iter()
-            .find(|t| t.name == trigger)
-        else {
+        let triggers = &self.target.config.triggers;
+        let Some(i) = triggers.iter().position(|t| t.name == trigger) else {
             return Outcome::Keep(entry, RedriveOutcome::trigger_gone);
         };
+        let (cfg, client) = (&triggers[i], &self.clients[i]);
         let event = original(&entry);
-        let d = deliver(&self.client, &cfg.subscriber, &cfg.delivery, &event).await;
+        let d = deliver(client, &cfg.subscriber, &cfg.delivery, &event).await;
         if d.delivered {
             return Outcome::Sent;
         }

@@ -1,0 +1,908 @@
+//! Who may send (issue 16, items 2, 3 and 6), with real cryptography and no mocks of
+//! it: keys made here (ES256 and EdDSA by rcgen/ring, RS256 from a fixture made with
+//! openssl), tokens signed here with jsonwebtoken, a JWKS served over HTTP here
+//! through OpenID discovery; client certificates made with rcgen.
+//!
+//! - tokens missing, expired, not yet valid, for another audience, from an unknown
+//!   issuer, with a forged signature, with a refused algorithm: 401 with
+//!   `WWW-Authenticate`, each counted by reason, nothing stored;
+//! - an unknown `kid` after a key rotation: accepted once the JWKS is fetched again,
+//!   and those fetches bounded by `--oidc-jwks-min-refresh`;
+//! - an EventPolicy admitting one service account for one broker and one event type
+//!   (another type, another account: 403), the default mode for the broker without
+//!   a policy, and each default authorization mode;
+//! - mTLS client certificates as sender identities in policies, and Python
+//!   `requests` posting over HTTPS with a client certificate and a bearer token;
+//! - rate limits per broker and per sender: 429 with `Retry-After`, at the rate.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::routing::get;
+use base64::Engine as _;
+use broker::telemetry::AuthRefusal;
+use common::pki::{https_client, Ca};
+use common::Subscriber;
+use ingress::auth::oidc::{IssuerOptions, KeySource, OidcOptions};
+use ingress::auth::AuthorizationMode;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use triggerfish::app::{Running, ServerOptions};
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A signing key with its public JWK.
+struct Signer {
+    kid: String,
+    alg: Algorithm,
+    key: EncodingKey,
+    jwk: Value,
+}
+
+impl Signer {
+    fn es256(kid: &str) -> Signer {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let raw = kp.public_key_raw();
+        assert_eq!(raw.len(), 65, "an uncompressed P-256 point");
+        Signer {
+            kid: kid.into(),
+            alg: Algorithm::ES256,
+            key: EncodingKey::from_ec_der(&kp.serialize_der()),
+            jwk: json!({"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
+                        "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}),
+        }
+    }
+
+    fn eddsa(kid: &str) -> Signer {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        Signer {
+            kid: kid.into(),
+            alg: Algorithm::EdDSA,
+            key: EncodingKey::from_ed_der(&kp.serialize_der()),
+            jwk: json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "use": "sig", "alg": "EdDSA",
+                        "x": b64(kp.public_key_raw())}),
+        }
+    }
+
+    /// The fixture key (tests/fixtures/oidc-test-rsa.*, made with `openssl genrsa`).
+    fn rs256() -> Signer {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let der = std::fs::read(dir.join("oidc-test-rsa.der")).unwrap();
+        let jwk: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("oidc-test-rsa.jwk.json")).unwrap())
+                .unwrap();
+        Signer {
+            kid: jwk["kid"].as_str().unwrap().into(),
+            alg: Algorithm::RS256,
+            key: EncodingKey::from_rsa_der(&der),
+            jwk,
+        }
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        let mut h = Header::new(self.alg);
+        h.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&h, claims, &self.key).unwrap()
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn audience(ns: &str, broker: &str) -> String {
+    format!("eventing.knative.dev/broker/{ns}/{broker}")
+}
+
+/// Claims of a service account's token for a broker, valid for an hour.
+fn claims(iss: &str, sa: &str, aud: &str) -> Value {
+    json!({"iss": iss, "sub": sa, "aud": aud, "iat": now(), "exp": now() + 3600})
+}
+
+/// An OpenID issuer served over HTTP: discovery document and JWKS, the keys
+/// replaceable and their fetches counted.
+struct Issuer {
+    url: String,
+    keys: Arc<Mutex<Value>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+#[derive(Clone)]
+struct IssuerState {
+    url: String,
+    keys: Arc<Mutex<Value>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl Issuer {
+    async fn start(signers: &[&Signer]) -> Issuer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = IssuerState {
+            url: url.clone(),
+            keys: Arc::new(Mutex::new(Value::Null)),
+            fetches: Arc::new(AtomicUsize::new(0)),
+        };
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                get(|State(s): State<IssuerState>| async move {
+                    axum::Json(json!({"issuer": s.url, "jwks_uri": format!("{}/keys", s.url)}))
+                }),
+            )
+            .route(
+                "/keys",
+                get(|State(s): State<IssuerState>| async move {
+                    s.fetches.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(s.keys.lock().unwrap().clone())
+                }),
+            )
+            .with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let issuer = Issuer {
+            url,
+            keys: state.keys,
+            fetches: state.fetches,
+        };
+        issuer.set_keys(signers);
+        issuer
+    }
+
+    fn set_keys(&self, signers: &[&Signer]) {
+        let keys: Vec<Value> = signers.iter().map(|s| s.jwk.clone()).collect();
+        *self.keys.lock().unwrap() = json!({ "keys": keys });
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+
+    fn options(&self, min_refresh: Duration) -> OidcOptions {
+        OidcOptions {
+            issuers: vec![IssuerOptions {
+                issuer: self.url.clone(),
+                keys: KeySource::Discovery,
+            }],
+            min_refresh,
+            ..OidcOptions::default()
+        }
+    }
+}
+
+const BROKERS: &str = r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: orders, namespace: team-a}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: open, namespace: team-a}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: other, namespace: team-b}
+"#;
+
+fn triggers(sub: &Subscriber) -> String {
+    let mut y = String::new();
+    for (ns, broker) in [
+        ("team-a", "orders"),
+        ("team-a", "open"),
+        ("team-b", "other"),
+    ] {
+        y.push_str(&format!(
+            "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: all-{broker}, namespace: {ns}}}\nspec:\n  broker: {broker}\n  subscriber: {{uri: '{}'}}\n",
+            sub.url(&format!("/{broker}"))
+        ));
+    }
+    y
+}
+
+const ORDERS_POLICY: &str = r#"
+---
+apiVersion: eventing.knative.dev/v1alpha1
+kind: EventPolicy
+metadata: {name: orders-producer, namespace: team-a}
+spec:
+  to:
+  - ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: orders}
+  from:
+  - ref: {apiVersion: v1, kind: ServiceAccount, name: producer, namespace: team-a}
+  filters:
+  - exact: {type: com.example.order.created}
+"#;
+
+fn options(dir: &Path, yaml: &str) -> ServerOptions {
+    common::server_options(yaml, &dir.join("data"))
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+async fn post(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    id: &str,
+    ty: &str,
+) -> Answer {
+    let mut req = client
+        .post(format!("{base}{path}"))
+        .body("{}")
+        .header("content-type", "application/json");
+    for (k, v) in common::binary_headers(id, ty) {
+        req = req.header(k, v);
+    }
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.json().await.unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Posts events until one is not accepted: that answer, and how many were.
+async fn until_refused(c: &reqwest::Client, base: &str, path: &str, token: &str) -> (Answer, u64) {
+    let mut accepted = 0u64;
+    loop {
+        let a = post(c, base, path, Some(token), &format!("e{accepted}"), "t").await;
+        if a.status != 202 {
+            return (a, accepted);
+        }
+        accepted += 1;
+        assert!(accepted < 1000, "never refused");
+    }
+}
+
+fn http(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+fn refusals(running: &Running, reason: AuthRefusal) -> u64 {
+    running.metrics.auth_refusals(reason)
+}
+
+#[tokio::test]
+async fn tokens_are_checked_for_signature_issuer_time_and_audience() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start().await;
+    let (es, ed, rsa) = (
+        Signer::es256("es-1"),
+        Signer::eddsa("ed-1"),
+        Signer::rs256(),
+    );
+    let issuer = Issuer::start(&[&es, &ed, &rsa]).await;
+    let mut opts = options(dir.path(), &format!("{BROKERS}{}", triggers(&sub)));
+    opts.oidc = Some(issuer.options(Duration::from_secs(10)));
+    opts.ingress.auth.default_mode = Some(AuthorizationMode::AllowAll);
+    let running = common::start_with(opts).await;
+    let base = http(running.addr);
+    let c = reqwest::Client::new();
+    let aud = audience("team-a", "open");
+    let sa = "system:serviceaccount:team-a:producer";
+    let iss = issuer.url.as_str();
+
+    // No token: 401 with the challenge naming the audience; nothing stored.
+    let a = post(&c, &base, "/team-a/open", None, "none", "t").await;
+    assert_eq!(a.status, 401);
+    assert_eq!(
+        a.headers["www-authenticate"],
+        format!("Bearer realm=\"{aud}\"").as_str()
+    );
+    assert_eq!(a.body["error"], "unauthenticated");
+    assert_eq!(refusals(&running, AuthRefusal::missing_token), 1);
+
+    // Each algorithm, signed here, accepted.
+    for (signer, id) in [(&es, "es"), (&ed, "ed"), (&rsa, "rsa")] {
+        let token = signer.sign(&claims(iss, sa, &aud));
+        let a = post(&c, &base, "/team-a/open", Some(&token), id, "t").await;
+        assert_eq!(a.status, 202, "{id}: {:?}", a.body);
+    }
+
+    // Refused, each for its reason, with error="invalid_token".
+    let other = Signer::es256("es-1"); // same kid, another key: a forged signature
+    let mut hs = Header::new(Algorithm::HS256);
+    hs.kid = Some("es-1".into());
+    let hs256 = jsonwebtoken::encode(
+        &hs,
+        &claims(iss, sa, &aud),
+        &EncodingKey::from_secret(b"a public key used as a secret"),
+    )
+    .unwrap();
+    let mut c_expired = claims(iss, sa, &aud);
+    c_expired["exp"] = json!(now() - 120);
+    let mut c_future = claims(iss, sa, &aud);
+    c_future["nbf"] = json!(now() + 600);
+    let mut c_no_sub = claims(iss, sa, &aud);
+    c_no_sub.as_object_mut().unwrap().remove("sub");
+    let cases: Vec<(&str, String, AuthRefusal)> = vec![
+        ("expired", es.sign(&c_expired), AuthRefusal::expired),
+        (
+            "not yet valid",
+            es.sign(&c_future),
+            AuthRefusal::not_yet_valid,
+        ),
+        (
+            "another audience",
+            es.sign(&claims(iss, sa, &audience("team-a", "orders"))),
+            AuthRefusal::wrong_audience,
+        ),
+        (
+            "unknown issuer",
+            es.sign(&claims("http://127.0.0.1:1", sa, &aud)),
+            AuthRefusal::unknown_issuer,
+        ),
+        (
+            "forged signature",
+            other.sign(&claims(iss, sa, &aud)),
+            AuthRefusal::bad_signature,
+        ),
+        ("HS256", hs256, AuthRefusal::algorithm),
+        ("no sub", es.sign(&c_no_sub), AuthRefusal::malformed_token),
+        ("not a JWT", "abc.def".into(), AuthRefusal::malformed_token),
+    ];
+    for (what, token, reason) in &cases {
+        let before = refusals(&running, *reason);
+        let a = post(&c, &base, "/team-a/open", Some(token), what, "t").await;
+        assert_eq!(a.status, 401, "{what}: {:?}", a.body);
+        let challenge = a.headers["www-authenticate"].to_str().unwrap();
+        assert!(
+            challenge.contains("error=\"invalid_token\""),
+            "{what}: {challenge}"
+        );
+        assert_eq!(
+            refusals(&running, *reason),
+            before + 1,
+            "{what} counted as {reason:?}"
+        );
+        assert!(
+            !a.body["detail"].as_str().unwrap().contains(token.as_str()),
+            "the token is never echoed"
+        );
+    }
+    // A valid token of this broker, cached now, still works; the three accepted
+    // events and only those were delivered.
+    let token = es.sign(&claims(iss, sa, &aud));
+    for i in 0..3 {
+        let a = post(
+            &c,
+            &base,
+            "/team-a/open",
+            Some(&token),
+            &format!("again-{i}"),
+            "t",
+        )
+        .await;
+        assert_eq!(a.status, 202);
+    }
+    let got = sub
+        .wait_until("6 deliveries", Duration::from_secs(10), |r| r.len() >= 6)
+        .await;
+    let mut ids: Vec<String> = got
+        .iter()
+        .map(|r| r.header("ce-id").unwrap().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["again-0", "again-1", "again-2", "ed", "es", "rsa"]);
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unknown_kid_after_a_key_rotation_is_accepted_once_the_keys_are_fetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start().await;
+    let old = Signer::es256("2026-01");
+    let new = Signer::es256("2026-02");
+    let issuer = Issuer::start(&[&old]).await;
+    let mut opts = options(dir.path(), &format!("{BROKERS}{}", triggers(&sub)));
+    opts.oidc = Some(issuer.options(Duration::ZERO));
+    let running = common::start_with(opts).await;
+    let base = http(running.addr);
+    let c = reqwest::Client::new();
+    let aud = audience("team-a", "open");
+    let sa = "system:serviceaccount:team-a:producer";
+    assert_eq!(issuer.fetches(), 1, "keys fetched once at start");
+    let a = post(
+        &c,
+        &base,
+        "/team-a/open",
+        Some(&old.sign(&claims(&issuer.url, sa, &aud))),
+        "1",
+        "t",
+    )
+    .await;
+    assert_eq!(a.status, 202);
+    // The issuer rotates: the new key signs, the old one is gone.
+    issuer.set_keys(&[&new]);
+    let a = post(
+        &c,
+        &base,
+        "/team-a/open",
+        Some(&new.sign(&claims(&issuer.url, sa, &aud))),
+        "2",
+        "t",
+    )
+    .await;
+    assert_eq!(a.status, 202, "{:?}", a.body);
+    assert_eq!(issuer.fetches(), 2, "one fetch for the unknown kid");
+    // A token of a kid nobody has: refused after one more fetch.
+    let stranger = Signer::es256("made-up");
+    let a = post(
+        &c,
+        &base,
+        "/team-a/open",
+        Some(&stranger.sign(&claims(&issuer.url, sa, &aud))),
+        "3",
+        "t",
+    )
+    .await;
+    assert_eq!(a.status, 401);
+    assert_eq!(refusals(&running, AuthRefusal::unknown_key), 1);
+    running.shutdown();
+    running.wait().await.unwrap();
+
+    // With --oidc-jwks-min-refresh of an hour, a flood of made-up kids costs no
+    // fetch at all (the start's was just now).
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), &format!("{BROKERS}{}", triggers(&sub)));
+    opts.oidc = Some(issuer.options(Duration::from_secs(3600)));
+    let running = common::start_with(opts).await;
+    let base = http(running.addr);
+    let fetched = issuer.fetches();
+    for i in 0..20 {
+        let s = Signer::es256(&format!("flood-{i}"));
+        let a = post(
+            &c,
+            &base,
+            "/team-a/open",
+            Some(&s.sign(&claims(&issuer.url, sa, &aud))),
+            "f",
+            "t",
+        )
+        .await;
+        assert_eq!(a.status, 401);
+    }
+    assert_eq!(
+        issuer.fetches(),
+        fetched,
+        "no fetch within the minimum interval"
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_policy_admits_one_service_account_for_one_broker_and_one_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start().await;
+    let key = Signer::es256("k");
+    let issuer = Issuer::start(&[&key]).await;
+    let mut opts = options(
+        dir.path(),
+        &format!("{BROKERS}{}{ORDERS_POLICY}", triggers(&sub)),
+    );
+    opts.oidc = Some(issuer.options(Duration::from_secs(10)));
+    // No --default-authorization-mode: allow-same-namespace, Knative's default.
+    let running = common::start_with(opts).await;
+    let base = http(running.addr);
+    let c = reqwest::Client::new();
+    let token =
+        |sa: &str, broker: &str| key.sign(&claims(&issuer.url, sa, &audience("team-a", broker)));
+    let producer = "system:serviceaccount:team-a:producer";
+    let intruder = "system:serviceaccount:team-a:intruder";
+    let outsider = "system:serviceaccount:team-b:producer";
+    let created = "com.example.order.created";
+
+    let a = post(
+        &c,
+        &base,
+        "/team-a/orders",
+        Some(&token(producer, "orders")),
+        "ok",
+        created,
+    )
+    .await;
+    assert_eq!(a.status, 202, "{:?}", a.body);
+    // The admitted sender, another type: 403, by the filter.
+    let a = post(
+        &c,
+        &base,
+        "/team-a/orders",
+        Some(&token(producer, "orders")),
+        "bad-type",
+        "com.example.order.deleted",
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert_eq!(a.body["error"], "forbidden");
+    assert!(
+        a.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("team-a/orders-producer"),
+        "{:?}",
+        a.body
+    );
+    assert_eq!(refusals(&running, AuthRefusal::policy_filter), 1);
+    // A batch with one event of another type is refused whole.
+    let batch = json!([
+        {"specversion": "1.0", "id": "b1", "source": "/s", "type": created},
+        {"specversion": "1.0", "id": "b2", "source": "/s", "type": "com.example.other"},
+    ]);
+    let resp = c
+        .post(format!("{base}/team-a/orders"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .header(
+            "authorization",
+            format!("Bearer {}", token(producer, "orders")),
+        )
+        .body(batch.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    // Another account of the same namespace: no policy admits it.
+    let a = post(
+        &c,
+        &base,
+        "/team-a/orders",
+        Some(&token(intruder, "orders")),
+        "intruder",
+        created,
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert_eq!(refusals(&running, AuthRefusal::policy_sender), 1);
+    // The policy does not apply to team-a/open: the default mode admits the
+    // namespace's accounts there, and not another namespace's.
+    let a = post(
+        &c,
+        &base,
+        "/team-a/open",
+        Some(&token(intruder, "open")),
+        "same-ns",
+        "any",
+    )
+    .await;
+    assert_eq!(a.status, 202);
+    let a = post(
+        &c,
+        &base,
+        "/team-a/open",
+        Some(&token(outsider, "open")),
+        "other-ns",
+        "any",
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert_eq!(refusals(&running, AuthRefusal::default_mode), 1);
+
+    let got = sub
+        .wait_until("2 deliveries", Duration::from_secs(10), |r| r.len() >= 2)
+        .await;
+    let mut seen: Vec<(String, String)> = got
+        .iter()
+        .map(|r| (r.path.clone(), r.header("ce-id").unwrap().to_owned()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("/open".into(), "same-ns".into()),
+            ("/orders".into(), "ok".into())
+        ]
+    );
+    // And nothing else arrives: the refused events were never stored. One more
+    // admitted event, delivered after the others, closes the window.
+    let a = post(
+        &c,
+        &base,
+        "/team-a/orders",
+        Some(&token(producer, "orders")),
+        "last",
+        created,
+    )
+    .await;
+    assert_eq!(a.status, 202);
+    let got = sub
+        .wait_until("the last event", Duration::from_secs(10), |r| {
+            r.iter().any(|x| x.header("ce-id") == Some("last"))
+        })
+        .await;
+    assert_eq!(
+        got.len(),
+        3,
+        "only admitted events were stored and delivered"
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn each_default_authorization_mode() {
+    let key = Signer::es256("k");
+    let issuer = Issuer::start(&[&key]).await;
+    let same = "system:serviceaccount:team-a:someone";
+    let other = "system:serviceaccount:team-b:someone";
+    let c = reqwest::Client::new();
+    for (mode, want_same, want_other) in [
+        (Some(AuthorizationMode::AllowAll), 202, 202),
+        (Some(AuthorizationMode::DenyAll), 403, 403),
+        (Some(AuthorizationMode::AllowSameNamespace), 202, 403),
+        (None, 202, 403),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = Subscriber::start().await;
+        let mut opts = options(dir.path(), &format!("{BROKERS}{}", triggers(&sub)));
+        opts.oidc = Some(issuer.options(Duration::from_secs(10)));
+        opts.ingress.auth.default_mode = mode;
+        let running = common::start_with(opts).await;
+        let base = http(running.addr);
+        let aud = audience("team-a", "open");
+        for (sa, want) in [(same, want_same), (other, want_other)] {
+            let a = post(
+                &c,
+                &base,
+                "/team-a/open",
+                Some(&key.sign(&claims(&issuer.url, sa, &aud))),
+                "e",
+                "t",
+            )
+            .await;
+            assert_eq!(a.status, want, "{mode:?}, {sa}: {:?}", a.body);
+        }
+        // A token is needed in every mode once OIDC is on.
+        assert_eq!(
+            post(&c, &base, "/team-a/open", None, "e", "t").await.status,
+            401,
+            "{mode:?}"
+        );
+        running.shutdown();
+        running.wait().await.unwrap();
+    }
+}
+
+// Multi-threaded: the Python client runs as a blocking child process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_and_tokens_as_sender_identities() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start().await;
+    let ca = Ca::new("senders CA");
+    let (cert, key_pem, _) = ca.issue("ingress", &["localhost", "127.0.0.1"], false);
+    let files = [
+        ("tls.crt", cert),
+        ("tls.key", key_pem),
+        ("ca.crt", ca.pem()),
+    ];
+    for (name, content) in &files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    let signer = Signer::es256("k");
+    let issuer = Issuer::start(&[&signer]).await;
+    let mut opts = options(
+        dir.path(),
+        &format!("{BROKERS}{}{ORDERS_POLICY}", triggers(&sub)),
+    );
+    opts.tls = Some(ingress::tls::TlsOptions {
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+        client_ca: Some(dir.path().join("ca.crt")),
+    });
+    opts.admin_tls = opts.tls.clone().map(|t| ingress::tls::TlsOptions {
+        client_ca: None,
+        ..t
+    });
+    opts.oidc = Some(issuer.options(Duration::from_secs(10)));
+    let running = common::start_with(opts).await;
+    let base = format!("https://localhost:{}", running.addr.port());
+    let created = "com.example.order.created";
+
+    // A certificate with the producer's SPIFFE ID: its identity is the service
+    // account, which the policy admits, with no token.
+    let (spiffe_cert, spiffe_key, _) = ca.issue_with_uri(
+        "producer",
+        &[],
+        Some("spiffe://cluster.local/ns/team-a/sa/producer"),
+        true,
+    );
+    let c = https_client(&ca, Some((&spiffe_cert, &spiffe_key)));
+    let a = post(&c, &base, "/team-a/orders", None, "by-cert", created).await;
+    assert_eq!(a.status, 202, "{:?}", a.body);
+    // Another certificate of the same CA: its identity (CN) is admitted by no policy.
+    let (other_cert, other_key, _) = ca.issue("someone-else", &[], true);
+    let c = https_client(&ca, Some((&other_cert, &other_key)));
+    let a = post(&c, &base, "/team-a/orders", None, "by-other-cert", created).await;
+    assert_eq!(a.status, 403, "{:?}", a.body);
+    // The same connection with the producer's token: admitted by the token.
+    let token = signer.sign(&claims(
+        &issuer.url,
+        "system:serviceaccount:team-a:producer",
+        &audience("team-a", "orders"),
+    ));
+    let a = post(
+        &c,
+        &base,
+        "/team-a/orders",
+        Some(&token),
+        "by-token",
+        created,
+    )
+    .await;
+    assert_eq!(a.status, 202, "{:?}", a.body);
+
+    // Python requests over HTTPS with a client certificate and the bearer token.
+    let (py_cert, py_key, _) = ca.issue("python-producer", &[], true);
+    for (name, content) in [("py.crt", &py_cert), ("py.key", &py_key)] {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    let python = std::env::var("TRIGGERFISH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/https_client.py");
+    let run = |token: Option<&str>, id: &str| {
+        let mut cmd = std::process::Command::new(&python);
+        cmd.arg(&script)
+            .arg(format!("{base}/team-a/orders"))
+            .arg(dir.path().join("ca.crt"))
+            .arg(dir.path().join("py.crt"))
+            .arg(dir.path().join("py.key"))
+            .arg(id)
+            .env("CE_TYPE", created);
+        if let Some(t) = token {
+            cmd.arg(t);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "python requests failed: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    assert_eq!(run(Some(&token), "python"), "202");
+    assert_eq!(
+        run(None, "python-no-token"),
+        "403",
+        "its certificate alone is admitted by no policy"
+    );
+
+    let got = sub
+        .wait_until("3 deliveries", Duration::from_secs(10), |r| r.len() >= 3)
+        .await;
+    let mut ids: Vec<String> = got
+        .iter()
+        .map(|r| r.header("ce-id").unwrap().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["by-cert", "by-token", "python"]);
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_at_the_configured_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start().await;
+    let key = Signer::es256("k");
+    let issuer = Issuer::start(&[&key]).await;
+    let yaml = format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: limited
+  namespace: team-a
+  annotations: {{triggerfish.dev/rate-limit: "20/s", triggerfish.dev/rate-limit-burst: "5"}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: per-sender
+  namespace: team-a
+  annotations: {{triggerfish.dev/sender-rate-limit: "60/m", triggerfish.dev/sender-rate-limit-burst: "2"}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: t, namespace: team-a}}
+spec: {{broker: limited, subscriber: {{uri: '{}'}}}}
+"#,
+        sub.url("/limited")
+    );
+    let mut opts = options(dir.path(), &yaml);
+    opts.oidc = Some(issuer.options(Duration::from_secs(10)));
+    let running = common::start_with(opts).await;
+    let base = http(running.addr);
+    let c = reqwest::Client::new();
+    let sa = |name: &str| format!("system:serviceaccount:team-a:{name}");
+    let limited = key.sign(&claims(
+        &issuer.url,
+        &sa("p"),
+        &audience("team-a", "limited"),
+    ));
+
+    // The burst (5), and whatever refilled meanwhile at 20/s, then 429 with
+    // Retry-After.
+    let start = Instant::now();
+    let (a, burst) = until_refused(&c, &base, "/team-a/limited", &limited).await;
+    let secs = start.elapsed().as_secs_f64();
+    assert!(
+        burst >= 5 && burst as f64 <= 5.0 + 20.0 * secs + 1.0,
+        "{burst} accepted in {secs:.2} s with a burst of 5 at 20/s"
+    );
+    assert_eq!(a.status, 429, "{:?}", a.body);
+    assert_eq!(a.headers["retry-after"], "1");
+    assert_eq!(a.body["error"], "rate limited");
+    // Sent as fast as they go for 1.5 s: accepted at 20/s, no more (a bucket that
+    // refills at 20/s cannot admit more than 20 × t + 1), and not much less.
+    let start = Instant::now();
+    let (mut ok, mut limited_n) = (0u64, 0u64);
+    while start.elapsed() < Duration::from_millis(1500) {
+        match post(&c, &base, "/team-a/limited", Some(&limited), "r", "t")
+            .await
+            .status
+        {
+            202 => ok += 1,
+            429 => limited_n += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert!(
+        ok as f64 <= 20.0 * secs + 1.0,
+        "{ok} accepted in {secs:.2} s at 20/s"
+    );
+    assert!(
+        ok as f64 >= 20.0 * 1.5 - 6.0,
+        "{ok} accepted in {secs:.2} s at 20/s"
+    );
+    assert!(limited_n > 0);
+    let text = common::metrics_text(running.addr).await;
+    assert!(
+        text.contains(
+            "triggerfish_ingress_rate_limited_total{broker=\"team-a/limited\",scope=\"broker\"}"
+        ),
+        "{text}"
+    );
+
+    // Per sender: each identity has its own bucket.
+    let aud = audience("team-a", "per-sender");
+    let (alice, bob) = (
+        key.sign(&claims(&issuer.url, &sa("alice"), &aud)),
+        key.sign(&claims(&issuer.url, &sa("bob"), &aud)),
+    );
+    let (a, sent) = until_refused(&c, &base, "/team-a/per-sender", &alice).await;
+    assert!(sent >= 2, "the burst of 2");
+    assert_eq!(a.status, 429);
+    assert_eq!(a.headers["retry-after"], "1");
+    assert!(
+        a.body["detail"].as_str().unwrap().contains("sender"),
+        "{:?}",
+        a.body
+    );
+    assert_eq!(
+        post(&c, &base, "/team-a/per-sender", Some(&bob), "b0", "t")
+            .await
+            .status,
+        202
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
