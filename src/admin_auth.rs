@@ -3,8 +3,9 @@
 //!
 //! - **A bearer token** (`--admin-token-file FILE`): every request carries
 //!   `Authorization: Bearer <token>`. Required when `--admin-listen` is not a
-//!   loopback address (the server refuses to start without it); checked on loopback
-//!   too when set. The file is stat'ed per request and re-read when it changes (a
+//!   loopback address (the server refuses to start without it) unless the listener
+//!   requires client certificates (`--admin-tls-client-ca`, checked in its TLS
+//!   handshake); checked on loopback too when set. The file is stat'ed per request and re-read when it changes (a
 //!   rotated Kubernetes Secret), keeping the last good token while it is unreadable.
 //!   The comparison takes the same time wherever the tokens differ.
 //! - **No browser can drive it.** The admin API has no web page, so a request that a
@@ -41,6 +42,9 @@ pub const MIN_TOKEN_LEN: usize = 16;
 pub struct AdminAuthOptions {
     /// `--admin-token-file`.
     pub token_file: Option<PathBuf>,
+    /// `--admin-tls-client-ca` is set: the listener admits only clients with a
+    /// certificate of those CAs, which is enough off loopback without a token.
+    pub client_certificates: bool,
     /// `--admin-allowed-host`: names the admin API is reached at besides IP literals
     /// and `localhost` (exact, or `.suffix` for every name under it).
     pub allowed_hosts: Vec<String>,
@@ -67,10 +71,11 @@ impl AdminAuth {
     ) -> anyhow::Result<AdminAuth> {
         let token = match &opts.token_file {
             Some(path) => Some(TokenFile::open(path)?),
-            None if !listen.ip().is_loopback() => anyhow::bail!(
+            None if !listen.ip().is_loopback() && !opts.client_certificates => anyhow::bail!(
                 "--admin-listen {listen} is not a loopback address: the admin API reads and \
                  redrives dead-lettered events, so off loopback it needs --admin-token-file FILE \
-                 (a bearer token of at least {MIN_TOKEN_LEN} characters); or listen on 127.0.0.1"
+                 (a bearer token of at least {MIN_TOKEN_LEN} characters) or client certificates \
+                 (--admin-tls-client-ca FILE); or listen on 127.0.0.1"
             ),
             None => None,
         };
@@ -262,7 +267,10 @@ fn read_token(path: &Path) -> anyhow::Result<Arc<[u8]>> {
 
 /// An HTTP client of the admin API (`triggerfish status`, `dlq`) that sends the
 /// token of `token_file` with every request.
-pub fn client(token_file: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+pub fn client(
+    token_file: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> anyhow::Result<reqwest::Client> {
     let mut headers = HeaderMap::new();
     if let Some(path) = token_file {
         let token = read_token(path)?;
@@ -271,9 +279,20 @@ pub fn client(token_file: Option<&Path>) -> anyhow::Result<reqwest::Client> {
         v.set_sensitive(true);
         headers.insert(header::AUTHORIZATION, v);
     }
-    Ok(reqwest::Client::builder()
-        .default_headers(headers)
-        .build()?)
+    let mut builder = reqwest::Client::builder().default_headers(headers);
+    if let Some((cert, key)) = identity {
+        let read = |p: &Path, flag: &str| {
+            std::fs::read(p).with_context(|| format!("{flag} {}", p.display()))
+        };
+        let mut pem = read(cert, "--admin-client-cert")?;
+        pem.push(b'\n');
+        pem.extend(read(key, "--admin-client-key")?);
+        builder = builder
+            .identity(reqwest::Identity::from_pem(&pem).context(
+                "--admin-client-cert/--admin-client-key: not a PEM certificate and key",
+            )?);
+    }
+    Ok(builder.build()?)
 }
 
 /// Why a request was refused, as it is answered.

@@ -61,12 +61,44 @@ pub struct StatusArgs {
     /// A file holding the admin API's bearer token (`serve --admin-token-file`).
     #[arg(long, env = "TRIGGERFISH_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// How this client proves itself to an admin API under mTLS.
+    #[command(flatten)]
+    pub identity: AdminIdentity,
     /// Only this broker, as NAMESPACE/NAME.
     #[arg(long)]
     pub broker: Option<String>,
     /// Output: an aligned table, or the API's JSON.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: StatusOutput,
+}
+
+/// A client certificate for the admin API (`serve --admin-tls-client-ca`).
+#[derive(Debug, Args)]
+pub struct AdminIdentity {
+    /// PEM client certificate presented to the admin API (with --admin-client-key).
+    #[arg(
+        long,
+        env = "TRIGGERFISH_ADMIN_CLIENT_CERT",
+        requires = "admin_client_key"
+    )]
+    pub admin_client_cert: Option<PathBuf>,
+    /// PEM private key of --admin-client-cert.
+    #[arg(
+        long,
+        env = "TRIGGERFISH_ADMIN_CLIENT_KEY",
+        requires = "admin_client_cert"
+    )]
+    pub admin_client_key: Option<PathBuf>,
+}
+
+impl AdminIdentity {
+    /// The certificate and key files, when given.
+    pub fn files(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        Some((
+            self.admin_client_cert.as_deref()?,
+            self.admin_client_key.as_deref()?,
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -172,6 +204,9 @@ pub struct DlqTarget {
     /// A file holding the admin API's bearer token (`serve --admin-token-file`).
     #[arg(long, env = "TRIGGERFISH_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// How this client proves itself to an admin API under mTLS.
+    #[command(flatten)]
+    pub identity: AdminIdentity,
     /// The broker as NAMESPACE/NAME.
     #[arg(long, default_value = "default/default")]
     pub broker: String,
@@ -310,6 +345,11 @@ pub struct ServeArgs {
     /// PEM private key of --admin-tls-cert.
     #[arg(long, env = "TRIGGERFISH_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
     pub admin_tls_key: Option<PathBuf>,
+    /// PEM CA certificates: the admin listener requires a client certificate issued
+    /// by one of them (mTLS), which then stands in for --admin-token-file off
+    /// loopback. Needs --admin-tls-cert or --tls-cert.
+    #[arg(long, env = "TRIGGERFISH_ADMIN_TLS_CLIENT_CA")]
+    pub admin_tls_client_ca: Option<PathBuf>,
     /// A file holding a bearer token (a projected service-account token, say) sent
     /// as `Authorization: Bearer` with every delivery, dead-letter sink call and
     /// redrive; re-read when it changes.

@@ -52,7 +52,10 @@ fn exit(ok: bool) -> ExitCode {
 /// Runs one `dlq` subcommand; prints the server's JSON answer (for `redrive`, the
 /// final report, with progress on stderr meanwhile).
 pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
-    let client = triggerfish::admin_auth::client(target(&cmd).admin_token_file.as_deref())?;
+    let client = triggerfish::admin_auth::client(
+        target(&cmd).admin_token_file.as_deref(),
+        target(&cmd).identity.files(),
+    )?;
     let req = match &cmd {
         DlqCommand::List {
             target,

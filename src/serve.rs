@@ -221,6 +221,12 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
     if let Some(u) = &args.advertise_url {
         reqwest::Url::parse(u).map_err(|e| anyhow::anyhow!("--advertise-url {u}: {e}"))?;
     }
+    if args.admin_tls_client_ca.is_some()
+        && args.admin_tls_cert.is_none()
+        && args.tls_cert.is_none()
+    {
+        anyhow::bail!("--admin-tls-client-ca needs the admin listener's TLS: --admin-tls-cert and --admin-tls-key, or --tls-cert and --tls-key");
+    }
     let opts = ServerOptions {
         config,
         config_path: Some(args.config.clone()),
@@ -239,10 +245,11 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
         admin_tls: tls_files(
             args.admin_tls_cert.as_ref().or(args.tls_cert.as_ref()),
             args.admin_tls_key.as_ref().or(args.tls_key.as_ref()),
-            None,
+            args.admin_tls_client_ca.as_ref(),
         ),
         admin_auth: triggerfish::admin_auth::AdminAuthOptions {
             token_file: args.admin_token_file.clone(),
+            client_certificates: args.admin_tls_client_ca.is_some(),
             allowed_hosts: args.admin_allowed_hosts.clone(),
             allowed_origins: args.admin_allowed_origins.clone(),
         },

@@ -29,7 +29,8 @@ async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
 
 /// Runs `triggerfish status`.
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let client = triggerfish::admin_auth::client(args.admin_token_file.as_deref())?;
+    let client =
+        triggerfish::admin_auth::client(args.admin_token_file.as_deref(), args.identity.files())?;
     let base = args.admin.trim_end_matches('/');
     let query = match &args.broker {
         Some(b) => format!("?broker={b}"),

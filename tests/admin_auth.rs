@@ -323,3 +323,84 @@ async fn off_loopback_the_admin_api_does_not_start_without_a_token() {
     server.shutdown();
     server.wait().await.unwrap();
 }
+
+/// `--admin-tls-client-ca`: off loopback, client certificates stand in for the
+/// token; a client without one fails its handshake; the CLI presents one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_client_certificates_stand_in_for_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::pki::Ca::new("admin CA");
+    let (cert, key, _) = ca.issue("admin", &["localhost", "127.0.0.1"], false);
+    let (client_cert, client_key, _) = ca.issue("operator", &[], true);
+    let file = |name: &str, content: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    };
+    let (cert, key, ca_file) = (
+        file("tls.crt", &cert),
+        file("tls.key", &key),
+        file("ca.crt", &ca.pem()),
+    );
+    let (client_cert, client_key) = (file("op.crt", &client_cert), file("op.key", &client_key));
+    let mut opts = common::server_options(&config(), &dir.path().join("data"));
+    opts.admin_listen = Some("0.0.0.0:0".parse().unwrap());
+    opts.admin_tls = Some(ingress::tls::TlsOptions {
+        cert,
+        key,
+        client_ca: Some(ca_file.clone()),
+    });
+    opts.admin_auth.client_certificates = true;
+    let server = common::start_with(opts).await;
+    let port = server.admin_addr.unwrap().port();
+    let url = format!("https://localhost:{port}/admin/v1/brokers");
+
+    let anonymous = common::pki::https_client(&ca, None);
+    assert!(
+        anonymous.get(&url).send().await.is_err(),
+        "a client without a certificate completes no handshake"
+    );
+    let other_ca = common::pki::Ca::new("other CA");
+    let (oc, ok, _) = other_ca.issue("stranger", &[], true);
+    let stranger = common::pki::https_client(&ca, Some((&oc, &ok)));
+    assert!(
+        stranger.get(&url).send().await.is_err(),
+        "a certificate of another CA"
+    );
+    let operator = common::pki::https_client(
+        &ca,
+        Some((
+            &std::fs::read_to_string(&client_cert).unwrap(),
+            &std::fs::read_to_string(&client_key).unwrap(),
+        )),
+    );
+    let resp = operator.get(&url).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+
+    // The CLI with the certificate (and the CA as the trusted root).
+    let status = |with_cert: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_triggerfish"));
+        cmd.args(["status", "--admin", &format!("https://localhost:{port}")])
+            .env("SSL_CERT_FILE", &ca_file)
+            .env_remove("TRIGGERFISH_ADMIN_TOKEN_FILE");
+        if with_cert {
+            cmd.arg("--admin-client-cert")
+                .arg(&client_cert)
+                .arg("--admin-client-key")
+                .arg(&client_key);
+        }
+        cmd.output().unwrap()
+    };
+    let out = status(true);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("default/default"),
+        "{out:?}"
+    );
+    assert!(
+        !status(false).status.success(),
+        "status without its certificate"
+    );
+    server.shutdown();
+    server.wait().await.unwrap();
+}
