@@ -25,7 +25,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use anyhow::Context;
 use axum::extract::{ConnectInfo, Request, State};
@@ -33,6 +32,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use broker::telemetry::{AdminRefusal, Metrics};
+use broker::watched::{Missing, Seen};
 
 /// The shortest token accepted: shorter ones are guessable.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -201,48 +201,43 @@ fn same(presented: &[u8], expected: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// The token file, re-read when its modification time or length changes.
+/// The token file, re-read when its modification time or length changes (looked
+/// at on every request: a rotated token takes effect with the next one).
 struct TokenFile {
     path: PathBuf,
-    state: Mutex<(Option<Stamp>, Arc<[u8]>)>,
+    /// The token; its lock is held while the file is looked at, so no request
+    /// is answered with the old token once another has seen the change.
+    token: Mutex<Arc<[u8]>>,
+    seen: Seen,
 }
-
-/// A file's modification time and length: when either changes, it is read again.
-type Stamp = (SystemTime, u64);
 
 impl TokenFile {
     fn open(path: &Path) -> anyhow::Result<TokenFile> {
-        let stamp = stamp(path);
+        let seen = Seen::new(vec![path.to_owned()], Missing::Wait);
         let token = read_token(path)?;
         Ok(TokenFile {
             path: path.to_owned(),
-            state: Mutex::new((stamp, token)),
+            token: Mutex::new(token),
+            seen,
         })
     }
 
     fn current(&self) -> Arc<[u8]> {
-        let now = stamp(&self.path);
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if now.is_some() && now != state.0 {
+        let mut token = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        if self.seen.changed() {
             match read_token(&self.path) {
                 Ok(t) => {
-                    *state = (now, t);
+                    *token = t;
                     tracing::info!(path = %self.path.display(), "admin token file re-read");
                 }
                 // Keep the last good token (a bad edit); warn once per change.
                 Err(e) => {
-                    state.0 = now;
                     tracing::warn!(error = %format!("{e:#}"), "admin token file not re-read; the previous token stays");
                 }
             }
         }
-        state.1.clone()
+        token.clone()
     }
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
 }
 
 fn read_token(path: &Path) -> anyhow::Result<Arc<[u8]>> {

@@ -167,14 +167,15 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
         None => None,
     };
     let mut opts = opts;
-    if let Some(oidc) = opts.oidc.take() {
+    if let Some(oidc) = opts.oidc.take().filter(|_| opts.role.ingress()) {
         let verifier = ingress::auth::oidc::Verifier::new(oidc, metrics.clone())
             .await
             .map_err(anyhow::Error::msg)?;
         opts.ingress.auth.oidc = Some(verifier);
     }
-    let identified = opts.ingress.auth.oidc.is_some()
-        || opts.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    opts.ingress.auth.client_certificates =
+        opts.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    let identified = opts.ingress.auth.oidc.is_some() || opts.ingress.auth.client_certificates;
     if !identified && opts.role.ingress() {
         for b in opts
             .config

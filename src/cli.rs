@@ -339,6 +339,15 @@ pub struct ServeArgs {
     /// of them (mTLS). Needs --tls-cert.
     #[arg(long, env = "TRIGGERFISH_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// The SPIFFE trust domain whose client certificates' IDs
+    /// `spiffe://DOMAIN/ns/NS/sa/NAME` are the service account
+    /// `system:serviceaccount:NS:NAME` in EventPolicies.
+    #[arg(
+        long,
+        env = "TRIGGERFISH_TLS_CLIENT_TRUST_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub tls_client_trust_domain: String,
     /// PEM certificate chain of the admin listener (default: --tls-cert's).
     #[arg(long, env = "TRIGGERFISH_ADMIN_TLS_CERT", requires = "admin_tls_key")]
     pub admin_tls_cert: Option<PathBuf>,

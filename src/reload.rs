@@ -302,7 +302,26 @@ impl Reloader {
                 }
             }
         }
+        changes.extend(policy_changes(previous, config));
+        for b in &config.brokers {
+            let labels_or_limits_changed = previous
+                .broker(&b.id.namespace, &b.id.name)
+                .is_some_and(|p| {
+                    p.labels != b.labels
+                        || p.rate_limit != b.rate_limit
+                        || p.sender_rate_limit != b.sender_rate_limit
+                });
+            if labels_or_limits_changed {
+                changes.push(format!("broker changed: {} (labels or rate limits)", b.id));
+            }
+        }
         if let Some(ingress) = &self.parts.ingress {
+            if !ingress.identifies_senders() {
+                for b in config.brokers.iter().filter(|b| !b.policies.is_empty()) {
+                    tracing::warn!(broker = %b.id,
+                        "EventPolicies apply to this broker but no sender authentication is configured (--oidc-issuer, --oidc-jwks or --tls-client-ca): every request to it is refused (401)");
+                }
+            }
             ingress.set_brokers(
                 config
                     .brokers
@@ -313,6 +332,32 @@ impl Reloader {
         }
         Ok((logs, changes))
     }
+}
+
+/// `event policy added|changed|removed: ns/name` lines for a reload's report.
+fn policy_changes(before: &Config, after: &Config) -> Vec<String> {
+    let find = |c: &Config, p: &broker::config::EventPolicy| {
+        c.policies
+            .iter()
+            .find(|q| q.namespace == p.namespace && q.name == p.name)
+            .cloned()
+    };
+    let mut lines = Vec::new();
+    for p in &after.policies {
+        match find(before, p) {
+            None => lines.push(format!("event policy added: {}", p.id())),
+            Some(q) if q.spec_hash != p.spec_hash => {
+                lines.push(format!("event policy changed: {}", p.id()))
+            }
+            Some(_) => {}
+        }
+    }
+    for p in &before.policies {
+        if find(after, p).is_none() {
+            lines.push(format!("event policy removed: {}", p.id()));
+        }
+    }
+    lines
 }
 
 /// Opens (creating if needed) a broker's event log and dead-letter log.

@@ -122,14 +122,19 @@ impl SenderArgs {
             None => None,
         };
         let refresh = duration("oidc-jwks-refresh", &self.oidc_jwks_refresh)?;
-        if refresh.is_zero() {
-            anyhow::bail!("--oidc-jwks-refresh: must be positive");
+        if refresh < Duration::from_secs(1) {
+            anyhow::bail!("--oidc-jwks-refresh: at least PT1S");
+        }
+        let min_refresh = duration("oidc-jwks-min-refresh", &self.oidc_jwks_min_refresh)?;
+        if min_refresh < Duration::from_secs(1) {
+            // Every made-up kid would cost the issuer a request.
+            anyhow::bail!("--oidc-jwks-min-refresh: at least PT1S");
         }
         Ok(Some(OidcOptions {
             issuers,
             clock_skew: duration("oidc-clock-skew", &self.oidc_clock_skew)?,
             refresh,
-            min_refresh: duration("oidc-jwks-min-refresh", &self.oidc_jwks_min_refresh)?,
+            min_refresh,
             cache_size: self.oidc_token_cache_size,
             ca_bundle,
         }))
@@ -150,6 +155,8 @@ impl SenderArgs {
                 self.sender_rate_limit.as_deref(),
                 self.sender_rate_limit_burst.as_deref(),
             )?,
+            // Set from the listener's TLS when the server starts.
+            client_certificates: false,
         })
     }
 }

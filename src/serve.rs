@@ -241,11 +241,13 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
             args.tls_cert.as_ref(),
             args.tls_key.as_ref(),
             args.tls_client_ca.as_ref(),
+            &args.tls_client_trust_domain,
         ),
         admin_tls: tls_files(
             args.admin_tls_cert.as_ref().or(args.tls_cert.as_ref()),
             args.admin_tls_key.as_ref().or(args.tls_key.as_ref()),
             args.admin_tls_client_ca.as_ref(),
+            &args.tls_client_trust_domain,
         ),
         admin_auth: triggerfish::admin_auth::AdminAuthOptions {
             token_file: args.admin_token_file.clone(),
@@ -422,10 +424,9 @@ fn tls_files(
     cert: Option<&std::path::PathBuf>,
     key: Option<&std::path::PathBuf>,
     client_ca: Option<&std::path::PathBuf>,
+    trust_domain: &str,
 ) -> Option<ingress::tls::TlsOptions> {
-    Some(ingress::tls::TlsOptions {
-        cert: cert?.clone(),
-        key: key?.clone(),
-        client_ca: client_ca.cloned(),
-    })
+    let mut o = ingress::tls::TlsOptions::new(cert?.clone(), key?.clone(), client_ca.cloned());
+    o.trust_domain = trust_domain.to_owned();
+    Some(o)
 }

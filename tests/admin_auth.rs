@@ -345,11 +345,11 @@ async fn off_loopback_client_certificates_stand_in_for_the_token() {
     let (client_cert, client_key) = (file("op.crt", &client_cert), file("op.key", &client_key));
     let mut opts = common::server_options(&config(), &dir.path().join("data"));
     opts.admin_listen = Some("0.0.0.0:0".parse().unwrap());
-    opts.admin_tls = Some(ingress::tls::TlsOptions {
+    opts.admin_tls = Some(ingress::tls::TlsOptions::new(
         cert,
         key,
-        client_ca: Some(ca_file.clone()),
-    });
+        Some(ca_file.clone()),
+    ));
     opts.admin_auth.client_certificates = true;
     let server = common::start_with(opts).await;
     let port = server.admin_addr.unwrap().port();

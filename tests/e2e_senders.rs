@@ -336,6 +336,8 @@ async fn tokens_are_checked_for_signature_issuer_time_and_audience() {
     c_expired["exp"] = json!(now() - 120);
     let mut c_future = claims(iss, sa, &aud);
     c_future["nbf"] = json!(now() + 600);
+    let mut c_string_nbf = claims(iss, sa, &aud);
+    c_string_nbf["nbf"] = json!((now() + 10_000_000).to_string());
     let mut c_no_sub = claims(iss, sa, &aud);
     c_no_sub.as_object_mut().unwrap().remove("sub");
     let cases: Vec<(&str, String, AuthRefusal)> = vec![
@@ -363,6 +365,13 @@ async fn tokens_are_checked_for_signature_issuer_time_and_audience() {
         ("HS256", hs256, AuthRefusal::algorithm),
         ("no sub", es.sign(&c_no_sub), AuthRefusal::malformed_token),
         ("not a JWT", "abc.def".into(), AuthRefusal::malformed_token),
+        // nbf as a string, far ahead: refused, not taken as absent
+        // (jsonwebtoken 9, GHSA-h395-gr6q-cpjc).
+        (
+            "nbf of the wrong type",
+            es.sign(&c_string_nbf),
+            AuthRefusal::malformed_token,
+        ),
     ];
     for (what, token, reason) in &cases {
         let before = refusals(&running, *reason);
@@ -398,6 +407,11 @@ async fn tokens_are_checked_for_signature_issuer_time_and_audience() {
         .await;
         assert_eq!(a.status, 202);
     }
+    // The same token, cached for team-a/open, is not one for another broker.
+    let before = refusals(&running, AuthRefusal::wrong_audience);
+    let a = post(&c, &base, "/team-a/orders", Some(&token), "elsewhere", "t").await;
+    assert_eq!(a.status, 401);
+    assert_eq!(refusals(&running, AuthRefusal::wrong_audience), before + 1);
     let got = sub
         .wait_until("6 deliveries", Duration::from_secs(10), |r| r.len() >= 6)
         .await;
@@ -426,15 +440,11 @@ async fn an_unknown_kid_after_a_key_rotation_is_accepted_once_the_keys_are_fetch
     let aud = audience("team-a", "open");
     let sa = "system:serviceaccount:team-a:producer";
     assert_eq!(issuer.fetches(), 1, "keys fetched once at start");
-    let a = post(
-        &c,
-        &base,
-        "/team-a/open",
-        Some(&old.sign(&claims(&issuer.url, sa, &aud))),
-        "1",
-        "t",
-    )
-    .await;
+    let old_token = old.sign(&claims(&issuer.url, sa, &aud));
+    let a = post(&c, &base, "/team-a/open", Some(&old_token), "1", "t").await;
+    assert_eq!(a.status, 202);
+    // Cached: the same token again.
+    let a = post(&c, &base, "/team-a/open", Some(&old_token), "1b", "t").await;
     assert_eq!(a.status, 202);
     // The issuer rotates: the new key signs, the old one is gone.
     issuer.set_keys(&[&new]);
@@ -449,6 +459,10 @@ async fn an_unknown_kid_after_a_key_rotation_is_accepted_once_the_keys_are_fetch
     .await;
     assert_eq!(a.status, 202, "{:?}", a.body);
     assert_eq!(issuer.fetches(), 2, "one fetch for the unknown kid");
+    // The old key was revoked by the rotation: its token, cached before, is checked
+    // again (the keys' generation changed) and refused.
+    let a = post(&c, &base, "/team-a/open", Some(&old_token), "1-again", "t").await;
+    assert_eq!(a.status, 401, "a revoked key's cached token: {:?}", a.body);
     // A token of a kid nobody has: refused after one more fetch.
     let stranger = Signer::es256("made-up");
     let a = post(
@@ -461,7 +475,11 @@ async fn an_unknown_kid_after_a_key_rotation_is_accepted_once_the_keys_are_fetch
     )
     .await;
     assert_eq!(a.status, 401);
-    assert_eq!(refusals(&running, AuthRefusal::unknown_key), 1);
+    assert_eq!(
+        refusals(&running, AuthRefusal::unknown_key),
+        2,
+        "the revoked token and the stranger"
+    );
     running.shutdown();
     running.wait().await.unwrap();
 
@@ -707,11 +725,11 @@ async fn client_certificates_and_tokens_as_sender_identities() {
         dir.path(),
         &format!("{BROKERS}{}{ORDERS_POLICY}", triggers(&sub)),
     );
-    opts.tls = Some(ingress::tls::TlsOptions {
-        cert: dir.path().join("tls.crt"),
-        key: dir.path().join("tls.key"),
-        client_ca: Some(dir.path().join("ca.crt")),
-    });
+    opts.tls = Some(ingress::tls::TlsOptions::new(
+        dir.path().join("tls.crt"),
+        dir.path().join("tls.key"),
+        Some(dir.path().join("ca.crt")),
+    ));
     opts.admin_tls = opts.tls.clone().map(|t| ingress::tls::TlsOptions {
         client_ca: None,
         ..t
@@ -869,10 +887,6 @@ spec: {{broker: limited, subscriber: {{uri: '{}'}}}}
         ok as f64 <= 20.0 * secs + 1.0,
         "{ok} accepted in {secs:.2} s at 20/s"
     );
-    assert!(
-        ok as f64 >= 20.0 * 1.5 - 6.0,
-        "{ok} accepted in {secs:.2} s at 20/s"
-    );
     assert!(limited_n > 0);
     let text = common::metrics_text(running.addr).await;
     assert!(
@@ -903,6 +917,151 @@ spec: {{broker: limited, subscriber: {{uri: '{}'}}}}
             .status,
         202
     );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+/// Nobody passes for a service account they are not: a certificate whose CN or URI
+/// SAN reads like one, a SPIFFE ID of another trust domain, a second issuer minting
+/// `system:serviceaccount:` subjects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_cannot_be_borrowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start().await;
+    let ca = Ca::new("senders CA");
+    let (cert, key_pem, _) = ca.issue("ingress", &["localhost"], false);
+    for (name, content) in [
+        ("tls.crt", cert),
+        ("tls.key", key_pem),
+        ("ca.crt", ca.pem()),
+    ] {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    let (cluster_key, other_key) = (Signer::es256("cluster"), Signer::es256("other"));
+    let cluster = Issuer::start(&[&cluster_key]).await;
+    let other = Issuer::start(&[&other_key]).await;
+    let mut opts = options(
+        dir.path(),
+        &format!("{BROKERS}{}{ORDERS_POLICY}", triggers(&sub)),
+    );
+    opts.tls = Some(ingress::tls::TlsOptions::new(
+        dir.path().join("tls.crt"),
+        dir.path().join("tls.key"),
+        Some(dir.path().join("ca.crt")),
+    ));
+    opts.admin_tls = None;
+    opts.admin_listen = None;
+    let mut oidc = cluster.options(Duration::from_secs(10));
+    oidc.issuers
+        .extend(other.options(Duration::from_secs(10)).issuers);
+    opts.oidc = Some(oidc);
+    let running = common::start_with(opts).await;
+    let base = format!("https://localhost:{}", running.addr.port());
+    let producer = "system:serviceaccount:team-a:producer";
+    let created = "com.example.order.created";
+    let client = |cn: &str, uri: Option<&str>| {
+        let (c, k, _) = ca.issue_with_uri(cn, &[], uri, true);
+        https_client(&ca, Some((&c, &k)))
+    };
+    // Certificates that only look like the producer's.
+    for (what, c) in [
+        ("a CN", client(producer, None)),
+        ("a URI SAN", client("x", Some(producer))),
+        (
+            "another trust domain",
+            client("x", Some("spiffe://other.example/ns/team-a/sa/producer")),
+        ),
+    ] {
+        let a = post(&c, &base, "/team-a/orders", None, "borrowed", created).await;
+        assert_eq!(a.status, 403, "{what}: {:?}", a.body);
+        // Nor do they count as the namespace's accounts.
+        let a = post(&c, &base, "/team-a/open", None, "borrowed", "t").await;
+        assert_eq!(a.status, 403, "{what} on open: {:?}", a.body);
+    }
+    // The genuine SPIFFE ID is the producer.
+    let genuine = client("x", Some("spiffe://cluster.local/ns/team-a/sa/producer"));
+    let a = post(&genuine, &base, "/team-a/orders", None, "spiffe", created).await;
+    assert_eq!(a.status, 202, "{:?}", a.body);
+    // The second issuer's subjects are qualified by it: its "producer" is not the
+    // cluster's.
+    let neutral = client("neutral", None);
+    let aud = audience("team-a", "orders");
+    let forged = other_key.sign(&claims(&other.url, producer, &aud));
+    let a = post(
+        &neutral,
+        &base,
+        "/team-a/orders",
+        Some(&forged),
+        "other-issuer",
+        created,
+    )
+    .await;
+    assert_eq!(a.status, 403, "{:?}", a.body);
+    let real = cluster_key.sign(&claims(&cluster.url, producer, &aud));
+    let a = post(
+        &neutral,
+        &base,
+        "/team-a/orders",
+        Some(&real),
+        "cluster-issuer",
+        created,
+    )
+    .await;
+    assert_eq!(a.status, 202, "{:?}", a.body);
+    let got = sub
+        .wait_until("2 deliveries", Duration::from_secs(10), |r| r.len() >= 2)
+        .await;
+    let mut ids: Vec<String> = got
+        .iter()
+        .map(|r| r.header("ce-id").unwrap().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["cluster-issuer", "spiffe"]);
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+/// An issuer that cannot be reached is not the producer's fault: 503 with
+/// `Retry-After`, not 401.
+#[tokio::test]
+async fn an_unreachable_issuer_answers_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start().await;
+    // A port nothing listens on (bound, then closed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut opts = options(dir.path(), &format!("{BROKERS}{}", triggers(&sub)));
+    opts.oidc = Some(OidcOptions {
+        issuers: vec![IssuerOptions {
+            issuer: url.clone(),
+            keys: KeySource::Discovery,
+        }],
+        ..OidcOptions::default()
+    });
+    let running = common::start_with(opts).await;
+    let key = Signer::es256("k");
+    let token = key.sign(&claims(
+        &url,
+        "system:serviceaccount:team-a:p",
+        &audience("team-a", "open"),
+    ));
+    let c = reqwest::Client::new();
+    let a = post(
+        &c,
+        &http(running.addr),
+        "/team-a/open",
+        Some(&token),
+        "e",
+        "t",
+    )
+    .await;
+    assert_eq!(a.status, 503, "{:?}", a.body);
+    assert_eq!(a.headers["retry-after"], "1");
+    assert_eq!(refusals(&running, AuthRefusal::keys_unavailable), 1);
     running.shutdown();
     running.wait().await.unwrap();
 }

@@ -56,11 +56,7 @@ fn options(
 ) -> ServerOptions {
     let yaml = common::broker_with_triggers(&[("all", "", sub.url("/all"))]);
     let mut opts = common::server_options(&yaml, &dir.join("data"));
-    let tls = ingress::tls::TlsOptions {
-        cert: files.cert.clone(),
-        key: files.key.clone(),
-        client_ca,
-    };
+    let tls = ingress::tls::TlsOptions::new(files.cert.clone(), files.key.clone(), client_ca);
     opts.tls = Some(tls.clone());
     opts.admin_tls = Some(ingress::tls::TlsOptions {
         client_ca: None,

@@ -8,6 +8,7 @@
 //! - [`channel`] is the storage boundary ([`channel::EventLog`]) and its backends.
 //! - [`telemetry`] names every metric and sets up logging.
 //! - [`budget`] is the one account of event bytes held in memory.
+//! - [`watched`] tells when a file read at start (a certificate, a token) changed.
 //!
 //! The ingress and dispatcher crates depend on this one and never on each other.
 
@@ -18,3 +19,4 @@ pub mod delivery;
 pub mod event;
 pub mod filter;
 pub mod telemetry;
+pub mod watched;

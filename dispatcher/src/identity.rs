@@ -4,34 +4,27 @@
 //! so subscribers can check who calls them (Knative's OIDC for deliveries).
 //!
 //! The file is read at start (a missing or empty one stops the start) and polled
-//! every [`POLL`]: kubelet rewrites a projected token well before it expires, and
+//! every [`POLL`] ([`broker::watched`]): kubelet rewrites a projected token well before it expires, and
 //! the next request carries the new one. A replacement that is unreadable or empty
 //! is logged and the previous token stays. A request that already has an
 //! `Authorization` header keeps it.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, RwLock};
 
+use broker::watched::{Missing, Seen};
 use http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
-/// How often the token file is looked at.
-pub const POLL: Duration = Duration::from_secs(2);
-
-type Stamp = Option<(SystemTime, u64)>;
+pub use broker::watched::POLL;
 
 /// A bearer token read from a file and kept current.
 #[derive(Debug)]
 pub struct BearerToken {
     path: PathBuf,
     value: RwLock<HeaderValue>,
-    stamp: Mutex<Stamp>,
-}
-
-fn stamp(path: &Path) -> Stamp {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    /// A missing file is waited for (kubelet writes the token anew).
+    seen: Seen,
 }
 
 fn read(path: &Path) -> Result<HeaderValue, String> {
@@ -54,11 +47,11 @@ fn read(path: &Path) -> Result<HeaderValue, String> {
 impl BearerToken {
     /// Reads the token file.
     pub fn load(path: &Path) -> Result<Arc<BearerToken>, String> {
-        let stamp = stamp(path);
+        let seen = Seen::new(vec![path.to_owned()], Missing::Wait);
         Ok(Arc::new(BearerToken {
             path: path.to_owned(),
             value: RwLock::new(read(path)?),
-            stamp: Mutex::new(stamp),
+            seen,
         }))
     }
 
@@ -70,12 +63,9 @@ impl BearerToken {
     /// Reads the file again if it changed: `Ok(true)` when a new token is used from
     /// now on.
     pub fn refresh(&self) -> Result<bool, String> {
-        let now = stamp(&self.path);
-        let mut seen = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
-        if now.is_none() || *seen == now {
+        if !self.seen.changed() {
             return Ok(false);
         }
-        *seen = now;
         let v = read(&self.path)?;
         *self.value.write().unwrap_or_else(|e| e.into_inner()) = v;
         Ok(true)
@@ -83,21 +73,11 @@ impl BearerToken {
 
     /// Polls the file every [`POLL`] until `stop`.
     pub fn watch(self: Arc<Self>, stop: CancellationToken) {
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(POLL) => {}
-                }
-                match self.refresh() {
-                    Ok(true) => {
-                        tracing::info!(path = %self.path.display(), "delivery token re-read")
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "delivery token not re-read; the previous one stays")
-                    }
-                }
+        broker::watched::poll(stop, move || match self.refresh() {
+            Ok(true) => tracing::info!(path = %self.path.display(), "delivery token re-read"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "delivery token not re-read; the previous one stays")
             }
         });
     }

@@ -290,6 +290,12 @@ pub async fn serve(
     let gauge = metrics.as_ref().map(|m| m.connections_gauge());
     let closed = |reason| metrics.as_ref().map(|m| m.connections_closed(reason));
     let over_limit = closed(ConnectionClosed::over_limit);
+    let trust_domain: Arc<str> = tls
+        .as_ref()
+        .map_or(crate::auth::identity::DEFAULT_TRUST_DOMAIN, |t| {
+            t.trust_domain()
+        })
+        .into();
     let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config()));
     loop {
         let (stream, peer) = tokio::select! {
@@ -340,6 +346,7 @@ pub async fn serve(
             identity: None,
         };
         let acceptor = acceptor.clone();
+        let trust_domain = trust_domain.clone();
         let closed_tls = closed(ConnectionClosed::tls_handshake);
         let gauge = gauge.clone();
         tasks.spawn(async move {
@@ -364,7 +371,9 @@ pub async fn serve(
                                 .1
                                 .peer_certificates()
                                 .and_then(|c| c.first())
-                                .and_then(|c| crate::auth::identity::certificate_identity(c))
+                                .and_then(|c| {
+                                    crate::auth::identity::certificate_identity(c, &trust_domain)
+                                })
                                 .map(|id| crate::auth::ClientIdentity(id.into()));
                             conn.with_identity(identity).run(tls).await
                         }

@@ -5,7 +5,7 @@
 //! - **Rotation.** The certificate and key are read again when either file changes
 //!   (cert-manager renews them in place, a mounted Secret swaps its `..data`
 //!   symlink): [`Tls::watch`] compares their modification times and lengths every
-//!   [`RELOAD_POLL`]. New handshakes get the new pair; connections open keep theirs
+//!   [`broker::watched::POLL`]. New handshakes get the new pair; connections open keep theirs
 //!   and are not dropped. A pair that does not load (a renewal half written, a key
 //!   that does not match the certificate) is logged and counted
 //!   (`triggerfish_tls_reloads_total{outcome="invalid"}`), and the previous pair
@@ -17,10 +17,10 @@
 //! - The handshake must finish within `--header-read-timeout`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, RwLock};
 
 use broker::telemetry::{Metrics, ReloadOutcome};
+use broker::watched::{Missing, Seen};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -28,9 +28,6 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_util::sync::CancellationToken;
-
-/// How often [`Tls::watch`] looks at the certificate and key files.
-pub const RELOAD_POLL: Duration = Duration::from_secs(2);
 
 /// A listener's TLS files.
 #[derive(Debug, Clone)]
@@ -42,6 +39,22 @@ pub struct TlsOptions {
     /// PEM certificates of the CAs whose client certificates are accepted; when
     /// set, a client certificate is required (`--tls-client-ca`).
     pub client_ca: Option<PathBuf>,
+    /// The SPIFFE trust domain whose `ns/<ns>/sa/<name>` IDs are service accounts
+    /// (`--tls-client-trust-domain`; [`crate::auth::identity`]).
+    pub trust_domain: String,
+}
+
+impl TlsOptions {
+    /// A certificate and key, with `client_ca` for mTLS and the default trust
+    /// domain.
+    pub fn new(cert: PathBuf, key: PathBuf, client_ca: Option<PathBuf>) -> TlsOptions {
+        TlsOptions {
+            cert,
+            key,
+            client_ca,
+            trust_domain: crate::auth::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
+        }
+    }
 }
 
 /// A TLS file that could not be used, with the flag it came from.
@@ -62,12 +75,12 @@ impl std::fmt::Debug for Tls {
     }
 }
 
-type Stamp = Option<(SystemTime, u64)>;
-
 #[derive(Debug)]
 struct Resolver {
     current: RwLock<Arc<CertifiedKey>>,
-    stamps: Mutex<(Stamp, Stamp)>,
+    /// The pair's files; one that disappears is a change (its reload fails and is
+    /// reported).
+    seen: Seen,
 }
 
 impl ResolvesServerCert for Resolver {
@@ -83,11 +96,6 @@ impl ResolvesServerCert for Resolver {
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn stamp(path: &Path) -> Stamp {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
 }
 
 fn certificates(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -120,11 +128,11 @@ impl Tls {
     /// Reads the files and builds the listener's TLS config.
     pub fn load(opts: TlsOptions) -> Result<Arc<Tls>, TlsError> {
         let provider = provider();
-        let stamps = (stamp(&opts.cert), stamp(&opts.key));
+        let seen = Seen::new(vec![opts.cert.clone(), opts.key.clone()], Missing::Change);
         let key = certified_key(&opts, &provider)?;
         let resolver = Arc::new(Resolver {
             current: RwLock::new(Arc::new(key)),
-            stamps: Mutex::new(stamps),
+            seen,
         });
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -159,6 +167,11 @@ impl Tls {
         }))
     }
 
+    /// The SPIFFE trust domain of client certificates' identities.
+    pub fn trust_domain(&self) -> &str {
+        &self.opts.trust_domain
+    }
+
     /// The rustls config for accepting connections.
     pub fn config(&self) -> Arc<ServerConfig> {
         self.config.clone()
@@ -169,17 +182,10 @@ impl Tls {
     /// nothing changed, `Err` (the previous pair stays) when the new files do not
     /// load.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now = (stamp(&self.opts.cert), stamp(&self.opts.key));
-        let mut seen = self
-            .resolver
-            .stamps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if *seen == now {
+        // Tried once per change: a broken pair is not re-read every poll.
+        if !self.resolver.seen.changed() {
             return Ok(false);
         }
-        // Tried once per change: a broken pair is not re-read every poll.
-        *seen = now;
         let key = certified_key(&self.opts, &provider())?;
         *self
             .resolver
@@ -189,26 +195,18 @@ impl Tls {
         Ok(true)
     }
 
-    /// Polls the files every [`RELOAD_POLL`] until `stop`, reloading them when they
-    /// change.
+    /// Polls the files every [`broker::watched::POLL`] until `stop`, reloading
+    /// them when they change.
     pub fn watch(self: Arc<Self>, metrics: Arc<Metrics>, stop: CancellationToken) {
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(RELOAD_POLL) => {}
-                }
-                match self.reload_if_changed() {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        metrics.tls_reload(ReloadOutcome::applied);
-                        tracing::info!(cert = %self.opts.cert.display(), "TLS certificate reloaded");
-                    }
-                    Err(e) => {
-                        metrics.tls_reload(ReloadOutcome::invalid);
-                        tracing::warn!(error = %e, "TLS certificate not reloaded; the previous one stays");
-                    }
-                }
+        broker::watched::poll(stop, move || match self.reload_if_changed() {
+            Ok(false) => {}
+            Ok(true) => {
+                metrics.tls_reload(ReloadOutcome::applied);
+                tracing::info!(cert = %self.opts.cert.display(), "TLS certificate reloaded");
+            }
+            Err(e) => {
+                metrics.tls_reload(ReloadOutcome::invalid);
+                tracing::warn!(error = %e, "TLS certificate not reloaded; the previous one stays");
             }
         });
     }

@@ -25,6 +25,9 @@ pub const SENDER_RATE_BURST_ANNOTATION: &str = "triggerfish.dev/sender-rate-limi
 
 /// The most events per second a limit may name (beyond, say `off`).
 const MAX_RATE: f64 = 1e9;
+/// The least: one an hour (a bucket refilling slower would ask producers to wait
+/// for days).
+const MIN_RATE: f64 = 1.0 / 3600.0;
 /// The largest burst.
 const MAX_BURST: u32 = 1 << 30;
 
@@ -63,6 +66,9 @@ impl RateLimit {
         let per_second = count / per;
         if per_second > MAX_RATE {
             return Err(format!("'{text}' is more than {MAX_RATE} per second"));
+        }
+        if per_second < MIN_RATE * (1.0 - 1e-9) {
+            return Err(format!("'{text}' is less than 1/h"));
         }
         Ok(RateLimit {
             per_second,
@@ -157,7 +163,9 @@ mod tests {
         assert_eq!(l.burst, 1);
         assert!((l.per_second - 1.0 / 3600.0).abs() < 1e-12);
         assert_eq!(RateLimit::parse("2.5/s").unwrap().burst, 3);
-        for bad in ["", "0", "-1", "x", "10/d", "NaN", "inf", "1e12"] {
+        for bad in [
+            "", "0", "-1", "x", "10/d", "NaN", "inf", "1e12", "1e-30/s", "0.5/h",
+        ] {
             assert!(RateLimit::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(RateLimit::parse_burst("5"), Ok(5));

@@ -1,17 +1,24 @@
 //! The sender identity of a verified client certificate (mTLS), for EventPolicies
 //! and the default authorization mode.
 //!
-//! A SPIFFE ID of the Kubernetes shape (`spiffe://<trust domain>/ns/<namespace>/sa/<name>`,
-//! as Istio and SPIRE issue them) becomes the service account's subject
-//! `system:serviceaccount:<namespace>:<name>`, so one policy can admit a sender
-//! whichever way it proves itself; otherwise the first URI SAN, else the subject's
-//! common name, else the first DNS SAN.
+//! A SPIFFE ID of the Kubernetes shape in the configured trust domain
+//! (`spiffe://<--tls-client-trust-domain>/ns/<namespace>/sa/<name>`, as Istio and
+//! SPIRE issue them, the namespace and name valid Kubernetes names) becomes the
+//! service account's subject `system:serviceaccount:<namespace>:<name>`, so one
+//! policy can admit a sender whichever way it proves itself. Anything else is named
+//! with a prefix that no token subject of a service account has: `x509:uri:<first
+//! URI SAN>`, else `x509:cn:<subject common name>`, else `x509:dns:<first DNS SAN>`.
+//! So a certificate whose CN (or a URI SAN such as `system:serviceaccount:a:b`,
+//! which is a valid URI) reads like a service account never passes for one.
 
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+/// The default of `--tls-client-trust-domain` (Istio's and Kubernetes' default).
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
 /// The identity of a DER certificate, or `None` when it names nothing usable.
-pub fn certificate_identity(der: &[u8]) -> Option<String> {
+pub fn certificate_identity(der: &[u8], trust_domain: &str) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     let mut uris = Vec::new();
     let mut dns = Vec::new();
@@ -24,11 +31,14 @@ pub fn certificate_identity(der: &[u8]) -> Option<String> {
             }
         }
     }
-    if let Some(sa) = uris.iter().find_map(|u| spiffe_service_account(u)) {
+    if let Some(sa) = uris
+        .iter()
+        .find_map(|u| spiffe_service_account(u, trust_domain))
+    {
         return Some(sa);
     }
     if let Some(u) = uris.first() {
-        return Some((*u).to_owned());
+        return Some(format!("x509:uri:{u}"));
     }
     if let Some(cn) = cert
         .subject()
@@ -36,15 +46,33 @@ pub fn certificate_identity(der: &[u8]) -> Option<String> {
         .next()
         .and_then(|cn| cn.as_str().ok())
     {
-        return Some(cn.to_owned());
+        return Some(format!("x509:cn:{cn}"));
     }
-    dns.first().map(|d| (*d).to_owned())
+    dns.first().map(|d| format!("x509:dns:{d}"))
 }
 
-/// `spiffe://td/ns/N/sa/S` → `system:serviceaccount:N:S`.
-fn spiffe_service_account(uri: &str) -> Option<String> {
+/// A Kubernetes name segment: a DNS-1123 label.
+fn label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A service account name: a DNS-1123 subdomain.
+fn subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(label)
+}
+
+/// `spiffe://<trust_domain>/ns/N/sa/S` → `system:serviceaccount:N:S`.
+fn spiffe_service_account(uri: &str, trust_domain: &str) -> Option<String> {
     let rest = uri.strip_prefix("spiffe://")?;
-    let (_trust_domain, path) = rest.split_once('/')?;
+    let (domain, path) = rest.split_once('/')?;
+    if !domain.eq_ignore_ascii_case(trust_domain) {
+        return None;
+    }
     let mut parts = path.split('/');
     match (
         parts.next(),
@@ -53,7 +81,7 @@ fn spiffe_service_account(uri: &str) -> Option<String> {
         parts.next(),
         parts.next(),
     ) {
-        (Some("ns"), Some(ns), Some("sa"), Some(sa), None) if !ns.is_empty() && !sa.is_empty() => {
+        (Some("ns"), Some(ns), Some("sa"), Some(sa), None) if label(ns) && subdomain(sa) => {
             Some(broker::config::policy::service_account_subject(ns, sa))
         }
         _ => None,
@@ -67,8 +95,9 @@ mod tests {
 
     #[test]
     fn spiffe_ids() {
+        let td = DEFAULT_TRUST_DOMAIN;
         assert_eq!(
-            spiffe_service_account("spiffe://cluster.local/ns/events/sa/producer").as_deref(),
+            spiffe_service_account("spiffe://cluster.local/ns/events/sa/producer", td).as_deref(),
             Some("system:serviceaccount:events:producer")
         );
         for other in [
@@ -76,13 +105,19 @@ mod tests {
             "spiffe://cluster.local/ns/events/sa/",
             "spiffe://cluster.local/ns/events/sa/p/x",
             "https://cluster.local/ns/events/sa/p",
+            // Another trust domain names other accounts.
+            "spiffe://other.example/ns/events/sa/producer",
+            // Not Kubernetes names: `a:b` would read as namespace a.
+            "spiffe://cluster.local/ns/a:b/sa/c",
+            "spiffe://cluster.local/ns/Events/sa/p",
+            "spiffe://cluster.local/ns/events/sa/p:q",
         ] {
-            assert_eq!(spiffe_service_account(other), None, "{other}");
+            assert_eq!(spiffe_service_account(other, td), None, "{other}");
         }
     }
 
     #[test]
     fn not_a_certificate() {
-        assert_eq!(certificate_identity(b"not DER"), None);
+        assert_eq!(certificate_identity(b"not DER", DEFAULT_TRUST_DOMAIN), None);
     }
 }

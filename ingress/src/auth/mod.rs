@@ -86,6 +86,9 @@ pub struct AuthOptions {
     pub rate_limit: Option<RateLimit>,
     /// `--sender-rate-limit`: per sender, for brokers without the annotation.
     pub sender_rate_limit: Option<RateLimit>,
+    /// The listener asks for client certificates (`--tls-client-ca`): they are
+    /// sender identities.
+    pub client_certificates: bool,
 }
 
 impl AuthOptions {
@@ -302,6 +305,18 @@ impl BrokerGuard {
                         Err(e) => {
                             let sender =
                                 client.map_or_else(|| "unknown".to_owned(), |c| c.0.to_string());
+                            if e.reason == AuthRefusal::keys_unavailable {
+                                // The issuer is down, not the token wrong: 503, so
+                                // the producer retries.
+                                return Err(Refusal {
+                                    reason: Some(e.reason),
+                                    sender,
+                                    error: IngressError::Unavailable {
+                                        broker: self.name.clone(),
+                                        reason: e.detail,
+                                    },
+                                });
+                            }
                             return Err(self.unauthenticated(e.reason, sender, true, e.detail));
                         }
                     }

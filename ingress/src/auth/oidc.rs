@@ -15,14 +15,26 @@
 //!   (`eventing.knative.dev/broker/<namespace>/<name>`), `exp` must not have passed
 //!   and `nbf` must have come, each with [`OidcOptions::clock_skew`]; `sub` is the
 //!   sender identity.
-//! - **Cache.** A verified token is remembered with its audience until it expires,
-//!   in a map of at most [`OidcOptions::cache_size`] entries (expired ones are
-//!   dropped first when it is full, then all), so the hot path compares a hash and
-//!   a string instead of checking a signature per request.
+//! - **Transport.** Discovery documents and JWKS are fetched over HTTPS only (plain
+//!   HTTP is accepted for loopback addresses, for tests and sidecars), and a redirect
+//!   to anything else is refused: whoever can answer a key fetch can forge any
+//!   sender.
+//! - **Claims' types.** `exp`, `nbf` and `iat` must be numbers: a token whose `nbf`
+//!   is a string is refused, not treated as having none (jsonwebtoken 9 does the
+//!   latter, GHSA-h395-gr6q-cpjc; the typed claims here close it).
+//! - **Identities.** With one issuer, a token's identity is its `sub`. With several,
+//!   only the first configured issuer's subjects are used as they are (the
+//!   cluster's, whose `system:serviceaccount:` subjects policies name); another
+//!   issuer's are `<iss>#<sub>`, so an issuer where users pick their names cannot
+//!   pass for a service account.
+//! - **Cache.** A verified token is remembered until it expires, keyed by the
+//!   SHA-256 of the token and the audience (the token itself is not kept), in a map
+//!   of at most [`OidcOptions::cache_size`] entries (when full, expired entries go
+//!   first, then the one expiring soonest), so the hot path hashes instead of
+//!   checking a signature. An entry holds the generation of its issuer's keys: once
+//!   a refresh changes the keys (a key revoked), cached tokens are checked again.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -150,10 +162,18 @@ pub struct Verified {
     pub expires: u64,
 }
 
+/// The claims read from a verified token; the time claims are typed so that one
+/// of the wrong type fails the whole token.
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
     exp: u64,
+    #[allow(dead_code)]
+    #[serde(default)]
+    nbf: Option<u64>,
+    #[allow(dead_code)]
+    #[serde(default)]
+    iat: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -182,6 +202,8 @@ struct KeySet {
     by_kid: HashMap<String, Arc<Key>>,
     /// Keys without a `kid`, tried in turn for a token without one.
     anonymous: Vec<Arc<Key>>,
+    /// The usable JWKs as fetched, sorted: two sets with the same are the same keys.
+    fingerprint: Vec<String>,
 }
 
 impl KeySet {
@@ -198,6 +220,7 @@ impl KeySet {
             let jwk = &jwk;
             match usable(jwk) {
                 Some(key) => {
+                    keys.fingerprint.push(value.to_string());
                     let key = Arc::new(key);
                     match &jwk.common.key_id {
                         Some(kid) => {
@@ -209,6 +232,7 @@ impl KeySet {
                 None => skipped += 1,
             }
         }
+        keys.fingerprint.sort();
         (keys, skipped)
     }
 
@@ -246,23 +270,30 @@ fn usable(jwk: &Jwk) -> Option<Key> {
 struct Issuer {
     options: IssuerOptions,
     keys: RwLock<Arc<KeySet>>,
+    /// Bumped whenever a fetch changes the keys: cached tokens of an older
+    /// generation are verified again.
+    generation: std::sync::atomic::AtomicU64,
     /// When the keys were last fetched (successfully or not); held while fetching.
     fetched: tokio::sync::Mutex<Option<Instant>>,
 }
 
 struct CacheEntry {
-    token: Box<str>,
-    audience: Box<str>,
     verified: Verified,
+    /// The generation of the issuer's keys that verified the token.
+    generation: u64,
 }
+
+/// SHA-256 of the token and the audience: the cache's key.
+type CacheKey = [u8; 32];
 
 /// Checks bearer tokens; see the module docs.
 pub struct Verifier {
     issuers: HashMap<String, Arc<Issuer>>,
     options: OidcOptions,
     client: reqwest::Client,
-    cache: RwLock<HashMap<u64, CacheEntry>>,
-    hasher: RandomState,
+    cache: RwLock<HashMap<CacheKey, CacheEntry>>,
+    /// The issuer whose subjects are identities as they are (the first).
+    primary: String,
     metrics: Arc<Metrics>,
 }
 
@@ -272,6 +303,37 @@ impl std::fmt::Debug for Verifier {
             .field("issuers", &self.options.issuers)
             .finish()
     }
+}
+
+/// Whether `url` may carry keys: HTTPS, or plain HTTP to a loopback address.
+fn check_url(url: &str, what: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{what} {url}: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(&parsed) => Ok(()),
+        _ => Err(format!(
+            "{what} {url}: keys are fetched over https only (http is accepted for loopback addresses)"
+        )),
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// At most 128 bytes of a value from a token, cut at a character boundary, for
+/// answers and logs.
+fn clip(s: &str) -> &str {
+    let mut end = s.len().min(128);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn now_secs() -> u64 {
@@ -311,9 +373,26 @@ impl Verifier {
         if options.issuers.is_empty() {
             return Err("OIDC: no issuer configured (--oidc-issuer or --oidc-jwks)".into());
         }
+        for i in &options.issuers {
+            match &i.keys {
+                KeySource::Discovery => check_url(&i.issuer, "--oidc-issuer")?,
+                KeySource::Url(u) => check_url(u, "--oidc-jwks")?,
+                KeySource::File(_) => {}
+            }
+        }
         let mut builder = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(3));
+            // Redirects stay on https (or loopback): no downgrade to plain HTTP.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let ok = attempt.url().scheme() == "https" || is_loopback(attempt.url());
+                if !ok {
+                    attempt.error("a redirect away from https")
+                } else if attempt.previous().len() >= 3 {
+                    attempt.stop()
+                } else {
+                    attempt.follow()
+                }
+            }));
         if let Some(pem) = &options.ca_bundle {
             for cert in reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| format!("--ca-bundle: {e}"))?
@@ -334,16 +413,18 @@ impl Verifier {
                 Arc::new(Issuer {
                     options: i.clone(),
                     keys: RwLock::new(Arc::new(KeySet::default())),
+                    generation: std::sync::atomic::AtomicU64::new(0),
                     fetched: tokio::sync::Mutex::new(None),
                 }),
             );
         }
+        let primary = options.issuers[0].issuer.clone();
         let verifier = Arc::new(Verifier {
             issuers,
             options,
             client,
             cache: RwLock::new(HashMap::new()),
-            hasher: RandomState::new(),
+            primary,
             metrics,
         });
         for issuer in verifier.issuers.values() {
@@ -422,9 +503,10 @@ impl Verifier {
                     if doc.issuer != *name {
                         return Err(format!(
                             "{url}: names issuer {} instead of {name}",
-                            doc.issuer
+                            clip(&doc.issuer)
                         ));
                     }
+                    check_url(&doc.jwks_uri, "jwks_uri")?;
                     self.get(&doc.jwks_uri).await?
                 }
             };
@@ -443,11 +525,13 @@ impl Verifier {
             Ok(keys) => {
                 let n = keys.len();
                 let mut held = issuer.keys.write().unwrap_or_else(|e| e.into_inner());
-                let same = held.by_kid.len() == keys.by_kid.len()
-                    && keys.by_kid.keys().all(|k| held.by_kid.contains_key(k))
-                    && held.anonymous.is_empty()
-                    && keys.anonymous.is_empty();
-                *held = Arc::new(keys);
+                let same = held.fingerprint == keys.fingerprint;
+                if !same {
+                    *held = Arc::new(keys);
+                    issuer
+                        .generation
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 self.metrics.jwks_refresh(if same {
                     ReloadOutcome::unchanged
                 } else {
@@ -499,19 +583,25 @@ impl Verifier {
             }
         }
         let due = fetched.is_none_or(|t| t.elapsed() >= self.options.min_refresh);
+        let unavailable = || {
+            refuse(
+                AuthRefusal::keys_unavailable,
+                format!(
+                    "the keys of issuer {} cannot be fetched; retry shortly",
+                    issuer.options.issuer
+                ),
+            )
+        };
+        if !due && now_held.len() == 0 {
+            return Err(unavailable());
+        }
         if due {
             let result = self.fetch(issuer).await;
             *fetched = Some(Instant::now());
             if let Err(e) = result {
                 tracing::warn!(issuer = %issuer.options.issuer, error = %e, "OIDC issuer keys not refreshed");
                 if now_held.len() == 0 {
-                    return Err(refuse(
-                        AuthRefusal::keys_unavailable,
-                        format!(
-                            "the keys of issuer {} cannot be fetched",
-                            issuer.options.issuer
-                        ),
-                    ));
+                    return Err(unavailable());
                 }
             }
             let found = find(&issuer.keys.read().unwrap_or_else(|e| e.into_inner()));
@@ -523,55 +613,72 @@ impl Verifier {
             AuthRefusal::unknown_key,
             match kid {
                 Some(kid) => format!(
-                    "issuer {} has no key with kid {kid:?}",
-                    issuer.options.issuer
+                    "issuer {} has no key with kid {:?}",
+                    issuer.options.issuer,
+                    clip(kid)
                 ),
                 None => format!("issuer {} has no key for this token", issuer.options.issuer),
             },
         ))
     }
 
-    fn cache_key(&self, token: &str, audience: &str) -> u64 {
-        self.hasher.hash_one((token, audience))
+    fn cache_key(token: &str, audience: &str) -> CacheKey {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(token.as_bytes());
+        // A token holds no NUL: the audience cannot shift into it.
+        ctx.update(&[0]);
+        ctx.update(audience.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(ctx.finish().as_ref());
+        key
     }
 
-    /// A cached verification of `token` for `audience`, if it is still valid.
-    fn cached(
-        &self,
-        hash: u64,
-        token: &str,
-        audience: &str,
-    ) -> Option<Result<Verified, TokenError>> {
+    fn generation(&self, issuer: &str) -> Option<u64> {
+        self.issuers
+            .get(issuer)
+            .map(|i| i.generation.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// A cached verification, if it is still valid: not expired, and verified by
+    /// the issuer's keys of now.
+    fn cached(&self, key: &CacheKey) -> Option<Result<Verified, TokenError>> {
         let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
-        let entry = cache.get(&hash)?;
-        if &*entry.token != token || &*entry.audience != audience {
-            return None;
-        }
-        if entry.verified.expires + self.options.clock_skew.as_secs() < now_secs() {
+        let entry = cache.get(key)?;
+        let skew = self.options.clock_skew.as_secs();
+        if entry.verified.expires.saturating_add(skew) < now_secs() {
             return Some(Err(refuse(AuthRefusal::expired, "the token has expired")));
+        }
+        if self.generation(&entry.verified.issuer) != Some(entry.generation) {
+            return None;
         }
         Some(Ok(entry.verified.clone()))
     }
 
-    fn remember(&self, hash: u64, token: &str, audience: &str, verified: &Verified) {
+    fn remember(&self, key: CacheKey, verified: &Verified, generation: u64) {
         if self.options.cache_size == 0 {
             return;
         }
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= self.options.cache_size {
+        if cache.len() >= self.options.cache_size && !cache.contains_key(&key) {
             let now = now_secs();
             let skew = self.options.clock_skew.as_secs();
-            cache.retain(|_, e| e.verified.expires + skew >= now);
+            cache.retain(|_, e| e.verified.expires.saturating_add(skew) >= now);
             if cache.len() >= self.options.cache_size {
-                cache.clear();
+                // Full of live tokens: the one expiring soonest makes room.
+                if let Some(k) = cache
+                    .iter()
+                    .min_by_key(|(_, e)| e.verified.expires)
+                    .map(|(k, _)| *k)
+                {
+                    cache.remove(&k);
+                }
             }
         }
         cache.insert(
-            hash,
+            key,
             CacheEntry {
-                token: token.into(),
-                audience: audience.into(),
                 verified: verified.clone(),
+                generation,
             },
         );
         self.metrics.token_cache_entries.set(cache.len() as i64);
@@ -582,7 +689,7 @@ impl Verifier {
         let now = now_secs();
         let skew = self.options.clock_skew.as_secs();
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        cache.retain(|_, e| e.verified.expires + skew >= now);
+        cache.retain(|_, e| e.verified.expires.saturating_add(skew) >= now);
         self.metrics.token_cache_entries.set(cache.len() as i64);
     }
 
@@ -595,12 +702,15 @@ impl Verifier {
                 format!("the bearer token is longer than {MAX_TOKEN_BYTES} bytes"),
             ));
         }
-        let hash = self.cache_key(token, audience);
-        if let Some(hit) = self.cached(hash, token, audience) {
+        let key = Self::cache_key(token, audience);
+        if let Some(hit) = self.cached(&key) {
             return hit;
         }
+        // The generation before the check: keys changed meanwhile make the entry
+        // stale at once rather than never.
+        let generation = self.generation(&peek_issuer(token)?).unwrap_or(0);
         let verified = self.verify_uncached(token, audience).await?;
-        self.remember(hash, token, audience, &verified);
+        self.remember(key, &verified, generation);
         Ok(verified)
     }
 
@@ -632,7 +742,7 @@ impl Verifier {
         let Some(issuer) = self.issuers.get(&iss) else {
             return Err(refuse(
                 AuthRefusal::unknown_issuer,
-                format!("issuer {iss:?} is not trusted"),
+                format!("issuer {:?} is not trusted", clip(&iss)),
             ));
         };
         let keys = self.key(issuer, header.kid.as_deref()).await?;
@@ -652,11 +762,17 @@ impl Verifier {
             validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
                 Ok(data) => {
+                    let sub = data.claims.sub;
+                    let subject = if iss == self.primary {
+                        sub
+                    } else {
+                        format!("{iss}#{sub}")
+                    };
                     return Ok(Verified {
-                        subject: data.claims.sub.into(),
+                        subject: subject.into(),
                         issuer: iss.into(),
                         expires: data.claims.exp,
-                    })
+                    });
                 }
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind as K;

@@ -67,9 +67,11 @@ impl Bucket {
             s.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(
-                (1.0 - s.tokens) / self.limit.per_second,
-            ))
+            // Saturating: never a panic, whatever the limit.
+            Err(
+                Duration::try_from_secs_f64((1.0 - s.tokens) / self.limit.per_second)
+                    .unwrap_or(Duration::MAX),
+            )
         }
     }
 
