@@ -101,11 +101,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from(d).map_err(|_| format!("'{s}' must not be negative"))
 }
 
-pub(super) fn check_k8s_name(name: &str, label: bool, field: &str, ctx: &mut Ctx<'_>) {
-    if name.is_empty() {
-        ctx.err(field, "required");
-        return;
-    }
+/// Whether `name` is a Kubernetes DNS-1123 label (`label`: a namespace) or
+/// subdomain (most object names).
+pub fn is_k8s_name(name: &str, label: bool) -> bool {
     let max = if label { 63 } else { 253 };
     let part_ok = |p: &str| {
         !p.is_empty()
@@ -115,12 +113,21 @@ pub(super) fn check_k8s_name(name: &str, label: bool, field: &str, ctx: &mut Ctx
             && !p.starts_with('-')
             && !p.ends_with('-')
     };
-    let ok = name.len() <= max
+    name.len() <= max
         && if label {
             part_ok(name)
         } else {
             name.split('.').all(part_ok)
-        };
+        }
+}
+
+pub(super) fn check_k8s_name(name: &str, label: bool, field: &str, ctx: &mut Ctx<'_>) {
+    if name.is_empty() {
+        ctx.err(field, "required");
+        return;
+    }
+    let max = if label { 63 } else { 253 };
+    let ok = is_k8s_name(name, label);
     if !ok {
         let what = if label {
             "DNS-1123 label"

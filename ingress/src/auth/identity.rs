@@ -11,6 +11,7 @@
 //! So a certificate whose CN (or a URI SAN such as `system:serviceaccount:a:b`,
 //! which is a valid URI) reads like a service account never passes for one.
 
+use broker::config::is_k8s_name;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -51,21 +52,6 @@ pub fn certificate_identity(der: &[u8], trust_domain: &str) -> Option<String> {
     dns.first().map(|d| format!("x509:dns:{d}"))
 }
 
-/// A Kubernetes name segment: a DNS-1123 label.
-fn label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// A service account name: a DNS-1123 subdomain.
-fn subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(label)
-}
-
 /// `spiffe://<trust_domain>/ns/N/sa/S` → `system:serviceaccount:N:S`.
 fn spiffe_service_account(uri: &str, trust_domain: &str) -> Option<String> {
     let rest = uri.strip_prefix("spiffe://")?;
@@ -81,7 +67,9 @@ fn spiffe_service_account(uri: &str, trust_domain: &str) -> Option<String> {
         parts.next(),
         parts.next(),
     ) {
-        (Some("ns"), Some(ns), Some("sa"), Some(sa), None) if label(ns) && subdomain(sa) => {
+        (Some("ns"), Some(ns), Some("sa"), Some(sa), None)
+            if is_k8s_name(ns, true) && is_k8s_name(sa, false) =>
+        {
             Some(broker::config::policy::service_account_subject(ns, sa))
         }
         _ => None,
