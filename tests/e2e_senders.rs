@@ -1065,3 +1065,103 @@ async fn an_unreachable_issuer_answers_503() {
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+/// EventPolicies are reloaded with the config: a policy added to a running server
+/// holds for the next request, an invalid one changes nothing.
+#[tokio::test]
+async fn event_policies_change_with_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start().await;
+    let key = Signer::es256("k");
+    let issuer = Issuer::start(&[&key]).await;
+    let file = dir.path().join("config.yaml");
+    let without = format!("{BROKERS}{}", triggers(&sub));
+    std::fs::write(&file, &without).unwrap();
+    let mut opts = options(dir.path(), &without);
+    opts.config_path = Some(file.clone());
+    opts.oidc = Some(issuer.options(Duration::from_secs(10)));
+    let running = common::start_with(opts).await;
+    let base = http(running.addr);
+    let c = reqwest::Client::new();
+    let aud = audience("team-a", "orders");
+    let intruder = key.sign(&claims(
+        &issuer.url,
+        "system:serviceaccount:team-a:intruder",
+        &aud,
+    ));
+    let producer = key.sign(&claims(
+        &issuer.url,
+        "system:serviceaccount:team-a:producer",
+        &aud,
+    ));
+    let created = "com.example.order.created";
+    // No policy: the namespace's accounts are admitted (allow-same-namespace).
+    assert_eq!(
+        post(&c, &base, "/team-a/orders", Some(&intruder), "1", created)
+            .await
+            .status,
+        202
+    );
+
+    std::fs::write(&file, format!("{without}{ORDERS_POLICY}")).unwrap();
+    let status = running.reloader.reload("test").await;
+    assert!(
+        status
+            .changes
+            .iter()
+            .any(|c| c == "event policy added: team-a/orders-producer"),
+        "{:?}",
+        status.changes
+    );
+    assert_eq!(
+        post(&c, &base, "/team-a/orders", Some(&intruder), "2", created)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        post(&c, &base, "/team-a/orders", Some(&producer), "3", created)
+            .await
+            .status,
+        202
+    );
+
+    // An invalid policy (no senders) is refused whole; the previous one holds.
+    std::fs::write(
+        &file,
+        format!("{without}{}", ORDERS_POLICY.replace("  from:\n  - ref: {apiVersion: v1, kind: ServiceAccount, name: producer, namespace: team-a}\n", "")),
+    )
+    .unwrap();
+    let status = running.reloader.reload("test").await;
+    assert_eq!(
+        status.outcome,
+        broker::telemetry::ReloadOutcome::invalid,
+        "{status:?}"
+    );
+    assert_eq!(
+        post(&c, &base, "/team-a/orders", Some(&intruder), "4", created)
+            .await
+            .status,
+        403
+    );
+
+    // Removed: the default mode again.
+    std::fs::write(&file, &without).unwrap();
+    let status = running.reloader.reload("test").await;
+    assert!(
+        status
+            .changes
+            .iter()
+            .any(|c| c == "event policy removed: team-a/orders-producer"),
+        "{:?}",
+        status.changes
+    );
+    assert_eq!(
+        post(&c, &base, "/team-a/orders", Some(&intruder), "5", created)
+            .await
+            .status,
+        202
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
