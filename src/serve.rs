@@ -53,7 +53,14 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         for t in &b.triggers {
             println!("  trigger {}", t.name);
             println!("    filter:     {}", t.filter.describe());
-            println!("    subscriber: {}", t.subscriber);
+            match &t.subscriber_ca_certs {
+                Some(ca) => println!(
+                    "    subscriber: {} (trusting {} CA certificate(s) of its CACerts)",
+                    t.subscriber,
+                    ca.certificates().len()
+                ),
+                None => println!("    subscriber: {}", t.subscriber),
+            }
             println!("    delivery:   {}", describe_delivery(&t.delivery));
             println!(
                 "    order:      {:?}, up to {} in flight per partition",
@@ -127,6 +134,12 @@ fn describe_delivery(d: &broker::delivery::DeliverySpec) -> String {
     );
     if let Some(dls) = &d.dead_letter_sink {
         s.push_str(&format!(", dead-letter sink {dls}"));
+        if let Some(ca) = &d.dead_letter_sink_ca_certs {
+            s.push_str(&format!(
+                " (trusting {} CA certificate(s) of its CACerts)",
+                ca.certificates().len()
+            ));
+        }
     }
     s
 }
