@@ -336,15 +336,18 @@ pub async fn guard(State(auth): State<Arc<AdminAuth>>, req: Request, next: Next)
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
-    tracing::warn!(
-        target: "triggerfish::audit",
-        %peer,
-        method = %req.method(),
-        path = req.uri().path(),
-        reason = ?refusal.reason,
-        detail = %refusal.detail,
-        "admin request refused"
-    );
+    if let Some(suppressed) = auth.metrics.audit.pass() {
+        tracing::warn!(
+            target: "triggerfish::audit",
+            %peer,
+            method = %req.method(),
+            path = req.uri().path(),
+            reason = ?refusal.reason,
+            detail = %refusal.detail,
+            suppressed,
+            "admin request refused"
+        );
+    }
     let mut response = crate::admin::error(refusal.status, refusal.detail).into_response();
     if let Some(invalid) = refusal.challenge {
         let v = if invalid {

@@ -145,6 +145,12 @@ async fn connect(storage: &Storage, role: Role) -> anyhow::Result<Arc<dyn EventL
 pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let shutdown_token = shutdown.clone();
     let metrics = Metrics::shared();
+    metrics.audit.set_rate(
+        opts.ingress
+            .auth
+            .audit_log_rate
+            .unwrap_or(broker::audit::DEFAULT_AUDIT_LINES_PER_SECOND),
+    );
     // Before anything starts: an admin API off loopback without a token is refused.
     let admin_auth = match opts.admin_listen {
         Some(a) => Some(Arc::new(crate::admin_auth::AdminAuth::new(

@@ -76,6 +76,11 @@ pub struct SenderArgs {
         requires = "sender_rate_limit"
     )]
     pub sender_rate_limit_burst: Option<String>,
+    /// Most audit lines (refused senders and admin requests, target
+    /// `triggerfish::audit`) written per second; the others are counted in
+    /// `triggerfish_audit_lines_suppressed_total`. 0: no bound.
+    #[arg(long, env = "TRIGGERFISH_AUDIT_LOG_RATE", default_value_t = broker::audit::DEFAULT_AUDIT_LINES_PER_SECOND)]
+    pub audit_log_rate: u32,
 }
 
 fn rate(flag: &str, rate: Option<&str>, burst: Option<&str>) -> anyhow::Result<Option<RateLimit>> {
@@ -157,6 +162,7 @@ impl SenderArgs {
             )?,
             // Set from the listener's TLS when the server starts.
             client_certificates: false,
+            audit_log_rate: Some(self.audit_log_rate),
         })
     }
 }

@@ -1165,3 +1165,53 @@ async fn event_policies_change_with_a_reload() {
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+/// A flood of refused requests is counted in full but writes at most
+/// `--audit-log-rate` audit lines per second.
+#[tokio::test]
+async fn the_audit_log_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start().await;
+    let key = Signer::es256("k");
+    let issuer = Issuer::start(&[&key]).await;
+    let mut opts = options(dir.path(), &format!("{BROKERS}{}", triggers(&sub)));
+    opts.oidc = Some(issuer.options(Duration::from_secs(10)));
+    opts.ingress.auth.audit_log_rate = Some(2);
+    let running = common::start_with(opts).await;
+    let c = reqwest::Client::new();
+    let start = Instant::now();
+    for i in 0..20 {
+        let a = post(
+            &c,
+            &http(running.addr),
+            "/team-a/open",
+            None,
+            &format!("{i}"),
+            "t",
+        )
+        .await;
+        assert_eq!(a.status, 401);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(
+        refusals(&running, AuthRefusal::missing_token),
+        20,
+        "every refusal counted"
+    );
+    let text = common::metrics_text(running.addr).await;
+    let suppressed: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("triggerfish_audit_lines_suppressed_total "))
+        .expect("the suppressed-lines counter")
+        .trim()
+        .parse()
+        .unwrap();
+    // A burst of 2, then 2 a second: at most 2 + 2 × t lines were written.
+    let written = 20.0 - suppressed;
+    assert!(
+        written >= 2.0 && written <= 2.0 + 2.0 * secs + 1.0,
+        "{written} lines in {secs:.2} s"
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+}

@@ -8,10 +8,12 @@
 //! - [`channel`] is the storage boundary ([`channel::EventLog`]) and its backends.
 //! - [`telemetry`] names every metric and sets up logging.
 //! - [`budget`] is the one account of event bytes held in memory.
+//! - [`audit`] bounds the audit log's lines per second.
 //! - [`watched`] tells when a file read at start (a certificate, a token) changed.
 //!
 //! The ingress and dispatcher crates depend on this one and never on each other.
 
+pub mod audit;
 pub mod budget;
 pub mod channel;
 pub mod config;

@@ -285,6 +285,8 @@ pub struct Metrics {
     jwks_refreshes: Family<ReloadLabels, Counter>,
     /// Verified tokens held in the OIDC token cache.
     pub token_cache_entries: Gauge,
+    /// The bound on audit lines (`--audit-log-rate`).
+    pub audit: crate::audit::AuditGate,
     /// The generation of the config applied last (1 at start, +1 per reload that
     /// changed something or not).
     pub config_generation: Gauge,
@@ -819,6 +821,12 @@ impl Metrics {
             "OIDC issuers' keys fetched again (periodically or for an unknown kid), by outcome (applied, unchanged, failed)",
             jwks_refreshes.clone(),
         );
+        let audit_suppressed = Counter::default();
+        registry.register(
+            "audit_lines_suppressed",
+            "Audit lines (refused senders and admin requests) not written because of --audit-log-rate; the refusals are counted in their own metrics",
+            audit_suppressed.clone(),
+        );
         let token_cache_entries = Gauge::default();
         registry.register(
             "oidc_token_cache_entries",
@@ -848,6 +856,7 @@ impl Metrics {
             rate_limited,
             jwks_refreshes,
             token_cache_entries,
+            audit: crate::audit::AuditGate::new(audit_suppressed),
             config_generation,
             config_apply_seconds,
             connections,

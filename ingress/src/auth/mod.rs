@@ -89,6 +89,8 @@ pub struct AuthOptions {
     /// The listener asks for client certificates (`--tls-client-ca`): they are
     /// sender identities.
     pub client_certificates: bool,
+    /// `--audit-log-rate` (`None`: [`broker::audit::DEFAULT_AUDIT_LINES_PER_SECOND`]).
+    pub audit_log_rate: Option<u32>,
 }
 
 impl AuthOptions {
@@ -461,15 +463,18 @@ impl BrokerGuard {
         match refusal.reason {
             Some(reason) => {
                 metrics.auth_refused(reason);
-                tracing::warn!(
-                    target: "triggerfish::audit",
-                    sender = %refusal.sender,
-                    broker = %self.name,
-                    ?reason,
-                    status = refusal.error.status().as_u16(),
-                    detail = %refusal.error,
-                    "sender refused"
-                );
+                if let Some(suppressed) = metrics.audit.pass() {
+                    tracing::warn!(
+                        target: "triggerfish::audit",
+                        sender = %refusal.sender,
+                        broker = %self.name,
+                        ?reason,
+                        status = refusal.error.status().as_u16(),
+                        detail = %refusal.error,
+                        suppressed,
+                        "sender refused"
+                    );
+                }
             }
             None => {
                 let scope = match &refusal.error {
