@@ -1215,3 +1215,128 @@ async fn the_audit_log_is_bounded() {
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+/// The `serve` flags as a user types them, on the binary: TLS, `--oidc-jwks` with
+/// a JWKS file, the default mode, `--sender-rate-limit`; and `config check` with
+/// the same flags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serve_flags_turn_it_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start().await;
+    let ca = Ca::new("flags CA");
+    let (cert, key_pem, _) = ca.issue("ingress", &["localhost"], false);
+    let key = Signer::es256("flags");
+    let iss = "https://issuer.flags.test";
+    let file = |name: &str, content: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    file(
+        "config.yaml",
+        &format!("{BROKERS}{}{ORDERS_POLICY}", triggers(&sub)),
+    );
+    let (cert, key_file) = (file("tls.crt", &cert), file("tls.key", &key_pem));
+    let jwks = file(
+        "jwks.json",
+        &json!({ "keys": [key.jwk.clone()] }).to_string(),
+    );
+    let data = dir.path().join("data");
+    let flags = [
+        "--tls-cert".to_owned(),
+        cert,
+        "--tls-key".into(),
+        key_file,
+        "--oidc-jwks".into(),
+        format!("{iss}={jwks}"),
+        "--default-authorization-mode".into(),
+        "deny-all".into(),
+        "--sender-rate-limit".into(),
+        "2/s".into(),
+        "--sender-rate-limit-burst".into(),
+        "2".into(),
+    ];
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let serve = common::procs::Proc::start(
+        "serve",
+        dir.path(),
+        &["--data-dir", data.to_str().unwrap()],
+        &args,
+    )
+    .await;
+    let base = format!("https://localhost:{}", serve.addr.port());
+    let c = https_client(&ca, None);
+    let producer = "system:serviceaccount:team-a:producer";
+    let created = "com.example.order.created";
+    let token = key.sign(&claims(iss, producer, &audience("team-a", "orders")));
+    assert_eq!(
+        post(&c, &base, "/team-a/orders", None, "n", created)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        post(&c, &base, "/team-a/orders", Some(&token), "1", created)
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        post(&c, &base, "/team-a/orders", Some(&token), "2", created)
+            .await
+            .status,
+        202
+    );
+    let a = post(&c, &base, "/team-a/orders", Some(&token), "3", created).await;
+    assert_eq!(
+        a.status, 429,
+        "--sender-rate-limit 2/s, burst 2: {:?}",
+        a.body
+    );
+    // deny-all on the broker without a policy.
+    let open = key.sign(&claims(iss, producer, &audience("team-a", "open")));
+    assert_eq!(
+        post(&c, &base, "/team-a/open", Some(&open), "4", "t")
+            .await
+            .status,
+        403
+    );
+    drop(serve);
+
+    // `config check` with the same sender flags says whom each broker admits.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_triggerfish"))
+        .args(["config", "check"])
+        .arg(dir.path().join("config.yaml"))
+        .args(&args[4..])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "senders: a bearer token for audience eventing.knative.dev/broker/team-a/orders",
+        "EventPolicy team-a/orders-producer: system:serviceaccount:team-a:producer (events matching",
+        "no EventPolicy; default mode deny-all: nobody",
+        "rate limit: none for the broker, 2/s (burst 2) per sender",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    // A bad flag value is an error that names it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_triggerfish"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("config.yaml"))
+        .args([
+            "--oidc-jwks",
+            "http://issuer.example=http://keys.example/jwks",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data2"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--oidc-jwks") && err.contains("https"),
+        "{err}"
+    );
+}
