@@ -166,17 +166,44 @@ pub(crate) async fn brokers(
             ),
             (Some(_), _) => condition("DispatcherReady", true, "NoTriggers", "nothing to dispatch"),
         };
+        // Knative's status.policies and EventPoliciesReady.
+        let policies: Vec<_> = b
+            .policies
+            .iter()
+            .map(|p| json!({"apiVersion": broker::config::policy::API_VERSION, "name": p.name}))
+            .collect();
+        let authorization = if b.policies.is_empty() {
+            condition(
+                "EventPoliciesReady",
+                true,
+                "DefaultAuthorizationMode",
+                "no EventPolicy applies; the default authorization mode decides",
+            )
+        } else {
+            let names: Vec<&str> = b.policies.iter().map(|p| p.name.as_str()).collect();
+            condition(
+                "EventPoliciesReady",
+                true,
+                "EventPoliciesReady",
+                format!("applying: {}", names.join(", ")),
+            )
+        };
         out.push(json!({
             "namespace": b.id.namespace,
             "name": b.id.name,
-            "address": {"url": state.addresses.broker_url(&b.id)},
+            "address": {
+                "url": state.addresses.broker_url(&b.id),
+                "audience": ingress::auth::audience(&b.id),
+            },
             "generation": live.generation,
             "triggers": b.triggers.len(),
             "partitions": live.logs.get(&b.id).map(|l| l.events.partitions()),
+            "policies": policies,
             "conditions": [
                 condition("Ready", true, "BrokerReady", "accepting and storing events"),
                 condition("Addressable", true, "Addressable", state.addresses.broker_url(&b.id)),
                 dispatch,
+                authorization,
             ],
         }));
     }

@@ -1125,6 +1125,32 @@ async fn event_policies_change_with_a_reload() {
             .status,
         202
     );
+    // Status shows it, as Knative's Broker status.policies.
+    let admin = running.admin_addr.unwrap();
+    let v: Value = c
+        .get(format!("http://{admin}/admin/v1/brokers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let orders = v["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "orders")
+        .unwrap();
+    assert_eq!(orders["policies"][0]["name"], "orders-producer", "{orders}");
+    assert_eq!(
+        orders["address"]["audience"],
+        "eventing.knative.dev/broker/team-a/orders"
+    );
+    assert!(orders["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "EventPoliciesReady" && c["reason"] == "EventPoliciesReady"));
 
     // An invalid policy (no senders) is refused whole; the previous one holds.
     std::fs::write(
