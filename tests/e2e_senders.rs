@@ -366,7 +366,7 @@ async fn tokens_are_checked_for_signature_issuer_time_and_audience() {
         ("no sub", es.sign(&c_no_sub), AuthRefusal::malformed_token),
         ("not a JWT", "abc.def".into(), AuthRefusal::malformed_token),
         // nbf as a string, far ahead: refused, not taken as absent
-        // (jsonwebtoken 9, GHSA-h395-gr6q-cpjc).
+        // (jsonwebtoken before 10.3, GHSA-h395-gr6q-cpjc).
         (
             "nbf of the wrong type",
             es.sign(&c_string_nbf),

@@ -20,8 +20,8 @@
 //!   to anything else is refused: whoever can answer a key fetch can forge any
 //!   sender.
 //! - **Claims' types.** `exp`, `nbf` and `iat` must be numbers: a token whose `nbf`
-//!   is a string is refused, not treated as having none (jsonwebtoken 9 does the
-//!   latter, GHSA-h395-gr6q-cpjc; the typed claims here close it).
+//!   is a string is refused, not treated as having none (jsonwebtoken before 10.3
+//!   did the latter, GHSA-h395-gr6q-cpjc; the claims are read typed here as well).
 //! - **Identities.** With one issuer, a token's identity is its `sub`. With several,
 //!   only the first configured issuer's subjects are used as they are (the
 //!   cluster's, whose `system:serviceaccount:` subjects policies name); another
