@@ -30,6 +30,11 @@ pub struct SenderArgs {
         value_delimiter = ','
     )]
     pub oidc_jwks: Vec<String>,
+    /// A bearer token file (the pod's projected service-account token) sent when
+    /// fetching issuers' discovery documents and keys: a Kubernetes API server
+    /// serves them to authenticated callers only by default.
+    #[arg(long, env = "TRIGGERFISH_OIDC_FETCH_TOKEN_FILE")]
+    pub oidc_fetch_token_file: Option<std::path::PathBuf>,
     /// Tolerance on tokens' `exp` and `nbf` (ISO 8601).
     #[arg(long, env = "TRIGGERFISH_OIDC_CLOCK_SKEW", default_value = "PT60S")]
     pub oidc_clock_skew: String,
@@ -142,6 +147,7 @@ impl SenderArgs {
             min_refresh,
             cache_size: self.oidc_token_cache_size,
             ca_bundle,
+            fetch_token_file: self.oidc_fetch_token_file.clone(),
         }))
     }
 

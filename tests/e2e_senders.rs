@@ -118,6 +118,9 @@ struct Issuer {
     url: String,
     keys: Arc<Mutex<Value>>,
     fetches: Arc<AtomicUsize>,
+    /// When set, the keys are served only with `Authorization: Bearer <this>`
+    /// (as a Kubernetes API server serves its issuer's).
+    required: Arc<Mutex<Option<String>>>,
 }
 
 #[derive(Clone)]
@@ -125,6 +128,7 @@ struct IssuerState {
     url: String,
     keys: Arc<Mutex<Value>>,
     fetches: Arc<AtomicUsize>,
+    required: Arc<Mutex<Option<String>>>,
 }
 
 impl Issuer {
@@ -135,6 +139,7 @@ impl Issuer {
             url: url.clone(),
             keys: Arc::new(Mutex::new(Value::Null)),
             fetches: Arc::new(AtomicUsize::new(0)),
+            required: Arc::new(Mutex::new(None)),
         };
         let app = axum::Router::new()
             .route(
@@ -145,10 +150,20 @@ impl Issuer {
             )
             .route(
                 "/keys",
-                get(|State(s): State<IssuerState>| async move {
-                    s.fetches.fetch_add(1, Ordering::SeqCst);
-                    axum::Json(s.keys.lock().unwrap().clone())
-                }),
+                get(
+                    |State(s): State<IssuerState>, headers: axum::http::HeaderMap| async move {
+                        use axum::response::IntoResponse;
+                        s.fetches.fetch_add(1, Ordering::SeqCst);
+                        let required = s.required.lock().unwrap().clone();
+                        if let Some(t) = required {
+                            let given = headers.get("authorization").and_then(|v| v.to_str().ok());
+                            if given != Some(format!("Bearer {t}").as_str()) {
+                                return axum::http::StatusCode::UNAUTHORIZED.into_response();
+                            }
+                        }
+                        axum::Json(s.keys.lock().unwrap().clone()).into_response()
+                    },
+                ),
             )
             .with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -156,6 +171,7 @@ impl Issuer {
             url,
             keys: state.keys,
             fetches: state.fetches,
+            required: state.required,
         };
         issuer.set_keys(signers);
         issuer
@@ -1365,4 +1381,41 @@ async fn the_serve_flags_turn_it_on() {
         err.contains("--oidc-jwks") && err.contains("https"),
         "{err}"
     );
+}
+
+/// An issuer that serves its keys to authenticated callers only (a Kubernetes API
+/// server's default): `--oidc-fetch-token-file` makes the fetch carry a token.
+#[tokio::test]
+async fn keys_of_an_issuer_that_wants_a_token() {
+    let key = Signer::es256("k");
+    let issuer = Issuer::start(&[&key]).await;
+    *issuer.required.lock().unwrap() = Some("pod-token".into());
+    let c = reqwest::Client::new();
+    let aud = audience("team-a", "open");
+    let token = key.sign(&claims(&issuer.url, "system:serviceaccount:team-a:p", &aud));
+    for (with_token, want) in [(false, 503), (true, 202)] {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = Subscriber::start().await;
+        let mut opts = options(dir.path(), &format!("{BROKERS}{}", triggers(&sub)));
+        let mut oidc = issuer.options(Duration::from_secs(10));
+        if with_token {
+            let file = dir.path().join("token");
+            std::fs::write(&file, "pod-token\n").unwrap();
+            oidc.fetch_token_file = Some(file);
+        }
+        opts.oidc = Some(oidc);
+        let running = common::start_with(opts).await;
+        let a = post(
+            &c,
+            &http(running.addr),
+            "/team-a/open",
+            Some(&token),
+            "e",
+            "t",
+        )
+        .await;
+        assert_eq!(a.status, want, "fetch token {with_token}: {:?}", a.body);
+        running.shutdown();
+        running.wait().await.unwrap();
+    }
 }

@@ -119,6 +119,11 @@ pub struct OidcOptions {
     /// PEM CA certificates trusted for discovery and JWKS over HTTPS, besides the
     /// system roots (`--ca-bundle`).
     pub ca_bundle: Option<Vec<u8>>,
+    /// A bearer token file sent with discovery and JWKS requests
+    /// (`--oidc-fetch-token-file`): a Kubernetes API server serves its issuer's
+    /// keys to authenticated callers only, unless anonymous access is granted. Read
+    /// at each fetch (a projected token rotates).
+    pub fetch_token_file: Option<PathBuf>,
 }
 
 impl Default for OidcOptions {
@@ -130,6 +135,7 @@ impl Default for OidcOptions {
             min_refresh: Duration::from_secs(10),
             cache_size: 10_000,
             ca_bundle: None,
+            fetch_token_file: None,
         }
     }
 }
@@ -464,12 +470,14 @@ impl Verifier {
     }
 
     async fn get(&self, url: &str) -> Result<Vec<u8>, String> {
-        let mut resp = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+        let mut req = self.client.get(url);
+        if let Some(path) = &self.options.fetch_token_file {
+            let token = tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| format!("--oidc-fetch-token-file {}: {e}", path.display()))?;
+            req = req.bearer_auth(token.trim());
+        }
+        let mut resp = req.send().await.map_err(|e| format!("GET {url}: {e}"))?;
         if !resp.status().is_success() {
             return Err(format!("GET {url}: {}", resp.status()));
         }
