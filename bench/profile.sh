@@ -45,7 +45,7 @@ start() {
 	pid=$!
 	pids+=("$pid")
 	for _ in $(seq 1 600); do
-		addr=$(sed -n 's|^listening on http://||p' "$work/$name.out" 2>/dev/null | head -1 || true)
+		addr=$(sed -En 's#^listening on https?://##p' "$work/$name.out" 2>/dev/null | head -1 || true)
 		[ -n "$addr" ] && return 0
 		sleep 0.1
 	done

@@ -240,6 +240,8 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!("--admin-tls-client-ca needs the admin listener's TLS: --admin-tls-cert and --admin-tls-key, or --tls-cert and --tls-key");
     }
+    let tls_on = args.tls_cert.is_some();
+    let admin_tls_on = args.admin_tls_cert.is_some() || tls_on;
     let opts = ServerOptions {
         config,
         config_path: Some(args.config.clone()),
@@ -305,10 +307,11 @@ pub async fn run(command: ServeCommand) -> anyhow::Result<ExitCode> {
         }
     });
     // Scripts read these lines; a closed stdout must not take the server down.
+    let scheme = |tls: bool| if tls { "https" } else { "http" };
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "listening on http://{}", running.addr);
+    let _ = writeln!(out, "listening on {}://{}", scheme(tls_on), running.addr);
     if let Some(a) = running.admin_addr {
-        let _ = writeln!(out, "admin API on http://{a}");
+        let _ = writeln!(out, "admin API on {}://{a}", scheme(admin_tls_on));
     }
     let _ = out.flush();
     drop(out);

@@ -75,6 +75,7 @@ fn spawn_server(config: &std::path::Path, data: &std::path::Path) -> (Server, So
     let addr = line
         .trim()
         .strip_prefix("listening on http://")
+        .or_else(|| line.trim().strip_prefix("listening on https://"))
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
         .parse()
         .unwrap();

@@ -3,7 +3,7 @@
 //! Every system under test and every baseline server runs in its own process, so the
 //! load generator and null subscriber (in the harness process) never share a runtime or
 //! an allocator with what they measure, and `/proc/<pid>` gives each one's RSS and CPU
-//! time. A child prints `listening on http://ADDR` as its first stdout line (as
+//! time. A child prints `listening on http://ADDR` (`https://` with TLS) as its first stdout line (as
 //! `triggerfish serve` does) and is killed when its handle drops; the harness's own
 //! child roles also exit by themselves after [`MAX_LIFETIME_ENV`] seconds, so nothing
 //! outlives a crashed harness for long.
@@ -66,6 +66,7 @@ impl Child {
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
+            .or_else(|| line.trim().strip_prefix("listening on https://"))
             .and_then(|a| a.parse().ok());
         let Some(addr) = addr else {
             let _ = child.kill();

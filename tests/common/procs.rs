@@ -115,10 +115,14 @@ impl Proc {
         let (first, second) = first;
         proc.admin = second
             .as_deref()
-            .and_then(|s| s.strip_prefix("admin API on http://"))
+            .and_then(|s| {
+                s.strip_prefix("admin API on http://")
+                    .or_else(|| s.strip_prefix("admin API on https://"))
+            })
             .and_then(|a| a.parse().ok());
         proc.addr = first
             .strip_prefix("listening on http://")
+            .or_else(|| first.strip_prefix("listening on https://"))
             .unwrap_or_else(|| panic!("unexpected first line of {role}: {first}"))
             .parse()
             .unwrap();
