@@ -181,18 +181,6 @@ pub async fn start(opts: ServerOptions, shutdown: CancellationToken) -> anyhow::
     }
     opts.ingress.auth.client_certificates =
         opts.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-    let identified = opts.ingress.auth.oidc.is_some() || opts.ingress.auth.client_certificates;
-    if !identified && opts.role.ingress() {
-        for b in opts
-            .config
-            .brokers
-            .iter()
-            .filter(|b| !b.policies.is_empty())
-        {
-            tracing::warn!(broker = %b.id,
-                "EventPolicies apply to this broker but no sender authentication is configured (--oidc-issuer, --oidc-jwks or --tls-client-ca): every request to it is refused (401)");
-        }
-    }
     let log = connect(&opts.storage, opts.role).await?;
     let mut logs: HashMap<_, BrokerLogs> = HashMap::new();
     for b in &opts.config.brokers {

@@ -316,12 +316,6 @@ impl Reloader {
             }
         }
         if let Some(ingress) = &self.parts.ingress {
-            if !ingress.identifies_senders() {
-                for b in config.brokers.iter().filter(|b| !b.policies.is_empty()) {
-                    tracing::warn!(broker = %b.id,
-                        "EventPolicies apply to this broker but no sender authentication is configured (--oidc-issuer, --oidc-jwks or --tls-client-ca): every request to it is refused (401)");
-                }
-            }
             ingress.set_brokers(
                 config
                     .brokers

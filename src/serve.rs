@@ -39,11 +39,9 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     let auth = args.senders.auth()?;
     let oidc = !(args.senders.oidc_issuers.is_empty() && args.senders.oidc_jwks.is_empty());
-    let mode = match auth.default_mode {
-        Some(m) => m,
-        None if oidc => ingress::auth::AuthorizationMode::AllowSameNamespace,
-        None => ingress::auth::AuthorizationMode::AllowAll,
-    };
+    let mode = auth
+        .default_mode
+        .unwrap_or(ingress::auth::AuthorizationMode::default_for(oidc));
     for b in &config.brokers {
         println!("broker {}", b.id);
         println!("  delivery: {}", describe_delivery(&b.delivery));

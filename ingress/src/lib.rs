@@ -163,12 +163,6 @@ impl IngressState {
         *self.brokers.write().unwrap_or_else(|p| p.into_inner()) = map;
     }
 
-    /// Whether senders can be identified at all (OIDC, or client certificates on
-    /// the listener): without, brokers with EventPolicies refuse everything.
-    pub fn identifies_senders(&self) -> bool {
-        self.opts.auth.oidc.is_some() || self.opts.auth.client_certificates
-    }
-
     fn lookup(&self, namespace: &str, name: &str) -> Option<Arc<BrokerEntry>> {
         let map = self.brokers.read().unwrap_or_else(|p| p.into_inner());
         map.get(namespace).and_then(|m| m.get(name)).cloned()

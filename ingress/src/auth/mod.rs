@@ -50,6 +50,18 @@ pub enum AuthorizationMode {
     DenyAll,
 }
 
+impl AuthorizationMode {
+    /// The mode when `--default-authorization-mode` is not given: Knative's
+    /// default, `allow-same-namespace`, once OIDC is on; `allow-all` without it.
+    pub fn default_for(oidc: bool) -> AuthorizationMode {
+        if oidc {
+            AuthorizationMode::AllowSameNamespace
+        } else {
+            AuthorizationMode::AllowAll
+        }
+    }
+}
+
 impl std::str::FromStr for AuthorizationMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -96,11 +108,8 @@ pub struct AuthOptions {
 impl AuthOptions {
     /// The default authorization mode in force.
     pub fn mode(&self) -> AuthorizationMode {
-        self.default_mode.unwrap_or(if self.oidc.is_some() {
-            AuthorizationMode::AllowSameNamespace
-        } else {
-            AuthorizationMode::AllowAll
-        })
+        self.default_mode
+            .unwrap_or(AuthorizationMode::default_for(self.oidc.is_some()))
     }
 }
 
@@ -161,8 +170,8 @@ impl Admission {
                     format!("event {:?}", e.id())
                 };
                 return Err(Refusal {
-                    reason: Some(AuthRefusal::policy_filter),
-                    sender: self.sender.as_deref().unwrap_or("anonymous").to_owned(),
+                    why: Why::Sender(AuthRefusal::policy_filter),
+                    sender: self.sender.clone(),
                     error: IngressError::Forbidden(format!(
                         "{which} does not pass the filters of EventPolicy {}",
                         names.join(", ")
@@ -185,12 +194,21 @@ impl Admission {
 /// Why a request was refused, for the metric and the audit line.
 #[derive(Debug)]
 pub struct Refusal {
-    /// The metric's reason; `None` for a rate limit.
-    pub reason: Option<AuthRefusal>,
-    /// The sender as far as it is known (never the token).
-    pub sender: String,
+    /// What refused it.
+    pub why: Why,
+    /// The sender as far as it is known (never the token); `None`: anonymous.
+    pub sender: Option<Arc<str>>,
     /// The answer.
     pub error: IngressError,
+}
+
+/// What refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// Authentication or authorization (counted and audited).
+    Sender(AuthRefusal),
+    /// A rate limit (counted).
+    RateLimit(RateScope),
 }
 
 /// The token of an `Authorization: Bearer` header, if any (`Some("")` for a
@@ -230,6 +248,11 @@ impl BrokerGuard {
                     .filter(|s| s.limit() == l)
                     .unwrap_or_else(|| Arc::new(SenderBuckets::new(l)))
             });
+        if !broker.policies.is_empty() && opts.oidc.is_none() && !opts.client_certificates {
+            // Built at start and at every reload: said each time it holds.
+            tracing::warn!(broker = %broker.id,
+                "EventPolicies apply to this broker but no sender authentication is configured (--oidc-issuer, --oidc-jwks or --tls-client-ca): every request to it is refused (401)");
+        }
         let mode = opts.mode();
         let open = opts.oidc.is_none()
             && broker.policies.is_empty()
@@ -272,12 +295,12 @@ impl BrokerGuard {
     fn unauthenticated(
         &self,
         reason: AuthRefusal,
-        sender: String,
+        sender: Option<Arc<str>>,
         invalid: bool,
         detail: String,
     ) -> Refusal {
         Refusal {
-            reason: Some(reason),
+            why: Why::Sender(reason),
             sender,
             error: IngressError::Unauthenticated {
                 audience: self.audience.clone(),
@@ -305,13 +328,12 @@ impl BrokerGuard {
                     match verifier.verify(token, &self.audience).await {
                         Ok(v) => identities.push(v.subject),
                         Err(e) => {
-                            let sender =
-                                client.map_or_else(|| "unknown".to_owned(), |c| c.0.to_string());
+                            let sender = client.map(|c| c.0.clone());
                             if e.reason == AuthRefusal::keys_unavailable {
                                 // The issuer is down, not the token wrong: 503, so
                                 // the producer retries.
                                 return Err(Refusal {
-                                    reason: Some(e.reason),
+                                    why: Why::Sender(e.reason),
                                     sender,
                                     error: IngressError::Unavailable {
                                         broker: self.name.clone(),
@@ -326,7 +348,7 @@ impl BrokerGuard {
                 Some(_) => {
                     return Err(self.unauthenticated(
                         AuthRefusal::malformed_token,
-                        client.map_or_else(|| "unknown".to_owned(), |c| c.0.to_string()),
+                        client.map(|c| c.0.clone()),
                         true,
                         "the Authorization header is not a bearer token".into(),
                     ))
@@ -334,7 +356,7 @@ impl BrokerGuard {
                 None if client.is_none() => {
                     return Err(self.unauthenticated(
                         AuthRefusal::missing_token,
-                        "anonymous".into(),
+                        None,
                         false,
                         format!(
                             "broker {} needs a bearer token for audience {}",
@@ -348,17 +370,16 @@ impl BrokerGuard {
         if let Some(c) = client {
             identities.push(c.0.clone());
         }
-        let sender = identities
-            .first()
-            .map_or_else(|| "anonymous".to_owned(), |s| s.to_string());
+        // Shared, not copied: only a refusal spells it out.
+        let sender = identities.first().cloned();
+        let named = || sender.as_deref().unwrap_or("anonymous").to_owned();
         // 2. Authorization.
         let mut admission = Admission {
-            sender: identities.first().cloned(),
+            sender: sender.clone(),
             ..Admission::default()
         };
-        let needs_identity = |what: String| {
-            self.unauthenticated(AuthRefusal::missing_token, "anonymous".into(), false, what)
-        };
+        let needs_identity =
+            |what: String| self.unauthenticated(AuthRefusal::missing_token, None, false, what);
         if !self.policies.is_empty() {
             if identities.is_empty() {
                 return Err(needs_identity(format!(
@@ -373,10 +394,11 @@ impl BrokerGuard {
                 .collect();
             if admitting.is_empty() {
                 return Err(Refusal {
-                    reason: Some(AuthRefusal::policy_sender),
+                    why: Why::Sender(AuthRefusal::policy_sender),
                     error: IngressError::Forbidden(format!(
-                        "no EventPolicy of broker {} admits sender {sender}",
-                        self.name
+                        "no EventPolicy of broker {} admits sender {}",
+                        self.name,
+                        named()
                     )),
                     sender,
                 });
@@ -389,7 +411,7 @@ impl BrokerGuard {
                 AuthorizationMode::AllowAll => {}
                 AuthorizationMode::DenyAll => {
                     return Err(Refusal {
-                        reason: Some(AuthRefusal::default_mode),
+                        why: Why::Sender(AuthRefusal::default_mode),
                         error: IngressError::Forbidden(format!(
                             "broker {} has no EventPolicy and the default authorization mode is deny-all",
                             self.name
@@ -411,10 +433,11 @@ impl BrokerGuard {
                     });
                     if !same {
                         return Err(Refusal {
-                            reason: Some(AuthRefusal::default_mode),
+                            why: Why::Sender(AuthRefusal::default_mode),
                             error: IngressError::Forbidden(format!(
-                                "broker {} has no EventPolicy and admits only {prefix}* (allow-same-namespace), not {sender}",
-                                self.name
+                                "broker {} has no EventPolicy and admits only {prefix}* (allow-same-namespace), not {}",
+                                self.name,
+                                named()
                             )),
                             sender,
                         });
@@ -437,7 +460,7 @@ impl BrokerGuard {
             let bucket = senders.bucket(key);
             if let Err(wait) = bucket.try_take() {
                 return Err(Refusal {
-                    reason: None,
+                    why: Why::RateLimit(RateScope::sender),
                     error: limited(RateScope::sender, wait, senders.limit()),
                     sender,
                 });
@@ -447,7 +470,7 @@ impl BrokerGuard {
         if let Some(bucket) = &self.rate {
             if let Err(wait) = bucket.try_take() {
                 return Err(Refusal {
-                    reason: None,
+                    why: Why::RateLimit(RateScope::broker),
                     error: limited(RateScope::broker, wait, bucket.limit()),
                     sender,
                 });
@@ -460,13 +483,13 @@ impl BrokerGuard {
     /// Counts and logs a refusal (the audit line: sender, broker, reason; never the
     /// token).
     pub fn record(&self, refusal: &Refusal, metrics: &Metrics) {
-        match refusal.reason {
-            Some(reason) => {
+        match refusal.why {
+            Why::Sender(reason) => {
                 metrics.auth_refused(reason);
                 if let Some(suppressed) = metrics.audit.pass() {
                     tracing::warn!(
                         target: "triggerfish::audit",
-                        sender = %refusal.sender,
+                        sender = refusal.sender.as_deref().unwrap_or("anonymous"),
                         broker = %self.name,
                         ?reason,
                         status = refusal.error.status().as_u16(),
@@ -476,15 +499,7 @@ impl BrokerGuard {
                     );
                 }
             }
-            None => {
-                let scope = match &refusal.error {
-                    IngressError::RateLimited {
-                        scope: "sender", ..
-                    } => RateScope::sender,
-                    _ => RateScope::broker,
-                };
-                metrics.rate_limited(&self.name, scope);
-            }
+            Why::RateLimit(scope) => metrics.rate_limited(&self.name, scope),
         }
     }
 }
