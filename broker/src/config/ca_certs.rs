@@ -106,19 +106,9 @@ mod tests {
     use super::super::{parse_sources, ConfigErrors, LoadOptions};
     use super::*;
 
-    /// A self-signed CA (openssl, P-256, valid until 2126).
-    const CA: &str = "-----BEGIN CERTIFICATE-----
-MIIBkzCCATmgAwIBAgIUcYEGbQk+eVY2EIrMIhp3LWjXbGQwCgYIKoZIzj0EAwIw
-HjEcMBoGA1UEAwwTVHJpZ2dlcmZpc2ggdGVzdCBDQTAgFw0yNjEyMDYxOTU4MjFa
-GA8yMTI2MTExMjE5NTgyMVowHjEcMBoGA1UEAwwTVHJpZ2dlcmZpc2ggdGVzdCBD
-QTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABOAcB+bHEnthx/vujQtMQakbqWGs
-32EfSS1gvlwup2XPdKGQXOHTk30U4KxdsNKCeKGlRwaKXJI3/QYp0IyA/FOjUzBR
-MB0GA1UdDgQWBBTUyKGju44qI6g6YtYcB77L/HT9zjAfBgNVHSMEGDAWgBTUyKGj
-u44qI6g6YtYcB77L/HT9zjAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gA
-MEUCIC+6f0b+ykwniksEgl7cElUK2xEaUj0qOAlf7CLHHGsmAiEAsJ2kzbHgTNhe
-K/kmaUEbg3LSR67TacnbZjLgTZrt0TE=
------END CERTIFICATE-----
-";
+    /// A self-signed CA (openssl, P-256, valid until 2126), shared with the
+    /// other crates' tests.
+    const CA: &str = include_str!("../../../tests/fixtures/test-ca.pem");
 
     fn indent(pem: &str, by: usize) -> String {
         pem.lines().map(|l| format!("{:by$}{l}\n", "")).collect()
