@@ -98,17 +98,6 @@ spec:\n  broker: default\n  filter: {{attributes: {{type: {ty}}}}}
 const BROKER: &str =
     "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\n";
 
-async fn send(addr: SocketAddr, id: &str, ty: &str) {
-    let (status, _, body) = common::post(
-        addr,
-        "/default/default",
-        &common::binary_headers(id, ty),
-        "",
-    )
-    .await;
-    assert_eq!(status, 202, "{body}");
-}
-
 /// Waits until the broker's dead-letter log holds event `id`; returns its entry.
 async fn dead_lettered(admin: SocketAddr, id: &str) -> Value {
     let deadline = std::time::Instant::now() + WAIT;
@@ -201,10 +190,10 @@ async fn ca_certs_of_subscribers_and_dead_letter_sinks_are_trusted_for_them_only
     let server = common::start_server(&yaml, &dir.path().join("data")).await;
     let admin = server.admin_addr.unwrap();
 
-    send(server.addr, "u1", "untrusted").await;
-    send(server.addr, "t1", "trusted").await;
-    send(server.addr, "s1", "sink").await;
-    send(server.addr, "s2", "sink2").await;
+    common::send_accepted(server.addr, "u1", "untrusted").await;
+    common::send_accepted(server.addr, "t1", "trusted").await;
+    common::send_accepted(server.addr, "s1", "sink").await;
+    common::send_accepted(server.addr, "s2", "sink2").await;
 
     // (2)
     subscriber
@@ -283,8 +272,8 @@ async fn the_ca_bundle_is_trusted_for_every_destination() {
     let server = common::start_with(opts).await;
     let admin = server.admin_addr.unwrap();
 
-    send(server.addr, "b1", "bundled").await;
-    send(server.addr, "x1", "stranger").await;
+    common::send_accepted(server.addr, "b1", "bundled").await;
+    common::send_accepted(server.addr, "x1", "stranger").await;
     subscriber
         .sub
         .wait_until("the delivery trusted through the bundle", WAIT, |r| {
@@ -326,7 +315,7 @@ async fn ca_certs_added_by_a_reload_are_used_by_deliveries_and_redrives() {
     let server = common::start_with(opts).await;
     let admin = server.admin_addr.unwrap();
 
-    send(server.addr, "r1", "late").await;
+    common::send_accepted(server.addr, "r1", "late").await;
     dead_lettered(admin, "r1").await;
     assert!(!subscriber.got("/late", "r1"));
 
@@ -336,16 +325,10 @@ async fn ca_certs_added_by_a_reload_are_used_by_deliveries_and_redrives() {
         [BROKER, &trigger("late", "late", &url, &with, "")].concat(),
     )
     .unwrap();
-    let r = reqwest::Client::new()
-        .post(format!("http://{admin}/admin/v1/reload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
+    let v = common::admin_reload(admin).await;
     assert_eq!(v["outcome"], "applied", "{v}");
 
-    send(server.addr, "r2", "late").await;
+    common::send_accepted(server.addr, "r2", "late").await;
     subscriber
         .sub
         .wait_until("the delivery after the reload", WAIT, |r| {

@@ -32,17 +32,6 @@ spec:\n  broker: default\n  filter: {{attributes: {{type: log}}}}\n  subscriber:
     )
 }
 
-async fn send(addr: std::net::SocketAddr, id: &str, ty: &str) {
-    let (status, _, body) = common::post(
-        addr,
-        "/default/default",
-        &common::binary_headers(id, ty),
-        "",
-    )
-    .await;
-    assert_eq!(status, 202, "{body}");
-}
-
 fn auth_in(received: &[common::Received], path: &str, id: &str) -> Option<String> {
     received
         .iter()
@@ -77,9 +66,9 @@ async fn deliveries_sink_calls_and_redrives_carry_the_token_of_the_file() {
         Some(dispatcher::identity::BearerToken::load(&token_file).unwrap());
     let server = common::start_with(opts).await;
 
-    send(server.addr, "a1", "ok").await;
-    send(server.addr, "s1", "sink").await;
-    send(server.addr, "l1", "log").await;
+    common::send_accepted(server.addr, "a1", "ok").await;
+    common::send_accepted(server.addr, "s1", "sink").await;
+    common::send_accepted(server.addr, "l1", "log").await;
     sub.wait_until(
         "the delivery and the sink call",
         Duration::from_secs(10),
@@ -111,7 +100,7 @@ async fn deliveries_sink_calls_and_redrives_carry_the_token_of_the_file() {
     loop {
         i += 1;
         let id = format!("a2-{i}");
-        send(server.addr, &id, "ok").await;
+        common::send_accepted(server.addr, &id, "ok").await;
         sub.wait_until("a delivery after rotation", Duration::from_secs(10), |r| {
             auth_in(r, "/ok", &id).is_some()
         })
@@ -128,7 +117,7 @@ async fn deliveries_sink_calls_and_redrives_carry_the_token_of_the_file() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // And from then on.
-    send(server.addr, "a3", "ok").await;
+    common::send_accepted(server.addr, "a3", "ok").await;
     sub.wait_until("the next delivery", Duration::from_secs(10), |r| {
         auth_in(r, "/ok", "a3").is_some()
     })

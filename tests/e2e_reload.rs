@@ -537,13 +537,7 @@ async fn sighup_reloads_and_the_process_stays_up() {
     .await;
     assert_eq!(reloads, 1.0);
     // `POST /admin/v1/reload` with the file unchanged: nothing to apply.
-    let r = reqwest::Client::new()
-        .post(format!("http://{admin}/admin/v1/reload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
+    let v = common::admin_reload(admin).await;
     assert_eq!(v["outcome"], "unchanged");
     assert_eq!(v["generation"], 2);
     serve.stop().await;

@@ -305,27 +305,15 @@ async fn under_mtls_a_client_needs_a_certificate_of_the_client_ca() {
     let (cert, key, _) = ca.issue("python-producer", &[], true);
     replace(&client_cert, &cert);
     replace(&client_key, &key);
-    let python = std::env::var("TRIGGERFISH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/https_client.py"
-        ))
-        .args([
-            &format!("https://localhost:{}/default/default", addr.port()),
-            files.ca.to_str().unwrap(),
-            client_cert.to_str().unwrap(),
-            client_key.to_str().unwrap(),
-            "py1",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "python requests failed: {out:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "202",
-        "{out:?}"
+    let status = common::pki::python_post(
+        &format!("https://localhost:{}/default/default", addr.port()),
+        &files.ca,
+        (&client_cert, &client_key),
+        "py1",
+        "tls.test",
+        None,
     );
+    assert_eq!(status, "202");
 
     sub.wait_until(
         "the trusted clients' events",

@@ -6,6 +6,7 @@
 
 pub mod pki;
 pub mod procs;
+pub mod senders;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -290,6 +291,25 @@ where
 }
 
 /// Posts raw headers and body to a broker path; returns status, headers and body text.
+/// Posts a binary-mode event of type `ty` to broker `default/default` and asserts
+/// the 202.
+pub async fn send_accepted(addr: SocketAddr, id: &str, ty: &str) {
+    let (status, _, body) = post(addr, "/default/default", &binary_headers(id, ty), "").await;
+    assert_eq!(status, 202, "{body}");
+}
+
+/// `POST /admin/v1/reload` on the admin API at `admin`: its JSON answer (200
+/// asserted).
+pub async fn admin_reload(admin: SocketAddr) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .post(format!("http://{admin}/admin/v1/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
 pub async fn post(
     addr: SocketAddr,
     path: &str,

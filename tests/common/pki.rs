@@ -80,3 +80,35 @@ pub fn https_client(ca: &Ca, identity: Option<(&str, &str)>) -> reqwest::Client 
     }
     b.build().unwrap()
 }
+
+/// What a producer that is not ours sends: Python `requests` (installed by
+/// `scripts/dev-services`) posts one binary-mode event of type `ty` to `url` over
+/// HTTPS, trusting `ca_file`, presenting `cert_file`/`key_file`, with `token` as a
+/// bearer token when given (`tests/https_client.py`). The status it got.
+pub fn python_post(
+    url: &str,
+    ca_file: &std::path::Path,
+    (cert_file, key_file): (&std::path::Path, &std::path::Path),
+    id: &str,
+    ty: &str,
+    token: Option<&str>,
+) -> String {
+    let python = std::env::var("TRIGGERFISH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/https_client.py"
+    ))
+    .arg(url)
+    .arg(ca_file)
+    .arg(cert_file)
+    .arg(key_file)
+    .arg(id)
+    .env("CE_TYPE", ty);
+    if let Some(t) = token {
+        cmd.arg(t);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "python requests failed: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
